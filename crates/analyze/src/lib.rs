@@ -1,0 +1,1 @@
+//! analyze crate (to be filled in).

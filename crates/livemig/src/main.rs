@@ -1,0 +1,2 @@
+//! The `livemig` command-line tool.
+fn main() {}

@@ -1,0 +1,115 @@
+//! [`MigrationError`]: every way a migration can fail, matchable by callers (cancelled, peer
+//! closed, version mismatch, ...).
+
+/// Errors of the migration engine.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The stream could not be written or parsed.
+    #[error("migration stream error")]
+    Stream(#[from] savevm::Error),
+    /// The transport failed (connect, listen, accept, exec child).
+    #[error("migration transport error")]
+    Transport(#[from] transport::TransportError),
+    /// Guest RAM or dirty tracking failed.
+    #[error("guest RAM error")]
+    Ram(#[from] guest_ram::Error),
+    /// `migrate_cancel` was requested.
+    #[error("migration was cancelled")]
+    Cancelled,
+    /// A section names a handler this VM does not have.
+    #[error(
+        "Unknown savevm section or instance '{idstr}' {instance_id}. Make sure that your \
+         current VM setup matches your saved VM setup, including any hotplugged devices"
+    )]
+    UnknownSection {
+        /// Section idstr.
+        idstr: String,
+        /// Instance id.
+        instance_id: u32,
+    },
+    /// A PART/END section refers to a section id never opened.
+    #[error("Unknown savevm section {0}")]
+    UnknownSectionId(u32),
+    /// A section's version is newer than ours.
+    #[error("savevm: unsupported version {version} for '{idstr}' v{local}")]
+    UnsupportedVersion {
+        /// Section idstr.
+        idstr: String,
+        /// Version in the stream.
+        version: u32,
+        /// Our version.
+        local: u32,
+    },
+    /// The stream was made for another machine type.
+    #[error("Machine type received is '{remote}' and local is '{local}'")]
+    MachineMismatch {
+        /// Name in the stream.
+        remote: String,
+        /// Our machine type.
+        local: String,
+    },
+    /// The configuration record lists a capability this side does not have on.
+    #[error("Capability {0} is off, but received capability is on")]
+    CapabilityMismatch(String),
+    /// The stream names a RAM block this VM does not have.
+    #[error("Unknown ramblock \"{0}\", cannot accept migration")]
+    UnknownRamBlock(String),
+    /// A RAM block differs in size.
+    #[error("Length mismatch: {name}: {remote:#x} in:{local:#x}")]
+    RamBlockSize {
+        /// Block name.
+        name: String,
+        /// Size in the stream.
+        remote: u64,
+        /// Local size.
+        local: u64,
+    },
+    /// The MEM_SIZE block list disagrees with the local RAM layout.
+    #[error("RAM layout mismatch: {0}")]
+    RamLayout(String),
+    /// A RAM record addresses memory outside its block.
+    #[error("Illegal RAM offset {offset:#x} in block '{block}'")]
+    IllegalRamOffset {
+        /// Block name.
+        block: String,
+        /// Offending offset.
+        offset: u64,
+    },
+    /// A RAM record came before any block was named.
+    #[error("RAM record without a block at stream offset {0}")]
+    NoRamBlock(u64),
+    /// An XBZRLE record arrived (this receiver does not decode them yet in this position).
+    #[error("received an unexpected RAM record type: {0}")]
+    UnexpectedRamRecord(&'static str),
+    /// `ram-verify`: a RAM block's digest differs after loading.
+    #[error("RAM block '{0}' differs from the source after migration (ram-verify)")]
+    VerifyMismatch(String),
+    /// A device rejected its incoming state.
+    #[error("device '{idstr}' rejected its state: {reason}")]
+    DeviceLoad {
+        /// Device idstr.
+        idstr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The stream ended without EOF or had trailing structure errors.
+    #[error("{0}")]
+    Protocol(String),
+    /// Stopping or resuming the VM failed.
+    #[error("VM control failed: {0}")]
+    Vm(String),
+}
+
+impl MigrationError {
+    /// The full message with its chain of causes, as shown to operators.
+    pub fn report(&self) -> String {
+        let mut s = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(e) = src {
+            s.push_str(": ");
+            s.push_str(&e.to_string());
+            src = e.source();
+        }
+        s
+    }
+}

@@ -1,0 +1,78 @@
+//! The two kinds of migratable state, as in QEMU's savevm registry:
+//!
+//! * [`LiveHandler`] — iterative state sent while the guest runs (RAM, disks), QEMU's
+//!   `SaveVMHandlers`: setup → {pending, iterate}* → complete on the source, load on the
+//!   destination. Sent as START / PART / END sections.
+//! * [`DeviceState`] — a device's state described by a versioned
+//!   [`VmStateDescription`](savevm::vmstate::VmStateDescription), QEMU's `VMStateDescription`:
+//!   sent once, as a FULL section, while the guest is stopped.
+//!
+//! Save methods get the stream writer; load methods the reader. Methods that every handler
+//! must implement have no default (STYLE practice 8).
+
+use savevm::qemu_file::{QemuFileReader, QemuFileWriter};
+use savevm::vmstate::{VmStateDescription, VmStateValue};
+
+use crate::capabilities::Capabilities;
+use crate::error::MigrationError;
+
+/// Iterative (live) migration state.
+pub trait LiveHandler: Send {
+    /// Section idstr, e.g. `ram`.
+    fn idstr(&self) -> &str;
+
+    /// Section version written by the source and the newest accepted on load.
+    fn version_id(&self) -> u32;
+
+    /// Whether this handler takes part in a migration with these capabilities.
+    fn is_active(&self, _caps: &Capabilities) -> bool {
+        true
+    }
+
+    /// Writes the START section body (e.g. the RAM block list) and starts tracking changes.
+    fn save_setup(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError>;
+
+    /// Bytes still to send. A handler may re-synchronise its dirty log when the estimate is
+    /// below `threshold` (QEMU's `save_live_pending`).
+    fn pending(&mut self, threshold: u64) -> Result<u64, MigrationError>;
+
+    /// Writes one PART section body; returns true when nothing is left for now.
+    fn iterate(&mut self, f: &mut QemuFileWriter) -> Result<bool, MigrationError>;
+
+    /// Writes the END section body with the guest stopped: everything that is left.
+    fn complete(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError>;
+
+    /// Releases source-side migration state (after success or failure).
+    fn save_cleanup(&mut self);
+
+    /// Prepares for a new incoming stream.
+    fn load_setup(&mut self) -> Result<(), MigrationError> {
+        Ok(())
+    }
+
+    /// Reads one START / PART / END section body of version `version`.
+    fn load(&mut self, f: &mut QemuFileReader, version: u32) -> Result<(), MigrationError>;
+
+    /// Called once the whole stream was loaded successfully.
+    fn load_complete(&mut self) -> Result<(), MigrationError> {
+        Ok(())
+    }
+}
+
+/// Device state described by a versioned VMState description.
+pub trait DeviceState: Send {
+    /// The description (name, versions, fields) that drives save, load and the JSON.
+    fn description(&self) -> VmStateDescription;
+
+    /// Whether the section is sent at all in a migration with these capabilities (QEMU's
+    /// `needed`).
+    fn needed(&self, _caps: &Capabilities) -> bool {
+        true
+    }
+
+    /// Captures the current state (guest stopped). Cannot fail.
+    fn save(&self) -> VmStateValue;
+
+    /// Validates and applies a loaded state of version `version`.
+    fn load(&mut self, value: &VmStateValue, version: u32) -> Result<(), MigrationError>;
+}

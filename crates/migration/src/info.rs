@@ -1,0 +1,127 @@
+//! `query-migrate` data: [`RamStats`] (QEMU's `MigrationStats`), [`DiskStats`] and
+//! [`MigrationInfo`]. Field names serialize exactly as QEMU's QAPI members (kebab-case).
+
+use serde::Serialize;
+
+use crate::status::MigrationStatus;
+
+/// RAM transfer statistics, QEMU's `MigrationStats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RamStats {
+    /// RAM bytes put on the wire, record headers and EOS markers included.
+    pub transferred: u64,
+    /// Dirty pages still to send × page size.
+    pub remaining: u64,
+    /// Total guest RAM.
+    pub total: u64,
+    /// Zero pages sent.
+    pub duplicate: u64,
+    /// Always 0 (legacy).
+    pub skipped: u64,
+    /// Full pages sent.
+    pub normal: u64,
+    /// `normal` × page size.
+    pub normal_bytes: u64,
+    /// Pages dirtied per second over the last ≥1 s period.
+    pub dirty_pages_rate: u64,
+    /// Throughput in megabits per second.
+    pub mbps: f64,
+    /// Number of dirty bitmap syncs (passes).
+    pub dirty_sync_count: u64,
+    /// Post-copy page requests (always 0).
+    pub postcopy_requests: u64,
+    /// Target page size.
+    pub page_size: u64,
+    /// Bytes on multifd channels (always 0).
+    pub multifd_bytes: u64,
+    /// Pages sent per second in the last window.
+    pub pages_per_second: u64,
+    /// RAM bytes sent while the guest ran.
+    pub precopy_bytes: u64,
+    /// RAM bytes sent while the guest was stopped.
+    pub downtime_bytes: u64,
+    /// RAM bytes sent in post-copy (always 0).
+    pub postcopy_bytes: u64,
+    /// Zero-copy fallbacks (always 0).
+    pub dirty_sync_missed_zero_copy: u64,
+}
+
+/// Block migration progress (`disk` member).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiskStats {
+    /// Bytes of disk data sent.
+    pub transferred: u64,
+    /// Bytes still to send.
+    pub remaining: u64,
+    /// Total size of the migrated disks.
+    pub total: u64,
+}
+
+/// The reply of `query-migrate`; members are present only when QEMU would show them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MigrationInfo {
+    /// Current status; absent when no migration ever ran (or a destination only listens).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_status")]
+    pub status: Option<MigrationStatus>,
+    /// RAM statistics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ram: Option<RamStats>,
+    /// Disk statistics while block migration runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskStats>,
+    /// Total time in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_time: Option<u64>,
+    /// Expected downtime in ms (active states).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_downtime: Option<u64>,
+    /// Actual downtime in ms (completed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downtime: Option<u64>,
+    /// Setup time in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_time: Option<u64>,
+    /// Error text of a failed migration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_desc: Option<String>,
+    /// Addresses a destination listens on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_address: Option<Vec<serde_json::Value>>,
+}
+
+fn ser_status<S: serde::Serializer>(s: &Option<MigrationStatus>, ser: S) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(st) => ser.serialize_str(st.as_str()),
+        None => ser.serialize_none(),
+    }
+}
+
+impl MigrationInfo {
+    /// The reply as a JSON value.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_with_qemu_member_names() {
+        let info = MigrationInfo {
+            status: Some(MigrationStatus::Completed),
+            ram: Some(RamStats { normal_bytes: 4096, page_size: 4096, ..Default::default() }),
+            setup_time: Some(1),
+            ..Default::default()
+        };
+        let v = info.to_json();
+        assert_eq!(v["status"], "completed");
+        assert_eq!(v["ram"]["normal-bytes"], 4096);
+        assert_eq!(v["setup-time"], 1);
+        assert!(v.get("downtime").is_none());
+        assert_eq!(MigrationInfo::default().to_json(), serde_json::json!({}));
+    }
+}

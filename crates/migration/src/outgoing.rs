@@ -1,0 +1,411 @@
+//! The source side: the migration thread.
+//!
+//! ```text
+//! migrate ─▶ [setup] connect ─ header ─ configuration ─ START sections (RAM: block list)
+//!        ─▶ [active] loop { pending = Σ handler.pending(threshold)
+//!                           decide(pending, threshold) ─Iterate─▶ PART sections
+//!                           every 100 ms: measure bandwidth, threshold, rate-limit window }
+//!        ─▶ [device] stop vCPUs ─ END sections ─ FULL device sections ─ EOF ─ VMDESCRIPTION
+//!        ─▶ [completed] run state postmigrate (the source stays paused; `cont` resumes it)
+//! any error ─▶ [failed]     the guest runs again if it was running; error kept for query-migrate
+//! cancel    ─▶ [cancelling] ─▶ [cancelled], same recovery
+//! ```
+//!
+//! The thread owns the [`Registry`] while it runs and hands it back through the VM's registry
+//! slot before the final status is published, so a retry right after a failure finds it.
+//! Dirty tracking restarts from the set of existing pages on every migration, so a retry sends
+//! everything needed.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use savevm::qemu_file::QemuFileWriter;
+use savevm::record::{self, Configuration, SectionHeader};
+use savevm::{vmdesc, vmstate};
+use transport::{Channel, ChannelWriter, FdSource, MigrationUri, ShutdownHandle};
+
+use crate::capabilities::Capabilities;
+use crate::convergence::{self, ConvergenceInput, Decision, WINDOW};
+use crate::error::MigrationError;
+use crate::global_state::GlobalState;
+use crate::registry::{EntryKind, Registry};
+use crate::state::MigrationState;
+use crate::status::{MigrationStatus, RunState};
+use crate::vm::VmControl;
+
+/// Where the VM keeps its registry while no migration runs.
+pub type RegistrySlot = Arc<Mutex<Option<Registry>>>;
+
+/// Everything one outgoing migration needs.
+pub struct OutgoingJob {
+    /// Destination.
+    pub uri: MigrationUri,
+    /// Machine type name written in the configuration record.
+    pub machine: String,
+    /// The VM's registry slot (taken for the migration, put back at the end).
+    pub registry: RegistrySlot,
+    /// Migration state of this VM.
+    pub state: Arc<MigrationState>,
+    /// The VM.
+    pub vm: Arc<dyn VmControl>,
+    /// The `globalstate` cell.
+    pub global_state: GlobalState,
+    /// Shutdown handle of the live channel, for `migrate_cancel`.
+    pub shutdown: Arc<Mutex<Option<ShutdownHandle>>>,
+}
+
+/// Starts an outgoing migration: validates preconditions, moves to `setup` and spawns the
+/// migration thread. `fds` resolves `fd:` URIs.
+pub fn start(job: OutgoingJob, fds: &dyn FdSource) -> Result<JoinHandle<()>, MigrationError> {
+    let registry = job
+        .registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| MigrationError::Protocol("There's a migration process in progress".into()))?;
+    let put_back = |r: Registry| {
+        *job.registry.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    };
+    if !job.state.set_status_from_any(MigrationStatus::Setup) {
+        put_back(registry);
+        return Err(MigrationError::Protocol("There's a migration process in progress".into()));
+    }
+    {
+        let mut s = job.state.lock();
+        s.error = None;
+        s.timings = Default::default();
+        s.timings.start = Some(Instant::now());
+    }
+    job.state.ram.reset();
+    job.state.clear_cancel();
+    job.global_state.clear();
+    // fd: is resolved on the caller's thread (the monitor connection owns the fd table);
+    // sockets and commands are opened by the migration thread.
+    let channel = match &job.uri {
+        MigrationUri::Fd(_) => match transport::connect(&job.uri, fds) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                put_back(registry);
+                let e = MigrationError::from(e);
+                fail(&job.state, &e);
+                return Err(e);
+            }
+        },
+        _ => None,
+    };
+    let handle = std::thread::Builder::new()
+        .name("live_migration".into())
+        .spawn(move || migration_thread(job, registry, channel))
+        .map_err(|e| MigrationError::Protocol(format!("cannot start the migration thread: {e}")))?;
+    Ok(handle)
+}
+
+fn fail(state: &MigrationState, e: &MigrationError) {
+    let msg = e.report();
+    tracing::error!("migration failed: {msg}");
+    state.lock().error = Some(msg);
+    state.set_status_from_any(MigrationStatus::Failed);
+}
+
+fn migration_thread(job: OutgoingJob, mut registry: Registry, pre: Option<Channel>) {
+    let mut stopped = None;
+    let result = run(&job, &mut registry, pre, &mut stopped);
+    for e in registry.entries_mut() {
+        if let EntryKind::Live(h) = &mut e.kind {
+            h.save_cleanup();
+        }
+    }
+    *job.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    let failed = result.is_err();
+    if failed && stopped == Some(true) {
+        if let Err(e) = job.vm.vm_start() {
+            tracing::error!("could not restart the guest after a failed migration: {e}");
+        }
+    } else if failed && stopped == Some(false) {
+        job.vm.set_run_state(RunState::Paused);
+    }
+    *job.registry.lock().unwrap_or_else(|p| p.into_inner()) = Some(registry);
+    match result {
+        Ok(()) => {
+            job.vm.set_run_state(RunState::Postmigrate);
+            job.state.set_status(MigrationStatus::Device, MigrationStatus::Completed);
+        }
+        Err(_) if job.state.cancel_requested() => {
+            if !job.state.set_status(MigrationStatus::Cancelling, MigrationStatus::Cancelled) {
+                job.state.set_status_from_any(MigrationStatus::Cancelled);
+            }
+        }
+        Err(e) => fail(&job.state, &e),
+    }
+}
+
+fn check_cancel(state: &MigrationState) -> Result<(), MigrationError> {
+    if state.cancel_requested() {
+        Err(MigrationError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+/// Bandwidth bookkeeping of the current 100 ms window.
+struct Window {
+    start: Instant,
+    bytes0: u64,
+    pages0: u64,
+    bandwidth: f64,
+    threshold: u64,
+}
+
+fn pages_sent(state: &MigrationState) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    state.ram.normal.load(Relaxed) + state.ram.duplicate.load(Relaxed)
+}
+
+fn run(
+    job: &OutgoingJob,
+    registry: &mut Registry,
+    pre: Option<Channel>,
+    stopped: &mut Option<bool>,
+) -> Result<(), MigrationError> {
+    let state = &job.state;
+    let channel = match pre {
+        Some(c) => c,
+        None => transport::connect(&job.uri, &transport::NoFds)?,
+    };
+    *job.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel.shutdown_handle());
+    check_cancel(state)?;
+    let (_return_path, writer) = channel.into_split();
+    let slot = Arc::new(Mutex::new(Some(writer)));
+    let caps: Capabilities = state.lock().caps.clone();
+    let mut f = QemuFileWriter::with_capacity(Box::new(SlotWriter(slot.clone())), 1 << 20);
+
+    record::write_header(&mut f);
+    Configuration { machine: job.machine.clone(), ..Default::default() }.write_to(&mut f);
+    for e in registry.entries_mut() {
+        if let EntryKind::Live(h) = &mut e.kind {
+            if h.is_active(&caps) {
+                SectionHeader::Start {
+                    section_id: e.section_id,
+                    idstr: e.idstr.clone(),
+                    instance_id: e.instance_id,
+                    version_id: e.version_id,
+                }
+                .write_to(&mut f);
+                h.save_setup(&mut f)?;
+                record::write_footer(&mut f, e.section_id);
+            }
+        }
+    }
+    f.flush()?;
+    let setup_ms = elapsed_ms(state);
+    state.lock().timings.setup_time = Some(setup_ms);
+    if !state.set_status(MigrationStatus::Setup, MigrationStatus::Active) {
+        return Err(MigrationError::Cancelled);
+    }
+
+    let mut w = Window {
+        start: Instant::now(),
+        bytes0: f.total_transferred(),
+        pages0: pages_sent(state),
+        bandwidth: 0.0,
+        threshold: 0,
+    };
+    f.set_rate_limit(convergence::window_budget(state.lock().params.max_bandwidth()));
+    let mut previous_pending = None;
+    let mut sent_at_previous = 0;
+    let mut extra_iterations = 0;
+    loop {
+        check_cancel(state)?;
+        if !f.is_rate_limited() {
+            let mut pending = 0;
+            for e in registry.entries_mut() {
+                if let EntryKind::Live(h) = &mut e.kind {
+                    if h.is_active(&caps) {
+                        pending += h.pending(w.threshold)?;
+                    }
+                }
+            }
+            let input = ConvergenceInput {
+                pending,
+                threshold: w.threshold,
+                bandwidth: w.bandwidth,
+                previous_pending,
+                sent_since_previous: f.total_transferred() - sent_at_previous,
+                extra_iterations,
+            };
+            let decision = convergence::decide(input);
+            tracing::debug!(?input, ?decision, "convergence");
+            match decision {
+                Decision::Complete => break,
+                Decision::Iterate => {
+                    if pending < w.threshold {
+                        extra_iterations += 1;
+                        previous_pending = Some(pending);
+                        sent_at_previous = f.total_transferred();
+                    }
+                    iterate_round(registry, &caps, &mut f)?;
+                }
+            }
+        }
+        if let Some(e) = f.error() {
+            return Err(e.into());
+        }
+        rate_limit(state, &mut f, &mut w)?;
+    }
+    complete(job, registry, &caps, &mut f, stopped)?;
+    let sent = f.total_transferred();
+    drop(f);
+    let writer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(w) = writer {
+        w.finish()?;
+    }
+    let mut s = state.lock();
+    let total = s.timings.start.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0);
+    s.timings.total_time = Some(total);
+    let transfer_ms = total.saturating_sub(setup_ms).max(1);
+    s.timings.mbps = sent as f64 * 8.0 / transfer_ms as f64 / 1000.0;
+    Ok(())
+}
+
+/// Lets the stream writer be taken back after the last flush, to finish the channel.
+struct SlotWriter(Arc<Mutex<Option<ChannelWriter>>>);
+
+impl std::io::Write for SlotWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(w) => w.write(buf),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+fn elapsed_ms(state: &MigrationState) -> u64 {
+    state.lock().timings.start.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0)
+}
+
+/// One round of PART sections; stops at the first handler that is not finished (QEMU).
+fn iterate_round(
+    registry: &mut Registry,
+    caps: &Capabilities,
+    f: &mut QemuFileWriter,
+) -> Result<(), MigrationError> {
+    for e in registry.entries_mut() {
+        let EntryKind::Live(h) = &mut e.kind else { continue };
+        if !h.is_active(caps) {
+            continue;
+        }
+        if f.is_rate_limited() {
+            return Ok(());
+        }
+        SectionHeader::Part { section_id: e.section_id }.write_to(f);
+        let done = h.iterate(f)?;
+        record::write_footer(f, e.section_id);
+        if !done {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Measures the window when it is over, and sleeps out the window when the budget is spent.
+fn rate_limit(state: &MigrationState, f: &mut QemuFileWriter, w: &mut Window) -> Result<(), MigrationError> {
+    let elapsed = w.start.elapsed();
+    if elapsed >= WINDOW {
+        let bytes = f.total_transferred() - w.bytes0;
+        let pages = pages_sent(state) - w.pages0;
+        let (limit_ms, max_bw) = {
+            let s = state.lock();
+            (s.params.downtime_limit_ms(), s.params.max_bandwidth())
+        };
+        let m = convergence::measure_window(bytes, pages, elapsed, limit_ms);
+        w.bandwidth = m.bandwidth;
+        w.threshold = m.threshold;
+        let remaining = state.ram.remaining.load(std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut s = state.lock();
+            s.timings.mbps = m.mbps;
+            s.timings.pages_per_second = m.pages_per_second;
+            if let Some(d) = convergence::expected_downtime_ms(remaining, m.bandwidth) {
+                s.timings.expected_downtime = Some(d);
+            }
+        }
+        tracing::debug!(mbps = m.mbps, threshold = m.threshold, remaining, "window");
+        f.set_rate_limit(convergence::window_budget(max_bw));
+        f.reset_rate_limit();
+        w.start = Instant::now();
+        w.bytes0 = f.total_transferred();
+        w.pages0 = pages_sent(state);
+    } else if f.is_rate_limited() {
+        let end = w.start + WINDOW;
+        while Instant::now() < end {
+            check_cancel(state)?;
+            std::thread::sleep((end - Instant::now()).min(Duration::from_millis(10)));
+        }
+    }
+    Ok(())
+}
+
+/// Switchover: stop the guest, send what is left and the device state.
+fn complete(
+    job: &OutgoingJob,
+    registry: &mut Registry,
+    caps: &Capabilities,
+    f: &mut QemuFileWriter,
+    stopped: &mut Option<bool>,
+) -> Result<(), MigrationError> {
+    let state = &job.state;
+    let downtime_start = Instant::now();
+    job.global_state.store(job.vm.run_state().as_str());
+    let was_running = job.vm.vm_stop(RunState::FinishMigrate).map_err(MigrationError::Vm)?;
+    *stopped = Some(was_running);
+    if !state.set_status(MigrationStatus::Active, MigrationStatus::Device) {
+        return Err(MigrationError::Cancelled);
+    }
+    f.set_rate_limit(0);
+    for e in registry.entries_mut() {
+        if let EntryKind::Live(h) = &mut e.kind {
+            if h.is_active(caps) {
+                SectionHeader::End { section_id: e.section_id }.write_to(f);
+                h.complete(f)?;
+                record::write_footer(f, e.section_id);
+            }
+        }
+    }
+    let mut devices = Vec::new();
+    for e in registry.entries_mut() {
+        let EntryKind::Device(d) = &mut e.kind else { continue };
+        if !d.needed(caps) {
+            continue;
+        }
+        SectionHeader::Full {
+            section_id: e.section_id,
+            idstr: e.idstr.clone(),
+            instance_id: e.instance_id,
+            version_id: e.version_id,
+        }
+        .write_to(f);
+        let body = vmstate::save(&d.description(), &d.save(), f)?;
+        record::write_footer(f, e.section_id);
+        devices.push((e.idstr.clone(), e.instance_id, body));
+    }
+    record::write_eof(f);
+    let mut desc = vmdesc::VmDescBuilder::new(savevm::ram::TARGET_PAGE_SIZE as u64);
+    for (idstr, instance, body) in devices {
+        desc.add_device(&idstr, instance, body);
+    }
+    let json = desc.to_qemu_json();
+    record::write_vmdesc(f, json.as_bytes());
+    f.flush()?;
+    check_cancel(state)?;
+    let mut s = state.lock();
+    s.timings.downtime = Some(downtime_start.elapsed().as_millis() as u64);
+    Ok(())
+}

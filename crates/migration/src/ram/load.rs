@@ -1,0 +1,111 @@
+//! Destination side of RAM migration: applies RAM records to local guest memory after
+//! validating block names, sizes and offsets.
+
+use std::sync::Arc;
+
+use guest_ram::GuestRam;
+use savevm::qemu_file::QemuFileReader;
+use savevm::ram::{xbzrle, RamDecoder, RamRecord, TARGET_PAGE_SIZE};
+
+use crate::error::MigrationError;
+
+/// Destination-side RAM state for one incoming stream.
+pub struct RamLoader {
+    ram: Arc<GuestRam>,
+    decoder: RamDecoder,
+    current: Option<usize>,
+    page_buf: Box<[u8]>,
+    xbzrle_buf: Box<[u8]>,
+}
+
+impl RamLoader {
+    /// A loader writing into `ram`.
+    pub fn new(ram: Arc<GuestRam>) -> Self {
+        Self {
+            ram,
+            decoder: RamDecoder::new(),
+            current: None,
+            page_buf: vec![0u8; TARGET_PAGE_SIZE].into_boxed_slice(),
+            xbzrle_buf: vec![0u8; TARGET_PAGE_SIZE].into_boxed_slice(),
+        }
+    }
+
+    fn check_mem_size(&self, blocks: &[savevm::ram::RamBlockInfo]) -> Result<(), MigrationError> {
+        for info in blocks {
+            let local = self
+                .ram
+                .block_by_name(&info.idstr)
+                .ok_or_else(|| MigrationError::UnknownRamBlock(info.idstr.clone()))?;
+            if local.len() != info.used_length {
+                return Err(MigrationError::RamBlockSize {
+                    name: info.idstr.clone(),
+                    remote: info.used_length,
+                    local: local.len(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves the block of a record and checks the offset; returns (block, page).
+    fn target(
+        &mut self,
+        block: Option<String>,
+        offset: u64,
+        r: &QemuFileReader,
+    ) -> Result<(usize, u64), MigrationError> {
+        if let Some(name) = block {
+            let idx = self
+                .ram
+                .blocks()
+                .iter()
+                .position(|b| b.idstr() == name)
+                .ok_or(MigrationError::UnknownRamBlock(name))?;
+            self.current = Some(idx);
+        }
+        let idx = self.current.ok_or(MigrationError::NoRamBlock(r.bytes_read()))?;
+        let b = &self.ram.blocks()[idx];
+        if offset >= b.len() {
+            return Err(MigrationError::IllegalRamOffset { block: b.idstr().to_string(), offset });
+        }
+        Ok((idx, offset / TARGET_PAGE_SIZE as u64))
+    }
+
+    /// Loads one section body: records up to and including EOS.
+    pub fn load(&mut self, f: &mut QemuFileReader) -> Result<(), MigrationError> {
+        loop {
+            match self.decoder.read_record(f)? {
+                RamRecord::MemSize { blocks, .. } => self.check_mem_size(&blocks)?,
+                RamRecord::Zero { block, offset, fill } => {
+                    let (b, page) = self.target(block, offset, f)?;
+                    let blk = &self.ram.blocks()[b];
+                    if fill == 0 {
+                        blk.zero_page(page)?;
+                    } else {
+                        self.page_buf.fill(fill);
+                        blk.write_page(page, &self.page_buf)?;
+                    }
+                }
+                RamRecord::Page { block, offset } => {
+                    let (b, page) = self.target(block, offset, f)?;
+                    f.get_buffer(&mut self.page_buf)?;
+                    self.ram.blocks()[b].write_page(page, &self.page_buf)?;
+                }
+                RamRecord::Xbzrle { block, offset, len } => {
+                    let (b, page) = self.target(block, offset, f)?;
+                    let len = usize::from(len);
+                    if len > TARGET_PAGE_SIZE {
+                        return Err(MigrationError::UnexpectedRamRecord("oversized XBZRLE page"));
+                    }
+                    f.get_buffer(&mut self.xbzrle_buf[..len])?;
+                    let blk = &self.ram.blocks()[b];
+                    blk.copy_page_to(page, &mut self.page_buf)?;
+                    xbzrle::decode(&self.xbzrle_buf[..len], &mut self.page_buf)?;
+                    blk.write_page(page, &self.page_buf)?;
+                }
+                RamRecord::Eos => return Ok(()),
+                RamRecord::Hook => return Err(MigrationError::UnexpectedRamRecord("RDMA hook")),
+            }
+        }
+    }
+}

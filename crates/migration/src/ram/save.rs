@@ -1,0 +1,254 @@
+//! Source side of RAM migration: dirty bitmaps, the page scan and the page records.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use guest_ram::{Bitmap, DirtyLog, GuestRam};
+use savevm::qemu_file::QemuFileWriter;
+use savevm::ram::{self, RamBlockInfo, RamEncoder, TARGET_PAGE_SIZE};
+
+use crate::error::MigrationError;
+use crate::state::{MigrationState, RamCounters};
+
+/// An iteration returns to the migration thread after this long (QEMU's MAX_WAIT).
+const MAX_ITERATION_TIME: Duration = Duration::from_millis(50);
+
+/// Period over which the dirty-page rate is measured.
+const DIRTY_RATE_PERIOD: Duration = Duration::from_secs(1);
+
+const PAGE: u64 = TARGET_PAGE_SIZE as u64;
+
+/// Source-side RAM migration state.
+pub struct RamSaver {
+    ram: Arc<GuestRam>,
+    dirty_log: Box<dyn DirtyLog>,
+    state: Arc<MigrationState>,
+    bitmaps: Vec<Bitmap>,
+    dirty_pages: u64,
+    encoder: RamEncoder,
+    /// Scan position: block index and page.
+    pos: (usize, u64),
+    page_buf: Box<[u8]>,
+    in_downtime: bool,
+    period_start: Instant,
+    period_dirty: u64,
+    tracking: bool,
+}
+
+impl RamSaver {
+    /// A saver over `ram`.
+    pub fn new(ram: Arc<GuestRam>, dirty_log: Box<dyn DirtyLog>, state: Arc<MigrationState>) -> Self {
+        Self {
+            ram,
+            dirty_log,
+            state,
+            bitmaps: Vec::new(),
+            dirty_pages: 0,
+            encoder: RamEncoder::new(),
+            pos: (0, 0),
+            page_buf: vec![0u8; TARGET_PAGE_SIZE].into_boxed_slice(),
+            in_downtime: false,
+            period_start: Instant::now(),
+            period_dirty: 0,
+            tracking: false,
+        }
+    }
+
+    fn counters(&self) -> &RamCounters {
+        &self.state.ram
+    }
+
+    /// Starts dirty tracking, marks every existing page and writes the block list.
+    pub fn setup(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError> {
+        // Arm tracking first: a page first touched after this is reported by the next sync,
+        // a page touched before it is in the populated set below.
+        self.dirty_log.start()?;
+        self.tracking = true;
+        self.bitmaps.clear();
+        for block in self.ram.blocks() {
+            self.bitmaps.push(block.populated_pages()?);
+        }
+        self.dirty_pages = self.bitmaps.iter().map(Bitmap::count_ones).sum();
+        self.encoder.reset();
+        self.pos = (0, 0);
+        self.in_downtime = false;
+        self.period_start = Instant::now();
+        self.period_dirty = 0;
+        let c = self.counters();
+        RamCounters::set(&c.total, self.ram.total_size());
+        RamCounters::set(&c.remaining, self.dirty_pages * PAGE);
+        RamCounters::set(&c.dirty_sync_count, 1);
+        self.state.emit_pass(1);
+
+        let start = f.total_transferred();
+        let infos: Vec<RamBlockInfo> = self
+            .ram
+            .blocks()
+            .iter()
+            .map(|b| RamBlockInfo { idstr: b.idstr().to_string(), used_length: b.len() })
+            .collect();
+        ram::write_mem_size(f, &infos);
+        ram::put_eos(f);
+        self.account(f.total_transferred() - start);
+        Ok(())
+    }
+
+    fn account(&self, bytes: u64) {
+        let c = self.counters();
+        RamCounters::add(&c.transferred, bytes);
+        if self.in_downtime {
+            RamCounters::add(&c.downtime_bytes, bytes);
+        } else {
+            RamCounters::add(&c.precopy_bytes, bytes);
+        }
+    }
+
+    /// Merges the dirty log into the bitmaps (one pass).
+    fn sync(&mut self) -> Result<(), MigrationError> {
+        let new = self.dirty_log.sync(&mut self.bitmaps)?;
+        self.dirty_pages += new;
+        self.period_dirty += new;
+        let c = &self.state.ram;
+        let pass = c.dirty_sync_count.load(std::sync::atomic::Ordering::Relaxed) + 1;
+        RamCounters::set(&c.dirty_sync_count, pass);
+        RamCounters::set(&c.remaining, self.dirty_pages * PAGE);
+        let elapsed = self.period_start.elapsed();
+        if elapsed >= DIRTY_RATE_PERIOD {
+            let rate = (self.period_dirty as f64 / elapsed.as_secs_f64()) as u64;
+            RamCounters::set(&c.dirty_pages_rate, rate);
+            self.period_start = Instant::now();
+            self.period_dirty = 0;
+        }
+        self.state.emit_pass(pass);
+        tracing::debug!(pass, dirty_pages = self.dirty_pages, new, "dirty bitmap sync");
+        Ok(())
+    }
+
+    /// Remaining bytes; syncs the dirty log when the estimate is below `threshold` (QEMU) or
+    /// when nothing is left (so a running guest's writes during the pass are not left to the
+    /// downtime before the bandwidth has been measured).
+    pub fn pending(&mut self, threshold: u64) -> Result<u64, MigrationError> {
+        if self.dirty_pages == 0 || self.dirty_pages * PAGE < threshold {
+            self.sync()?;
+        }
+        Ok(self.dirty_pages * PAGE)
+    }
+
+    /// Finds the next dirty page at or after the scan position, wrapping once.
+    fn next_dirty(&mut self) -> Option<(usize, u64)> {
+        if self.dirty_pages == 0 {
+            return None;
+        }
+        let n = self.bitmaps.len();
+        let (start_block, start_page) = self.pos;
+        for step in 0..=n {
+            let b = (start_block + step) % n.max(1);
+            let from = if step == 0 { start_page } else { 0 };
+            if let Some(p) = self.bitmaps.get(b).and_then(|bm| bm.next_set(from)) {
+                return Some((b, p));
+            }
+        }
+        None
+    }
+
+    /// Sends one dirty page; the caller found it with [`next_dirty`](Self::next_dirty).
+    fn send_page(&mut self, f: &mut QemuFileWriter, b: usize, page: u64) -> Result<(), MigrationError> {
+        self.bitmaps[b].clear(page);
+        self.dirty_pages -= 1;
+        self.pos = (b, page + 1);
+        let block = &self.ram.blocks()[b];
+        block.copy_page_to(page, &mut self.page_buf)?;
+        let offset = page * PAGE;
+        let c = &self.state.ram;
+        if is_zero(&self.page_buf) {
+            self.encoder.put_zero(f, b, block.idstr(), offset);
+            RamCounters::add(&c.duplicate, 1);
+        } else {
+            self.encoder.put_page(f, b, block.idstr(), offset, &self.page_buf);
+            RamCounters::add(&c.normal, 1);
+        }
+        Ok(())
+    }
+
+    /// Sends dirty pages until the rate limit, [`MAX_ITERATION_TIME`], or a clean bitmap.
+    pub fn iterate(&mut self, f: &mut QemuFileWriter) -> Result<bool, MigrationError> {
+        let start = Instant::now();
+        let bytes0 = f.total_transferred();
+        let mut done = false;
+        let mut n = 0u64;
+        while !f.is_rate_limited() {
+            let Some((b, page)) = self.next_dirty() else {
+                done = true;
+                break;
+            };
+            self.send_page(f, b, page)?;
+            n += 1;
+            if n % 64 == 0 && start.elapsed() > MAX_ITERATION_TIME {
+                break;
+            }
+        }
+        ram::put_eos(f);
+        if let Some(e) = f.error() {
+            return Err(e.into());
+        }
+        self.account(f.total_transferred() - bytes0);
+        RamCounters::set(&self.state.ram.remaining, self.dirty_pages * PAGE);
+        Ok(done)
+    }
+
+    /// Final pass with the guest stopped: sync once more and send everything left.
+    pub fn complete(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError> {
+        self.in_downtime = true;
+        self.sync()?;
+        let bytes0 = f.total_transferred();
+        while let Some((b, page)) = self.next_dirty() {
+            self.send_page(f, b, page)?;
+        }
+        ram::put_eos(f);
+        if let Some(e) = f.error() {
+            return Err(e.into());
+        }
+        self.account(f.total_transferred() - bytes0);
+        RamCounters::set(&self.state.ram.remaining, 0);
+        Ok(())
+    }
+
+    /// Stops tracking and drops the bitmaps. A later migration starts over from the pages
+    /// that exist, so nothing dirtied meanwhile can be missed.
+    pub fn cleanup(&mut self) {
+        if self.tracking {
+            self.dirty_log.stop();
+            self.tracking = false;
+        }
+        self.bitmaps.clear();
+        self.dirty_pages = 0;
+    }
+}
+
+/// True when every byte of `page` is zero.
+fn is_zero(page: &[u8]) -> bool {
+    let (pre, words, post) = {
+        // SAFETY: any initialised byte sequence is a valid sequence of u64 values; align_to
+        // only reinterprets the aligned middle part.
+        unsafe { page.align_to::<u64>() }
+    };
+    pre.iter().all(|&b| b == 0)
+        && post.iter().all(|&b| b == 0)
+        && words.chunks(8).all(|c| c.iter().fold(0u64, |acc, &w| acc | w) == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn zero_detection() {
+        let mut p = vec![0u8; 4096];
+        assert!(is_zero(&p));
+        p[4095] = 1;
+        assert!(!is_zero(&p));
+        p[4095] = 0;
+        p[0] = 1;
+        assert!(!is_zero(&p));
+    }
+}

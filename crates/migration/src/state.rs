@@ -1,0 +1,244 @@
+//! [`MigrationState`]: what a VM knows about its migrations, shared between the migration
+//! thread, the monitors and the VMM.
+//!
+//! The state is behind one short-held mutex (never held across I/O); RAM counters are atomics
+//! the migration thread updates without taking it. Every status change goes through
+//! [`MigrationState::set_status`], which checks the transition and emits the `MIGRATION` event.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::capabilities::{Capabilities, Capability};
+use crate::events::{Event, EventBus};
+use crate::info::{MigrationInfo, RamStats};
+use crate::params::MigrationParameters;
+use crate::status::MigrationStatus;
+
+/// RAM counters updated by the migration thread (relaxed atomics: statistics only).
+#[derive(Debug, Default)]
+pub struct RamCounters {
+    /// Bytes of RAM records written.
+    pub transferred: AtomicU64,
+    /// Zero pages sent.
+    pub duplicate: AtomicU64,
+    /// Full pages sent.
+    pub normal: AtomicU64,
+    /// Dirty pages left × page size.
+    pub remaining: AtomicU64,
+    /// Total RAM bytes.
+    pub total: AtomicU64,
+    /// Bitmap syncs.
+    pub dirty_sync_count: AtomicU64,
+    /// Dirty pages per second in the last ≥1 s period.
+    pub dirty_pages_rate: AtomicU64,
+    /// Bytes sent while the guest ran.
+    pub precopy_bytes: AtomicU64,
+    /// Bytes sent while the guest was stopped.
+    pub downtime_bytes: AtomicU64,
+}
+
+impl RamCounters {
+    fn get(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(a: &AtomicU64, n: u64) {
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets a counter.
+    pub fn set(a: &AtomicU64, n: u64) {
+        a.store(n, Ordering::Relaxed);
+    }
+
+    /// Resets every counter for a new migration.
+    pub fn reset(&self) {
+        for a in [
+            &self.transferred,
+            &self.duplicate,
+            &self.normal,
+            &self.remaining,
+            &self.total,
+            &self.dirty_sync_count,
+            &self.dirty_pages_rate,
+            &self.precopy_bytes,
+            &self.downtime_bytes,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Timing and rate figures of the current or last migration.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    /// When `migrate` was accepted.
+    pub start: Option<Instant>,
+    /// Setup time in ms.
+    pub setup_time: Option<u64>,
+    /// Total time in ms (set at the end).
+    pub total_time: Option<u64>,
+    /// Downtime in ms (set at completion).
+    pub downtime: Option<u64>,
+    /// Expected downtime in ms.
+    pub expected_downtime: Option<u64>,
+    /// Last measured throughput.
+    pub mbps: f64,
+    /// Last measured pages per second.
+    pub pages_per_second: u64,
+}
+
+/// The mutable part of [`MigrationState`].
+#[derive(Debug, Default)]
+pub struct StateInner {
+    /// Current status.
+    pub status: MigrationStatus,
+    /// Parameters.
+    pub params: MigrationParameters,
+    /// Capabilities.
+    pub caps: Capabilities,
+    /// Error of the last failed migration.
+    pub error: Option<String>,
+    /// Timing figures.
+    pub timings: Timings,
+    /// Addresses an incoming migration listens on (`socket-address`).
+    pub socket_address: Option<Vec<serde_json::Value>>,
+    /// True for a destination (status events always include `setup`).
+    pub incoming: bool,
+}
+
+/// Migration state of one VM.
+#[derive(Debug)]
+pub struct MigrationState {
+    inner: Mutex<StateInner>,
+    /// RAM counters.
+    pub ram: Arc<RamCounters>,
+    /// Set by `migrate_cancel`; polled by the migration thread.
+    cancel: AtomicBool,
+    events: Arc<EventBus>,
+}
+
+impl MigrationState {
+    /// A fresh state emitting events on `events`.
+    pub fn new(events: Arc<EventBus>) -> Self {
+        Self {
+            inner: Mutex::new(StateInner::default()),
+            ram: Arc::new(RamCounters::default()),
+            cancel: AtomicBool::new(false),
+            events,
+        }
+    }
+
+    /// Locks the state.
+    pub fn lock(&self) -> MutexGuard<'_, StateInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The event bus.
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    /// Current status.
+    pub fn status(&self) -> MigrationStatus {
+        self.lock().status
+    }
+
+    /// Moves from `from` to `to` if the current status is `from` and the move is legal;
+    /// emits `MIGRATION` (with the `events` capability, or always for a destination's setup).
+    pub fn set_status(&self, from: MigrationStatus, to: MigrationStatus) -> bool {
+        let emit = {
+            let mut s = self.lock();
+            if s.status != from || !from.can_transition_to(to) {
+                return false;
+            }
+            s.status = to;
+            s.caps.get(Capability::Events) || (s.incoming && to == MigrationStatus::Setup)
+        };
+        if emit {
+            self.events.emit(Event::Migration { status: to });
+        }
+        true
+    }
+
+    /// Moves to `to` from whatever running status the migration is in.
+    pub fn set_status_from_any(&self, to: MigrationStatus) -> bool {
+        let from = self.status();
+        self.set_status(from, to)
+    }
+
+    /// Requests cancellation.
+    pub fn request_cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Clears a cancel request (at the start of a migration).
+    pub fn clear_cancel(&self) {
+        self.cancel.store(false, Ordering::SeqCst);
+    }
+
+    /// True once `migrate_cancel` was requested.
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Emits `MIGRATION_PASS` if the `events` capability is on.
+    pub fn emit_pass(&self, pass: u64) {
+        if self.lock().caps.get(Capability::Events) {
+            self.events.emit(Event::MigrationPass { pass });
+        }
+    }
+
+    /// The `query-migrate` reply.
+    pub fn info(&self) -> MigrationInfo {
+        let s = self.lock();
+        let status = s.status;
+        let mut info = MigrationInfo {
+            socket_address: s.socket_address.clone(),
+            ..Default::default()
+        };
+        if status == MigrationStatus::None {
+            return info;
+        }
+        info.status = Some(status);
+        if status == MigrationStatus::Failed {
+            info.error_desc = s.error.clone();
+        }
+        if !status.has_ram_stats() {
+            return info;
+        }
+        let t = &s.timings;
+        let now_ms = t.start.map(|st| st.elapsed().as_millis() as u64).unwrap_or(0);
+        let completed = status == MigrationStatus::Completed;
+        info.total_time = Some(if completed { t.total_time.unwrap_or(now_ms) } else { now_ms });
+        info.setup_time = Some(t.setup_time.unwrap_or(0));
+        if completed {
+            info.downtime = t.downtime;
+        } else {
+            info.expected_downtime =
+                Some(t.expected_downtime.unwrap_or_else(|| s.params.downtime_limit_ms()));
+        }
+        let r = &self.ram;
+        let g = RamCounters::get;
+        let normal = g(&r.normal);
+        info.ram = Some(RamStats {
+            transferred: g(&r.transferred),
+            remaining: if completed { 0 } else { g(&r.remaining) },
+            total: g(&r.total),
+            duplicate: g(&r.duplicate),
+            normal,
+            normal_bytes: normal * savevm::ram::TARGET_PAGE_SIZE as u64,
+            dirty_pages_rate: if completed { 0 } else { g(&r.dirty_pages_rate) },
+            mbps: t.mbps,
+            dirty_sync_count: g(&r.dirty_sync_count),
+            page_size: savevm::ram::TARGET_PAGE_SIZE as u64,
+            pages_per_second: t.pages_per_second,
+            precopy_bytes: g(&r.precopy_bytes),
+            downtime_bytes: g(&r.downtime_bytes),
+            ..Default::default()
+        });
+        info
+    }
+}

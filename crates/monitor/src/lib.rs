@@ -1,0 +1,1 @@
+//! monitor crate (to be filled in).

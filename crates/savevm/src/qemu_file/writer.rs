@@ -1,0 +1,252 @@
+//! The sending half of the stream layer.
+
+use std::io::Write;
+
+use crate::error::Error;
+
+/// Default size of the writer's internal buffer.
+pub const DEFAULT_WRITE_BUFFER: usize = 256 * 1024;
+
+/// Buffered big-endian writer with a sticky error and QEMU's rate-limit counters.
+///
+/// ```
+/// use savevm::qemu_file::QemuFileWriter;
+/// use std::io::Write;
+///
+/// let mut w = QemuFileWriter::new(Box::new(Vec::new()));
+/// w.put_be32(0x5145_564d);
+/// w.put_counted_string("ram");
+/// assert_eq!(w.total_transferred(), 8);
+/// w.flush().unwrap();
+/// ```
+pub struct QemuFileWriter {
+    inner: Box<dyn Write + Send>,
+    buf: Vec<u8>,
+    cap: usize,
+    /// Bytes handed to the inner writer so far.
+    flushed: u64,
+    error: Option<Error>,
+    rate_limit_max: u64,
+    rate_limit_used: u64,
+}
+
+impl std::fmt::Debug for QemuFileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuFileWriter")
+            .field("buffered", &self.buf.len())
+            .field("flushed", &self.flushed)
+            .field("error", &self.error)
+            .field("rate_limit_max", &self.rate_limit_max)
+            .field("rate_limit_used", &self.rate_limit_used)
+            .finish()
+    }
+}
+
+impl QemuFileWriter {
+    /// Wraps `inner` with the default 256 KiB buffer.
+    pub fn new(inner: Box<dyn Write + Send>) -> Self {
+        Self::with_capacity(inner, DEFAULT_WRITE_BUFFER)
+    }
+
+    /// Wraps `inner` with a buffer of `bytes` (at least 64 bytes).
+    pub fn with_capacity(inner: Box<dyn Write + Send>, bytes: usize) -> Self {
+        let cap = bytes.max(64);
+        QemuFileWriter {
+            inner,
+            buf: Vec::with_capacity(cap),
+            cap,
+            flushed: 0,
+            error: None,
+            rate_limit_max: 0,
+            rate_limit_used: 0,
+        }
+    }
+
+    /// Writes the buffered bytes to the inner writer (no `flush` of the inner writer).
+    fn drain(&mut self) {
+        if self.buf.is_empty() || self.error.is_some() {
+            return;
+        }
+        match self.inner.write_all(&self.buf) {
+            Ok(()) => {
+                self.flushed += self.buf.len() as u64;
+                self.buf.clear();
+            }
+            Err(e) => self.error = Some(e.into()),
+        }
+    }
+
+    #[inline]
+    fn put_small(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if self.buf.len() + bytes.len() > self.cap {
+            self.drain();
+            if self.error.is_some() {
+                return;
+            }
+        }
+        self.buf.extend_from_slice(bytes);
+        self.rate_limit_used += bytes.len() as u64;
+    }
+
+    /// Writes one byte.
+    #[inline]
+    pub fn put_u8(&mut self, v: u8) {
+        self.put_small(&[v]);
+    }
+
+    /// Writes a big-endian u16.
+    #[inline]
+    pub fn put_be16(&mut self, v: u16) {
+        self.put_small(&v.to_be_bytes());
+    }
+
+    /// Writes a big-endian u32.
+    #[inline]
+    pub fn put_be32(&mut self, v: u32) {
+        self.put_small(&v.to_be_bytes());
+    }
+
+    /// Writes a big-endian u64.
+    #[inline]
+    pub fn put_be64(&mut self, v: u64) {
+        self.put_small(&v.to_be_bytes());
+    }
+
+    /// Writes a big-endian i64 (two's complement).
+    #[inline]
+    pub fn put_be_i64(&mut self, v: i64) {
+        self.put_small(&v.to_be_bytes());
+    }
+
+    /// Writes raw bytes. Buffers at least as large as the internal buffer bypass it.
+    pub fn put_buffer(&mut self, data: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if data.len() < self.cap {
+            self.put_small(data);
+            return;
+        }
+        self.drain();
+        if self.error.is_some() {
+            return;
+        }
+        match self.inner.write_all(data) {
+            Ok(()) => {
+                self.flushed += data.len() as u64;
+                self.rate_limit_used += data.len() as u64;
+            }
+            Err(e) => self.error = Some(e.into()),
+        }
+    }
+
+    /// Writes a counted string (`u8 len` + bytes). Strings over 255 bytes latch
+    /// [`Error::StringTooLong`] and write nothing.
+    pub fn put_counted_string(&mut self, s: &str) {
+        self.put_counted_bytes(s.as_bytes());
+    }
+
+    /// Like [`put_counted_string`](Self::put_counted_string) for raw bytes.
+    pub fn put_counted_bytes(&mut self, s: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        let Ok(len) = u8::try_from(s.len()) else {
+            self.error = Some(Error::StringTooLong { len: s.len() });
+            return;
+        };
+        if self.buf.len() + 1 + s.len() > self.cap {
+            self.drain();
+            if self.error.is_some() {
+                return;
+            }
+        }
+        self.buf.push(len);
+        self.buf.extend_from_slice(s);
+        self.rate_limit_used += 1 + s.len() as u64;
+    }
+
+    /// Writes out the buffer and flushes the inner writer; returns the latched error, if any.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.drain();
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        if let Err(e) = self.inner.flush() {
+            let e: Error = e.into();
+            self.error = Some(e.clone());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The latched error, if any.
+    pub fn error(&self) -> Option<Error> {
+        self.error.clone()
+    }
+
+    /// Latches `e` unless an error is already latched (the first error wins).
+    pub fn set_error(&mut self, e: Error) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    /// Bytes put so far, including bytes still in the buffer.
+    pub fn total_transferred(&self) -> u64 {
+        self.flushed + self.buf.len() as u64
+    }
+
+    /// Bytes actually handed to the inner writer.
+    pub fn total_flushed(&self) -> u64 {
+        self.flushed
+    }
+
+    /// Sets the byte budget per rate-limit window (0 = unlimited).
+    pub fn set_rate_limit(&mut self, bytes_per_window: u64) {
+        self.rate_limit_max = bytes_per_window;
+    }
+
+    /// The byte budget per window (0 = unlimited).
+    pub fn rate_limit(&self) -> u64 {
+        self.rate_limit_max
+    }
+
+    /// Bytes put since the last [`reset_rate_limit`](Self::reset_rate_limit).
+    pub fn rate_limit_used(&self) -> u64 {
+        self.rate_limit_used
+    }
+
+    /// Adds bytes sent elsewhere (e.g. multifd channels) to the window's usage.
+    pub fn rate_limit_account(&mut self, bytes: u64) {
+        self.rate_limit_used = self.rate_limit_used.saturating_add(bytes);
+    }
+
+    /// Starts a new window: used := 0.
+    pub fn reset_rate_limit(&mut self) {
+        self.rate_limit_used = 0;
+    }
+
+    /// True when an error is latched or the window's budget is exhausted.
+    pub fn is_rate_limited(&self) -> bool {
+        self.error.is_some()
+            || (self.rate_limit_max > 0 && self.rate_limit_used > self.rate_limit_max)
+    }
+
+    /// Flushes (best effort; call [`flush`](Self::flush) first to see errors) and returns the
+    /// inner writer.
+    pub fn into_inner(mut self) -> Box<dyn Write + Send> {
+        let _ = self.flush();
+        std::mem::replace(&mut self.inner, Box::new(std::io::sink()))
+    }
+}
+
+impl Drop for QemuFileWriter {
+    fn drop(&mut self) {
+        // Like fclose: push out what is buffered; errors can only be observed via flush().
+        self.drain();
+    }
+}

@@ -1,0 +1,231 @@
+//! [`Channel`]: an open migration connection, split into a reader and a writer half.
+//!
+//! The source writes the migration stream through [`Channel::writer`]; the destination
+//! reads it from [`Channel::reader`]. On sockets the other half is usable too (a return
+//! path); on `exec:` and `file:` channels the unused half fails every call with
+//! [`io::ErrorKind::Unsupported`]. Both halves are unbuffered: callers batch their writes
+//! (QEMU uses a 32 KiB buffer) — a `write` is one system call.
+//!
+//! | URI | reader | writer | `finish` |
+//! | --- | --- | --- | --- |
+//! | `tcp:`, `unix:`, `fd:` socket | socket | socket | `shutdown(SHUT_WR)` so the peer sees EOF |
+//! | `fd:` pipe/other | the fd | the fd | – |
+//! | `exec:` outgoing | unsupported | child stdin | close stdin, wait, non-zero exit is an error |
+//! | `exec:` incoming | child stdout | unsupported | wait, non-zero exit is an error |
+//! | `file:` outgoing / incoming | unsupported / file | file / unsupported | – (no fsync) |
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use crate::endpoint::Endpoint;
+use crate::exec::ChildSlot;
+use crate::shutdown::{Cancel, ShutdownHandle};
+use crate::TransportError;
+
+/// State shared by both halves of a channel.
+struct Shared {
+    description: String,
+    cancel: Arc<Cancel>,
+    child: Option<Arc<ChildSlot>>,
+}
+
+/// An open migration connection. See the module documentation for what each half does.
+pub struct Channel {
+    /// The incoming direction: the migration stream on the destination, the return path
+    /// on a source socket.
+    pub reader: ChannelReader,
+    /// The outgoing direction: the migration stream on the source, the return path on a
+    /// destination socket.
+    pub writer: ChannelWriter,
+}
+
+/// The reading half of a [`Channel`].
+pub struct ChannelReader {
+    half: Option<Arc<Endpoint>>,
+    shared: Arc<Shared>,
+}
+
+/// The writing half of a [`Channel`].
+pub struct ChannelWriter {
+    half: Option<Arc<Endpoint>>,
+    shared: Arc<Shared>,
+}
+
+impl Channel {
+    /// Builds a channel. `child`, if any, is reaped by `finish` or killed on drop.
+    pub(crate) fn new(
+        description: String,
+        cancel: Arc<Cancel>,
+        reader: Option<Arc<Endpoint>>,
+        writer: Option<Arc<Endpoint>>,
+        child: Option<Arc<ChildSlot>>,
+    ) -> Channel {
+        if let Some(child) = &child {
+            let weak = Arc::downgrade(child);
+            cancel.add_hook(weak);
+        }
+        let shared = Arc::new(Shared {
+            description,
+            cancel,
+            child,
+        });
+        Channel {
+            reader: ChannelReader {
+                half: reader,
+                shared: shared.clone(),
+            },
+            writer: ChannelWriter {
+                half: writer,
+                shared,
+            },
+        }
+    }
+
+    /// The URI this channel was opened for (for an accepted socket: the listener's
+    /// address, e.g. `tcp:127.0.0.1:41811`).
+    pub fn description(&self) -> &str {
+        &self.writer.shared.description
+    }
+
+    /// A handle that interrupts this channel's I/O from another thread (`migrate_cancel`).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.writer.shutdown_handle()
+    }
+
+    /// Whether both directions work (sockets), so a return path can be opened.
+    pub fn is_bidirectional(&self) -> bool {
+        self.reader.half.as_ref().is_some_and(|e| e.is_socket())
+            && self.writer.half.as_ref().is_some_and(|e| e.is_socket())
+    }
+
+    /// Separates the halves, e.g. to read a return path on another thread.
+    pub fn into_split(self) -> (ChannelReader, ChannelWriter) {
+        (self.reader, self.writer)
+    }
+
+    /// Ends the stream successfully: flushes the writer, signals end-of-stream on sockets,
+    /// and for `exec:` waits for the command and reports a non-zero exit status. After it
+    /// returns `Ok`, an `exec:cat > FILE` command has finished writing `FILE`.
+    pub fn finish(self) -> Result<(), TransportError> {
+        let Channel { reader, writer } = self;
+        drop(reader);
+        writer.finish()
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("description", &self.description())
+            .field("bidirectional", &self.is_bidirectional())
+            .finish()
+    }
+}
+
+impl ChannelReader {
+    /// The URI of the channel.
+    pub fn description(&self) -> &str {
+        &self.shared.description
+    }
+
+    /// A handle that interrupts the whole channel (both halves).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle::new(self.shared.cancel.clone())
+    }
+
+    /// For a destination that kept only the reader: waits for an `exec:` command and
+    /// reports a non-zero exit status (the writer half, if still alive, stays usable).
+    pub fn finish(self) -> Result<(), TransportError> {
+        let ChannelReader { half, shared } = self;
+        drop(half);
+        finish_shared(&shared)
+    }
+}
+
+impl ChannelWriter {
+    /// The URI of the channel.
+    pub fn description(&self) -> &str {
+        &self.shared.description
+    }
+
+    /// A handle that interrupts the whole channel (both halves).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle::new(self.shared.cancel.clone())
+    }
+
+    /// Ends the outgoing stream; see [`Channel::finish`]. A reader half split off earlier
+    /// keeps working (a return path can still be read after the stream ended).
+    pub fn finish(mut self) -> Result<(), TransportError> {
+        let shared = self.shared.clone();
+        let uri = || shared.description.clone();
+        self.shared
+            .cancel
+            .check()
+            .map_err(|_| TransportError::Cancelled { uri: uri() })?;
+        if self.half.is_some() {
+            self.flush()
+                .map_err(|source| TransportError::Finish { uri: uri(), source })?;
+        }
+        if let Some(ep) = &self.half {
+            ep.shutdown_socket(libc::SHUT_WR)
+                .map_err(|source| TransportError::Finish { uri: uri(), source })?;
+        }
+        let ChannelWriter { half, shared } = self;
+        // Closing our end of an exec: pipe is what lets the command see EOF and exit.
+        drop(half);
+        finish_shared(&shared)
+    }
+}
+
+fn finish_shared(shared: &Shared) -> Result<(), TransportError> {
+    let uri = || shared.description.clone();
+    if let Some(child) = &shared.child {
+        let status = child
+            .wait()
+            .map_err(|source| TransportError::Wait { uri: uri(), source })?;
+        if shared.cancel.is_set() {
+            return Err(TransportError::Cancelled { uri: uri() });
+        }
+        if let Some(status) = status {
+            if !status.success() {
+                return Err(TransportError::CommandFailed { uri: uri(), status });
+            }
+        }
+    }
+    if shared.cancel.is_set() {
+        return Err(TransportError::Cancelled { uri: uri() });
+    }
+    Ok(())
+}
+
+fn unsupported(shared: &Shared, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{} cannot be {what}", shared.description),
+    )
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.half {
+            Some(ep) => ep.read(buf),
+            None => Err(unsupported(&self.shared, "read from")),
+        }
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &self.half {
+            Some(ep) => ep.write(buf),
+            None => Err(unsupported(&self.shared, "written to")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &self.half {
+            Some(_) => self.shared.cancel.check(),
+            None => Err(unsupported(&self.shared, "written to")),
+        }
+    }
+}
