@@ -233,6 +233,45 @@ impl RamBlock {
         Ok(())
     }
 
+    /// Runs `f` on page `page` as a byte slice, without copying it (the migration hot path).
+    ///
+    /// # Safety
+    ///
+    /// Guest vCPUs may store into the page while `f` runs. The caller must accept bytes that
+    /// change under it (a torn view) — the migration does, because such a store also dirties the
+    /// page and it is sent again — and must not keep the slice beyond `f`.
+    pub unsafe fn with_page<R>(&self, page: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
+        let off = self.page_offset(page)?;
+        // SAFETY: `page_offset` checked that the page lies inside the mapping, which lives as
+        // long as `self`; the caller accepts concurrent guest stores (see above).
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.host_ptr().add(off as usize), PAGE_SIZE as usize)
+        };
+        Ok(f(bytes))
+    }
+
+    /// Runs `f` on page `page` as a mutable byte slice (the destination writes received pages
+    /// in place). The page is recorded as written by the VMM.
+    ///
+    /// # Safety
+    ///
+    /// No other thread may access the page while `f` runs (on a migration destination the vCPUs
+    /// do not run while RAM is loaded).
+    pub unsafe fn with_page_mut<R>(
+        &self,
+        page: u64,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, Error> {
+        let off = self.page_offset(page)?;
+        // SAFETY: in bounds as above; exclusivity is the caller's contract.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(self.host_ptr().add(off as usize), PAGE_SIZE as usize)
+        };
+        let r = f(bytes);
+        self.vmm_dirty.mark_pages(page, page + 1);
+        Ok(r)
+    }
+
     /// True if page `page` is all zero bytes. Reads 512-byte chunks and stops at the first
     /// non-zero word, so a typical data page costs one chunk.
     pub fn is_zero_page(&self, page: u64) -> Result<bool, Error> {
@@ -435,50 +474,94 @@ impl RamBlock {
         }
     }
 
-    /// A blake3 hash of the whole block's contents (used for the `ram-verify` capability).
+    /// A hash of the whole block's contents (used for the `ram-verify` capability): BLAKE3 over
+    /// the BLAKE3 hashes of consecutive 1 MiB chunks, computed on all cores.
     ///
     /// Never-populated pages are hashed as the zeros they read as without touching them, which
     /// keeps a sparse guest's digest fast and does not fault in memory (reading a shmem hole
     /// would allocate it). Meant for a paused guest; with vCPUs running the result is some mix of
     /// old and new contents.
     pub fn digest(&self) -> [u8; 32] {
-        const CHUNK: u64 = 256 * 1024;
         let populated = self.populated_pages().ok();
-        let mut buf = vec![0u8; CHUNK as usize];
-        let mut hasher = blake3::Hasher::new();
-        let mut off = 0u64;
-        while off < self.len() {
-            let n = CHUNK.min(self.len() - off);
-            let chunk = &mut buf[..n as usize];
-            match &populated {
-                None => self.copy_or_zero(off, chunk),
-                Some(bm) => {
-                    let first = off / PAGE_SIZE;
-                    for (i, page) in chunk.chunks_exact_mut(PAGE_SIZE as usize).enumerate() {
-                        let p = first + i as u64;
-                        if bm.test(p) {
-                            self.copy_or_zero(p * PAGE_SIZE, page);
-                        } else {
-                            page.fill(0);
-                        }
+        let pages = self.pages();
+        let chunks = pages.div_ceil(DIGEST_CHUNK_PAGES) as usize;
+        let mut hashes = vec![[0u8; 32]; chunks];
+        let zero_chunk = hash_zero_pages(DIGEST_CHUNK_PAGES);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        let per_thread = chunks.div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            for (t, part) in hashes.chunks_mut(per_thread).enumerate() {
+                let populated = populated.as_ref();
+                s.spawn(move || {
+                    for (i, h) in part.iter_mut().enumerate() {
+                        let chunk = (t * per_thread + i) as u64;
+                        *h = self.hash_chunk(chunk, pages, populated, &zero_chunk);
                     }
-                }
+                });
             }
-            hasher.update(chunk);
-            off += n;
+        });
+        let mut top = blake3::Hasher::new();
+        for h in &hashes {
+            top.update(h);
+        }
+        *top.finalize().as_bytes()
+    }
+
+    /// BLAKE3 of chunk `chunk` (pages never populated hash as zeros without being read).
+    fn hash_chunk(
+        &self,
+        chunk: u64,
+        pages: u64,
+        populated: Option<&Bitmap>,
+        zero_chunk: &[u8; 32],
+    ) -> [u8; 32] {
+        let first = chunk * DIGEST_CHUNK_PAGES;
+        let end = (first + DIGEST_CHUNK_PAGES).min(pages);
+        let is_populated = |p: u64| populated.is_none_or(|bm| bm.test(p));
+        let full = end - first == DIGEST_CHUNK_PAGES;
+        if full && !(first..end).any(is_populated) {
+            return *zero_chunk;
+        }
+        let zero = [0u8; PAGE_SIZE as usize];
+        let mut hasher = blake3::Hasher::new();
+        let mut p = first;
+        while p < end {
+            if !is_populated(p) {
+                hasher.update(&zero);
+                p += 1;
+                continue;
+            }
+            // Hash runs of populated pages in one call: BLAKE3 hashes long inputs with SIMD.
+            let run_end = (p..end).find(|&q| !is_populated(q)).unwrap_or(end);
+            // SAFETY: pages p..run_end are inside the mapping (run_end <= pages); the slice
+            // lives only for this call. A concurrent guest store would only make the digest
+            // stale, which callers avoid by pausing the guest first.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    self.host_ptr().add((p * PAGE_SIZE) as usize),
+                    ((run_end - p) * PAGE_SIZE) as usize,
+                )
+            };
+            hasher.update(bytes);
+            p = run_end;
         }
         *hasher.finalize().as_bytes()
     }
+}
 
-    /// Copies `dst.len()` bytes at `off`; the callers stay in bounds, zeros otherwise.
-    fn copy_or_zero(&self, off: u64, dst: &mut [u8]) {
-        match self.slice(off, dst.len()) {
-            Ok(s) => {
-                s.copy_to(dst);
-            }
-            Err(_) => dst.fill(0),
-        }
+/// Pages per chunk of [`RamBlock::digest`] (1 MiB).
+const DIGEST_CHUNK_PAGES: u64 = 256;
+
+/// BLAKE3 of `pages` zero pages.
+fn hash_zero_pages(pages: u64) -> [u8; 32] {
+    let zero = [0u8; PAGE_SIZE as usize];
+    let mut h = blake3::Hasher::new();
+    for _ in 0..pages {
+        h.update(&zero);
     }
+    *h.finalize().as_bytes()
 }
 
 /// True if every byte of `slice` is zero; 512-byte chunks, early exit.

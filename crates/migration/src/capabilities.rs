@@ -200,9 +200,13 @@ mod tests {
     fn apply_is_all_or_nothing() {
         let mut caps = Capabilities::default();
         let err = caps.apply(&[(Capability::Events, true), (Capability::PostcopyRam, true)]);
-        assert_eq!(err, Err(CapabilityError::Unsupported(Capability::PostcopyRam)));
+        assert_eq!(
+            err,
+            Err(CapabilityError::Unsupported(Capability::PostcopyRam))
+        );
         assert!(!caps.get(Capability::Events));
-        caps.apply(&[(Capability::Events, true), (Capability::PostcopyRam, false)]).unwrap();
+        caps.apply(&[(Capability::Events, true), (Capability::PostcopyRam, false)])
+            .unwrap();
         assert!(caps.get(Capability::Events));
         assert_eq!(caps.list().len(), 22);
     }

@@ -62,8 +62,16 @@ pub fn measure_window(
     WindowMeasurement {
         bandwidth,
         threshold: (bandwidth * downtime_limit_ms as f64) as u64,
-        mbps: if secs > 0.0 { bytes as f64 * 8.0 / secs / 1e6 } else { 0.0 },
-        pages_per_second: if secs > 0.0 { (pages as f64 / secs) as u64 } else { 0 },
+        mbps: if secs > 0.0 {
+            bytes as f64 * 8.0 / secs / 1e6
+        } else {
+            0.0
+        },
+        pages_per_second: if secs > 0.0 {
+            (pages as f64 / secs) as u64
+        } else {
+            0
+        },
     }
 }
 
@@ -149,7 +157,10 @@ mod tests {
     fn qemu_rules() {
         assert_eq!(decide(input(0, 0, None, 0)), Decision::Complete);
         assert_eq!(decide(input(1, 0, None, 0)), Decision::Iterate);
-        assert_eq!(decide(input(10_000_000, 300_000, None, 0)), Decision::Iterate);
+        assert_eq!(
+            decide(input(10_000_000, 300_000, None, 0)),
+            Decision::Iterate
+        );
     }
 
     #[test]
@@ -157,13 +168,25 @@ mod tests {
         // Below the threshold, large and shrinking: iterate once more.
         assert_eq!(decide(input(200_000, 300_000, None, 0)), Decision::Iterate);
         // 60 000 bytes sent, pending fell by 50 000: the guest dirties little, go on.
-        assert_eq!(decide(input(150_000, 300_000, Some(200_000), 1)), Decision::Iterate);
+        assert_eq!(
+            decide(input(150_000, 300_000, Some(200_000), 1)),
+            Decision::Iterate
+        );
         // Pending fell by only 20 000 of the 60 000 sent: switch over.
-        assert_eq!(decide(input(180_000, 300_000, Some(200_000), 1)), Decision::Complete);
+        assert_eq!(
+            decide(input(180_000, 300_000, Some(200_000), 1)),
+            Decision::Complete
+        );
         // Small enough for the target pause: switch over.
-        assert_eq!(decide(input(4_000, 300_000, Some(2_000_000), 0)), Decision::Complete);
+        assert_eq!(
+            decide(input(4_000, 300_000, Some(2_000_000), 0)),
+            Decision::Complete
+        );
         // Bounded number of extra iterations.
         let n = MAX_EXTRA_ITERATIONS;
-        assert_eq!(decide(input(200_000, 300_000, Some(2_000_000), n)), Decision::Complete);
+        assert_eq!(
+            decide(input(200_000, 300_000, Some(2_000_000), n)),
+            Decision::Complete
+        );
     }
 }

@@ -70,7 +70,10 @@ pub struct TimedEvent {
 impl TimedEvent {
     /// The QMP wire object `{"timestamp": {...}, "event": NAME, "data": {...}}`.
     pub fn to_qmp(&self) -> Value {
-        let d = self.timestamp.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let d = self
+            .timestamp
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         let mut v = json!({
             "timestamp": { "seconds": d.as_secs(), "microseconds": d.subsec_micros() },
             "event": self.event.name(),
@@ -103,7 +106,10 @@ impl EventBus {
 
     /// Sends `event` to all subscribers, dropping those that went away.
     pub fn emit(&self, event: Event) {
-        let ev = TimedEvent { event, timestamp: SystemTime::now() };
+        let ev = TimedEvent {
+            event,
+            timestamp: SystemTime::now(),
+        };
         tracing::debug!(event = ev.event.name(), "event");
         self.lock().retain(|s| s.send(ev.clone()).is_ok());
     }
@@ -123,7 +129,9 @@ mod tests {
         let a = bus.subscribe();
         let b = bus.subscribe();
         drop(b);
-        bus.emit(Event::Migration { status: MigrationStatus::Setup });
+        bus.emit(Event::Migration {
+            status: MigrationStatus::Setup,
+        });
         let ev = a.recv().unwrap();
         let v = ev.to_qmp();
         assert_eq!(v["event"], "MIGRATION");

@@ -65,8 +65,13 @@ impl DeviceState for GlobalState {
     }
 
     fn load(&mut self, value: &VmStateValue, _version: u32) -> Result<(), MigrationError> {
-        let err = |reason: String| MigrationError::DeviceLoad { idstr: "globalstate".into(), reason };
-        let bytes = value.get_bytes("runstate").map_err(|e| err(e.to_string()))?;
+        let err = |reason: String| MigrationError::DeviceLoad {
+            idstr: "globalstate".into(),
+            reason,
+        };
+        let bytes = value
+            .get_bytes("runstate")
+            .map_err(|e| err(e.to_string()))?;
         let size = value.get_u32("size").map_err(|e| err(e.to_string()))? as usize;
         if size == 0 || size > NAME_LEN {
             return Err(err(format!("invalid run state length {size}")));

@@ -46,7 +46,10 @@ pub fn load_stream(
     }
     let cfg = Configuration::read_from(&mut f)?;
     if !machine.starts_with(&cfg.machine) || cfg.machine.is_empty() {
-        return Err(MigrationError::MachineMismatch { remote: cfg.machine, local: machine.into() });
+        return Err(MigrationError::MachineMismatch {
+            remote: cfg.machine,
+            local: machine.into(),
+        });
     }
     if let Some(cap) = cfg.capabilities.first() {
         return Err(MigrationError::CapabilityMismatch(cap.clone()));
@@ -60,7 +63,10 @@ pub fn load_stream(
     loop {
         match record::read_record(&mut f)? {
             Record::Section(h) => load_section(&mut f, registry, h)?,
-            Record::Command { cmd: CMD_OPEN_RETURN_PATH, .. } => {
+            Record::Command {
+                cmd: CMD_OPEN_RETURN_PATH,
+                ..
+            } => {
                 tracing::warn!("source asked for a return path; livemig does not open one");
             }
             Record::Command { cmd, .. } => {
@@ -88,11 +94,25 @@ fn load_section(
     h: SectionHeader,
 ) -> Result<(), MigrationError> {
     let (id, entry, version): (u32, &mut SaveStateEntry, u32) = match h {
-        SectionHeader::Start { section_id, idstr, instance_id, version_id }
-        | SectionHeader::Full { section_id, idstr, instance_id, version_id } => {
-            let e = registry
-                .find_mut(&idstr, instance_id)
-                .ok_or(MigrationError::UnknownSection { idstr: idstr.clone(), instance_id })?;
+        SectionHeader::Start {
+            section_id,
+            idstr,
+            instance_id,
+            version_id,
+        }
+        | SectionHeader::Full {
+            section_id,
+            idstr,
+            instance_id,
+            version_id,
+        } => {
+            let e =
+                registry
+                    .find_mut(&idstr, instance_id)
+                    .ok_or(MigrationError::UnknownSection {
+                        idstr: idstr.clone(),
+                        instance_id,
+                    })?;
             if version_id > e.version_id {
                 return Err(MigrationError::UnsupportedVersion {
                     idstr,
@@ -156,19 +176,23 @@ fn accept_and_load(job: &IncomingJob, registry: &mut Registry) -> Result<(), Mig
     let channel = job.listener.accept_next()?;
     let start = std::time::Instant::now();
     job.state.lock().timings.start = Some(start);
-    job.state.set_status(MigrationStatus::Setup, MigrationStatus::Active);
+    job.state
+        .set_status(MigrationStatus::Setup, MigrationStatus::Active);
     let (reader, _writer) = channel.into_split();
     load_stream(Box::new(reader), registry, &job.machine)?;
     let runstate = job.global_state.get();
     match runstate.as_deref() {
         None | Some("running") if job.autostart => job.vm.vm_start().map_err(MigrationError::Vm)?,
         None | Some("running") => job.vm.set_run_state(RunState::Paused),
-        Some(other) => job.vm.set_run_state(other.parse().unwrap_or(RunState::Paused)),
+        Some(other) => job
+            .vm
+            .set_run_state(other.parse().unwrap_or(RunState::Paused)),
     }
     {
         let mut s = job.state.lock();
         s.timings.total_time = Some(start.elapsed().as_millis() as u64);
     }
-    job.state.set_status(MigrationStatus::Active, MigrationStatus::Completed);
+    job.state
+        .set_status(MigrationStatus::Active, MigrationStatus::Completed);
     Ok(())
 }

@@ -91,7 +91,10 @@ pub struct MigrationInfo {
     pub socket_address: Option<Vec<serde_json::Value>>,
 }
 
-fn ser_status<S: serde::Serializer>(s: &Option<MigrationStatus>, ser: S) -> Result<S::Ok, S::Error> {
+fn ser_status<S: serde::Serializer>(
+    s: &Option<MigrationStatus>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
     match s {
         Some(st) => ser.serialize_str(st.as_str()),
         None => ser.serialize_none(),
@@ -113,7 +116,11 @@ mod tests {
     fn serializes_with_qemu_member_names() {
         let info = MigrationInfo {
             status: Some(MigrationStatus::Completed),
-            ram: Some(RamStats { normal_bytes: 4096, page_size: 4096, ..Default::default() }),
+            ram: Some(RamStats {
+                normal_bytes: 4096,
+                page_size: 4096,
+                ..Default::default()
+            }),
             setup_time: Some(1),
             ..Default::default()
         };

@@ -63,13 +63,17 @@ pub fn start(job: OutgoingJob, fds: &dyn FdSource) -> Result<JoinHandle<()>, Mig
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take()
-        .ok_or_else(|| MigrationError::Protocol("There's a migration process in progress".into()))?;
+        .ok_or_else(|| {
+            MigrationError::Protocol("There's a migration process in progress".into())
+        })?;
     let put_back = |r: Registry| {
         *job.registry.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
     };
     if !job.state.set_status_from_any(MigrationStatus::Setup) {
         put_back(registry);
-        return Err(MigrationError::Protocol("There's a migration process in progress".into()));
+        return Err(MigrationError::Protocol(
+            "There's a migration process in progress".into(),
+        ));
     }
     {
         let mut s = job.state.lock();
@@ -129,10 +133,14 @@ fn migration_thread(job: OutgoingJob, mut registry: Registry, pre: Option<Channe
     match result {
         Ok(()) => {
             job.vm.set_run_state(RunState::Postmigrate);
-            job.state.set_status(MigrationStatus::Device, MigrationStatus::Completed);
+            job.state
+                .set_status(MigrationStatus::Device, MigrationStatus::Completed);
         }
         Err(_) if job.state.cancel_requested() => {
-            if !job.state.set_status(MigrationStatus::Cancelling, MigrationStatus::Cancelled) {
+            if !job
+                .state
+                .set_status(MigrationStatus::Cancelling, MigrationStatus::Cancelled)
+            {
                 job.state.set_status_from_any(MigrationStatus::Cancelled);
             }
         }
@@ -181,7 +189,11 @@ fn run(
     let mut f = QemuFileWriter::with_capacity(Box::new(SlotWriter(slot.clone())), 1 << 20);
 
     record::write_header(&mut f);
-    Configuration { machine: job.machine.clone(), ..Default::default() }.write_to(&mut f);
+    Configuration {
+        machine: job.machine.clone(),
+        ..Default::default()
+    }
+    .write_to(&mut f);
     for e in registry.entries_mut() {
         if let EntryKind::Live(h) = &mut e.kind {
             if h.is_active(&caps) {
@@ -211,7 +223,9 @@ fn run(
         bandwidth: 0.0,
         threshold: 0,
     };
-    f.set_rate_limit(convergence::window_budget(state.lock().params.max_bandwidth()));
+    f.set_rate_limit(convergence::window_budget(
+        state.lock().params.max_bandwidth(),
+    ));
     let mut previous_pending = None;
     let mut sent_at_previous = 0;
     let mut extra_iterations = 0;
@@ -261,7 +275,11 @@ fn run(
         w.finish()?;
     }
     let mut s = state.lock();
-    let total = s.timings.start.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0);
+    let total = s
+        .timings
+        .start
+        .map(|t| t.elapsed().as_millis() as u64)
+        .unwrap_or(0);
     s.timings.total_time = Some(total);
     let transfer_ms = total.saturating_sub(setup_ms).max(1);
     s.timings.mbps = sent as f64 * 8.0 / transfer_ms as f64 / 1000.0;
@@ -279,6 +297,13 @@ impl std::io::Write for SlotWriter {
         }
     }
 
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(w) => w.write_vectored(bufs),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             Some(w) => w.flush(),
@@ -288,7 +313,12 @@ impl std::io::Write for SlotWriter {
 }
 
 fn elapsed_ms(state: &MigrationState) -> u64 {
-    state.lock().timings.start.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0)
+    state
+        .lock()
+        .timings
+        .start
+        .map(|t| t.elapsed().as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// One round of PART sections; stops at the first handler that is not finished (QEMU).
@@ -298,14 +328,19 @@ fn iterate_round(
     f: &mut QemuFileWriter,
 ) -> Result<(), MigrationError> {
     for e in registry.entries_mut() {
-        let EntryKind::Live(h) = &mut e.kind else { continue };
+        let EntryKind::Live(h) = &mut e.kind else {
+            continue;
+        };
         if !h.is_active(caps) {
             continue;
         }
         if f.is_rate_limited() {
             return Ok(());
         }
-        SectionHeader::Part { section_id: e.section_id }.write_to(f);
+        SectionHeader::Part {
+            section_id: e.section_id,
+        }
+        .write_to(f);
         let done = h.iterate(f)?;
         record::write_footer(f, e.section_id);
         if !done {
@@ -316,7 +351,11 @@ fn iterate_round(
 }
 
 /// Measures the window when it is over, and sleeps out the window when the budget is spent.
-fn rate_limit(state: &MigrationState, f: &mut QemuFileWriter, w: &mut Window) -> Result<(), MigrationError> {
+fn rate_limit(
+    state: &MigrationState,
+    f: &mut QemuFileWriter,
+    w: &mut Window,
+) -> Result<(), MigrationError> {
     let elapsed = w.start.elapsed();
     if elapsed >= WINDOW {
         let bytes = f.total_transferred() - w.bytes0;
@@ -328,7 +367,10 @@ fn rate_limit(state: &MigrationState, f: &mut QemuFileWriter, w: &mut Window) ->
         let m = convergence::measure_window(bytes, pages, elapsed, limit_ms);
         w.bandwidth = m.bandwidth;
         w.threshold = m.threshold;
-        let remaining = state.ram.remaining.load(std::sync::atomic::Ordering::Relaxed);
+        let remaining = state
+            .ram
+            .remaining
+            .load(std::sync::atomic::Ordering::Relaxed);
         {
             let mut s = state.lock();
             s.timings.mbps = m.mbps;
@@ -364,7 +406,10 @@ fn complete(
     let state = &job.state;
     let downtime_start = Instant::now();
     job.global_state.store(job.vm.run_state().as_str());
-    let was_running = job.vm.vm_stop(RunState::FinishMigrate).map_err(MigrationError::Vm)?;
+    let was_running = job
+        .vm
+        .vm_stop(RunState::FinishMigrate)
+        .map_err(MigrationError::Vm)?;
     *stopped = Some(was_running);
     if !state.set_status(MigrationStatus::Active, MigrationStatus::Device) {
         return Err(MigrationError::Cancelled);
@@ -373,15 +418,21 @@ fn complete(
     for e in registry.entries_mut() {
         if let EntryKind::Live(h) = &mut e.kind {
             if h.is_active(caps) {
-                SectionHeader::End { section_id: e.section_id }.write_to(f);
+                SectionHeader::End {
+                    section_id: e.section_id,
+                }
+                .write_to(f);
                 h.complete(f)?;
                 record::write_footer(f, e.section_id);
             }
         }
     }
+    let ram_done = downtime_start.elapsed();
     let mut devices = Vec::new();
     for e in registry.entries_mut() {
-        let EntryKind::Device(d) = &mut e.kind else { continue };
+        let EntryKind::Device(d) = &mut e.kind else {
+            continue;
+        };
         if !d.needed(caps) {
             continue;
         }
@@ -405,7 +456,13 @@ fn complete(
     record::write_vmdesc(f, json.as_bytes());
     f.flush()?;
     check_cancel(state)?;
+    let downtime = downtime_start.elapsed();
+    tracing::info!(
+        ?ram_done,
+        ?downtime,
+        "switchover: RAM sent, then device state"
+    );
     let mut s = state.lock();
-    s.timings.downtime = Some(downtime_start.elapsed().as_millis() as u64);
+    s.timings.downtime = Some(downtime.as_millis() as u64);
     Ok(())
 }

@@ -64,7 +64,12 @@ const fn int(min: u64, max: u64) -> ParamKind {
 }
 
 const fn p(name: &'static str, kind: ParamKind, d: DefaultValue, unit: &'static str) -> ParamSpec {
-    ParamSpec { name, kind, default: d, hmp_unit: unit }
+    ParamSpec {
+        name,
+        kind,
+        default: d,
+        hmp_unit: unit,
+    }
 }
 
 /// Largest `downtime-limit` QEMU accepts, in ms.
@@ -90,11 +95,26 @@ pub static PARAMS: &[ParamSpec] = &[
     p("tls-creds", ParamKind::Str, DS(""), ""),
     p("tls-hostname", ParamKind::Str, DS(""), ""),
     p("max-bandwidth", ParamKind::Size, DI(0), " bytes/second"),
-    p("downtime-limit", int(0, MAX_DOWNTIME_LIMIT_MS), DI(300), " ms"),
-    p("x-checkpoint-delay", int(0, u32::MAX as u64), DI(20_000), " ms"),
+    p(
+        "downtime-limit",
+        int(0, MAX_DOWNTIME_LIMIT_MS),
+        DI(300),
+        " ms",
+    ),
+    p(
+        "x-checkpoint-delay",
+        int(0, u32::MAX as u64),
+        DI(20_000),
+        " ms",
+    ),
     p("block-incremental", ParamKind::Bool, DB(false), ""),
     p("multifd-channels", int(1, 255), DI(2), ""),
-    p("multifd-compression", ParamKind::Enum(&["none", "zlib", "zstd"]), DS("none"), ""),
+    p(
+        "multifd-compression",
+        ParamKind::Enum(&["none", "zlib", "zstd"]),
+        DS("none"),
+        "",
+    ),
     p("xbzrle-cache-size", ParamKind::Size, DI(64 << 20), " bytes"),
     p("max-postcopy-bandwidth", ParamKind::Size, DI(0), ""),
     p("tls-authz", ParamKind::Str, DS(""), ""),
@@ -166,7 +186,10 @@ fn c_name(name: &str) -> String {
 }
 
 fn parse_value(spec: &ParamSpec, v: &Value) -> Result<ParamValue, ParamError> {
-    let wrong = |expected| ParamError::WrongType { name: spec.name.to_string(), expected };
+    let wrong = |expected| ParamError::WrongType {
+        name: spec.name.to_string(),
+        expected,
+    };
     match spec.kind {
         ParamKind::Size | ParamKind::Int { .. } => {
             let n = v.as_u64().ok_or_else(|| wrong("integer"))?;
@@ -177,7 +200,10 @@ fn parse_value(spec: &ParamSpec, v: &Value) -> Result<ParamValue, ParamError> {
                     } else {
                         format!("a value between {min} and {max}")
                     };
-                    return Err(ParamError::Invalid { name: c_name(spec.name), what });
+                    return Err(ParamError::Invalid {
+                        name: c_name(spec.name),
+                        what,
+                    });
                 }
             }
             if spec.name == "xbzrle-cache-size" && (n < 4096 || !n.is_power_of_two()) {
@@ -188,7 +214,10 @@ fn parse_value(spec: &ParamSpec, v: &Value) -> Result<ParamValue, ParamError> {
             }
             Ok(ParamValue::Int(n))
         }
-        ParamKind::Bool => v.as_bool().map(ParamValue::Bool).ok_or_else(|| wrong("boolean")),
+        ParamKind::Bool => v
+            .as_bool()
+            .map(ParamValue::Bool)
+            .ok_or_else(|| wrong("boolean")),
         ParamKind::Str => match v {
             Value::Null => Ok(ParamValue::Str(String::new())),
             Value::String(s) => Ok(ParamValue::Str(s.clone())),
@@ -288,7 +317,10 @@ mod tests {
     #[test]
     fn validation_is_all_or_nothing_with_qemu_texts() {
         let mut p = MigrationParameters::default();
-        let e = apply(&mut p, json!({"max-bandwidth": 1000, "downtime-limit": 3_000_000}));
+        let e = apply(
+            &mut p,
+            json!({"max-bandwidth": 1000, "downtime-limit": 3_000_000}),
+        );
         assert_eq!(
             e.unwrap_err().to_string(),
             "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms"

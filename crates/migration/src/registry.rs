@@ -38,7 +38,11 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<_> = self.entries.iter().map(|e| (&e.idstr, e.instance_id)).collect();
+        let names: Vec<_> = self
+            .entries
+            .iter()
+            .map(|e| (&e.idstr, e.instance_id))
+            .collect();
         f.debug_struct("Registry").field("entries", &names).finish()
     }
 }
@@ -78,9 +82,19 @@ impl Registry {
     }
 
     /// Registers a device; `instance_id` None picks the next free instance for that idstr.
-    pub fn register_device(&mut self, idstr: &str, instance_id: Option<u32>, dev: Box<dyn DeviceState>) {
+    pub fn register_device(
+        &mut self,
+        idstr: &str,
+        instance_id: Option<u32>,
+        dev: Box<dyn DeviceState>,
+    ) {
         let version = dev.description().version_id;
-        self.push(idstr.to_string(), instance_id, version, EntryKind::Device(dev));
+        self.push(
+            idstr.to_string(),
+            instance_id,
+            version,
+            EntryKind::Device(dev),
+        );
     }
 
     /// Entries in registration order.
@@ -95,12 +109,16 @@ impl Registry {
 
     /// Finds an entry by idstr and instance id.
     pub fn find_mut(&mut self, idstr: &str, instance_id: u32) -> Option<&mut SaveStateEntry> {
-        self.entries.iter_mut().find(|e| e.idstr == idstr && e.instance_id == instance_id)
+        self.entries
+            .iter_mut()
+            .find(|e| e.idstr == idstr && e.instance_id == instance_id)
     }
 
     /// Finds the entry an incoming section id was bound to.
     pub fn find_by_load_id(&mut self, id: u32) -> Option<&mut SaveStateEntry> {
-        self.entries.iter_mut().find(|e| e.load_section_id == Some(id))
+        self.entries
+            .iter_mut()
+            .find(|e| e.load_section_id == Some(id))
     }
 
     /// Forgets incoming section-id bindings (before loading a new stream).

@@ -210,15 +210,24 @@ impl MigrationState {
             return info;
         }
         let t = &s.timings;
-        let now_ms = t.start.map(|st| st.elapsed().as_millis() as u64).unwrap_or(0);
+        let now_ms = t
+            .start
+            .map(|st| st.elapsed().as_millis() as u64)
+            .unwrap_or(0);
         let completed = status == MigrationStatus::Completed;
-        info.total_time = Some(if completed { t.total_time.unwrap_or(now_ms) } else { now_ms });
+        info.total_time = Some(if completed {
+            t.total_time.unwrap_or(now_ms)
+        } else {
+            now_ms
+        });
         info.setup_time = Some(t.setup_time.unwrap_or(0));
         if completed {
             info.downtime = t.downtime;
         } else {
-            info.expected_downtime =
-                Some(t.expected_downtime.unwrap_or_else(|| s.params.downtime_limit_ms()));
+            info.expected_downtime = Some(
+                t.expected_downtime
+                    .unwrap_or_else(|| s.params.downtime_limit_ms()),
+            );
         }
         let r = &self.ram;
         let g = RamCounters::get;

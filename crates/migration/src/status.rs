@@ -116,14 +116,14 @@ impl MigrationStatus {
     /// Whether moving from `self` to `to` is a legal transition of livemig's state machine.
     pub fn can_transition_to(self, to: MigrationStatus) -> bool {
         use MigrationStatus::*;
-        match (self, to) {
-            (None | Completed | Failed | Cancelled, Setup) => true,
-            (Setup, Active | Failed | Cancelling) => true,
-            (Active, Device | Completed | Failed | Cancelling) => true,
-            (Device, Completed | Failed | Cancelling) => true,
-            (Cancelling, Cancelled | Failed) => true,
-            _ => false,
-        }
+        matches!(
+            (self, to),
+            (None | Completed | Failed | Cancelled, Setup)
+                | (Setup, Active | Failed | Cancelling)
+                | (Active, Device | Completed | Failed | Cancelling)
+                | (Device, Completed | Failed | Cancelling)
+                | (Cancelling, Cancelled | Failed)
+        )
     }
 }
 

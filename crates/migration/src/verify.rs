@@ -36,12 +36,10 @@ impl RamVerify {
 
 impl DeviceState for RamVerify {
     fn description(&self) -> VmStateDescription {
-        self.ram
-            .blocks()
-            .iter()
-            .fold(VmStateDescription::new(IDSTR, 1).minimum_version(1), |d, b| {
-                d.field(b.idstr(), FieldKind::Buffer(32))
-            })
+        self.ram.blocks().iter().fold(
+            VmStateDescription::new(IDSTR, 1).minimum_version(1),
+            |d, b| d.field(b.idstr(), FieldKind::Buffer(32)),
+        )
     }
 
     fn needed(&self, caps: &Capabilities) -> bool {
@@ -56,15 +54,20 @@ impl DeviceState for RamVerify {
 
     fn load(&mut self, value: &VmStateValue, _version: u32) -> Result<(), MigrationError> {
         for b in self.ram.blocks() {
-            let remote = value.get_bytes(b.idstr()).map_err(|e| MigrationError::DeviceLoad {
-                idstr: IDSTR.into(),
-                reason: e.to_string(),
-            })?;
+            let remote = value
+                .get_bytes(b.idstr())
+                .map_err(|e| MigrationError::DeviceLoad {
+                    idstr: IDSTR.into(),
+                    reason: e.to_string(),
+                })?;
             if remote != b.digest() {
                 return Err(MigrationError::VerifyMismatch(b.idstr().to_string()));
             }
         }
-        tracing::info!(blocks = self.ram.blocks().len(), "ram-verify: RAM identical to the source");
+        tracing::info!(
+            blocks = self.ram.blocks().len(),
+            "ram-verify: RAM identical to the source"
+        );
         Ok(())
     }
 }

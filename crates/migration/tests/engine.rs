@@ -55,10 +55,19 @@ struct Side {
 }
 
 fn side(size: u64, running: bool) -> Side {
-    let ram = Arc::new(GuestRam::new(vec![RamBlock::new("pc.ram", size, Backing::Anonymous).unwrap()]));
+    let ram = Arc::new(GuestRam::new(vec![RamBlock::new(
+        "pc.ram",
+        size,
+        Backing::Anonymous,
+    )
+    .unwrap()]));
     let state = Arc::new(MigrationState::new(Arc::new(EventBus::new())));
     let vm = Arc::new(FakeVm {
-        state: Mutex::new(if running { RunState::Running } else { RunState::Paused }),
+        state: Mutex::new(if running {
+            RunState::Running
+        } else {
+            RunState::Paused
+        }),
         running: Arc::new(AtomicBool::new(running)),
     });
     let global = GlobalState::new();
@@ -66,8 +75,18 @@ fn side(size: u64, running: bool) -> Side {
     let log = Box::new(UffdDirtyLog::new(ram.clone()));
     reg.register_live(Box::new(RamHandler::new(ram.clone(), log, state.clone())));
     reg.register_device("globalstate", Some(0), Box::new(global.clone()));
-    reg.register_device(migration::verify::IDSTR, Some(0), Box::new(RamVerify::new(ram.clone())));
-    Side { ram, state, vm, registry: Arc::new(Mutex::new(Some(reg))), global }
+    reg.register_device(
+        migration::verify::IDSTR,
+        Some(0),
+        Box::new(RamVerify::new(ram.clone())),
+    );
+    Side {
+        ram,
+        state,
+        vm,
+        registry: Arc::new(Mutex::new(Some(reg))),
+        global,
+    }
 }
 
 fn fill(ram: &GuestRam, bytes: u64, seed: u64) {
@@ -83,7 +102,9 @@ fn fill(ram: &GuestRam, bytes: u64, seed: u64) {
             continue;
         }
         for w in page.chunks_mut(8) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             w.copy_from_slice(&x.to_le_bytes());
         }
         b.write_page(p, &page).unwrap();
@@ -91,7 +112,12 @@ fn fill(ram: &GuestRam, bytes: u64, seed: u64) {
 }
 
 /// Writes pages of the first `ws` bytes while the VM runs.
-fn writer(ram: Arc<GuestRam>, running: Arc<AtomicBool>, stop: Arc<AtomicBool>, ws: u64) -> thread::JoinHandle<u64> {
+fn writer(
+    ram: Arc<GuestRam>,
+    running: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    ws: u64,
+) -> thread::JoinHandle<u64> {
     thread::spawn(move || {
         let b = ram.blocks()[0].clone();
         let mut n = 0u64;
@@ -118,7 +144,11 @@ fn writer(ram: Arc<GuestRam>, running: Arc<AtomicBool>, stop: Arc<AtomicBool>, w
 fn unsafe_write(b: &RamBlock, page: u64, data: &[u8]) {
     // SAFETY: page < pages(), the mapping lives as long as `b`, and data is one page.
     unsafe {
-        std::ptr::copy_nonoverlapping(data.as_ptr(), b.host_ptr().add((page * 4096) as usize), 4096);
+        std::ptr::copy_nonoverlapping(
+            data.as_ptr(),
+            b.host_ptr().add((page * 4096) as usize),
+            4096,
+        );
     }
 }
 
@@ -141,16 +171,23 @@ fn wait_final(state: &MigrationState) -> MigrationStatus {
         if !s.is_running() && s != MigrationStatus::None {
             return s;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "migration stuck in {s}");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "migration stuck in {s}"
+        );
         thread::sleep(Duration::from_millis(5));
     }
 }
 
-fn incoming_thread(dst: &Side, uri: &str) -> (String, thread::JoinHandle<Result<(), MigrationError>>) {
+fn incoming_thread(
+    dst: &Side,
+    uri: &str,
+) -> (String, thread::JoinHandle<Result<(), MigrationError>>) {
     let listener = transport::listen(&uri.parse::<MigrationUri>().unwrap(), &NoFds).unwrap();
     let desc = listener.local_description();
     dst.state.lock().incoming = true;
-    dst.state.set_status(MigrationStatus::None, MigrationStatus::Setup);
+    dst.state
+        .set_status(MigrationStatus::None, MigrationStatus::Setup);
     let job = IncomingJob {
         listener,
         machine: "livemig-test".into(),
@@ -170,7 +207,11 @@ fn incoming_thread(dst: &Side, uri: &str) -> (String, thread::JoinHandle<Result<
 }
 
 fn enable_verify(s: &Side) {
-    s.state.lock().caps.apply(&[(Capability::RamVerify, true), (Capability::Events, true)]).unwrap();
+    s.state
+        .lock()
+        .caps
+        .apply(&[(Capability::RamVerify, true), (Capability::Events, true)])
+        .unwrap();
 }
 
 #[test]
@@ -180,11 +221,21 @@ fn live_migration_over_tcp_with_running_writer_and_verify() {
     fill(&src.ram, 32 * MIB, 1);
     enable_verify(&src);
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(src.ram.clone(), src.vm.running.clone(), stop.clone(), 8 * MIB);
+    let w = writer(
+        src.ram.clone(),
+        src.vm.running.clone(),
+        stop.clone(),
+        8 * MIB,
+    );
     let (uri, dh) = incoming_thread(&dst, "tcp:127.0.0.1:0");
     thread::sleep(Duration::from_millis(50));
     let h = outgoing::start(outgoing_job(&src, &uri), &NoFds).unwrap();
-    assert_eq!(wait_final(&src.state), MigrationStatus::Completed, "{:?}", src.state.info());
+    assert_eq!(
+        wait_final(&src.state),
+        MigrationStatus::Completed,
+        "{:?}",
+        src.state.info()
+    );
     h.join().unwrap();
     dh.join().unwrap().expect("destination load");
     stop.store(true, Ordering::SeqCst);
@@ -195,7 +246,10 @@ fn live_migration_over_tcp_with_running_writer_and_verify() {
     assert_eq!(src.ram.blocks()[0].digest(), dst.ram.blocks()[0].digest());
     let info = src.state.info();
     let ram = info.ram.unwrap();
-    assert!(ram.normal > 0 && ram.duplicate > 0 && ram.dirty_sync_count >= 2, "{ram:?}");
+    assert!(
+        ram.normal > 0 && ram.duplicate > 0 && ram.dirty_sync_count >= 2,
+        "{ram:?}"
+    );
     assert!(info.downtime.is_some());
 }
 
@@ -232,21 +286,36 @@ fn ram_size_mismatch_is_a_clear_error() {
     let err = dh.join().unwrap().unwrap_err();
     assert!(matches!(err, MigrationError::RamBlockSize { .. }), "{err}");
     assert_eq!(dst.state.status(), MigrationStatus::Failed);
-    assert!(dst.state.info().error_desc.unwrap().contains("Length mismatch: pc.ram"));
+    assert!(dst
+        .state
+        .info()
+        .error_desc
+        .unwrap()
+        .contains("Length mismatch: pc.ram"));
 }
 
 #[test]
 fn unreachable_destination_fails_and_source_keeps_running() {
     let src = side(8 * MIB, true);
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let h = outgoing::start(outgoing_job(&src, &format!("tcp:127.0.0.1:{port}")), &NoFds).unwrap();
     assert_eq!(wait_final(&src.state), MigrationStatus::Failed);
     h.join().unwrap();
     let info = src.state.info();
-    assert!(info.error_desc.unwrap().contains(&format!("tcp:127.0.0.1:{port}")));
+    assert!(info
+        .error_desc
+        .unwrap()
+        .contains(&format!("tcp:127.0.0.1:{port}")));
     assert_eq!(src.vm.run_state(), RunState::Running);
-    assert!(src.registry.lock().unwrap().is_some(), "registry handed back");
+    assert!(
+        src.registry.lock().unwrap().is_some(),
+        "registry handed back"
+    );
 }
 
 #[test]
@@ -254,7 +323,15 @@ fn cancel_mid_migration_then_retry_succeeds() {
     let src = side(64 * MIB, true);
     fill(&src.ram, 64 * MIB, 3);
     enable_verify(&src);
-    src.state.lock().params.apply_json(serde_json::json!({"max-bandwidth": 20 * MIB}).as_object().unwrap()).unwrap();
+    src.state
+        .lock()
+        .params
+        .apply_json(
+            serde_json::json!({"max-bandwidth": 20 * MIB})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
     let dst1 = side(64 * MIB, false);
     let (uri1, dh1) = incoming_thread(&dst1, "tcp:127.0.0.1:0");
     let job = outgoing_job(&src, &uri1);
@@ -273,10 +350,17 @@ fn cancel_mid_migration_then_retry_succeeds() {
     assert_eq!(wait_final(&src.state), MigrationStatus::Cancelled);
     h.join().unwrap();
     assert_eq!(src.vm.run_state(), RunState::Running);
-    assert!(dh1.join().unwrap().is_err(), "destination saw a truncated stream");
+    assert!(
+        dh1.join().unwrap().is_err(),
+        "destination saw a truncated stream"
+    );
 
     // Retry to a fresh destination, unlimited bandwidth.
-    src.state.lock().params.apply_json(serde_json::json!({"max-bandwidth": 0}).as_object().unwrap()).unwrap();
+    src.state
+        .lock()
+        .params
+        .apply_json(serde_json::json!({"max-bandwidth": 0}).as_object().unwrap())
+        .unwrap();
     let dst2 = side(64 * MIB, false);
     let (uri2, dh2) = incoming_thread(&dst2, "tcp:127.0.0.1:0");
     let h = outgoing::start(outgoing_job(&src, &uri2), &NoFds).unwrap();

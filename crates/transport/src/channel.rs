@@ -222,6 +222,13 @@ impl Write for ChannelWriter {
         }
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match &self.half {
+            Some(ep) => ep.write_vectored(bufs),
+            None => Err(unsupported(&self.shared, "written to")),
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         match &self.half {
             Some(_) => self.shared.cancel.check(),

@@ -145,6 +145,53 @@ impl Endpoint {
         }
     }
 
+    /// Writes like `writev(2)` (sockets: `sendmsg`); may write fewer bytes than given.
+    pub(crate) fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if self.kind == FdKind::PollFirst {
+            // Foreign descriptors get bounded plain writes (see `write`).
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return self.write(first);
+        }
+        let iovcnt = bufs.len().min(1024);
+        loop {
+            self.cancel.check()?;
+            let r = match self.kind {
+                FdKind::Socket => {
+                    // SAFETY: an all-zero msghdr is valid; the iovec array points at `bufs`,
+                    // whose IoSlice layout is iovec-compatible, alive for the whole call.
+                    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+                    msg.msg_iovlen = iovcnt as _;
+                    // SAFETY: `msg` describes valid, readable buffers for the call.
+                    unsafe {
+                        libc::sendmsg(
+                            self.fd.as_raw_fd(),
+                            &msg,
+                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                        )
+                    }
+                }
+                // SAFETY: IoSlice is ABI-compatible with iovec; the buffers live for the call.
+                _ => unsafe {
+                    libc::writev(
+                        self.fd.as_raw_fd(),
+                        bufs.as_ptr() as *const libc::iovec,
+                        iovcnt as libc::c_int,
+                    )
+                },
+            };
+            match self.outcome(r)? {
+                Some(n) => return Ok(n),
+                None => {
+                    self.cancel.wait(self.fd.as_raw_fd(), libc::POLLOUT, None)?;
+                }
+            }
+        }
+    }
+
     /// `Some(n)` on success, `None` to wait and retry (`EAGAIN`/`EINTR`), or the error
     /// (replaced by the shut-down error once cancelled).
     fn outcome(&self, r: isize) -> io::Result<Option<usize>> {

@@ -5,5 +5,5 @@
 
 #![deny(missing_docs)]
 
-pub mod soft;
 pub mod machine;
+pub mod soft;

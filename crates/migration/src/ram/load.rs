@@ -63,10 +63,15 @@ impl RamLoader {
                 .ok_or(MigrationError::UnknownRamBlock(name))?;
             self.current = Some(idx);
         }
-        let idx = self.current.ok_or(MigrationError::NoRamBlock(r.bytes_read()))?;
+        let idx = self
+            .current
+            .ok_or(MigrationError::NoRamBlock(r.bytes_read()))?;
         let b = &self.ram.blocks()[idx];
         if offset >= b.len() {
-            return Err(MigrationError::IllegalRamOffset { block: b.idstr().to_string(), offset });
+            return Err(MigrationError::IllegalRamOffset {
+                block: b.idstr().to_string(),
+                offset,
+            });
         }
         Ok((idx, offset / TARGET_PAGE_SIZE as u64))
     }
@@ -76,7 +81,11 @@ impl RamLoader {
         loop {
             match self.decoder.read_record(f)? {
                 RamRecord::MemSize { blocks, .. } => self.check_mem_size(&blocks)?,
-                RamRecord::Zero { block, offset, fill } => {
+                RamRecord::Zero {
+                    block,
+                    offset,
+                    fill,
+                } => {
                     let (b, page) = self.target(block, offset, f)?;
                     let blk = &self.ram.blocks()[b];
                     if fill == 0 {
@@ -88,8 +97,9 @@ impl RamLoader {
                 }
                 RamRecord::Page { block, offset } => {
                     let (b, page) = self.target(block, offset, f)?;
-                    f.get_buffer(&mut self.page_buf)?;
-                    self.ram.blocks()[b].write_page(page, &self.page_buf)?;
+                    // SAFETY: the destination's vCPUs do not run while RAM is loaded, and this
+                    // thread is the only writer.
+                    unsafe { self.ram.blocks()[b].with_page_mut(page, |p| f.get_buffer(p)) }??;
                 }
                 RamRecord::Xbzrle { block, offset, len } => {
                     let (b, page) = self.target(block, offset, f)?;

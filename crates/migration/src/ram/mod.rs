@@ -42,7 +42,11 @@ pub struct RamHandler {
 impl RamHandler {
     /// A handler over `ram`, tracking the guest's writes with `dirty_log`, reporting into
     /// `state`.
-    pub fn new(ram: Arc<GuestRam>, dirty_log: Box<dyn DirtyLog>, state: Arc<MigrationState>) -> Self {
+    pub fn new(
+        ram: Arc<GuestRam>,
+        dirty_log: Box<dyn DirtyLog>,
+        state: Arc<MigrationState>,
+    ) -> Self {
         Self {
             saver: RamSaver::new(ram.clone(), dirty_log, state),
             loader: load::RamLoader::new(ram.clone()),

@@ -28,7 +28,6 @@ pub struct RamSaver {
     encoder: RamEncoder,
     /// Scan position: block index and page.
     pos: (usize, u64),
-    page_buf: Box<[u8]>,
     in_downtime: bool,
     period_start: Instant,
     period_dirty: u64,
@@ -37,7 +36,11 @@ pub struct RamSaver {
 
 impl RamSaver {
     /// A saver over `ram`.
-    pub fn new(ram: Arc<GuestRam>, dirty_log: Box<dyn DirtyLog>, state: Arc<MigrationState>) -> Self {
+    pub fn new(
+        ram: Arc<GuestRam>,
+        dirty_log: Box<dyn DirtyLog>,
+        state: Arc<MigrationState>,
+    ) -> Self {
         Self {
             ram,
             dirty_log,
@@ -46,7 +49,6 @@ impl RamSaver {
             dirty_pages: 0,
             encoder: RamEncoder::new(),
             pos: (0, 0),
-            page_buf: vec![0u8; TARGET_PAGE_SIZE].into_boxed_slice(),
             in_downtime: false,
             period_start: Instant::now(),
             period_dirty: 0,
@@ -85,7 +87,10 @@ impl RamSaver {
             .ram
             .blocks()
             .iter()
-            .map(|b| RamBlockInfo { idstr: b.idstr().to_string(), used_length: b.len() })
+            .map(|b| RamBlockInfo {
+                idstr: b.idstr().to_string(),
+                used_length: b.len(),
+            })
             .collect();
         ram::write_mem_size(f, &infos);
         ram::put_eos(f);
@@ -109,7 +114,10 @@ impl RamSaver {
         self.dirty_pages += new;
         self.period_dirty += new;
         let c = &self.state.ram;
-        let pass = c.dirty_sync_count.load(std::sync::atomic::Ordering::Relaxed) + 1;
+        let pass = c
+            .dirty_sync_count
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + 1;
         RamCounters::set(&c.dirty_sync_count, pass);
         RamCounters::set(&c.remaining, self.dirty_pages * PAGE);
         let elapsed = self.period_start.elapsed();
@@ -120,7 +128,12 @@ impl RamSaver {
             self.period_dirty = 0;
         }
         self.state.emit_pass(pass);
-        tracing::debug!(pass, dirty_pages = self.dirty_pages, new, "dirty bitmap sync");
+        tracing::debug!(
+            pass,
+            dirty_pages = self.dirty_pages,
+            new,
+            "dirty bitmap sync"
+        );
         Ok(())
     }
 
@@ -152,21 +165,34 @@ impl RamSaver {
     }
 
     /// Sends one dirty page; the caller found it with [`next_dirty`](Self::next_dirty).
-    fn send_page(&mut self, f: &mut QemuFileWriter, b: usize, page: u64) -> Result<(), MigrationError> {
+    fn send_page(
+        &mut self,
+        f: &mut QemuFileWriter,
+        b: usize,
+        page: u64,
+    ) -> Result<(), MigrationError> {
         self.bitmaps[b].clear(page);
         self.dirty_pages -= 1;
         self.pos = (b, page + 1);
         let block = &self.ram.blocks()[b];
-        block.copy_page_to(page, &mut self.page_buf)?;
         let offset = page * PAGE;
+        let encoder = &mut self.encoder;
+        // SAFETY: the closure only reads the page, and queues it for the writer to send in
+        // place: the mapping outlives the writer (this saver holds the RAM), and a guest store
+        // racing with the send dirties the page again, so a torn copy is resent.
+        let zero = unsafe {
+            block.with_page(page, |bytes| {
+                if is_zero(bytes) {
+                    encoder.put_zero(f, b, block.idstr(), offset);
+                    true
+                } else {
+                    encoder.put_page_external(f, b, block.idstr(), offset, bytes.as_ptr());
+                    false
+                }
+            })
+        }?;
         let c = &self.state.ram;
-        if is_zero(&self.page_buf) {
-            self.encoder.put_zero(f, b, block.idstr(), offset);
-            RamCounters::add(&c.duplicate, 1);
-        } else {
-            self.encoder.put_page(f, b, block.idstr(), offset, &self.page_buf);
-            RamCounters::add(&c.normal, 1);
-        }
+        RamCounters::add(if zero { &c.duplicate } else { &c.normal }, 1);
         Ok(())
     }
 
@@ -234,7 +260,9 @@ fn is_zero(page: &[u8]) -> bool {
     };
     pre.iter().all(|&b| b == 0)
         && post.iter().all(|&b| b == 0)
-        && words.chunks(8).all(|c| c.iter().fold(0u64, |acc, &w| acc | w) == 0)
+        && words
+            .chunks(8)
+            .all(|c| c.iter().fold(0u64, |acc, &w| acc | w) == 0)
 }
 
 #[cfg(test)]

@@ -1,8 +1,19 @@
 //! The sending half of the stream layer.
 
-use std::io::Write;
+use std::io::{IoSlice, Write};
 
 use crate::error::Error;
+
+/// Pending iovec entries that force a write (QEMU's MAX_IOV_SIZE is 64 too).
+const MAX_IOV: usize = 64;
+
+/// A piece of the pending output: part of the internal buffer, or caller memory queued by
+/// [`QemuFileWriter::put_external`].
+#[derive(Debug, Clone, Copy)]
+enum Segment {
+    Buf { start: usize, end: usize },
+    Ext { ptr: *const u8, len: usize },
+}
 
 /// Default size of the writer's internal buffer.
 pub const DEFAULT_WRITE_BUFFER: usize = 256 * 1024;
@@ -28,7 +39,18 @@ pub struct QemuFileWriter {
     error: Option<Error>,
     rate_limit_max: u64,
     rate_limit_used: u64,
+    /// Output queued since the last drain when external memory is in use, in stream order.
+    iov: Vec<Segment>,
+    /// Start of the part of `buf` not yet in `iov`.
+    seg_start: usize,
+    /// Bytes of external memory in `iov`.
+    ext_pending: u64,
 }
+
+// SAFETY: the only non-Send members are the raw pointers of queued external segments. They are
+// read only by `drain`, and `put_external`'s contract keeps the memory valid until then,
+// whichever thread the writer is on.
+unsafe impl Send for QemuFileWriter {}
 
 impl std::fmt::Debug for QemuFileWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,11 +81,18 @@ impl QemuFileWriter {
             error: None,
             rate_limit_max: 0,
             rate_limit_used: 0,
+            iov: Vec::with_capacity(MAX_IOV + 1),
+            seg_start: 0,
+            ext_pending: 0,
         }
     }
 
     /// Writes the buffered bytes to the inner writer (no `flush` of the inner writer).
     fn drain(&mut self) {
+        if !self.iov.is_empty() {
+            self.drain_vectored();
+            return;
+        }
         if self.buf.is_empty() || self.error.is_some() {
             return;
         }
@@ -73,6 +102,75 @@ impl QemuFileWriter {
                 self.buf.clear();
             }
             Err(e) => self.error = Some(e.into()),
+        }
+    }
+
+    /// Writes the queued segments with vectored writes, in order.
+    fn drain_vectored(&mut self) {
+        if self.seg_start < self.buf.len() {
+            self.iov.push(Segment::Buf {
+                start: self.seg_start,
+                end: self.buf.len(),
+            });
+        }
+        let result = {
+            let buf = &self.buf;
+            let mut slices: Vec<IoSlice<'_>> = self
+                .iov
+                .iter()
+                .map(|seg| match *seg {
+                    Segment::Buf { start, end } => IoSlice::new(&buf[start..end]),
+                    Segment::Ext { ptr, len } => {
+                        // SAFETY: `put_external`'s caller keeps `len` bytes at `ptr` valid
+                        // until this drain has written them.
+                        let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+                        IoSlice::new(bytes)
+                    }
+                })
+                .collect();
+            write_all_vectored(&mut *self.inner, &mut slices)
+        };
+        let written = self.buf.len() as u64 + self.ext_pending;
+        self.iov.clear();
+        self.buf.clear();
+        self.seg_start = 0;
+        self.ext_pending = 0;
+        match result {
+            Ok(()) => self.flushed += written,
+            Err(e) => {
+                if self.error.is_none() {
+                    self.error = Some(e.into());
+                }
+            }
+        }
+    }
+
+    /// Queues `len` bytes at `ptr` to be written in place, without copying them into the
+    /// buffer (QEMU's `qemu_put_buffer_async`): the migration hot path sends guest pages this
+    /// way, and the kernel copies them straight from guest memory.
+    ///
+    /// # Safety
+    ///
+    /// The `len` bytes at `ptr` must stay mapped and readable until the writer next writes its
+    /// output (any later put may do so, as do `flush`, `into_inner` and drop). Their content may
+    /// change meanwhile; what is sent is the content at the time of the write.
+    pub unsafe fn put_external(&mut self, ptr: *const u8, len: usize) {
+        if self.error.is_some() || len == 0 {
+            return;
+        }
+        if self.seg_start < self.buf.len() {
+            self.iov.push(Segment::Buf {
+                start: self.seg_start,
+                end: self.buf.len(),
+            });
+            self.seg_start = self.buf.len();
+        }
+        self.iov.push(Segment::Ext { ptr, len });
+        self.ext_pending += len as u64;
+        self.rate_limit_used += len as u64;
+        if self.iov.len() >= MAX_IOV || self.ext_pending + self.buf.len() as u64 >= self.cap as u64
+        {
+            self.drain();
         }
     }
 
@@ -126,7 +224,7 @@ impl QemuFileWriter {
         if self.error.is_some() {
             return;
         }
-        if data.len() < self.cap {
+        if data.len() < self.cap && self.iov.is_empty() {
             self.put_small(data);
             return;
         }
@@ -197,7 +295,7 @@ impl QemuFileWriter {
 
     /// Bytes put so far, including bytes still in the buffer.
     pub fn total_transferred(&self) -> u64 {
-        self.flushed + self.buf.len() as u64
+        self.flushed + self.buf.len() as u64 + self.ext_pending
     }
 
     /// Bytes actually handed to the inner writer.
@@ -249,4 +347,18 @@ impl Drop for QemuFileWriter {
         // Like fclose: push out what is buffered; errors can only be observed via flush().
         self.drain();
     }
+}
+
+/// `write_all` for vectored output: retries partial writes, advancing over what was written.
+fn write_all_vectored(w: &mut dyn Write, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match w.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

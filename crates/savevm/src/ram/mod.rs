@@ -143,6 +143,27 @@ impl RamEncoder {
         w.put_buffer(data);
     }
 
+    /// Like [`put_page`](Self::put_page), but the page is queued in place with
+    /// [`QemuFileWriter::put_external`] instead of being copied into the buffer.
+    ///
+    /// # Safety
+    ///
+    /// As for [`QemuFileWriter::put_external`]: the [`TARGET_PAGE_SIZE`] bytes at `page` must
+    /// stay mapped until the writer next writes its output.
+    pub unsafe fn put_page_external(
+        &mut self,
+        w: &mut QemuFileWriter,
+        block_index: usize,
+        block_name: &str,
+        offset: u64,
+        page: *const u8,
+    ) {
+        debug_assert_eq!(offset & !TARGET_PAGE_MASK, 0);
+        self.header(w, block_index, block_name, offset | RAM_SAVE_FLAG_PAGE);
+        // SAFETY: forwarded from this function's contract.
+        unsafe { w.put_external(page, TARGET_PAGE_SIZE) };
+    }
+
     /// Writes a ZERO record with fill byte 0.
     pub fn put_zero(
         &mut self,

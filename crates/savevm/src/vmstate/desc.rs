@@ -99,6 +99,9 @@ pub enum FieldKind {
     },
     /// A nested struct: its fields and subsections, no header (`struct`).
     Struct(Arc<VmStateDescription>),
+    /// A temporary struct encoded inline like a struct (`tmp`); in the JSON its description
+    /// (`vmsd_name`, `version`, `fields`) sits directly in the field object.
+    Tmp(Arc<VmStateDescription>),
     /// A queue of structs: { u8 1, element }* u8 0 (`qtailq`).
     QTailQ(Arc<VmStateDescription>),
     /// The wire codec of `codec` under another JSON `type` string, for QEMU types whose
@@ -140,6 +143,7 @@ impl FieldKind {
             FieldKind::Bitmap(_) => "bitmap",
             FieldKind::Array { elem, .. } | FieldKind::VarArray { elem, .. } => elem.type_name(),
             FieldKind::Struct(_) => "struct",
+            FieldKind::Tmp(_) => "tmp",
             FieldKind::QTailQ(_) => "qtailq",
         }
     }
@@ -228,6 +232,21 @@ impl VmStateDescription {
 
     fn can_compress(&self) -> bool {
         self.subsections.is_empty() && self.fields.iter().all(|f| f.kind.can_compress())
+    }
+
+    /// How many fields before `idx` share its name and are stored in values at `version`
+    /// (on the wire and not `unused`): the occurrence number used with
+    /// [`VmStateValue::get_nth`](super::VmStateValue::get_nth).
+    pub(crate) fn occurrence(&self, idx: usize, version: u32) -> usize {
+        let name = &self.fields[idx].name;
+        self.fields[..idx]
+            .iter()
+            .filter(|f| {
+                &f.name == name
+                    && f.since_version <= version
+                    && !matches!(f.kind.codec(), FieldKind::Unused(_))
+            })
+            .count()
     }
 
     /// JSON name of field `idx`: `name`, or `name[k]` when the name occurs more than once in

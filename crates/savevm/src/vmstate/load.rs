@@ -59,7 +59,8 @@ fn load_vmsd(
         if field.since_version > version {
             continue;
         }
-        let cur = current.and_then(|c| c.get(&field.name));
+        let k = desc.occurrence(idx, version);
+        let cur = current.and_then(|c| c.get_nth(&field.name, k));
         match field.kind.codec() {
             FieldKind::Unused(n) => r.skip(*n as u64)?,
             FieldKind::Array { elem, len } => {
@@ -227,7 +228,7 @@ fn load_one(
             }
             Ok(Value::List(l))
         }
-        FieldKind::Struct(sd) => {
+        FieldKind::Struct(sd) | FieldKind::Tmp(sd) => {
             let c = match cur {
                 Some(Value::Struct(s)) => Some(s),
                 _ => None,

@@ -66,12 +66,16 @@ fn save_vmsd(
     Ok(obj)
 }
 
+/// The value of field `idx`: the k-th value named like it, where k counts the earlier fields
+/// of the same name that are on the wire (QEMU allows repeated field names).
 fn field_value<'a>(
     desc: &VmStateDescription,
+    idx: usize,
     value: &'a VmStateValue,
-    name: &str,
 ) -> Result<&'a Value, Error> {
-    value.get(name).ok_or_else(|| Error::FieldMissing {
+    let name = &desc.fields[idx].name;
+    let k = desc.occurrence(idx, desc.version_id);
+    value.get_nth(name, k).ok_or_else(|| Error::FieldMissing {
         vmsd: desc.name.clone(),
         field: name.into(),
     })
@@ -100,7 +104,7 @@ fn save_field(
             ));
         }
         FieldKind::Array { elem, len } => {
-            let list = list_of(field_value(desc, value, name)?, name)?;
+            let list = list_of(field_value(desc, idx, value)?, name)?;
             if list.len() != *len {
                 return Err(Error::SizeMismatch {
                     field: name.clone(),
@@ -111,7 +115,7 @@ fn save_field(
             save_elements(desc, idx, field, elem, list, w, out)?;
         }
         FieldKind::VarArray { elem, len_field } => {
-            let list = list_of(field_value(desc, value, name)?, name)?;
+            let list = list_of(field_value(desc, idx, value)?, name)?;
             let want = earlier_len(desc, idx, value, len_field)?;
             if list.len() as u64 != want {
                 return Err(Error::SizeMismatch {
@@ -124,7 +128,7 @@ fn save_field(
         }
         _ => {
             let kind = &field.kind;
-            let v = field_value(desc, value, name)?;
+            let v = field_value(desc, idx, value)?;
             let start = w.total_transferred();
             let nested = write_scalar(desc, idx, name, kind, v, value, w)?;
             out.push(describe(
@@ -257,9 +261,9 @@ fn put_zeros(w: &mut QemuFileWriter, n: usize) {
 enum Nested {
     /// A struct field: goes under `"struct"`.
     Struct(Map<String, Json>),
-    /// A qtailq field: 7.2 writes each element's description (`vmsd_name`, `version`,
-    /// `fields`...) directly into the field object, repeating the keys per element. A JSON
-    /// map cannot hold repeated keys, so only the first element's description is kept.
+    /// A tmp or qtailq field: the description (`vmsd_name`, `version`, `fields`...) goes
+    /// directly into the field object. For qtailq 7.2 repeats these keys once per element; a
+    /// JSON map cannot hold repeated keys, so only the first element's description is kept.
     Inline(Map<String, Json>),
 }
 
@@ -346,6 +350,18 @@ fn write_scalar(
                 }
             };
             return Ok(Some(Nested::Struct(save_vmsd(sd, sv, w)?)));
+        }
+        FieldKind::Tmp(sd) => {
+            let sv = match v {
+                Value::Struct(s) => s,
+                _ => {
+                    return Err(Error::FieldType {
+                        field: name.into(),
+                        expected: "a struct",
+                    })
+                }
+            };
+            return Ok(Some(Nested::Inline(save_vmsd(sd, sv, w)?)));
         }
         FieldKind::QTailQ(sd) => {
             let mut first = None;

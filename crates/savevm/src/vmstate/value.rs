@@ -128,9 +128,25 @@ impl VmStateValue {
         }
     }
 
-    /// Field `name`, if present.
+    /// Appends field `name` even if the name is already present (for descriptions that
+    /// repeat a field name, as some QEMU devices do; the k-th value of a name belongs to the
+    /// k-th field of that name).
+    pub fn push(&mut self, name: impl Into<String>, v: Value) {
+        self.fields.push((name.into(), v));
+    }
+
+    /// Field `name`, if present (the first one when the name repeats).
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.get_nth(name, 0)
+    }
+
+    /// The `k`-th field called `name` (0-based), for repeated names.
+    pub fn get_nth(&self, name: &str, k: usize) -> Option<&Value> {
+        self.fields
+            .iter()
+            .filter(|(n, _)| n == name)
+            .nth(k)
+            .map(|(_, v)| v)
     }
 
     /// Subsection `name`, if present.

@@ -1,6 +1,7 @@
 //! Integration tests of the savevm stream format (one binary, one module per area).
 
 mod block;
+mod qemu_capture;
 mod qemu_file;
 mod ram;
 mod record;

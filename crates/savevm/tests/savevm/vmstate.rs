@@ -463,7 +463,7 @@ fn json_description_matches_qemu_schema() {
         .field("skip", K::Unused(2))
         .field_since("future", K::U8, 3)
         .subsection(VmStateDescription::new("ctl/sub", 1).field("z", K::Bool));
-    let v = VmStateValue::new()
+    let mut v = VmStateValue::new()
         .with("r", Value::Uint(1))
         .with("regs", Value::List(vec![Value::Uint(0); 4]))
         .with(
@@ -485,6 +485,7 @@ fn json_description_matches_qemu_schema() {
             ]),
         )
         .with_subsection("ctl/sub", VmStateValue::new().with("z", Value::Bool(true)));
+    v.push("r", Value::Uint(2));
     let mut vmsd_json = None;
     let bytes = bytes_of(|w| vmsd_json = Some(vmstate::save(&d, &v, w).unwrap()));
     let mut b = VmDescBuilder::new(4096);
@@ -697,4 +698,29 @@ fn qtailq_json_inlines_the_element_description() {
         r#"{"name": "list", "type": "qtailq", "vmsd_name": "dev/inner", "version": 1, "fields": [{"name": "a", "type": "uint16", "size": 2}, {"name": "b", "type": "bool", "size": 1}], "size": 9}"#
     );
     assert_eq!(vmstate::load(&d, 1, &mut reader(&bytes)).unwrap(), v);
+}
+
+#[test]
+fn repeated_field_names_map_to_occurrences() {
+    // QEMU allows a VMSD to list the same field name twice (e.g. two views of env.xmm_regs).
+    let d = VmStateDescription::new("cpu", 2)
+        .field("regs", K::U32)
+        .field("pad", K::Unused(1))
+        .field("regs", K::U16)
+        .field_since("regs", K::U8, 3);
+    let mut v = VmStateValue::new();
+    v.push("regs", Value::Uint(0x1111_1111));
+    v.push("regs", Value::Uint(0x2222));
+    let mut json = None;
+    let bytes = bytes_of(|w| json = Some(vmstate::save(&d, &v, w).unwrap()));
+    assert_eq!(bytes, [0x11, 0x11, 0x11, 0x11, 0, 0x22, 0x22]);
+    let json = json.unwrap();
+    // Names are made unique over the whole description, as QEMU does.
+    assert_eq!(json["fields"][0]["name"], "regs[0]");
+    assert_eq!(json["fields"][1]["name"], "pad");
+    assert_eq!(json["fields"][2]["name"], "regs[1]");
+    let back = vmstate::load(&d, 2, &mut reader(&bytes)).unwrap();
+    assert_eq!(back, v);
+    assert_eq!(back.get_nth("regs", 1), Some(&Value::Uint(0x2222)));
+    assert_eq!(back.get_u32("regs").unwrap(), 0x1111_1111);
 }

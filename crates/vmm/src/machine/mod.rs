@@ -6,6 +6,7 @@
 //! hands it back at the end (see `migration::outgoing`). Errors keep QEMU's texts, which
 //! management software matches on.
 
+mod timer;
 mod vcpus;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ use migration::{
 };
 use transport::{FdSource, MigrationUri, ShutdownHandle};
 
+pub use timer::{Timer, TimerState};
 pub use vcpus::{SoftCpuDevice, Vcpus};
 
 use crate::soft::{self, WorkloadConfig};
@@ -33,7 +35,8 @@ pub enum MachineType {
     /// livemig's software machine: one RAM block `pc.ram`, a `soft-cpu` section per vCPU.
     #[default]
     Soft,
-    /// What QEMU 7.2's `-M none` presents: RAM block `ram`, `globalstate` (interop).
+    /// What QEMU 7.2's `-M none` presents: RAM block `ram`, `timer` and `globalstate`
+    /// (interop with QEMU); the software guest's vCPU state is not migrated.
     None,
 }
 
@@ -150,7 +153,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Machine {
     /// Builds the VM; starts the vCPUs unless `-S` or `--incoming`.
     pub fn new(cfg: MachineConfig) -> Result<Arc<Machine>, MachineError> {
-        let block = RamBlock::new(cfg.machine.ram_block_name(), cfg.memory, cfg.backing.clone())?;
+        let block = RamBlock::new(
+            cfg.machine.ram_block_name(),
+            cfg.memory,
+            cfg.backing.clone(),
+        )?;
         let ram = Arc::new(GuestRam::new(vec![block]));
         if cfg.fill > 0 && !cfg.incoming {
             soft::fill_initial(&ram, 0, cfg.fill.min(cfg.memory), 0x5eed)?;
@@ -164,9 +171,18 @@ impl Machine {
         } else {
             RunState::Paused
         };
-        let vcpus = Arc::new(Vcpus::new(ram.clone(), cfg.workload.clone(), initial, events.clone()));
+        let vcpus = Arc::new(Vcpus::new(
+            ram.clone(),
+            cfg.workload.clone(),
+            initial,
+            events.clone(),
+        ));
         let global = GlobalState::new();
         let mut reg = Registry::new();
+        if cfg.machine == MachineType::None {
+            // Same registration order as QEMU's none machine: timer, ram, globalstate.
+            reg.register_device("timer", Some(0), Box::new(Timer::default()));
+        }
         let log = Box::new(UffdDirtyLog::new(ram.clone()));
         reg.register_live(Box::new(RamHandler::new(ram.clone(), log, state.clone())));
         if cfg.machine == MachineType::Soft {
@@ -176,7 +192,11 @@ impl Machine {
             }
         }
         reg.register_device("globalstate", Some(0), Box::new(global.clone()));
-        reg.register_device(verify::IDSTR, Some(0), Box::new(RamVerify::new(ram.clone())));
+        reg.register_device(
+            verify::IDSTR,
+            Some(0),
+            Box::new(RamVerify::new(ram.clone())),
+        );
         let m = Arc::new(Machine {
             cfg,
             ram,
@@ -243,7 +263,8 @@ impl Machine {
             Err(e) => {
                 // QEMU moves to setup, then fails: query-migrate shows `failed`.
                 if self.state.set_status_from_any(MigrationStatus::Setup) {
-                    self.state.set_status(MigrationStatus::Setup, MigrationStatus::Failed);
+                    self.state
+                        .set_status(MigrationStatus::Setup, MigrationStatus::Failed);
                 }
                 return Err(MachineError::BadUri(e));
             }
@@ -279,7 +300,11 @@ impl Machine {
     }
 
     /// `migrate-incoming URI` (or `--incoming URI`): listens and loads in the background.
-    pub fn migrate_incoming(self: &Arc<Self>, uri: &str, fds: &dyn FdSource) -> Result<(), MachineError> {
+    pub fn migrate_incoming(
+        self: &Arc<Self>,
+        uri: &str,
+        fds: &dyn FdSource,
+    ) -> Result<(), MachineError> {
         if !self.cfg.incoming {
             return Err(MachineError::NotIncoming);
         }
@@ -300,7 +325,10 @@ impl Machine {
             s.socket_address = listener.socket_address().map(|a| vec![a.to_qmp()]);
         }
         self.state.set_status_from_any(MigrationStatus::Setup);
-        tracing::info!("waiting for an incoming migration on {}", listener.local_description());
+        tracing::info!(
+            "waiting for an incoming migration on {}",
+            listener.local_description()
+        );
         *lock(&self.incoming_uri) = Some(listener.local_description());
         let job = IncomingJob {
             listener,
@@ -340,7 +368,9 @@ impl Machine {
     /// `stop`.
     pub fn stop(&self) -> Result<(), MachineError> {
         if self.run_state().is_running() {
-            self.vcpus.vm_stop(RunState::Paused).map_err(MachineError::Vm)?;
+            self.vcpus
+                .vm_stop(RunState::Paused)
+                .map_err(MachineError::Vm)?;
         }
         Ok(())
     }
@@ -369,7 +399,8 @@ impl Machine {
     /// Blocks until `quit`, or until the incoming migration ended if `until_incoming_done`.
     pub fn wait(&self, until_incoming_done: bool) {
         let mut q = lock(&self.quit.0);
-        while !*q && !(until_incoming_done && self.incoming_result().is_some()) {
+        let done = |q: bool| q || (until_incoming_done && self.incoming_result().is_some());
+        while !done(*q) {
             q = self.quit.1.wait(q).unwrap_or_else(|p| p.into_inner());
         }
     }

@@ -82,14 +82,17 @@ impl Vcpus {
     }
 
     fn start_threads(&self, threads: &mut Threads) -> Result<(), String> {
-        let Some(cfg) = self.workload.clone() else { return Ok(()) };
+        let Some(cfg) = self.workload.clone() else {
+            return Ok(());
+        };
         if let Threads::NotStarted(states) = threads {
             let states = states
                 .iter()
                 .enumerate()
                 .map(|(i, s)| s.unwrap_or_else(|| self.initial_state(i)))
                 .collect();
-            let g = SoftGuest::start_from(self.ram.clone(), cfg, states).map_err(|e| e.to_string())?;
+            let g =
+                SoftGuest::start_from(self.ram.clone(), cfg, states).map_err(|e| e.to_string())?;
             *threads = Threads::Started(g);
         }
         Ok(())
@@ -173,7 +176,12 @@ impl DeviceState for SoftCpuDevice {
     }
 
     fn save(&self) -> VmStateValue {
-        let s = self.vcpus.states().get(self.index).copied().unwrap_or_default();
+        let s = self
+            .vcpus
+            .states()
+            .get(self.index)
+            .copied()
+            .unwrap_or_default();
         VmStateValue::new()
             .with("vcpu", Value::Uint(s.vcpu))
             .with("generation", Value::Uint(s.generation))
@@ -182,7 +190,10 @@ impl DeviceState for SoftCpuDevice {
     }
 
     fn load(&mut self, v: &VmStateValue, _version: u32) -> Result<(), MigrationError> {
-        let err = |reason: String| MigrationError::DeviceLoad { idstr: "soft-cpu".into(), reason };
+        let err = |reason: String| MigrationError::DeviceLoad {
+            idstr: "soft-cpu".into(),
+            reason,
+        };
         let get = |name: &str| v.get_u64(name).map_err(|e| err(e.to_string()));
         let s = SoftCpuState {
             vcpu: get("vcpu")?,
@@ -191,7 +202,10 @@ impl DeviceState for SoftCpuDevice {
             position: get("position")?,
         };
         if s.vcpu != self.index as u64 || s.rng == 0 {
-            return Err(err(format!("state of vCPU {} is not valid for vCPU {}", s.vcpu, self.index)));
+            return Err(err(format!(
+                "state of vCPU {} is not valid for vCPU {}",
+                s.vcpu, self.index
+            )));
         }
         match &mut *lock(&self.vcpus.threads) {
             Threads::NotStarted(states) => match states.get_mut(self.index) {

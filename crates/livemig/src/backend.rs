@@ -1,0 +1,113 @@
+//! The monitors' view of a [`Machine`]: [`monitor::MonitorBackend`] implemented by delegation.
+
+use std::sync::Arc;
+
+use migration::{Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, RunState};
+use monitor::{CommandError, MigrateOptions, MonitorBackend};
+use vmm::machine::{Machine, MachineError};
+
+/// A machine behind the monitors.
+pub struct MachineBackend(pub Arc<Machine>);
+
+fn err(e: MachineError) -> CommandError {
+    // The top-level text is QEMU's; causes are appended so operators see why.
+    let mut desc = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        desc.push_str(": ");
+        desc.push_str(&s.to_string());
+        src = s.source();
+    }
+    CommandError::generic(desc)
+}
+
+impl MonitorBackend for MachineBackend {
+    fn migrate(
+        &self,
+        uri: &str,
+        opts: MigrateOptions,
+        fds: &dyn transport::FdSource,
+    ) -> Result<(), CommandError> {
+        if opts.resume {
+            return Err(CommandError::generic(
+                "Cannot resume if there is no paused migration",
+            ));
+        }
+        if opts.blk || opts.inc {
+            return Err(CommandError::generic(
+                "block migration (-b/-i) needs disks; this VM has none attached",
+            ));
+        }
+        self.0.migrate(uri, fds).map_err(err)
+    }
+
+    fn migrate_incoming(
+        &self,
+        uri: &str,
+        fds: &dyn transport::FdSource,
+    ) -> Result<(), CommandError> {
+        self.0.migrate_incoming(uri, fds).map_err(err)
+    }
+
+    fn migrate_cancel(&self) {
+        self.0.migrate_cancel();
+    }
+
+    fn query_migrate(&self) -> MigrationInfo {
+        self.0.migration().info()
+    }
+
+    fn set_capabilities(&self, changes: &[(Capability, bool)]) -> Result<(), CommandError> {
+        let state = self.0.migration();
+        if state.status().is_running() {
+            return Err(CommandError::generic(
+                "There's a migration process in progress",
+            ));
+        }
+        state
+            .lock()
+            .caps
+            .apply(changes)
+            .map_err(|e| CommandError::generic(e.to_string()))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.0.migration().lock().caps.clone()
+    }
+
+    fn set_parameters(
+        &self,
+        args: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), CommandError> {
+        self.0
+            .migration()
+            .lock()
+            .params
+            .apply_json(args)
+            .map_err(|e| CommandError::generic(e.to_string()))
+    }
+
+    fn parameters(&self) -> MigrationParameters {
+        self.0.migration().lock().params.clone()
+    }
+
+    fn run_state(&self) -> RunState {
+        self.0.run_state()
+    }
+
+    fn stop(&self) -> Result<(), CommandError> {
+        self.0.stop().map_err(err)
+    }
+
+    fn cont(&self) -> Result<(), CommandError> {
+        self.0.cont().map_err(err)
+    }
+
+    fn quit(&self) {
+        self.0.request_quit();
+    }
+
+    fn events(&self) -> &EventBus {
+        self.0.events()
+    }
+}

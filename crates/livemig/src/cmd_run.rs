@@ -1,0 +1,158 @@
+//! `livemig run`: one VM process, source or (with `--incoming`) destination of a migration,
+//! driven through QMP / HMP monitors like QEMU.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use guest_ram::Backing;
+use vmm::machine::{Machine, MachineConfig, MachineType};
+use vmm::soft::{Pattern, WorkloadConfig};
+
+use crate::backend::MachineBackend;
+use crate::size::parse_size;
+
+/// Machine types on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MachineArg {
+    /// livemig's software machine (RAM block `pc.ram`, a `soft-cpu` section per vCPU).
+    Soft,
+    /// What QEMU's `-M none` presents (RAM block `ram`), for interop with QEMU.
+    None,
+}
+
+/// Write patterns on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PatternArg {
+    /// Page after page.
+    Sequential,
+    /// Random pages.
+    Random,
+}
+
+/// Arguments of `livemig run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Guest RAM size (e.g. 256M, 1G).
+    #[arg(short = 'm', long = "memory", default_value = "256M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Machine type presented on the wire.
+    #[arg(long = "machine", short = 'M', value_enum, default_value = "soft")]
+    pub machine: MachineArg,
+    /// RAM backing: `anon`, `memfd`, or `file:PATH` (shared file mapping).
+    #[arg(long, default_value = "anon")]
+    pub backing: String,
+    /// Number of vCPUs of the software guest (0: no vCPU runs).
+    #[arg(long = "smp", visible_alias = "vcpus", default_value_t = 1)]
+    pub vcpus: usize,
+    /// Bytes of RAM the guest keeps rewriting.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pub working_set: u64,
+    /// Dirtying rate per vCPU in bytes/s (e.g. 64M); unlimited when absent.
+    #[arg(long, value_parser = parse_size)]
+    pub write_rate: Option<u64>,
+    /// Page order of the workload.
+    #[arg(long, value_enum, default_value = "sequential")]
+    pub pattern: PatternArg,
+    /// Seed of the workload's data.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Bytes of RAM filled with pseudo-random data and zero pages at boot.
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    pub fill: u64,
+    /// Wait for an incoming migration on URI (`tcp:HOST:PORT`, `unix:PATH`, `exec:CMD`,
+    /// `file:PATH`, `fd:N`, or `defer` for `migrate-incoming`).
+    #[arg(long)]
+    pub incoming: Option<String>,
+    /// Do not start the vCPUs (like QEMU's -S).
+    #[arg(short = 'S')]
+    pub start_paused: bool,
+    /// QMP monitor endpoint, QEMU style: `unix:PATH,server=on,wait=off`, `tcp:HOST:PORT,...`,
+    /// `stdio`. May be repeated.
+    #[arg(long)]
+    pub qmp: Vec<String>,
+    /// HMP monitor endpoint (same syntax as --qmp). May be repeated.
+    #[arg(long)]
+    pub monitor: Vec<String>,
+    /// Write the incoming listen URI (with the real port) to this file once listening.
+    #[arg(long)]
+    pub incoming_uri_file: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The machine configuration these arguments describe.
+    pub fn machine_config(&self) -> anyhow::Result<MachineConfig> {
+        let backing = match self.backing.as_str() {
+            "anon" | "anonymous" => Backing::Anonymous,
+            "memfd" => Backing::Memfd,
+            s => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Backing::File {
+                    path: p.into(),
+                    share: true,
+                },
+                _ => bail!("invalid --backing '{s}': expected anon, memfd or file:PATH"),
+            },
+        };
+        let workload = (self.vcpus > 0).then_some(WorkloadConfig {
+            vcpus: self.vcpus,
+            working_set: self.working_set,
+            write_rate: self.write_rate,
+            pattern: match self.pattern {
+                PatternArg::Sequential => Pattern::Sequential,
+                PatternArg::Random => Pattern::Random,
+            },
+            seed: self.seed,
+            block: 0,
+            offset: 0,
+        });
+        Ok(MachineConfig {
+            machine: match self.machine {
+                MachineArg::Soft => MachineType::Soft,
+                MachineArg::None => MachineType::None,
+            },
+            memory: self.memory,
+            backing,
+            workload,
+            fill: self.fill,
+            start_paused: self.start_paused,
+            incoming: self.incoming.is_some(),
+        })
+    }
+}
+
+/// Runs the VM until `quit` (or, for a destination, until a failed incoming migration).
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let machine = Machine::new(args.machine_config()?).context("cannot start the VM")?;
+    let backend = Arc::new(MachineBackend(machine.clone()));
+    let _monitors = crate::cmd_monitor::start_servers(&args.qmp, &args.monitor, backend)?;
+    if let Some(uri) = args.incoming.as_deref().filter(|u| *u != "defer") {
+        machine
+            .migrate_incoming(uri, &transport::NoFds)
+            .with_context(|| format!("cannot listen for an incoming migration on {uri}"))?;
+        if let (Some(path), Some(real)) = (&args.incoming_uri_file, machine.incoming_uri()) {
+            std::fs::write(path, real)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    loop {
+        machine.wait(args.incoming.is_some());
+        if machine.quit_requested() {
+            break;
+        }
+        if let Some(Err(e)) = machine.incoming_result() {
+            // As QEMU: a destination whose load failed discards the partial VM and exits.
+            eprintln!("livemig: load of migration failed: {e}");
+            machine.shutdown();
+            return Ok(ExitCode::FAILURE);
+        }
+        // Incoming migration completed: keep running as the VM until quit.
+        machine.wait(false);
+        if machine.quit_requested() {
+            break;
+        }
+    }
+    machine.shutdown();
+    Ok(ExitCode::SUCCESS)
+}

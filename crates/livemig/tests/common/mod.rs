@@ -1,0 +1,201 @@
+//! Helpers for the end-to-end tests: `livemig run` processes driven over QMP.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use monitor::QmpClient;
+use serde_json::{json, Value};
+
+/// A `livemig run` child process with a QMP socket; killed on drop.
+pub struct Vm {
+    pub child: Option<Child>,
+    pub qmp_path: PathBuf,
+    pub qmp: Option<QmpClient>,
+    pub stderr_path: PathBuf,
+}
+
+pub const SMALL: &[&str] = &[
+    "-m",
+    "64M",
+    "--smp",
+    "2",
+    "--working-set",
+    "8M",
+    "--write-rate",
+    "32M",
+    "--pattern",
+    "random",
+];
+
+impl Vm {
+    /// Starts `livemig run ARGS --qmp unix:DIR/NAME.qmp` and connects to its QMP socket.
+    pub fn start(dir: &Path, name: &str, args: &[&str]) -> Vm {
+        let qmp_path = dir.join(format!("{name}.qmp"));
+        let stderr_path = dir.join(format!("{name}.stderr"));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_livemig"))
+            .arg("run")
+            .args(args)
+            .arg("--qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn livemig run");
+        let mut vm = Vm {
+            child: Some(child),
+            qmp_path,
+            qmp: None,
+            stderr_path,
+        };
+        let t = Instant::now();
+        while !vm.qmp_path.exists() {
+            if let Some(st) = vm.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{name} exited early ({st}): {}", vm.stderr());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{name}: no QMP socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        vm.qmp = Some(QmpClient::connect_unix(&vm.qmp_path).expect("QMP connect"));
+        vm
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn qmp(&mut self) -> &mut QmpClient {
+        self.qmp.as_mut().expect("QMP connected")
+    }
+
+    /// Executes a command that must succeed.
+    pub fn cmd(&mut self, name: &str, args: Value) -> Value {
+        let args = if args.is_null() { None } else { Some(args) };
+        match self.qmp().execute(name, args) {
+            Ok(v) => v,
+            Err(e) => panic!("{name} failed: {e}"),
+        }
+    }
+
+    /// Executes a command that must fail; returns the error text.
+    pub fn cmd_err(&mut self, name: &str, args: Value) -> String {
+        let args = if args.is_null() { None } else { Some(args) };
+        match self.qmp().execute(name, args) {
+            Ok(v) => panic!("{name} unexpectedly succeeded: {v}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    pub fn status(&mut self) -> String {
+        self.cmd("query-status", Value::Null)["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    pub fn enable_verify(&mut self) {
+        self.cmd(
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "ram-verify", "state": true}, {"capability": "events", "state": true}]}),
+        );
+    }
+
+    /// Polls `query-migrate` until the status is final; returns the reply.
+    pub fn wait_migration(&mut self) -> Value {
+        let t = Instant::now();
+        loop {
+            let info = self.cmd("query-migrate", Value::Null);
+            if matches!(
+                info["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            ) {
+                return info;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "migration stuck: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the run state is `want`.
+    pub fn wait_status(&mut self, want: &str) {
+        let t = Instant::now();
+        while self.status() != want {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "never reached {want}: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `quit` and waits for the process.
+    pub fn quit(mut self) -> Output {
+        let _ = self.qmp().execute("quit", None);
+        self.wait_exit()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self) -> Output {
+        let mut child = self.child.take().expect("running");
+        let t = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().unwrap();
+        Output {
+            status: out.status,
+            stdout: out.stdout,
+            stderr: self.stderr().into_bytes(),
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts a destination listening on `uri` (port 0 allowed); returns it and the real URI.
+pub fn destination(dir: &Path, name: &str, args: &[&str], uri: &str) -> (Vm, String) {
+    let uri_file = dir.join(format!("{name}.uri"));
+    let uri_file_s = uri_file.display().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--incoming", uri, "--incoming-uri-file", &uri_file_s]);
+    let mut vm = Vm::start(dir, name, &all);
+    let t = Instant::now();
+    while !uri_file.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{name} did not listen: {}",
+            vm.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(vm.status(), "inmigrate");
+    (vm, std::fs::read_to_string(uri_file).unwrap())
+}

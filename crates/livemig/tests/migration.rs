@@ -1,0 +1,212 @@
+//! Two-process live migrations: `livemig run` sources and destinations driven over QMP, with a
+//! running guest workload and `ram-verify` on (the destination refuses RAM that differs).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{destination, Vm, SMALL};
+use serde_json::{json, Value};
+
+fn args(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut v = SMALL.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+/// Migrates a running source to `uri` and checks both sides afterwards.
+fn migrate_and_check(src: &mut Vm, dst: &mut Vm, uri: &str) -> Value {
+    src.wait_status("running");
+    src.enable_verify();
+    std::thread::sleep(Duration::from_millis(100));
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = src.wait_migration();
+    assert_eq!(
+        info["status"],
+        "completed",
+        "{info}\nsource: {}\ndestination: {}",
+        src.stderr(),
+        dst.stderr()
+    );
+    dst.wait_status("running");
+    assert_eq!(src.status(), "postmigrate");
+    assert_eq!(dst.cmd("query-migrate", Value::Null)["status"], "completed");
+    let ram = &info["ram"];
+    assert!(ram["normal"].as_u64().unwrap() > 0, "{info}");
+    assert!(ram["dirty-sync-count"].as_u64().unwrap() >= 2, "{info}");
+    assert!(info["downtime"].is_u64(), "{info}");
+    info
+}
+
+#[test]
+fn tcp_with_running_guest_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dst, uri) = destination(dir.path(), "dst", &args(&[]), "tcp:127.0.0.1:0");
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "32M"]));
+    migrate_and_check(&mut src, &mut dst, &uri);
+    // The guest keeps running on the destination; the source resumes with `cont` if asked.
+    src.cmd("cont", Value::Null);
+    assert_eq!(src.status(), "running");
+    assert!(dst.quit().status.success());
+}
+
+#[test]
+fn unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = format!("unix:{}", dir.path().join("mig.sock").display());
+    let (mut dst, uri) = destination(dir.path(), "dst", &args(&[]), &sock);
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "16M"]));
+    migrate_and_check(&mut src, &mut dst, &uri);
+}
+
+#[test]
+fn exec_through_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: plain mkfifo on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let incoming = format!("exec:cat {}", fifo.display());
+    let (mut dst, _) = destination(dir.path(), "dst", &args(&[]), &incoming);
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "16M"]));
+    migrate_and_check(
+        &mut src,
+        &mut dst,
+        &format!("exec:cat > {}", fifo.display()),
+    );
+}
+
+#[test]
+fn save_to_file_then_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vm.mig");
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "16M"]));
+    src.wait_status("running");
+    src.enable_verify();
+    src.cmd(
+        "migrate",
+        json!({ "uri": format!("file:{}", file.display()) }),
+    );
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "completed", "{info}");
+    assert_eq!(src.status(), "postmigrate");
+    let (mut dst, _) = destination(
+        dir.path(),
+        "dst",
+        &args(&[]),
+        &format!("file:{}", file.display()),
+    );
+    dst.wait_status("running");
+    assert_eq!(dst.cmd("query-migrate", Value::Null)["status"], "completed");
+    // The file is a QEMU-format stream: livemig analyze reads it back.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_livemig"))
+        .args(["analyze", "--json", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report.to_string().contains("soft-cpu"), "{report}");
+}
+
+#[test]
+fn cancel_keeps_the_source_running_and_a_retry_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dst1, uri1) = destination(dir.path(), "dst1", &args(&[]), "tcp:127.0.0.1:0");
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "48M"]));
+    src.wait_status("running");
+    src.enable_verify();
+    src.cmd("migrate-set-parameters", json!({"max-bandwidth": 8 << 20}));
+    src.cmd("migrate", json!({ "uri": uri1 }));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(src.cmd("query-migrate", Value::Null)["status"], "active");
+    src.cmd("migrate_cancel", Value::Null);
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "cancelled", "{info}");
+    assert_eq!(src.status(), "running");
+    // The destination saw a broken stream and exited with an error, as QEMU does.
+    let out = dst1.wait_exit();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("load of migration failed"));
+
+    src.cmd("migrate-set-parameters", json!({"max-bandwidth": 0}));
+    let (mut dst2, uri2) = destination(dir.path(), "dst2", &args(&[]), "tcp:127.0.0.1:0");
+    migrate_and_check(&mut src, &mut dst2, &uri2);
+}
+
+#[test]
+fn killed_destination_fails_the_migration_and_a_retry_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dst1, uri1) = destination(dir.path(), "dst1", &args(&[]), "tcp:127.0.0.1:0");
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "48M"]));
+    src.wait_status("running");
+    src.enable_verify();
+    src.cmd("migrate-set-parameters", json!({"max-bandwidth": 8 << 20}));
+    src.cmd("migrate", json!({ "uri": uri1 }));
+    std::thread::sleep(Duration::from_millis(500));
+    dst1.kill();
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "failed", "{info}");
+    assert!(
+        info["error-desc"]
+            .as_str()
+            .unwrap_or("")
+            .contains("I/O error"),
+        "{info}"
+    );
+    assert_eq!(src.status(), "running");
+
+    src.cmd("migrate-set-parameters", json!({"max-bandwidth": 0}));
+    let (mut dst2, uri2) = destination(dir.path(), "dst2", &args(&[]), "tcp:127.0.0.1:0");
+    migrate_and_check(&mut src, &mut dst2, &uri2);
+}
+
+#[test]
+fn bad_uri_and_unreachable_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = Vm::start(dir.path(), "src", &args(&[]));
+    let err = src.cmd_err("migrate", json!({"uri": "bogus:somewhere"}));
+    assert!(
+        err.contains("Parameter 'uri' expects a valid migration protocol"),
+        "{err}"
+    );
+    assert_eq!(src.cmd("query-migrate", Value::Null)["status"], "failed");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    src.cmd("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "failed");
+    let desc = info["error-desc"].as_str().unwrap();
+    assert!(
+        desc.contains(&format!("tcp:127.0.0.1:{port}")) && desc.contains("refused"),
+        "{desc}"
+    );
+    assert_eq!(src.status(), "running");
+}
+
+#[test]
+fn destination_with_other_ram_size_refuses_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dst_args = args(&[]);
+    dst_args[1] = "128M";
+    let (mut dst, uri) = destination(dir.path(), "dst", &dst_args, "tcp:127.0.0.1:0");
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "16M"]));
+    src.cmd("migrate", json!({ "uri": uri }));
+    let out = dst.wait_exit();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Length mismatch: pc.ram: 0x4000000 in:0x8000000"),
+        "{stderr}"
+    );
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "failed", "{info}");
+    assert_eq!(src.status(), "running");
+}

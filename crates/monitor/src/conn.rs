@@ -1,0 +1,295 @@
+//! Connection plumbing shared by QMP and HMP: reading bytes together with `SCM_RIGHTS`
+//! descriptors ([`RecvFds`]), buffering input ([`Input`]) and writing whole lines under a
+//! lock ([`SharedWriter`]) so that asynchronous events never land inside a reply.
+//!
+//! ```text
+//!  socket ──recvmsg──▶ Input.buf ──lines / JSON values──▶ session
+//!            └─ SCM_RIGHTS fds ──▶ FdTable (getfd)
+//!  replies (client thread) ─┐
+//!                            ├──▶ SharedWriter (one Mutex, one write_all per line) ──▶ socket
+//!  events (pump thread)   ──┘
+//! ```
+
+use std::io::{self, Read, Write};
+use std::mem;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::fds::FdTable;
+
+/// Largest request line / JSON value accepted from a client.
+pub const MAX_INPUT: usize = 1 << 20;
+
+/// Descriptors accepted in one `recvmsg` (more are truncated by the kernel and dropped).
+const MAX_FDS_PER_MSG: usize = 8;
+
+/// A byte source that may carry descriptors.
+pub trait RecvFds: Send {
+    /// Reads into `buf`; descriptors that came with the bytes are appended to `fds`.
+    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize>;
+}
+
+/// A plain reader (TCP, stdin): never carries descriptors.
+#[derive(Debug)]
+pub struct Plain<R>(pub R);
+
+impl<R: Read + Send> RecvFds for Plain<R> {
+    fn recv(&mut self, buf: &mut [u8], _fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl RecvFds for UnixStream {
+    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        recv_with_fds(self.as_raw_fd(), buf, fds)
+    }
+}
+
+/// Control buffer for `MAX_FDS_PER_MSG` descriptors, aligned for `cmsghdr`.
+#[repr(C)]
+struct CmsgBuf {
+    _align: [libc::cmsghdr; 0],
+    bytes: [u8; 128],
+}
+
+/// `recvmsg` on a unix stream socket, collecting `SCM_RIGHTS` descriptors (close-on-exec).
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut cbuf = CmsgBuf {
+        _align: [],
+        bytes: [0; 128],
+    };
+    // SAFETY: CMSG_SPACE only computes a size from its argument.
+    let space = unsafe { libc::CMSG_SPACE((MAX_FDS_PER_MSG * mem::size_of::<RawFd>()) as u32) };
+    debug_assert!(space as usize <= cbuf.bytes.len());
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.bytes.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (covering `buf`) and `cbuf`, both alive and writable
+        // for the call; the kernel writes at most iov_len / msg_controllen bytes.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        tracing::warn!("SCM_RIGHTS control data truncated; extra descriptors were dropped");
+    }
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/CMSG_NXTHDR only walk the control
+    // buffer within msg_controllen.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is non-null and points inside the control buffer (CMSG_* contract).
+        let hdr = unsafe { &*cmsg };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN only computes a size.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = (hdr.cmsg_len as usize).saturating_sub(header) / mem::size_of::<RawFd>();
+            // SAFETY: the payload of an SCM_RIGHTS message is `count` descriptors.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: `i < count` stays inside the payload; it may be unaligned.
+                let fd = unsafe { data.add(i).read_unaligned() };
+                // SAFETY: the kernel installed `fd` in our table for us; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    Ok(n)
+}
+
+/// Buffered input of one connection.
+pub struct Input {
+    src: Box<dyn RecvFds>,
+    /// Bytes read and not consumed yet.
+    pub buf: Vec<u8>,
+    fds: Arc<FdTable>,
+}
+
+/// Why no line could be read.
+#[derive(Debug)]
+pub enum LineError {
+    /// The line exceeds [`MAX_INPUT`].
+    TooLong,
+    /// Reading failed.
+    Io(io::Error),
+}
+
+impl Input {
+    /// Wraps a source; received descriptors go to `fds`.
+    pub fn new(src: Box<dyn RecvFds>, fds: Arc<FdTable>) -> Self {
+        Self {
+            src,
+            buf: Vec::new(),
+            fds,
+        }
+    }
+
+    /// Reads once; returns the number of new bytes (0 at end of input).
+    pub fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 8192];
+        let mut fds = Vec::new();
+        let n = loop {
+            match self.src.recv(&mut chunk, &mut fds) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
+        if !fds.is_empty() {
+            tracing::debug!(count = fds.len(), "received descriptors");
+            self.fds.push_received(fds);
+        }
+        self.buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        Ok(n)
+    }
+
+    /// The next line without its `\n` / `\r\n`; `None` at end of input. A last line without
+    /// a newline is returned too.
+    pub fn read_line(&mut self) -> Result<Option<String>, LineError> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=i).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+            }
+            if self.buf.len() > MAX_INPUT {
+                return Err(LineError::TooLong);
+            }
+            if self.fill().map_err(LineError::Io)? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let line = mem::take(&mut self.buf);
+                return Ok(Some(String::from_utf8_lossy(&line).trim_end().to_string()));
+            }
+        }
+    }
+}
+
+/// The write side of a connection, shared by the client thread and the event pump.
+pub struct SharedWriter {
+    out: Mutex<Box<dyn Write + Send>>,
+    closed: AtomicBool,
+    shutdown_sent: Mutex<bool>,
+    shutdown_cv: Condvar,
+}
+
+impl SharedWriter {
+    /// Wraps the write half of a connection.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out: Mutex::new(out),
+            closed: AtomicBool::new(false),
+            shutdown_sent: Mutex::new(false),
+            shutdown_cv: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Box<dyn Write + Send>> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `text` in one piece; a failure marks the connection closed.
+    pub fn write_raw(&self, text: &str) -> io::Result<()> {
+        if self.is_closed() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "connection closed",
+            ));
+        }
+        let mut out = self.lock();
+        let r = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        if r.is_err() {
+            self.close();
+        }
+        r
+    }
+
+    /// Writes one JSON object as a QMP line (QEMU's `", "` / `": "` separators + `\r\n`).
+    pub fn write_json(&self, v: &serde_json::Value) -> io::Result<()> {
+        let mut line = crate::qmp::to_qmp_string(v);
+        line.push_str("\r\n");
+        self.write_raw(&line)
+    }
+
+    /// Marks the connection closed (the event pump stops).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.note_shutdown_sent(); // nobody will write it any more: do not make quit wait
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Records that a `SHUTDOWN` event was written (or never will be).
+    pub fn note_shutdown_sent(&self) {
+        *self.shutdown_sent.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.shutdown_cv.notify_all();
+    }
+
+    /// Waits up to `timeout` until [`note_shutdown_sent`](Self::note_shutdown_sent).
+    pub fn wait_shutdown_sent(&self, timeout: Duration) {
+        let guard = self.shutdown_sent.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .shutdown_cv
+            .wait_timeout_while(guard, timeout, |sent| !*sent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn lines_and_cap() {
+        let data = b"info status\r\nhelp\nlast".to_vec();
+        let mut input = Input::new(
+            Box::new(Plain(io::Cursor::new(data))),
+            Arc::new(FdTable::new()),
+        );
+        assert_eq!(input.read_line().unwrap().as_deref(), Some("info status"));
+        assert_eq!(input.read_line().unwrap().as_deref(), Some("help"));
+        assert_eq!(input.read_line().unwrap().as_deref(), Some("last"));
+        assert!(input.read_line().unwrap().is_none());
+        let big = vec![b'a'; MAX_INPUT + 10];
+        let mut input = Input::new(
+            Box::new(Plain(io::Cursor::new(big))),
+            Arc::new(FdTable::new()),
+        );
+        assert!(matches!(input.read_line(), Err(LineError::TooLong)));
+    }
+
+    #[test]
+    fn recvmsg_collects_descriptors() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (p, _q) = UnixStream::pair().unwrap();
+        crate::client::send_with_fd(&a, b"hi", p.as_fd()).unwrap();
+        let table = Arc::new(FdTable::new());
+        let mut input = Input::new(Box::new(b), table.clone());
+        assert_eq!(input.fill().unwrap(), 2);
+        assert_eq!(input.buf, b"hi");
+        assert_eq!(table.unclaimed(), 1);
+    }
+}

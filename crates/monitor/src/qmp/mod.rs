@@ -1,0 +1,259 @@
+//! The QMP server side: greeting, capabilities negotiation, request dispatch, replies and
+//! asynchronous events (spec §6.1).
+//!
+//! ```text
+//!  server: {"QMP": {"version": {...}, "capabilities": []}}
+//!  client: {"execute": "qmp_capabilities"}          ─┐ before this, every other command
+//!  server: {"return": {}}                            ─┘ gets CommandNotFound
+//!  client: {"execute": "query-status", "id": 1}
+//!  server: {"timestamp": {...}, "event": "STOP"}     ← events may come between replies
+//!  server: {"return": {"status": "running", ...}, "id": 1}
+//! ```
+//!
+//! Every server message is one JSON object followed by `\r\n`, written with a single
+//! `write_all` under the connection's writer lock. Requests are a stream of JSON values
+//! ([`stream`]), validated by [`request`] and run as [`Command`]s.
+
+pub mod request;
+pub mod stream;
+
+use std::io;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::backend::CommandError;
+use crate::cmd::{introspect, Command};
+use crate::conn::{Input, SharedWriter, MAX_INPUT};
+use crate::session::Session;
+use stream::{JsonSplitter, SplitError};
+
+/// How long `quit` waits for the `SHUTDOWN` event to reach its own client before asking
+/// the backend to exit.
+const QUIT_EVENT_WAIT: Duration = Duration::from_secs(1);
+/// How often an idle event pump checks whether its connection closed.
+const PUMP_POLL: Duration = Duration::from_millis(200);
+
+/// The greeting sent on connect.
+pub fn greeting() -> Value {
+    json!({ "QMP": { "version": introspect::version_json(), "capabilities": [] } })
+}
+
+/// Serializes like QEMU: compact, with `", "` and `": "` separators.
+pub fn to_qmp_string(v: &Value) -> String {
+    use serde::Serialize as _;
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, QemuFormatter);
+    // Serializing a Value into a Vec cannot fail.
+    let _ = v.serialize(&mut ser);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+struct QemuFormatter;
+
+impl serde_json::ser::Formatter for QemuFormatter {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
+/// A success reply.
+pub fn reply_ok(value: Value, id: Option<Value>) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("return".into(), value);
+    if let Some(id) = id {
+        m.insert("id".into(), id);
+    }
+    Value::Object(m)
+}
+
+/// An error reply.
+pub fn reply_err(e: &CommandError, id: Option<Value>) -> Value {
+    let mut m = serde_json::Map::new();
+    if let Some(id) = id {
+        m.insert("id".into(), id);
+    }
+    m.insert("error".into(), e.to_qmp());
+    Value::Object(m)
+}
+
+/// QEMU-like text for a JSON syntax error.
+fn parse_error_text(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let msg = match msg.find(" at line ") {
+        Some(i) => &msg[..i],
+        None => &msg,
+    };
+    let msg = msg
+        .strip_prefix("expected ")
+        .map(|m| format!("expecting {m}"));
+    format!(
+        "JSON parse error, {}",
+        msg.as_deref().unwrap_or("invalid JSON")
+    )
+}
+
+/// Serves one QMP connection until the client leaves, the input is unusable, or `quit`.
+pub fn serve(session: &mut Session, mut input: Input, writer: Arc<SharedWriter>) -> io::Result<()> {
+    writer.write_json(&greeting())?;
+    let mut splitter = JsonSplitter::new();
+    let mut negotiated = false;
+    let result = loop {
+        while let Some(item) = splitter.next_value() {
+            let bytes = match item {
+                Ok(b) => b,
+                Err(SplitError::TooDeep) => {
+                    let e = CommandError::generic("JSON parse error, nesting too deep");
+                    let _ = writer.write_json(&reply_err(&e, None));
+                    writer.close();
+                    return Ok(());
+                }
+            };
+            handle(session, &writer, &bytes, &mut negotiated)?;
+            if session.quit_requested {
+                writer.wait_shutdown_sent(QUIT_EVENT_WAIT);
+                session.backend.quit();
+                writer.close();
+                return Ok(());
+            }
+        }
+        if splitter.pending() > MAX_INPUT {
+            let e = CommandError::generic(format!(
+                "JSON parse error, request larger than {MAX_INPUT} bytes"
+            ));
+            let _ = writer.write_json(&reply_err(&e, None));
+            break Ok(());
+        }
+        match input.fill() {
+            Ok(0) => break Ok(()),
+            Ok(_) => {
+                splitter.push(&input.buf);
+                input.buf.clear();
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    writer.close();
+    result
+}
+
+fn handle(
+    session: &mut Session,
+    writer: &Arc<SharedWriter>,
+    bytes: &[u8],
+    negotiated: &mut bool,
+) -> io::Result<()> {
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            let err = CommandError::generic(parse_error_text(&e));
+            return writer.write_json(&reply_err(&err, None));
+        }
+    };
+    let req = match request::parse(value) {
+        Ok(r) => r,
+        Err(rej) => return writer.write_json(&reply_err(&rej.error, rej.id)),
+    };
+    tracing::debug!(command = %req.name, "qmp");
+    let reply = if *negotiated {
+        match Command::parse(&req.name, req.arguments).and_then(|c| c.run(session)) {
+            Ok(v) => reply_ok(v, req.id),
+            Err(e) => reply_err(&e, req.id),
+        }
+    } else if req.name == "qmp_capabilities" {
+        let r = Command::parse(&req.name, req.arguments).and_then(|c| match c {
+            Command::QmpCapabilities(c) => c.negotiate(),
+            _ => Ok(()),
+        });
+        match r {
+            Ok(()) => {
+                *negotiated = true;
+                start_event_pump(session, writer.clone());
+                reply_ok(json!({}), req.id)
+            }
+            Err(e) => reply_err(&e, req.id),
+        }
+    } else {
+        let e =
+            CommandError::not_found("Expecting capabilities negotiation with 'qmp_capabilities'");
+        reply_err(&e, req.id)
+    };
+    writer.write_json(&reply)
+}
+
+/// Forwards backend events to this connection until it closes.
+fn start_event_pump(session: &Session, writer: Arc<SharedWriter>) {
+    let rx = session.backend.events().subscribe();
+    let spawned = thread::Builder::new()
+        .name("qmp-events".into())
+        .spawn(move || loop {
+            match rx.recv_timeout(PUMP_POLL) {
+                Ok(ev) => {
+                    if writer.write_json(&ev.to_qmp()).is_err() {
+                        break;
+                    }
+                    if matches!(ev.event, migration::Event::Shutdown { .. }) {
+                        writer.note_shutdown_sent();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) if !writer.is_closed() => {}
+                Err(_) => break,
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the QMP event thread; events are not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_separators_and_order() {
+        let v = reply_ok(
+            json!({"status": "running", "list": [1, 2]}),
+            Some(json!("abc")),
+        );
+        assert_eq!(
+            to_qmp_string(&v),
+            r#"{"return": {"status": "running", "list": [1, 2]}, "id": "abc"}"#
+        );
+        let g = to_qmp_string(&greeting());
+        assert!(g.starts_with(r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "livemig "#));
+        assert!(g.ends_with(r#""capabilities": []}}"#));
+    }
+
+    #[test]
+    fn parse_error_texts() {
+        let e = serde_json::from_slice::<Value>(br#"{"execute": }"#).unwrap_err();
+        assert_eq!(parse_error_text(&e), "JSON parse error, expecting value");
+    }
+}
