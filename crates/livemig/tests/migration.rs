@@ -112,16 +112,29 @@ fn save_to_file_then_restore() {
     assert!(report.to_string().contains("soft-cpu"), "{report}");
 }
 
-#[test]
-fn cancel_keeps_the_source_running_and_a_retry_succeeds() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut dst1, uri1) = destination(dir.path(), "dst1", &args(&[]), "tcp:127.0.0.1:0");
-    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "48M"]));
+/// A source migrating at 8 MiB/s, half a second in, and its destination.
+fn start_throttled_migration(dir: &std::path::Path) -> (Vm, Vm) {
+    let (dst, uri) = destination(dir, "dst1", &args(&[]), "tcp:127.0.0.1:0");
+    let mut src = Vm::start(dir, "src", &args(&["--fill", "48M"]));
     src.wait_status("running");
     src.enable_verify();
     src.cmd("migrate-set-parameters", json!({"max-bandwidth": 8 << 20}));
-    src.cmd("migrate", json!({ "uri": uri1 }));
+    src.cmd("migrate", json!({ "uri": uri }));
     std::thread::sleep(Duration::from_millis(500));
+    (src, dst)
+}
+
+/// Unthrottles `src` and migrates it to a fresh destination.
+fn retry_to_new_destination(dir: &std::path::Path, src: &mut Vm) {
+    src.cmd("migrate-set-parameters", json!({"max-bandwidth": 0}));
+    let (mut dst2, uri2) = destination(dir, "dst2", &args(&[]), "tcp:127.0.0.1:0");
+    migrate_and_check(src, &mut dst2, &uri2);
+}
+
+#[test]
+fn cancel_keeps_the_source_running_and_a_retry_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut src, mut dst1) = start_throttled_migration(dir.path());
     assert_eq!(src.cmd("query-migrate", Value::Null)["status"], "active");
     src.cmd("migrate_cancel", Value::Null);
     let info = src.wait_migration();
@@ -132,21 +145,13 @@ fn cancel_keeps_the_source_running_and_a_retry_succeeds() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("load of migration failed"));
 
-    src.cmd("migrate-set-parameters", json!({"max-bandwidth": 0}));
-    let (mut dst2, uri2) = destination(dir.path(), "dst2", &args(&[]), "tcp:127.0.0.1:0");
-    migrate_and_check(&mut src, &mut dst2, &uri2);
+    retry_to_new_destination(dir.path(), &mut src);
 }
 
 #[test]
 fn killed_destination_fails_the_migration_and_a_retry_succeeds() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut dst1, uri1) = destination(dir.path(), "dst1", &args(&[]), "tcp:127.0.0.1:0");
-    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "48M"]));
-    src.wait_status("running");
-    src.enable_verify();
-    src.cmd("migrate-set-parameters", json!({"max-bandwidth": 8 << 20}));
-    src.cmd("migrate", json!({ "uri": uri1 }));
-    std::thread::sleep(Duration::from_millis(500));
+    let (mut src, mut dst1) = start_throttled_migration(dir.path());
     dst1.kill();
     let info = src.wait_migration();
     assert_eq!(info["status"], "failed", "{info}");
@@ -159,9 +164,7 @@ fn killed_destination_fails_the_migration_and_a_retry_succeeds() {
     );
     assert_eq!(src.status(), "running");
 
-    src.cmd("migrate-set-parameters", json!({"max-bandwidth": 0}));
-    let (mut dst2, uri2) = destination(dir.path(), "dst2", &args(&[]), "tcp:127.0.0.1:0");
-    migrate_and_check(&mut src, &mut dst2, &uri2);
+    retry_to_new_destination(dir.path(), &mut src);
 }
 
 #[test]

@@ -77,21 +77,7 @@ impl Qemu {
     }
 
     fn wait_migration(&mut self) -> Value {
-        let t = Instant::now();
-        loop {
-            let info = self.cmd("query-migrate", Value::Null);
-            if matches!(
-                info["status"].as_str(),
-                Some("completed" | "failed" | "cancelled")
-            ) {
-                return info;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "QEMU migration stuck: {info}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_final_migration(|| self.cmd("query-migrate", Value::Null))
     }
 }
 

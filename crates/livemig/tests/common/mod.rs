@@ -199,3 +199,22 @@ pub fn destination(dir: &Path, name: &str, args: &[&str], uri: &str) -> (Vm, Str
     assert_eq!(vm.status(), "inmigrate");
     (vm, std::fs::read_to_string(uri_file).unwrap())
 }
+
+/// Calls `query` (a `query-migrate`) until the status is final; returns the reply.
+pub fn wait_final_migration(mut query: impl FnMut() -> Value) -> Value {
+    let t = Instant::now();
+    loop {
+        let info = query();
+        if matches!(
+            info["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
+            return info;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "migration stuck: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
