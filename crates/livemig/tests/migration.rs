@@ -213,3 +213,34 @@ fn destination_with_other_ram_size_refuses_the_stream() {
     assert_eq!(info["status"], "failed", "{info}");
     assert_eq!(src.status(), "running");
 }
+
+#[test]
+fn fd_handed_over_with_getfd() {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let theirs_fd = theirs.as_raw_fd();
+    let dst_args = args(&["--incoming", "fd:3"]);
+    let mut dst = Vm::start_with(dir.path(), "dst", &dst_args, |cmd| {
+        // SAFETY: the closure runs in the child between fork and exec and only calls dup2,
+        // which is async-signal-safe; dup2 also clears close-on-exec on fd 3.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(theirs_fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    drop(theirs);
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "16M"]));
+    let getfd = json!({"fdname": "mig"});
+    src.qmp()
+        .execute_with_fd("getfd", Some(getfd), ours.as_fd())
+        .unwrap();
+    drop(ours);
+    migrate_and_check(&mut src, &mut dst, "fd:mig");
+}

@@ -33,19 +33,29 @@ pub const SMALL: &[&str] = &[
 impl Vm {
     /// Starts `livemig run ARGS --qmp unix:DIR/NAME.qmp` and connects to its QMP socket.
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Vm {
+        Self::start_with(dir, name, args, |_| {})
+    }
+
+    /// Like [`Vm::start`], letting `configure` adjust the command (e.g. to pass an fd).
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Vm {
         let qmp_path = dir.join(format!("{name}.qmp"));
         let stderr_path = dir.join(format!("{name}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_livemig"))
-            .arg("run")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_livemig"));
+        cmd.arg("run")
             .args(args)
             .arg("--qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn livemig run");
+            .stderr(stderr);
+        configure(&mut cmd);
+        let child = cmd.spawn().expect("spawn livemig run");
         let mut vm = Vm {
             child: Some(child),
             qmp_path,
