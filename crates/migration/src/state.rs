@@ -199,7 +199,8 @@ impl MigrationState {
             socket_address: s.socket_address.clone(),
             ..Default::default()
         };
-        if status == MigrationStatus::None {
+        // A destination that only listens shows its address and no status (QEMU).
+        if status == MigrationStatus::None || (s.incoming && status == MigrationStatus::Setup) {
             return info;
         }
         info.status = Some(status);
@@ -249,5 +250,42 @@ impl MigrationState {
             ..Default::default()
         });
         info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_destination_shows_only_its_address() {
+        let events = Arc::new(EventBus::new());
+        let rx = events.subscribe();
+        let state = MigrationState::new(events);
+        assert_eq!(state.info().to_json(), serde_json::json!({}));
+        {
+            let mut s = state.lock();
+            s.incoming = true;
+            s.socket_address = Some(vec![serde_json::json!({"type": "inet", "port": "4444"})]);
+        }
+        assert!(state.set_status(MigrationStatus::None, MigrationStatus::Setup));
+        // The destination's `setup` event is sent even without the events capability.
+        assert!(matches!(rx.try_recv().map(|e| e.event), Ok(Event::Migration { .. })));
+        let v = state.info().to_json();
+        assert!(v.get("status").is_none(), "{v}");
+        assert_eq!(v["socket-address"][0]["port"], "4444");
+        assert!(state.set_status(MigrationStatus::Setup, MigrationStatus::Active));
+        assert_eq!(state.info().to_json()["status"], "active");
+        // Without the capability later changes emit nothing.
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn illegal_transitions_are_refused() {
+        let state = MigrationState::new(Arc::new(EventBus::new()));
+        assert!(!state.set_status(MigrationStatus::None, MigrationStatus::Completed));
+        assert!(state.set_status(MigrationStatus::None, MigrationStatus::Setup));
+        assert!(!state.set_status(MigrationStatus::Active, MigrationStatus::Completed));
+        assert_eq!(state.status(), MigrationStatus::Setup);
     }
 }
