@@ -17,7 +17,7 @@ pub struct AnalyzeArgs {
     /// Print the stream's VMDESCRIPTION JSON.
     #[arg(long)]
     pub desc: bool,
-    /// Write each RAM block's final content to DIR/<idstr>.
+    /// Write each RAM block's final content to `DIR/IDSTR`.
     #[arg(long, value_name = "DIR")]
     pub extract: Option<PathBuf>,
 }

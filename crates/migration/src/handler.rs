@@ -4,7 +4,7 @@
 //!   `SaveVMHandlers`: setup → {pending, iterate}* → complete on the source, load on the
 //!   destination. Sent as START / PART / END sections.
 //! * [`DeviceState`] — a device's state described by a versioned
-//!   [`VmStateDescription`](savevm::vmstate::VmStateDescription), QEMU's `VMStateDescription`:
+//!   [`VmStateDescription`], QEMU's `VMStateDescription`:
 //!   sent once, as a FULL section, while the guest is stopped.
 //!
 //! Save methods get the stream writer; load methods the reader. Methods that every handler

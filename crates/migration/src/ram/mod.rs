@@ -9,10 +9,10 @@
 //!          XBZRLE 0x40, EOS 0x10; CONTINUE 0x20 = same block as the previous record
 //! ```
 //!
-//! The source ([`save`]) keeps one dirty bitmap per block. Setup marks only the pages that exist
+//! The source (`save.rs`) keeps one dirty bitmap per block. Setup marks only the pages that exist
 //! (the kernel says which were ever touched) — never-touched memory is not read or sent at all,
 //! the destination's memory is zero there already. Later passes take the pages the dirty log
-//! reports. The destination ([`load`]) validates every block name, size and offset against its
+//! reports. The destination (`load.rs`) validates every block name, size and offset against its
 //! own RAM before writing.
 
 mod load;

@@ -196,7 +196,7 @@ impl RamSaver {
         Ok(())
     }
 
-    /// Sends dirty pages until the rate limit, [`MAX_ITERATION_TIME`], or a clean bitmap.
+    /// Sends dirty pages until the rate limit, 50 ms, or a clean bitmap.
     pub fn iterate(&mut self, f: &mut QemuFileWriter) -> Result<bool, MigrationError> {
         let start = Instant::now();
         let bytes0 = f.total_transferred();
