@@ -244,3 +244,30 @@ fn fd_handed_over_with_getfd() {
     drop(ours);
     migrate_and_check(&mut src, &mut dst, "fd:mig");
 }
+
+#[test]
+fn xbzrle_sends_small_deltas_for_rewritten_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dst, uri) = destination(dir.path(), "dst", &args(&[]), "tcp:127.0.0.1:0");
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "16M"]));
+    src.cmd(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "xbzrle", "state": true}]}),
+    );
+    src.cmd(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 32 << 20, "downtime-limit": 50, "xbzrle-cache-size": 16 << 20}),
+    );
+    let info = migrate_and_check(&mut src, &mut dst, &uri);
+    let x = &info["xbzrle-cache"];
+    assert_eq!(x["cache-size"], 16 << 20, "{info}");
+    let (pages, bytes) = (x["pages"].as_u64().unwrap(), x["bytes"].as_u64().unwrap());
+    assert!(pages > 0, "{info}");
+    // The guest rewrites four words per page: deltas are far smaller than pages.
+    assert!(bytes < pages * 512, "{info}");
+    let text = src.cmd(
+        "human-monitor-command",
+        json!({"command-line": "info migrate"}),
+    );
+    assert!(text.as_str().unwrap().contains("xbzrle pages: "), "{text}");
+}

@@ -47,6 +47,26 @@ pub struct RamStats {
     pub dirty_sync_missed_zero_copy: u64,
 }
 
+/// XBZRLE cache statistics, QEMU's `XBZRLECacheStats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct XbzrleCacheStats {
+    /// Cache size in bytes.
+    pub cache_size: u64,
+    /// Bytes of XBZRLE records.
+    pub bytes: u64,
+    /// Cache hits.
+    pub pages: u64,
+    /// Cache misses.
+    pub cache_miss: u64,
+    /// Misses per page looked up.
+    pub cache_miss_rate: f64,
+    /// Page bytes encoded per byte sent.
+    pub encoding_rate: f64,
+    /// Deltas that did not fit.
+    pub overflow: u64,
+}
+
 /// Block migration progress (`disk` member).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DiskStats {
@@ -68,6 +88,9 @@ pub struct MigrationInfo {
     /// RAM statistics.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ram: Option<RamStats>,
+    /// XBZRLE statistics, with the `xbzrle` capability.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xbzrle_cache: Option<XbzrleCacheStats>,
     /// Disk statistics while block migration runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskStats>,

@@ -34,7 +34,7 @@ pub use error::MigrationError;
 pub use events::{Event, EventBus, TimedEvent};
 pub use global_state::GlobalState;
 pub use handler::{DeviceState, LiveHandler};
-pub use info::{DiskStats, MigrationInfo, RamStats};
+pub use info::{DiskStats, MigrationInfo, RamStats, XbzrleCacheStats};
 pub use params::{MigrationParameters, ParamError, ParamKind};
 pub use registry::Registry;
 pub use state::MigrationState;

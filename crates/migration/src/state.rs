@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::capabilities::{Capabilities, Capability};
 use crate::events::{Event, EventBus};
-use crate::info::{MigrationInfo, RamStats};
+use crate::info::{MigrationInfo, RamStats, XbzrleCacheStats};
 use crate::params::MigrationParameters;
 use crate::status::MigrationStatus;
 
@@ -36,6 +36,18 @@ pub struct RamCounters {
     pub precopy_bytes: AtomicU64,
     /// Bytes sent while the guest was stopped.
     pub downtime_bytes: AtomicU64,
+    /// XBZRLE: cache size in bytes (0 when XBZRLE is off).
+    pub xbzrle_cache_size: AtomicU64,
+    /// XBZRLE: bytes of delta records.
+    pub xbzrle_bytes: AtomicU64,
+    /// XBZRLE: cache hits.
+    pub xbzrle_pages: AtomicU64,
+    /// XBZRLE: cache misses.
+    pub xbzrle_cache_miss: AtomicU64,
+    /// XBZRLE: deltas that overflowed.
+    pub xbzrle_overflow: AtomicU64,
+    /// XBZRLE: page bytes sent as deltas.
+    pub xbzrle_unencoded: AtomicU64,
 }
 
 impl RamCounters {
@@ -65,6 +77,12 @@ impl RamCounters {
             &self.dirty_pages_rate,
             &self.precopy_bytes,
             &self.downtime_bytes,
+            &self.xbzrle_cache_size,
+            &self.xbzrle_bytes,
+            &self.xbzrle_pages,
+            &self.xbzrle_cache_miss,
+            &self.xbzrle_overflow,
+            &self.xbzrle_unencoded,
         ] {
             a.store(0, Ordering::Relaxed);
         }
@@ -249,6 +267,23 @@ impl MigrationState {
             downtime_bytes: g(&r.downtime_bytes),
             ..Default::default()
         });
+        if s.caps.get(Capability::Xbzrle) {
+            let (pages, miss, bytes) = (
+                g(&r.xbzrle_pages),
+                g(&r.xbzrle_cache_miss),
+                g(&r.xbzrle_bytes),
+            );
+            let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+            info.xbzrle_cache = Some(XbzrleCacheStats {
+                cache_size: g(&r.xbzrle_cache_size),
+                bytes,
+                pages,
+                cache_miss: miss,
+                cache_miss_rate: ratio(miss, pages + miss),
+                encoding_rate: ratio(g(&r.xbzrle_unencoded), bytes),
+                overflow: g(&r.xbzrle_overflow),
+            });
+        }
         info
     }
 }
@@ -270,7 +305,10 @@ mod tests {
         }
         assert!(state.set_status(MigrationStatus::None, MigrationStatus::Setup));
         // The destination's `setup` event is sent even without the events capability.
-        assert!(matches!(rx.try_recv().map(|e| e.event), Ok(Event::Migration { .. })));
+        assert!(matches!(
+            rx.try_recv().map(|e| e.event),
+            Ok(Event::Migration { .. })
+        ));
         let v = state.info().to_json();
         assert!(v.get("status").is_none(), "{v}");
         assert_eq!(v["socket-address"][0]["port"], "4444");

@@ -222,8 +222,8 @@ fn parameters_and_capabilities() {
         "Error: invalid parameter value: bogus\r\n"
     );
     assert_eq!(
-        c.hmp("migrate_set_capability xbzrle on"),
-        "Error: Capability 'xbzrle' is not supported by livemig\r\n"
+        c.hmp("migrate_set_capability postcopy-ram on"),
+        "Error: Capability 'postcopy-ram' is not supported by livemig\r\n"
     );
     let caps = c.hmp("info migrate_capabilities");
     assert!(caps.starts_with("xbzrle: off\r\n"));

@@ -17,6 +17,7 @@
 
 mod load;
 mod save;
+pub mod xbzrle;
 
 use std::sync::Arc;
 

@@ -7,6 +7,8 @@ use guest_ram::{Bitmap, DirtyLog, GuestRam};
 use savevm::qemu_file::QemuFileWriter;
 use savevm::ram::{self, RamBlockInfo, RamEncoder, TARGET_PAGE_SIZE};
 
+use super::xbzrle::{Outcome, XbzrleCache};
+use crate::capabilities::Capability;
 use crate::error::MigrationError;
 use crate::state::{MigrationState, RamCounters};
 
@@ -32,6 +34,20 @@ pub struct RamSaver {
     period_start: Instant,
     period_dirty: u64,
     tracking: bool,
+    /// The XBZRLE cache, with the `xbzrle` capability.
+    xbzrle: Option<XbzrleCache>,
+    /// XBZRLE starts after the first complete lap over RAM.
+    xbzrle_active: bool,
+    /// Global RAM address of each block's first byte (XBZRLE cache key).
+    block_base: Vec<u64>,
+}
+
+/// What [`RamSaver::send_page`] put on the wire.
+enum Sent {
+    Zero,
+    Normal,
+    Xbzrle,
+    Nothing,
 }
 
 impl RamSaver {
@@ -53,6 +69,9 @@ impl RamSaver {
             period_start: Instant::now(),
             period_dirty: 0,
             tracking: false,
+            xbzrle: None,
+            xbzrle_active: false,
+            block_base: Vec::new(),
         }
     }
 
@@ -71,6 +90,26 @@ impl RamSaver {
             self.bitmaps.push(block.populated_pages()?);
         }
         self.dirty_pages = self.bitmaps.iter().map(Bitmap::count_ones).sum();
+        let (xbzrle, cache_size) = {
+            let s = self.state.lock();
+            (
+                s.caps.get(Capability::Xbzrle),
+                s.params.int("xbzrle-cache-size"),
+            )
+        };
+        self.xbzrle = xbzrle.then(|| XbzrleCache::new(cache_size));
+        self.xbzrle_active = false;
+        let mut base = 0;
+        self.block_base = self
+            .ram
+            .blocks()
+            .iter()
+            .map(|b| {
+                let this = base;
+                base += b.len();
+                this
+            })
+            .collect();
         self.encoder.reset();
         self.pos = (0, 0);
         self.in_downtime = false;
@@ -80,6 +119,10 @@ impl RamSaver {
         RamCounters::set(&c.total, self.ram.total_size());
         RamCounters::set(&c.remaining, self.dirty_pages * PAGE);
         RamCounters::set(&c.dirty_sync_count, 1);
+        RamCounters::set(
+            &c.xbzrle_cache_size,
+            self.xbzrle.as_ref().map_or(0, XbzrleCache::size),
+        );
         self.state.emit_pass(1);
 
         let start = f.total_transferred();
@@ -158,6 +201,10 @@ impl RamSaver {
             let b = (start_block + step) % n.max(1);
             let from = if step == 0 { start_page } else { 0 };
             if let Some(p) = self.bitmaps.get(b).and_then(|bm| bm.next_set(from)) {
+                if (b, p) < (start_block, start_page) && self.xbzrle.is_some() {
+                    // Wrapped around: the first lap is over, XBZRLE may start (QEMU).
+                    self.xbzrle_active = true;
+                }
                 return Some((b, p));
             }
         }
@@ -177,23 +224,67 @@ impl RamSaver {
         let block = &self.ram.blocks()[b];
         let offset = page * PAGE;
         let encoder = &mut self.encoder;
-        // SAFETY: the closure only reads the page, and queues it for the writer to send in
-        // place: the mapping outlives the writer (this saver holds the RAM), and a guest store
-        // racing with the send dirties the page again, so a torn copy is resent.
-        let zero = unsafe {
+        let addr = self.block_base.get(b).copied().unwrap_or(0) + offset;
+        let xbzrle = if self.xbzrle_active {
+            self.xbzrle.as_mut()
+        } else {
+            None
+        };
+        let sync = self
+            .state
+            .ram
+            .dirty_sync_count
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let last_stage = self.in_downtime;
+        // SAFETY: the closure only reads the page. A raw page is queued for the writer to send
+        // in place: the mapping outlives the writer (this saver holds the RAM), and a guest
+        // store racing with the send dirties the page again, so a torn copy is resent. XBZRLE
+        // works on a copy taken inside the closure.
+        let sent = unsafe {
             block.with_page(page, |bytes| {
                 if is_zero(bytes) {
                     encoder.put_zero(f, b, block.idstr(), offset);
-                    true
-                } else {
+                    if let Some(x) = xbzrle {
+                        x.zero_page(addr);
+                    }
+                    return Sent::Zero;
+                }
+                let Some(x) = xbzrle else {
                     encoder.put_page_external(f, b, block.idstr(), offset, bytes.as_ptr());
-                    false
+                    return Sent::Normal;
+                };
+                match x.encode(addr, bytes, sync, last_stage) {
+                    Outcome::Unchanged => Sent::Nothing,
+                    Outcome::Delta(d) => {
+                        encoder.put_xbzrle(f, b, block.idstr(), offset, d);
+                        Sent::Xbzrle
+                    }
+                    Outcome::Raw(r) => {
+                        encoder.put_page(f, b, block.idstr(), offset, r);
+                        Sent::Normal
+                    }
                 }
             })
         }?;
         let c = &self.state.ram;
-        RamCounters::add(if zero { &c.duplicate } else { &c.normal }, 1);
+        match sent {
+            Sent::Zero => RamCounters::add(&c.duplicate, 1),
+            Sent::Normal => RamCounters::add(&c.normal, 1),
+            Sent::Xbzrle | Sent::Nothing => {}
+        }
         Ok(())
+    }
+
+    /// Publishes the XBZRLE counters.
+    fn publish_xbzrle(&self) {
+        if let Some(x) = &self.xbzrle {
+            let (c, k) = (&self.state.ram, x.counters);
+            RamCounters::set(&c.xbzrle_bytes, k.bytes);
+            RamCounters::set(&c.xbzrle_pages, k.pages);
+            RamCounters::set(&c.xbzrle_cache_miss, k.cache_miss);
+            RamCounters::set(&c.xbzrle_overflow, k.overflow);
+            RamCounters::set(&c.xbzrle_unencoded, k.unencoded);
+        }
     }
 
     /// Sends dirty pages until the rate limit, 50 ms, or a clean bitmap.
@@ -219,6 +310,7 @@ impl RamSaver {
         }
         self.account(f.total_transferred() - bytes0);
         RamCounters::set(&self.state.ram.remaining, self.dirty_pages * PAGE);
+        self.publish_xbzrle();
         Ok(done)
     }
 
@@ -236,6 +328,7 @@ impl RamSaver {
         }
         self.account(f.total_transferred() - bytes0);
         RamCounters::set(&self.state.ram.remaining, 0);
+        self.publish_xbzrle();
         Ok(())
     }
 
@@ -248,6 +341,7 @@ impl RamSaver {
         }
         self.bitmaps.clear();
         self.dirty_pages = 0;
+        self.xbzrle = None;
     }
 }
 

@@ -82,6 +82,15 @@ pub fn migrate(info: &MigrationInfo) -> String {
         let _ = writeln!(o, "remaining disk: {} kbytes", disk.remaining >> 10);
         let _ = writeln!(o, "total disk: {} kbytes", disk.total >> 10);
     }
+    if let Some(x) = &info.xbzrle_cache {
+        let _ = writeln!(o, "cache size: {} bytes", x.cache_size);
+        let _ = writeln!(o, "xbzrle transferred: {} kbytes", x.bytes >> 10);
+        let _ = writeln!(o, "xbzrle pages: {} pages", x.pages);
+        let _ = writeln!(o, "xbzrle cache miss: {} pages", x.cache_miss);
+        let _ = writeln!(o, "xbzrle cache miss rate: {:.2}", x.cache_miss_rate);
+        let _ = writeln!(o, "xbzrle encoding rate: {:.2}", x.encoding_rate);
+        let _ = writeln!(o, "xbzrle overflow: {}", x.overflow);
+    }
     if let Some(addrs) = &info.socket_address {
         o.push_str("socket address: [\n");
         for a in addrs {
