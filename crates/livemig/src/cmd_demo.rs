@@ -86,7 +86,17 @@ fn wait_for(path: &Path, vm: &mut Vm) -> anyhow::Result<()> {
 fn connect(vm: &mut Vm) -> anyhow::Result<QmpClient> {
     let path = vm.qmp.clone();
     wait_for(&path, vm)?;
-    QmpClient::connect_unix(&path).with_context(|| format!("cannot connect to {}", path.display()))
+    // The socket file appears at bind(), a moment before listen(): retry briefly.
+    let t = Instant::now();
+    loop {
+        match QmpClient::connect_unix(&path) {
+            Ok(c) => return Ok(c),
+            Err(e) if t.elapsed() > Duration::from_secs(5) => {
+                return Err(e).with_context(|| format!("cannot connect to {}", path.display()))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
 }
 
 fn num(v: &Value, path: &[&str]) -> u64 {

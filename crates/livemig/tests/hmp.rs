@@ -19,7 +19,7 @@ impl Hmp {
             assert!(t.elapsed() < Duration::from_secs(20), "no HMP socket");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let s = UnixStream::connect(path).unwrap();
+        let s = common::retry_connect(|| UnixStream::connect(path));
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut h = Hmp(s);
         let banner = h.read_prompt();

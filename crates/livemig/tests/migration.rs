@@ -271,3 +271,58 @@ fn xbzrle_sends_small_deltas_for_rewritten_pages() {
     );
     assert!(text.as_str().unwrap().contains("xbzrle pages: "), "{text}");
 }
+
+#[test]
+fn return_path_reports_a_destination_failure_and_the_source_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    // The destination has one vCPU fewer: it fails at the device state, after all of RAM.
+    let mut dst_args = args(&[]);
+    dst_args[3] = "1";
+    let (mut dst, uri) = destination(dir.path(), "dst", &dst_args, "tcp:127.0.0.1:0");
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "16M"]));
+    src.wait_status("running");
+    src.cmd(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "return-path", "state": true}]}),
+    );
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "failed", "{info}");
+    let desc = info["error-desc"].as_str().unwrap();
+    assert!(
+        desc.contains("the destination failed to load the migration"),
+        "{desc}"
+    );
+    // The guest was stopped for switchover and runs again on the source.
+    assert_eq!(src.status(), "running");
+    let out = dst.wait_exit();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'soft-cpu' 1"));
+}
+
+#[test]
+fn return_path_confirms_a_successful_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dst, uri) = destination(dir.path(), "dst", &args(&[]), "tcp:127.0.0.1:0");
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "16M"]));
+    src.cmd(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "return-path", "state": true}]}),
+    );
+    migrate_and_check(&mut src, &mut dst, &uri);
+    // A file has no way back: the capability is refused there with a clear error.
+    let file = dir.path().join("f.mig");
+    src.cmd("cont", Value::Null);
+    src.cmd(
+        "migrate",
+        json!({ "uri": format!("file:{}", file.display()) }),
+    );
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "failed");
+    assert!(
+        info["error-desc"]
+            .as_str()
+            .unwrap()
+            .contains("needs a socket"),
+        "{info}"
+    );
+}

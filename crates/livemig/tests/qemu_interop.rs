@@ -65,7 +65,7 @@ impl Qemu {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        let qmp = QmpClient::connect_unix(&sock).expect("connect to QEMU's QMP");
+        let qmp = common::retry_connect(|| QmpClient::connect_unix(&sock));
         Qemu { child, qmp }
     }
 
@@ -99,6 +99,18 @@ fn ram_image() -> Vec<u8> {
     data
 }
 
+fn set_caps(qmp: &mut QmpClient, caps: &[&str]) {
+    let list: Vec<Value> = caps
+        .iter()
+        .map(|c| json!({"capability": c, "state": true}))
+        .collect();
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": list })),
+    )
+    .unwrap();
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -117,6 +129,16 @@ fn assert_same_file(a: &Path, b: &Path) {
 
 #[test]
 fn qemu_to_livemig() {
+    qemu_to_livemig_with(&[]);
+}
+
+#[test]
+fn qemu_to_livemig_with_return_path() {
+    // QEMU opens the return path, PINGs, and waits for livemig's SHUT.
+    qemu_to_livemig_with(&["return-path"]);
+}
+
+fn qemu_to_livemig_with(caps: &[&str]) {
     if !have_qemu() {
         return;
     }
@@ -137,6 +159,7 @@ fn qemu_to_livemig() {
     ];
     let (mut dst, uri) = destination(dir.path(), "dst", &args, "tcp:127.0.0.1:0");
     let mut qemu = Qemu::start(dir.path(), &qemu_ram, &[]);
+    set_caps(&mut qemu.qmp, caps);
     qemu.cmd("migrate", json!({ "uri": uri }));
     let info = qemu.wait_migration();
     assert_eq!(info["status"], "completed", "{info}");
@@ -152,6 +175,14 @@ fn qemu_to_livemig() {
 #[test]
 fn livemig_to_qemu() {
     livemig_to_qemu_with(&[]);
+}
+
+#[test]
+fn livemig_to_qemu_with_return_path() {
+    let Some(info) = livemig_to_qemu_with(&["return-path"]) else {
+        return;
+    };
+    assert_eq!(info["status"], "completed");
 }
 
 #[test]

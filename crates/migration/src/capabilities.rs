@@ -114,7 +114,10 @@ impl Capability {
 
     /// Whether livemig implements this capability (others can only be off).
     pub fn is_supported(self) -> bool {
-        matches!(self, Self::Events | Self::RamVerify | Self::Xbzrle)
+        matches!(
+            self,
+            Self::Events | Self::RamVerify | Self::Xbzrle | Self::ReturnPath
+        )
     }
 }
 

@@ -95,6 +95,9 @@ pub enum MigrationError {
     /// The stream ended without EOF or had trailing structure errors.
     #[error("{0}")]
     Protocol(String),
+    /// The destination reported on the return path that it could not load the stream.
+    #[error("the destination failed to load the migration (return-path status {0})")]
+    DestinationFailed(u32),
     /// Stopping or resuming the VM failed.
     #[error("VM control failed: {0}")]
     Vm(String),

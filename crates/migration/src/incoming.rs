@@ -13,11 +13,11 @@
 //! RAM blocks of another name or size, offsets outside a block, and footers that do not match
 //! are typed errors.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use savevm::qemu_file::QemuFileReader;
-use savevm::record::{self, Configuration, Record, SectionHeader};
+use savevm::record::{self, Configuration, Record, RpMessage, SectionHeader};
 use savevm::vmstate;
 use transport::Listener;
 
@@ -28,14 +28,57 @@ use crate::state::MigrationState;
 use crate::status::{MigrationStatus, RunState};
 use crate::vm::VmControl;
 
-/// Commands of the stream this receiver accepts.
-const CMD_OPEN_RETURN_PATH: u16 = 1;
+/// The destination's side of the return path: opened when the source asks for it
+/// (`OPEN_RETURN_PATH`), answers `PING`s and ends with `SHUT` (0 = loaded, 1 = failed).
+pub struct ReturnPath {
+    writer: Option<Box<dyn Write + Send>>,
+    open: bool,
+}
+
+impl ReturnPath {
+    /// A return path over `writer` (None: the transport has no reverse direction).
+    pub fn new(writer: Option<Box<dyn Write + Send>>) -> Self {
+        Self {
+            writer,
+            open: false,
+        }
+    }
+
+    fn open(&mut self) -> Result<(), MigrationError> {
+        if self.writer.is_none() {
+            return Err(MigrationError::Protocol(
+                "the source asked for a return path, but this transport has none".into(),
+            ));
+        }
+        self.open = true;
+        Ok(())
+    }
+
+    fn send(&mut self, msg: RpMessage) -> Result<(), MigrationError> {
+        match (&mut self.writer, self.open) {
+            (Some(w), true) => Ok(record::write_rp(w.as_mut(), &msg)?),
+            _ => Err(MigrationError::Protocol(
+                "received PING but no return path is open".into(),
+            )),
+        }
+    }
+
+    /// Tells the source how loading ended (if it opened a return path).
+    pub fn shut(&mut self, ok: bool) {
+        if self.open {
+            if let Err(e) = self.send(RpMessage::Shut(u32::from(!ok))) {
+                tracing::warn!("could not report to the source: {}", e.report());
+            }
+        }
+    }
+}
 
 /// Loads a whole stream from `reader` into `registry`. `machine` is the local machine type.
 pub fn load_stream(
     reader: Box<dyn Read + Send>,
     registry: &mut Registry,
     machine: &str,
+    rp: &mut ReturnPath,
 ) -> Result<(), MigrationError> {
     let mut f = QemuFileReader::with_capacity(reader, 1 << 20);
     record::read_header(&mut f)?;
@@ -64,10 +107,19 @@ pub fn load_stream(
         match record::read_record(&mut f)? {
             Record::Section(h) => load_section(&mut f, registry, h)?,
             Record::Command {
-                cmd: CMD_OPEN_RETURN_PATH,
+                cmd: record::MIG_CMD_OPEN_RETURN_PATH,
                 ..
+            } => rp.open()?,
+            Record::Command {
+                cmd: record::MIG_CMD_PING,
+                data,
             } => {
-                tracing::warn!("source asked for a return path; livemig does not open one");
+                let v = <[u8; 4]>::try_from(data.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| {
+                        MigrationError::Protocol("PING command without a 4-byte value".into())
+                    })?;
+                rp.send(RpMessage::Pong(v))?;
             }
             Record::Command { cmd, .. } => {
                 return Err(MigrationError::Protocol(format!(
@@ -172,22 +224,36 @@ pub fn run_incoming(job: IncomingJob, registry: &mut Registry) -> Result<(), Mig
     result
 }
 
+/// Starts the guest if the source was running (and no `-S`), else adopts its run state.
+fn start_guest(job: &IncomingJob) -> Result<(), MigrationError> {
+    match job.global_state.get().as_deref() {
+        None | Some("running") if job.autostart => job.vm.vm_start().map_err(MigrationError::Vm),
+        None | Some("running") => {
+            job.vm.set_run_state(RunState::Paused);
+            Ok(())
+        }
+        Some(other) => {
+            job.vm
+                .set_run_state(other.parse().unwrap_or(RunState::Paused));
+            Ok(())
+        }
+    }
+}
+
 fn accept_and_load(job: &IncomingJob, registry: &mut Registry) -> Result<(), MigrationError> {
     let channel = job.listener.accept_next()?;
     let start = std::time::Instant::now();
     job.state.lock().timings.start = Some(start);
     job.state
         .set_status(MigrationStatus::Setup, MigrationStatus::Active);
-    let (reader, _writer) = channel.into_split();
-    load_stream(Box::new(reader), registry, &job.machine)?;
-    let runstate = job.global_state.get();
-    match runstate.as_deref() {
-        None | Some("running") if job.autostart => job.vm.vm_start().map_err(MigrationError::Vm)?,
-        None | Some("running") => job.vm.set_run_state(RunState::Paused),
-        Some(other) => job
-            .vm
-            .set_run_state(other.parse().unwrap_or(RunState::Paused)),
-    }
+    let bidirectional = channel.is_bidirectional();
+    let (reader, writer) = channel.into_split();
+    let rp_writer = bidirectional.then(|| Box::new(writer) as Box<dyn Write + Send>);
+    let mut rp = ReturnPath::new(rp_writer);
+    let loaded = load_stream(Box::new(reader), registry, &job.machine, &mut rp)
+        .and_then(|()| start_guest(job));
+    rp.shut(loaded.is_ok());
+    loaded?;
     {
         let mut s = job.state.lock();
         s.timings.total_time = Some(start.elapsed().as_millis() as u64);

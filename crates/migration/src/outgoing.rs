@@ -21,11 +21,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use savevm::qemu_file::QemuFileWriter;
-use savevm::record::{self, Configuration, SectionHeader};
+use savevm::record::{self, Configuration, RpMessage, SectionHeader};
 use savevm::{vmdesc, vmstate};
-use transport::{Channel, ChannelWriter, FdSource, MigrationUri, ShutdownHandle};
+use transport::{Channel, ChannelReader, ChannelWriter, FdSource, MigrationUri, ShutdownHandle};
 
-use crate::capabilities::Capabilities;
+use crate::capabilities::{Capabilities, Capability};
 use crate::convergence::{self, ConvergenceInput, Decision, WINDOW};
 use crate::error::MigrationError;
 use crate::global_state::GlobalState;
@@ -183,9 +183,16 @@ fn run(
     };
     *job.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel.shutdown_handle());
     check_cancel(state)?;
-    let (_return_path, writer) = channel.into_split();
-    let slot = Arc::new(Mutex::new(Some(writer)));
     let caps: Capabilities = state.lock().caps.clone();
+    let use_rp = caps.get(Capability::ReturnPath);
+    if use_rp && !channel.is_bidirectional() {
+        return Err(MigrationError::Protocol(format!(
+            "the return-path capability needs a socket transport, not {}",
+            job.uri
+        )));
+    }
+    let (mut return_path, writer) = channel.into_split();
+    let slot = Arc::new(Mutex::new(Some(writer)));
     let mut f = QemuFileWriter::with_capacity(Box::new(SlotWriter(slot.clone())), 1 << 20);
 
     record::write_header(&mut f);
@@ -194,6 +201,9 @@ fn run(
         ..Default::default()
     }
     .write_to(&mut f);
+    if use_rp {
+        record::write_command(&mut f, record::MIG_CMD_OPEN_RETURN_PATH, &[]);
+    }
     for e in registry.entries_mut() {
         if let EntryKind::Live(h) = &mut e.kind {
             if h.is_active(&caps) {
@@ -267,13 +277,18 @@ fn run(
         }
         rate_limit(state, &mut f, &mut w)?;
     }
-    complete(job, registry, &caps, &mut f, stopped)?;
+    let downtime_start = complete(job, registry, &caps, &mut f, stopped)?;
     let sent = f.total_transferred();
     drop(f);
     let writer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(w) = writer {
         w.finish()?;
     }
+    if use_rp {
+        await_shut(&mut return_path)?;
+    }
+    let downtime = downtime_start.elapsed();
+    tracing::info!(?downtime, "switchover done");
     let mut s = state.lock();
     let total = s
         .timings
@@ -281,6 +296,7 @@ fn run(
         .map(|t| t.elapsed().as_millis() as u64)
         .unwrap_or(0);
     s.timings.total_time = Some(total);
+    s.timings.downtime = Some(downtime.as_millis() as u64);
     let transfer_ms = total.saturating_sub(setup_ms).max(1);
     s.timings.mbps = sent as f64 * 8.0 / transfer_ms as f64 / 1000.0;
     Ok(())
@@ -395,14 +411,31 @@ fn rate_limit(
     Ok(())
 }
 
-/// Switchover: stop the guest, send what is left and the device state.
+/// Waits for the destination's verdict on the return path.
+fn await_shut(rp: &mut ChannelReader) -> Result<(), MigrationError> {
+    loop {
+        match record::read_rp(rp)? {
+            Some(RpMessage::Shut(0)) => return Ok(()),
+            Some(RpMessage::Shut(status)) => return Err(MigrationError::DestinationFailed(status)),
+            Some(other) => tracing::debug!(?other, "return-path message"),
+            None => {
+                return Err(MigrationError::Protocol(
+                    "the destination closed the return path without reporting".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Switchover: stop the guest, send what is left and the device state. Returns when the
+/// guest was stopped.
 fn complete(
     job: &OutgoingJob,
     registry: &mut Registry,
     caps: &Capabilities,
     f: &mut QemuFileWriter,
     stopped: &mut Option<bool>,
-) -> Result<(), MigrationError> {
+) -> Result<Instant, MigrationError> {
     let state = &job.state;
     let downtime_start = Instant::now();
     job.global_state.store(job.vm.run_state().as_str());
@@ -456,13 +489,6 @@ fn complete(
     record::write_vmdesc(f, json.as_bytes());
     f.flush()?;
     check_cancel(state)?;
-    let downtime = downtime_start.elapsed();
-    tracing::info!(
-        ?ram_done,
-        ?downtime,
-        "switchover: RAM sent, then device state"
-    );
-    let mut s = state.lock();
-    s.timings.downtime = Some(downtime.as_millis() as u64);
-    Ok(())
+    tracing::debug!(?ram_done, stream = ?downtime_start.elapsed(), "switchover: stream sent");
+    Ok(downtime_start)
 }

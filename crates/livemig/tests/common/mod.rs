@@ -73,7 +73,7 @@ impl Vm {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        vm.qmp = Some(QmpClient::connect_unix(&vm.qmp_path).expect("QMP connect"));
+        vm.qmp = Some(retry_connect(|| QmpClient::connect_unix(&vm.qmp_path)));
         vm
     }
 
@@ -226,5 +226,18 @@ pub fn wait_final_migration(mut query: impl FnMut() -> Value) -> Value {
             "migration stuck: {info}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connects with `connect`, retrying for a while: a server's socket file appears at bind(),
+/// a moment before it listens.
+pub fn retry_connect<T, E: std::fmt::Display>(mut connect: impl FnMut() -> Result<T, E>) -> T {
+    let t = Instant::now();
+    loop {
+        match connect() {
+            Ok(c) => return c,
+            Err(e) if t.elapsed() > Duration::from_secs(20) => panic!("connect: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
 }

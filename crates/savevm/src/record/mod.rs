@@ -19,10 +19,12 @@
 //! footer with [`read_footer`].
 
 mod configuration;
+mod return_path;
 mod section;
 
 pub(crate) use configuration::peek_subsection_name;
 pub use configuration::{read_configuration, Configuration, MAX_CAPABILITIES, MAX_MACHINE_NAME};
+pub use return_path::{read_rp, write_rp, RpMessage, RP_MAX_LEN, RP_PONG, RP_SHUT};
 pub use section::*;
 
 use crate::error::Error;
