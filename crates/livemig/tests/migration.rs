@@ -326,3 +326,49 @@ fn return_path_confirms_a_successful_migration() {
         "{info}"
     );
 }
+
+#[test]
+fn auto_converge_throttles_a_guest_that_dirties_faster_than_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = [
+        "-m",
+        "64M",
+        "--smp",
+        "1",
+        "--working-set",
+        "16M",
+        "--write-rate",
+        "48M",
+        "--pattern",
+        "random",
+    ];
+    let (mut dst, uri) = destination(dir.path(), "dst", &guest, "tcp:127.0.0.1:0");
+    let mut src = Vm::start(dir.path(), "src", &guest);
+    src.wait_status("running");
+    src.cmd(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "auto-converge", "state": true}]}),
+    );
+    // The guest dirties 48 MiB/s, the link carries 16 MiB/s: only throttling converges.
+    src.cmd(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 16 << 20, "downtime-limit": 30,
+               "cpu-throttle-initial": 95, "cpu-throttle-increment": 4}),
+    );
+    // Let the guest populate its working set first.
+    std::thread::sleep(Duration::from_millis(700));
+    src.cmd("migrate", json!({ "uri": uri }));
+    let mut max_throttle = 0;
+    let info = common::wait_final_migration(|| {
+        let info = src.cmd("query-migrate", Value::Null);
+        max_throttle = max_throttle.max(info["cpu-throttle-percentage"].as_u64().unwrap_or(0));
+        info
+    });
+    assert_eq!(info["status"], "completed", "{info}");
+    assert!(
+        max_throttle >= 95,
+        "throttle never applied: {max_throttle} {info}"
+    );
+    assert!(info.get("cpu-throttle-percentage").is_none(), "{info}");
+    dst.wait_status("running");
+}

@@ -116,7 +116,7 @@ impl Capability {
     pub fn is_supported(self) -> bool {
         matches!(
             self,
-            Self::Events | Self::RamVerify | Self::Xbzrle | Self::ReturnPath
+            Self::Events | Self::RamVerify | Self::Xbzrle | Self::ReturnPath | Self::AutoConverge
         )
     }
 }

@@ -125,6 +125,54 @@ pub fn decide(i: ConvergenceInput) -> Decision {
     }
 }
 
+/// Auto-converge settings (the `cpu-throttle-*` and `throttle-trigger-threshold` parameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleParams {
+    /// Percent of the transferred bytes the guest may dirty in a period before it counts as
+    /// too fast.
+    pub trigger_threshold: u64,
+    /// First throttle step.
+    pub initial: u8,
+    /// Later steps.
+    pub increment: u8,
+    /// Smaller steps near the goal.
+    pub tailslow: bool,
+    /// Upper bound.
+    pub max: u8,
+}
+
+/// True when the guest dirtied more in the last period than `trigger_threshold` % of what was
+/// sent in it (QEMU's `migration_trigger_throttle`).
+pub fn dirty_rate_too_high(
+    bytes_xfer_period: u64,
+    bytes_dirty_period: u64,
+    trigger_threshold: u64,
+) -> bool {
+    bytes_dirty_period > bytes_xfer_period.saturating_mul(trigger_threshold) / 100
+}
+
+/// The next throttle after two periods with a too-high dirty rate (QEMU's
+/// `mig_throttle_guest_down`).
+pub fn next_throttle(
+    current: u8,
+    p: &ThrottleParams,
+    bytes_xfer_period: u64,
+    bytes_dirty_period: u64,
+) -> u8 {
+    let next = if current == 0 {
+        u64::from(p.initial)
+    } else if p.tailslow && bytes_dirty_period > 0 {
+        let cpu_now = 100 - u64::from(current);
+        let threshold = bytes_xfer_period.saturating_mul(p.trigger_threshold) / 100;
+        let cpu_ideal = cpu_now.saturating_mul(threshold) / bytes_dirty_period;
+        let step = (cpu_now.saturating_sub(cpu_ideal)).min(u64::from(p.increment));
+        u64::from(current) + step
+    } else {
+        u64::from(current) + u64::from(p.increment)
+    };
+    next.clamp(1, u64::from(p.max.min(99))) as u8
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +199,30 @@ mod tests {
         assert_eq!(m.pages_per_second, 1000);
         assert_eq!(expected_downtime_ms(50_000, 1000.0), Some(50));
         assert_eq!(expected_downtime_ms(50_000, 0.0), None);
+    }
+
+    #[test]
+    fn throttle_steps() {
+        let p = ThrottleParams {
+            trigger_threshold: 50,
+            initial: 20,
+            increment: 10,
+            tailslow: false,
+            max: 99,
+        };
+        assert!(dirty_rate_too_high(1000, 600, 50));
+        assert!(!dirty_rate_too_high(1000, 500, 50));
+        assert_eq!(next_throttle(0, &p, 1000, 600), 20);
+        assert_eq!(next_throttle(20, &p, 1000, 600), 30);
+        assert_eq!(next_throttle(95, &p, 1000, 600), 99);
+        let slow = ThrottleParams {
+            tailslow: true,
+            ..p
+        };
+        // 70 % of CPU left; ideal share = 70 × 500 / 600 = 58 → step 12, capped at 10.
+        assert_eq!(next_throttle(30, &slow, 1000, 600), 40);
+        // Nearly there: ideal 70 × 500 / 520 = 67 → step 3.
+        assert_eq!(next_throttle(30, &slow, 1000, 520), 33);
     }
 
     #[test]

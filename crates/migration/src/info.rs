@@ -106,6 +106,9 @@ pub struct MigrationInfo {
     /// Setup time in ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub setup_time: Option<u64>,
+    /// vCPU throttle in percent while auto-converge throttles the guest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_percentage: Option<u64>,
     /// Error text of a failed migration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_desc: Option<String>,

@@ -121,6 +121,11 @@ fn migration_thread(job: OutgoingJob, mut registry: Registry, pre: Option<Channe
         }
     }
     *job.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    job.vm.set_cpu_throttle(0);
+    job.state
+        .ram
+        .cpu_throttle_percentage
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     let failed = result.is_err();
     if failed && stopped == Some(true) {
         if let Err(e) = job.vm.vm_start() {
@@ -236,6 +241,7 @@ fn run(
     f.set_rate_limit(convergence::window_budget(
         state.lock().params.max_bandwidth(),
     ));
+    let mut throttle = 0u8;
     let mut previous_pending = None;
     let mut sent_at_previous = 0;
     let mut extra_iterations = 0;
@@ -276,6 +282,17 @@ fn run(
             return Err(e.into());
         }
         rate_limit(state, &mut f, &mut w)?;
+        let want = state
+            .ram
+            .cpu_throttle_percentage
+            .load(std::sync::atomic::Ordering::Relaxed) as u8;
+        if want != throttle {
+            job.vm.set_cpu_throttle(want);
+            throttle = want;
+        }
+    }
+    if throttle != 0 {
+        job.vm.set_cpu_throttle(0);
     }
     let downtime_start = complete(job, registry, &caps, &mut f, stopped)?;
     let sent = f.total_transferred();

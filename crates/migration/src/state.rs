@@ -48,6 +48,8 @@ pub struct RamCounters {
     pub xbzrle_overflow: AtomicU64,
     /// XBZRLE: page bytes sent as deltas.
     pub xbzrle_unencoded: AtomicU64,
+    /// Auto-converge: the vCPU throttle in percent (0 = not throttling).
+    pub cpu_throttle_percentage: AtomicU64,
 }
 
 impl RamCounters {
@@ -83,6 +85,7 @@ impl RamCounters {
             &self.xbzrle_cache_miss,
             &self.xbzrle_overflow,
             &self.xbzrle_unencoded,
+            &self.cpu_throttle_percentage,
         ] {
             a.store(0, Ordering::Relaxed);
         }
@@ -267,6 +270,10 @@ impl MigrationState {
             downtime_bytes: g(&r.downtime_bytes),
             ..Default::default()
         });
+        let throttle = g(&r.cpu_throttle_percentage);
+        if throttle > 0 && status.is_running() {
+            info.cpu_throttle_percentage = Some(throttle);
+        }
         if s.caps.get(Capability::Xbzrle) {
             let (pages, miss, bytes) = (
                 g(&r.xbzrle_pages),

@@ -18,4 +18,11 @@ pub trait VmControl: Send + Sync {
 
     /// Sets the run state without touching vCPUs (e.g. `postmigrate`).
     fn set_run_state(&self, state: RunState);
+
+    /// Throttles the vCPUs to run `100 - percent` % of the time (auto-converge); 0 ends
+    /// throttling. Optional: a VM that cannot be throttled ignores it, and its migration
+    /// converges only if the guest allows.
+    fn set_cpu_throttle(&self, percent: u8) {
+        tracing::debug!(percent, "this VM cannot throttle its vCPUs");
+    }
 }

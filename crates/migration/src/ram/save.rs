@@ -9,7 +9,9 @@ use savevm::ram::{self, RamBlockInfo, RamEncoder, TARGET_PAGE_SIZE};
 
 use super::xbzrle::{Outcome, XbzrleCache};
 use crate::capabilities::Capability;
+use crate::convergence::{self, ThrottleParams};
 use crate::error::MigrationError;
+use crate::params::ParamValue;
 use crate::state::{MigrationState, RamCounters};
 
 /// An iteration returns to the migration thread after this long (QEMU's MAX_WAIT).
@@ -40,6 +42,12 @@ pub struct RamSaver {
     xbzrle_active: bool,
     /// Global RAM address of each block's first byte (XBZRLE cache key).
     block_base: Vec<u64>,
+    /// Auto-converge settings, with the `auto-converge` capability.
+    throttle: Option<ThrottleParams>,
+    /// Periods in which the guest dirtied too fast (not reset by a good period, as QEMU).
+    dirty_rate_high_cnt: u32,
+    /// RAM bytes transferred when the current dirty-rate period started.
+    xfer_prev: u64,
 }
 
 /// What [`RamSaver::send_page`] put on the wire.
@@ -72,6 +80,9 @@ impl RamSaver {
             xbzrle: None,
             xbzrle_active: false,
             block_base: Vec::new(),
+            throttle: None,
+            dirty_rate_high_cnt: 0,
+            xfer_prev: 0,
         }
     }
 
@@ -90,13 +101,31 @@ impl RamSaver {
             self.bitmaps.push(block.populated_pages()?);
         }
         self.dirty_pages = self.bitmaps.iter().map(Bitmap::count_ones).sum();
-        let (xbzrle, cache_size) = {
+        let (xbzrle, cache_size, throttle) = {
             let s = self.state.lock();
+            let p = &s.params;
+            let throttle = s
+                .caps
+                .get(Capability::AutoConverge)
+                .then(|| ThrottleParams {
+                    trigger_threshold: p.int("throttle-trigger-threshold"),
+                    initial: p.int("cpu-throttle-initial") as u8,
+                    increment: p.int("cpu-throttle-increment") as u8,
+                    tailslow: matches!(
+                        p.get("cpu-throttle-tailslow"),
+                        Some(ParamValue::Bool(true))
+                    ),
+                    max: p.int("max-cpu-throttle") as u8,
+                });
             (
                 s.caps.get(Capability::Xbzrle),
-                s.params.int("xbzrle-cache-size"),
+                p.int("xbzrle-cache-size"),
+                throttle,
             )
         };
+        self.throttle = throttle;
+        self.dirty_rate_high_cnt = 0;
+        self.xfer_prev = 0;
         self.xbzrle = xbzrle.then(|| XbzrleCache::new(cache_size));
         self.xbzrle_active = false;
         let mut base = 0;
@@ -167,6 +196,7 @@ impl RamSaver {
         if elapsed >= DIRTY_RATE_PERIOD {
             let rate = (self.period_dirty as f64 / elapsed.as_secs_f64()) as u64;
             RamCounters::set(&c.dirty_pages_rate, rate);
+            self.trigger_throttle();
             self.period_start = Instant::now();
             self.period_dirty = 0;
         }
@@ -178,6 +208,34 @@ impl RamSaver {
             "dirty bitmap sync"
         );
         Ok(())
+    }
+
+    /// Auto-converge: after two periods in which the guest dirtied faster than the trigger
+    /// allows, throttle its vCPUs one step more (applied by the migration thread).
+    fn trigger_throttle(&mut self) {
+        let Some(p) = self.throttle else { return };
+        let c = &self.state.ram;
+        let transferred = c.transferred.load(std::sync::atomic::Ordering::Relaxed);
+        let xfer = transferred.saturating_sub(self.xfer_prev);
+        let dirty = self.period_dirty * PAGE;
+        self.xfer_prev = transferred;
+        if !convergence::dirty_rate_too_high(xfer, dirty, p.trigger_threshold) {
+            return;
+        }
+        self.dirty_rate_high_cnt += 1;
+        if self.dirty_rate_high_cnt >= 2 {
+            self.dirty_rate_high_cnt = 0;
+            let current = c
+                .cpu_throttle_percentage
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let next = convergence::next_throttle(current as u8, &p, xfer, dirty);
+            tracing::info!(
+                from = current,
+                to = next,
+                "auto-converge: throttling the guest"
+            );
+            RamCounters::set(&c.cpu_throttle_percentage, u64::from(next));
+        }
     }
 
     /// Remaining bytes; syncs the dirty log when the estimate is below `threshold` (QEMU) or

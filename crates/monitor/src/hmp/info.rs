@@ -91,6 +91,9 @@ pub fn migrate(info: &MigrationInfo) -> String {
         let _ = writeln!(o, "xbzrle encoding rate: {:.2}", x.encoding_rate);
         let _ = writeln!(o, "xbzrle overflow: {}", x.overflow);
     }
+    if let Some(pct) = info.cpu_throttle_percentage {
+        let _ = writeln!(o, "cpu throttle percentage: {pct}");
+    }
     if let Some(addrs) = &info.socket_address {
         o.push_str("socket address: [\n");
         for a in addrs {

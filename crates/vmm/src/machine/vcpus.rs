@@ -146,6 +146,12 @@ impl VmControl for Vcpus {
     fn set_run_state(&self, state: RunState) {
         *lock(&self.run_state) = state;
     }
+
+    fn set_cpu_throttle(&self, percent: u8) {
+        if let Threads::Started(g) = &*lock(&self.threads) {
+            g.set_throttle(percent);
+        }
+    }
 }
 
 /// The `soft-cpu` device of vCPU `index`.

@@ -14,7 +14,7 @@
 //! parks, so once `pause()` returns no guest store is in flight, the next dirty-log sync sees all
 //! of them, and [`SoftGuest::save_state`] reflects exactly the writes that were done.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -51,6 +51,8 @@ struct Shared {
     cv: Condvar,
     /// True whenever `ctl.run != Running`: the vCPUs' lock-free fast-path check.
     hold: AtomicBool,
+    /// CPU throttle in percent (auto-converge): vCPUs sleep that share of the time.
+    throttle: AtomicU8,
     slots: Vec<VcpuSlot>,
 }
 
@@ -123,6 +125,7 @@ impl SoftGuest {
             }),
             cv: Condvar::new(),
             hold: AtomicBool::new(run != Run::Running),
+            throttle: AtomicU8::new(0),
             slots: states
                 .iter()
                 .map(|s| VcpuSlot {
@@ -200,6 +203,20 @@ impl SoftGuest {
         ctl.run = Run::Running;
         self.shared.hold.store(false, Ordering::Release);
         self.shared.cv.notify_all();
+    }
+
+    /// Throttles every vCPU to run only `100 - percent` % of the time (QEMU's CPU throttling
+    /// for auto-converge: run 10 ms, then sleep `percent / (100 - percent)` × 10 ms). 0 stops
+    /// throttling; values above 99 are clamped.
+    pub fn set_throttle(&self, percent: u8) {
+        self.shared
+            .throttle
+            .store(percent.min(99), Ordering::Relaxed);
+    }
+
+    /// The current throttle in percent.
+    pub fn throttle(&self) -> u8 {
+        self.shared.throttle.load(Ordering::Relaxed)
     }
 
     /// True unless paused or stopping.
@@ -315,6 +332,7 @@ impl Vcpu {
         let shared = self.shared.clone();
         let slot = &shared.slots[self.index];
         let mut paced = Pacer::new(self.cfg.write_rate);
+        let mut ran_since = Instant::now();
         loop {
             if self.shared.hold.load(Ordering::Acquire) {
                 if !self.park() {
@@ -342,6 +360,11 @@ impl Vcpu {
             slot.generation
                 .store(self.state.generation, Ordering::Relaxed);
             paced.after_write(&self.shared);
+            if let Some(pause) = throttle_pause(&self.shared, ran_since) {
+                wait_until(&self.shared, Instant::now() + pause);
+                paced = Pacer::new(self.cfg.write_rate);
+                ran_since = Instant::now();
+            }
         }
         *slot.state.lock().unwrap_or_else(PoisonError::into_inner) = self.state;
         let mut ctl = self.shared.lock();
@@ -391,21 +414,38 @@ impl Pacer {
         self.writes += 1;
         let due = self.start
             + Duration::from_secs_f64(self.writes as f64 * PAGE_SIZE as f64 / rate as f64);
-        let mut ctl = None;
-        loop {
-            let now = Instant::now();
-            if now >= due || shared.hold.load(Ordering::Acquire) {
-                return;
-            }
-            let guard = ctl.take().unwrap_or_else(|| shared.lock());
-            if shared.hold.load(Ordering::Acquire) {
-                return;
-            }
-            let (g, _) = shared
-                .cv
-                .wait_timeout(guard, due - now)
-                .unwrap_or_else(PoisonError::into_inner);
-            ctl = Some(g);
+        wait_until(shared, due);
+    }
+}
+
+/// Runs of this long alternate with throttle sleeps.
+const THROTTLE_SLICE: Duration = Duration::from_millis(10);
+
+/// The sleep due after running since `ran_since`, if throttled and a slice is over.
+fn throttle_pause(shared: &Shared, ran_since: Instant) -> Option<Duration> {
+    let pct = u32::from(shared.throttle.load(Ordering::Relaxed));
+    if pct == 0 || ran_since.elapsed() < THROTTLE_SLICE {
+        return None;
+    }
+    Some(THROTTLE_SLICE * pct / (100 - pct))
+}
+
+/// Sleeps until `due`, waking early when the guest is paused or stopped.
+fn wait_until(shared: &Shared, due: Instant) {
+    let mut ctl = None;
+    loop {
+        let now = Instant::now();
+        if now >= due || shared.hold.load(Ordering::Acquire) {
+            return;
         }
+        let guard = ctl.take().unwrap_or_else(|| shared.lock());
+        if shared.hold.load(Ordering::Acquire) {
+            return;
+        }
+        let (g, _) = shared
+            .cv
+            .wait_timeout(guard, due - now)
+            .unwrap_or_else(PoisonError::into_inner);
+        ctl = Some(g);
     }
 }
