@@ -169,7 +169,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         num(&info, &["total-time"]),
         num(&info, &["setup-time"])
     );
-    println!("  downtime        {} ms", num(&info, &["downtime"]));
+    println!(
+        "  downtime        {} ms (includes hashing guest RAM for ram-verify on the source; \
+         `livemig bench` measures downtime without it)",
+        num(&info, &["downtime"])
+    );
     println!(
         "  transferred     {} KiB at {:.1} Mbit/s",
         num(ram, &["transferred"]) / 1024,
