@@ -372,3 +372,25 @@ fn auto_converge_throttles_a_guest_that_dirties_faster_than_the_link() {
     assert!(info.get("cpu-throttle-percentage").is_none(), "{info}");
     dst.wait_status("running");
 }
+
+#[test]
+fn incoming_defer_then_migrate_incoming_over_qmp() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dst = Vm::start(dir.path(), "dst", &args(&["--incoming", "defer"]));
+    assert_eq!(dst.status(), "inmigrate");
+    // Listening: query-migrate shows the address and no status, as QEMU.
+    dst.cmd("migrate-incoming", json!({"uri": "tcp:127.0.0.1:0"}));
+    let info = dst.cmd("query-migrate", Value::Null);
+    assert!(info.get("status").is_none(), "{info}");
+    let port = info["socket-address"][0]["port"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let err = dst.cmd_err("migrate-incoming", json!({"uri": "tcp:127.0.0.1:0"}));
+    assert!(
+        err.contains("The incoming migration has already been started"),
+        "{err}"
+    );
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "16M"]));
+    migrate_and_check(&mut src, &mut dst, &format!("tcp:127.0.0.1:{port}"));
+}
