@@ -95,7 +95,13 @@ impl XbzrleCache {
     /// Decides how to send the page at global RAM address `addr` whose current bytes are
     /// `page`. `sync_count` is the current dirty-sync count; `last_stage` is true with the guest
     /// stopped.
-    pub fn encode(&mut self, addr: u64, page: &[u8], sync_count: u64, last_stage: bool) -> Outcome<'_> {
+    pub fn encode(
+        &mut self,
+        addr: u64,
+        page: &[u8],
+        sync_count: u64,
+        last_stage: bool,
+    ) -> Outcome<'_> {
         let slot = self.slot(addr);
         if self.addrs[slot] != addr {
             self.counters.cache_miss += 1;
@@ -149,7 +155,9 @@ mod tests {
         assert_eq!(c.encode(0x1000, &page, 1, false), Outcome::Raw(&page[..]));
         assert_eq!(c.counters.cache_miss, 1);
         page[100] = 9;
-        let Outcome::Delta(d) = c.encode(0x1000, &page, 2, false) else { panic!("no delta") };
+        let Outcome::Delta(d) = c.encode(0x1000, &page, 2, false) else {
+            panic!("no delta")
+        };
         let mut applied = vec![7u8; PAGE];
         xbzrle::decode(d, &mut applied).unwrap();
         assert_eq!(applied, page);
@@ -178,7 +186,9 @@ mod tests {
     fn overflow_sends_raw_and_zero_page_clears_the_copy() {
         let mut c = XbzrleCache::new(4096);
         let a: Vec<u8> = (0..PAGE).map(|i| i as u8).collect();
-        let b: Vec<u8> = (0..PAGE).map(|i| (i as u8).wrapping_mul(3).wrapping_add(1)).collect();
+        let b: Vec<u8> = (0..PAGE)
+            .map(|i| (i as u8).wrapping_mul(3).wrapping_add(1))
+            .collect();
         c.encode(0, &a, 1, false);
         assert_eq!(c.encode(0, &b, 2, false), Outcome::Raw(&b[..]));
         assert_eq!(c.counters.overflow, 1);
