@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use migration::block::BlockMigrationOptions;
 use migration::{Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, RunState};
 use monitor::{CommandError, MigrateOptions, MonitorBackend};
 use vmm::machine::{Machine, MachineError};
@@ -33,12 +34,10 @@ impl MonitorBackend for MachineBackend {
                 "Cannot resume if there is no paused migration",
             ));
         }
-        if opts.blk || opts.inc {
-            return Err(CommandError::generic(
-                "block migration (-b/-i) needs disks; this VM has none attached",
-            ));
-        }
-        self.0.migrate(uri, fds).map_err(err)
+        let block = (opts.blk || opts.inc).then_some(BlockMigrationOptions {
+            incremental: opts.inc,
+        });
+        self.0.migrate(uri, fds, block).map_err(err)
     }
 
     fn migrate_incoming(

@@ -78,7 +78,7 @@ fn migrate(src: &Arc<Machine>, dst: &Arc<Machine>) -> anyhow::Result<Outcome> {
         .incoming_uri()
         .context("destination did not report its address")?;
     let t = Instant::now();
-    src.migrate(&uri, &transport::NoFds)?;
+    src.migrate(&uri, &transport::NoFds, None)?;
     loop {
         let s = src.migration().status();
         if !s.is_running() {
@@ -243,7 +243,7 @@ fn case_c(scale: u64, rate: Option<u64>) -> anyhow::Result<()> {
     println!(
         "  => downtime {} ms (target <= 20 ms), guest writes on the source: {}",
         o.info.downtime.unwrap_or(0),
-        src.vcpus().total_writes()
+        src.vcpus().map_or(0, |v| v.total_writes())
     );
     src.shutdown();
     dst.shutdown();

@@ -11,6 +11,8 @@ use clap::Args;
 use monitor::QmpClient;
 use serde_json::{json, Value};
 
+use crate::cmd_run::AccelArg;
+
 /// Arguments of `livemig demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -26,9 +28,12 @@ pub struct DemoArgs {
     /// Dirtying rate per vCPU (bytes/s).
     #[arg(long, default_value = "64M")]
     pub write_rate: String,
-    /// Bytes of RAM filled with data before the migration.
+    /// Bytes of RAM filled with data before the migration (software guest).
     #[arg(long, default_value = "256M")]
     pub fill: String,
+    /// Guest backend: KVM with the built-in payload when /dev/kvm is usable, else software.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelArg,
 }
 
 /// A child `livemig run` that is killed if the demo ends early.
@@ -47,19 +52,26 @@ impl Drop for Vm {
     }
 }
 
-fn spawn(name: &'static str, dir: &Path, a: &DemoArgs, extra: &[String]) -> anyhow::Result<Vm> {
+fn spawn(
+    name: &'static str,
+    dir: &Path,
+    a: &DemoArgs,
+    kvm: bool,
+    extra: &[String],
+) -> anyhow::Result<Vm> {
     let qmp = dir.join(format!("{name}.qmp"));
     let exe = std::env::current_exe().context("cannot find the livemig executable")?;
     let mut cmd = Command::new(exe);
-    cmd.args(["run", "-m", &a.memory, "--smp", &a.smp.to_string()])
-        .args([
-            "--working-set",
-            &a.working_set,
-            "--write-rate",
-            &a.write_rate,
-        ])
-        .args(["--pattern", "random"])
-        .arg("--qmp")
+    cmd.args(["run", "-m", &a.memory, "--smp", &a.smp.to_string()]);
+    if kvm {
+        let serial = dir.join(format!("{name}.serial"));
+        cmd.args(["--accel", "kvm", "--serial"])
+            .arg(format!("file:{}", serial.display()));
+    } else {
+        cmd.args(["--accel", "soft", "--working-set", &a.working_set])
+            .args(["--write-rate", &a.write_rate, "--pattern", "random"]);
+    }
+    cmd.arg("--qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()))
         .args(extra)
         .stdin(Stdio::null());
@@ -107,14 +119,28 @@ fn num(v: &Value, path: &[&str]) -> u64 {
 pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let uri_file = dir.path().join("incoming-uri");
-    println!(
-        "livemig demo: software guest, {} RAM, {} vCPUs writing {} at {}/s each",
-        a.memory, a.smp, a.working_set, a.write_rate
-    );
+    let kvm = match a.accel {
+        AccelArg::Kvm => true,
+        AccelArg::Soft => false,
+        AccelArg::Auto => vmm::kvm::kvm_available(),
+    };
+    if kvm {
+        println!(
+            "livemig demo: KVM guest (the built-in payload: fills 1 MiB, rewrites 256 KiB, prints a \
+             counter on its serial port), {} RAM, {} vCPU(s)",
+            a.memory, a.smp
+        );
+    } else {
+        println!(
+            "livemig demo: software guest, {} RAM, {} vCPUs writing {} at {}/s each",
+            a.memory, a.smp, a.working_set, a.write_rate
+        );
+    }
     let mut dst = spawn(
         "destination",
         dir.path(),
         &a,
+        kvm,
         &[
             "--incoming".into(),
             "tcp:127.0.0.1:0".into(),
@@ -122,7 +148,12 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             uri_file.display().to_string(),
         ],
     )?;
-    let mut src = spawn("source", dir.path(), &a, &["--fill".into(), a.fill.clone()])?;
+    let fill: Vec<String> = if kvm {
+        Vec::new()
+    } else {
+        vec!["--fill".into(), a.fill.clone()]
+    };
+    let mut src = spawn("source", dir.path(), &a, kvm, &fill)?;
     let mut src_qmp = connect(&mut src)?;
     let mut dst_qmp = connect(&mut dst)?;
     wait_for(&uri_file, &mut dst)?;
@@ -139,7 +170,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             {"capability": "ram-verify", "state": true}
         ]})),
     )?;
-    std::thread::sleep(Duration::from_millis(300));
+    // Let the guest run a little (the KVM payload fills its memory first).
+    std::thread::sleep(Duration::from_millis(if kvm { 3000 } else { 300 }));
     let before = src_qmp.execute("query-status", None)?;
     println!(
         "source guest is {} — migrating to {uri}",
@@ -197,6 +229,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         "  destination     {}",
         dst_status["status"].as_str().unwrap_or("?")
     );
+    if kvm {
+        std::thread::sleep(Duration::from_millis(1000));
+        print_serial_continuity(dir.path());
+    }
     println!(
         "query-migrate on the source:\n{}",
         serde_json::to_string_pretty(&info)?
@@ -209,4 +245,28 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         bail!("the destination guest is not running");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shows that the KVM guest's serial counter went on, on the destination, from where the
+/// source stopped (no reboot).
+fn print_serial_continuity(dir: &Path) {
+    let read = |name: &str| {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.serial"))).unwrap_or_default();
+        payload::Output::parse(&text)
+    };
+    let (src, dst) = (read("source"), read("destination"));
+    let last = src.counts.last().copied();
+    let first = dst.counts.first().copied();
+    let newest = dst.counts.last().copied();
+    match (last, first, newest) {
+        (Some(l), Some(f), Some(n)) => {
+            println!(
+            "  guest counter   count={l} was the source's last line; the destination went on with \
+             count={f} .. count={n} (boots on the destination: {}, failed self-checks: {})",
+            dst.starts,
+            dst.selfchecks.iter().filter(|c| matches!(c, payload::SelfCheck::Fail { .. })).count()
+        )
+        }
+        _ => println!("  guest counter   no serial output to compare"),
+    }
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use guest_ram::Backing;
-use vmm::machine::{Machine, MachineConfig, MachineType};
+use vmm::kvm::KernelImage;
+use vmm::machine::{Accel, DiskWorkload, Machine, MachineConfig, MachineType, SerialTarget};
 use vmm::soft::{Pattern, WorkloadConfig};
 
 use crate::backend::MachineBackend;
@@ -21,6 +22,17 @@ pub enum MachineArg {
     Soft,
     /// What QEMU's `-M none` presents (RAM block `ram`), for interop with QEMU.
     None,
+}
+
+/// Accelerators on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum AccelArg {
+    /// KVM when /dev/kvm is usable, the software guest otherwise.
+    Auto,
+    /// A KVM VM booting a kernel (the built-in guest payload by default).
+    Kvm,
+    /// Software vCPU threads writing guest RAM.
+    Soft,
 }
 
 /// Write patterns on the command line.
@@ -79,6 +91,28 @@ pub struct RunArgs {
     /// Write the incoming listen URI (with the real port) to this file once listening.
     #[arg(long)]
     pub incoming_uri_file: Option<PathBuf>,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelArg,
+    /// KVM: PVH ELF kernel to boot (default: the built-in guest payload).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// KVM: kernel command line (default: the payload's defaults, e.g.
+    /// `fill=1048576 ws=262144 selfcheck=0`).
+    #[arg(long)]
+    pub append: Option<String>,
+    /// KVM: serial port output: `null`, `stdout` or `file:PATH`.
+    #[arg(long, default_value = "null")]
+    pub serial: String,
+    /// A disk: `file=PATH,format=raw|qcow2[,id=NAME]`. May be repeated.
+    #[arg(long)]
+    pub drive: Vec<String>,
+    /// Disk writes (4 KiB) per second by the guest's disk writer, per disk (0 = no writer).
+    #[arg(long, default_value_t = 0)]
+    pub disk_write_rate: u64,
+    /// Bytes at the start of each disk that the disk writer rewrites.
+    #[arg(long, default_value = "8M", value_parser = parse_size)]
+    pub disk_working_set: u64,
 }
 
 impl RunArgs {
@@ -107,7 +141,36 @@ impl RunArgs {
             block: 0,
             offset: 0,
         });
+        let accel = match self.accel {
+            AccelArg::Kvm => Accel::Kvm,
+            AccelArg::Soft => Accel::Soft,
+            AccelArg::Auto if vmm::kvm::kvm_available() => Accel::Kvm,
+            AccelArg::Auto => Accel::Soft,
+        };
+        let serial = match self.serial.as_str() {
+            "null" | "none" => SerialTarget::Null,
+            "stdout" | "stdio" => SerialTarget::Stdout,
+            s => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => SerialTarget::File(p.into()),
+                _ => bail!("invalid --serial '{s}': expected null, stdout or file:PATH"),
+            },
+        };
+        let drives = block::DriveSpec::parse_all(&self.drive).context("invalid --drive")?;
+        let disk_workload = (self.disk_write_rate > 0).then_some(DiskWorkload {
+            region: self.disk_working_set,
+            rate: self.disk_write_rate,
+            random: true,
+        });
         Ok(MachineConfig {
+            accel,
+            kernel: self
+                .kernel
+                .clone()
+                .map_or(KernelImage::Payload, KernelImage::Path),
+            cmdline: self.append.clone(),
+            serial,
+            drives,
+            disk_workload,
             machine: match self.machine {
                 MachineArg::Soft => MachineType::Soft,
                 MachineArg::None => MachineType::None,

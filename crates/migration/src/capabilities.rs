@@ -116,7 +116,13 @@ impl Capability {
     pub fn is_supported(self) -> bool {
         matches!(
             self,
-            Self::Events | Self::RamVerify | Self::Xbzrle | Self::ReturnPath | Self::AutoConverge
+            Self::Events
+                | Self::RamVerify
+                | Self::Xbzrle
+                | Self::ReturnPath
+                | Self::AutoConverge
+                | Self::Block
+                | Self::ZeroBlocks
         )
     }
 }

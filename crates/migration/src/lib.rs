@@ -12,6 +12,7 @@
 //! | [`global_state`], [`verify`] | the `globalstate` and `ram-verify` device sections |
 //! | [`vm`] | what the engine needs from the VMM |
 
+pub mod block;
 pub mod capabilities;
 pub mod convergence;
 mod error;

@@ -136,6 +136,8 @@ pub struct MigrationState {
     inner: Mutex<StateInner>,
     /// RAM counters.
     pub ram: Arc<RamCounters>,
+    /// Block-migration counters (the `disk` member of `query-migrate`).
+    pub disk: Arc<crate::block::DiskCounters>,
     /// Set by `migrate_cancel`; polled by the migration thread.
     cancel: AtomicBool,
     events: Arc<EventBus>,
@@ -147,6 +149,7 @@ impl MigrationState {
         Self {
             inner: Mutex::new(StateInner::default()),
             ram: Arc::new(RamCounters::default()),
+            disk: Arc::default(),
             cancel: AtomicBool::new(false),
             events,
         }
@@ -270,6 +273,10 @@ impl MigrationState {
             downtime_bytes: g(&r.downtime_bytes),
             ..Default::default()
         });
+        // Block migration: only while it runs, never after completion (QEMU).
+        if !completed {
+            info.disk = self.disk.stats();
+        }
         let throttle = g(&r.cpu_throttle_percentage);
         if throttle > 0 && status.is_running() {
             info.cpu_throttle_percentage = Some(throttle);

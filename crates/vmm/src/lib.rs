@@ -5,5 +5,6 @@
 
 #![deny(missing_docs)]
 
+pub mod kvm;
 pub mod machine;
 pub mod soft;

@@ -43,7 +43,7 @@ fn wait_status(m: &Machine) -> MigrationStatus {
 fn migrate(src: &Arc<Machine>, dst: &Arc<Machine>) {
     dst.migrate_incoming("tcp:127.0.0.1:0", &NoFds).unwrap();
     let uri = dst.incoming_uri().unwrap();
-    src.migrate(&uri, &NoFds).unwrap();
+    src.migrate(&uri, &NoFds, None).unwrap();
     assert_eq!(
         wait_status(src),
         MigrationStatus::Completed,
@@ -64,7 +64,7 @@ fn running_guest_continues_on_the_destination() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     assert!(
-        src.vcpus().total_writes() > 0,
+        src.vcpus().unwrap().total_writes() > 0,
         "guest runs before migration"
     );
     let dst = Machine::new(config(true)).unwrap();
@@ -72,10 +72,10 @@ fn running_guest_continues_on_the_destination() {
     migrate(&src, &dst);
     // The source stays paused after success; its vCPU states are what the destination got.
     assert_eq!(src.run_state(), RunState::Postmigrate);
-    let src_states = src.vcpus().states();
+    let src_states = src.vcpus().unwrap().states();
     assert_eq!(dst.run_state(), RunState::Running);
     std::thread::sleep(Duration::from_millis(100));
-    let dst_states = dst.vcpus().states();
+    let dst_states = dst.vcpus().unwrap().states();
     for (s, d) in src_states.iter().zip(&dst_states) {
         assert!(
             d.generation > s.generation,
@@ -84,7 +84,7 @@ fn running_guest_continues_on_the_destination() {
         );
     }
     // A second migrate from postmigrate is refused, as in QEMU.
-    let err = src.migrate("tcp:127.0.0.1:1", &NoFds).unwrap_err();
+    let err = src.migrate("tcp:127.0.0.1:1", &NoFds, None).unwrap_err();
     assert_eq!(
         err.to_string(),
         "Can't migrate the vm that was paused due to previous migration"
@@ -117,7 +117,7 @@ fn none_machine_round_trip_keeps_ram() {
 #[test]
 fn bad_uri_fails_with_qemu_text_and_guest_keeps_running() {
     let src = Machine::new(config(false)).unwrap();
-    let err = src.migrate("bogus:thing", &NoFds).unwrap_err();
+    let err = src.migrate("bogus:thing", &NoFds, None).unwrap_err();
     assert_eq!(
         err.to_string(),
         "Parameter 'uri' expects a valid migration protocol"
@@ -141,7 +141,8 @@ fn destination_with_other_vcpu_count_rejects_the_stream() {
     }
     let dst = Machine::new(other).unwrap();
     dst.migrate_incoming("tcp:127.0.0.1:0", &NoFds).unwrap();
-    src.migrate(&dst.incoming_uri().unwrap(), &NoFds).unwrap();
+    src.migrate(&dst.incoming_uri().unwrap(), &NoFds, None)
+        .unwrap();
     wait_status(&src);
     dst.wait(true);
     let err = dst.incoming_result().unwrap().unwrap_err();

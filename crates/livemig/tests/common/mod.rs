@@ -47,9 +47,12 @@ impl Vm {
         let stderr_path = dir.join(format!("{name}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_livemig"));
-        cmd.arg("run")
-            .args(args)
-            .arg("--qmp")
+        cmd.arg("run").args(args);
+        // The software guest unless a test asks for KVM (`auto` would pick KVM where usable).
+        if !args.contains(&"--accel") {
+            cmd.args(["--accel", "soft"]);
+        }
+        cmd.arg("--qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -6,6 +6,9 @@
 //! hands it back at the end (see `migration::outgoing`). Errors keep QEMU's texts, which
 //! management software matches on.
 
+mod build;
+mod config;
+mod guest;
 mod timer;
 mod vcpus;
 
@@ -13,127 +16,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use guest_ram::{Backing, GuestRam, RamBlock, UffdDirtyLog};
+use block::Disk;
+use guest_ram::GuestRam;
+use migration::block::{abort_incoming, clear_block_options, BlockMigrationOptions};
 use migration::incoming::IncomingJob;
 use migration::outgoing::{OutgoingJob, RegistrySlot};
-use migration::ram::RamHandler;
-use migration::verify::{self, RamVerify};
 use migration::{
-    EventBus, GlobalState, MigrationError, MigrationState, MigrationStatus, Registry, RunState,
-    VmControl,
+    EventBus, GlobalState, MigrationError, MigrationState, MigrationStatus, RunState, VmControl,
 };
 use transport::{FdSource, MigrationUri, ShutdownHandle};
 
+pub use config::{Accel, DiskWorkload, MachineConfig, MachineError, MachineType, SerialTarget};
+pub use guest::{Guest, GuestControl};
 pub use timer::{Timer, TimerState};
 pub use vcpus::{SoftCpuDevice, Vcpus};
 
-use crate::soft::{self, WorkloadConfig};
-
-/// Which machine the VM presents on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MachineType {
-    /// livemig's software machine: one RAM block `pc.ram`, a `soft-cpu` section per vCPU.
-    #[default]
-    Soft,
-    /// What QEMU 7.2's `-M none` presents: RAM block `ram`, `timer` and `globalstate`
-    /// (interop with QEMU); the software guest's vCPU state is not migrated.
-    None,
-}
-
-impl MachineType {
-    /// Machine type name in the configuration record.
-    pub fn wire_name(self) -> &'static str {
-        match self {
-            Self::Soft => "livemig-soft",
-            Self::None => "none",
-        }
-    }
-
-    /// Name of the main RAM block.
-    pub fn ram_block_name(self) -> &'static str {
-        match self {
-            Self::Soft => "pc.ram",
-            Self::None => "ram",
-        }
-    }
-}
-
-/// How to build a machine.
-#[derive(Debug, Clone)]
-pub struct MachineConfig {
-    /// Machine type.
-    pub machine: MachineType,
-    /// Guest RAM size in bytes.
-    pub memory: u64,
-    /// RAM backing.
-    pub backing: Backing,
-    /// The software guest's workload; None: no vCPU runs (an idle guest).
-    pub workload: Option<WorkloadConfig>,
-    /// Bytes of RAM filled with pseudo-random data (and some zero pages) at boot.
-    pub fill: u64,
-    /// `-S`: do not start the vCPUs.
-    pub start_paused: bool,
-    /// Started with `--incoming`: wait for a migration instead of booting.
-    pub incoming: bool,
-}
-
-impl Default for MachineConfig {
-    fn default() -> Self {
-        Self {
-            machine: MachineType::Soft,
-            memory: 256 << 20,
-            backing: Backing::Anonymous,
-            workload: None,
-            fill: 0,
-            start_paused: false,
-            incoming: false,
-        }
-    }
-}
-
-/// Errors of machine operations; the texts are QEMU's where QEMU has one.
-#[derive(Debug, thiserror::Error)]
-pub enum MachineError {
-    /// The RAM could not be created.
-    #[error("cannot create guest RAM")]
-    Ram(#[from] guest_ram::Error),
-    /// The software guest could not start.
-    #[error("cannot start the software guest")]
-    Guest(#[from] soft::Error),
-    /// A migration is running.
-    #[error("There's a migration process in progress")]
-    InProgress,
-    /// The source already migrated successfully.
-    #[error("Can't migrate the vm that was paused due to previous migration")]
-    Postmigrate,
-    /// The VM waits for an incoming migration.
-    #[error("Guest is waiting for an incoming migration")]
-    Inmigrate,
-    /// Bad URI.
-    #[error("Parameter 'uri' expects a valid migration protocol")]
-    BadUri(#[source] transport::UriError),
-    /// Incoming URI not understood.
-    #[error("unknown migration protocol: {0}")]
-    BadIncomingUri(String),
-    /// `migrate-incoming` without `--incoming`.
-    #[error("'-incoming' was not specified on the command line")]
-    NotIncoming,
-    /// `migrate-incoming` twice.
-    #[error("The incoming migration has already been started")]
-    IncomingStarted,
-    /// The migration failed to start.
-    #[error(transparent)]
-    Migration(#[from] MigrationError),
-    /// vCPU control failed.
-    #[error("{0}")]
-    Vm(String),
-}
+use crate::kvm::KvmVm;
 
 /// One VM.
 pub struct Machine {
     cfg: MachineConfig,
     ram: Arc<GuestRam>,
-    vcpus: Arc<Vcpus>,
+    control: Arc<GuestControl>,
+    disks: Vec<Arc<Disk>>,
     events: Arc<EventBus>,
     state: Arc<MigrationState>,
     registry: RegistrySlot,
@@ -153,58 +58,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Machine {
     /// Builds the VM; starts the vCPUs unless `-S` or `--incoming`.
     pub fn new(cfg: MachineConfig) -> Result<Arc<Machine>, MachineError> {
-        let block = RamBlock::new(
-            cfg.machine.ram_block_name(),
-            cfg.memory,
-            cfg.backing.clone(),
-        )?;
-        let ram = Arc::new(GuestRam::new(vec![block]));
-        if cfg.fill > 0 && !cfg.incoming {
-            soft::fill_initial(&ram, 0, cfg.fill.min(cfg.memory), 0x5eed)?;
-        }
-        let events = Arc::new(EventBus::new());
-        let state = Arc::new(MigrationState::new(events.clone()));
-        let initial = if cfg.incoming {
-            RunState::Inmigrate
-        } else if cfg.start_paused {
-            RunState::Prelaunch
-        } else {
-            RunState::Paused
-        };
-        let vcpus = Arc::new(Vcpus::new(
-            ram.clone(),
-            cfg.workload.clone(),
-            initial,
-            events.clone(),
-        ));
-        let global = GlobalState::new();
-        let mut reg = Registry::new();
-        if cfg.machine == MachineType::None {
-            // Same registration order as QEMU's none machine: timer, ram, globalstate.
-            reg.register_device("timer", Some(0), Box::new(Timer::default()));
-        }
-        let log = Box::new(UffdDirtyLog::new(ram.clone()));
-        reg.register_live(Box::new(RamHandler::new(ram.clone(), log, state.clone())));
-        if cfg.machine == MachineType::Soft {
-            for i in 0..vcpus.count() {
-                let dev = Box::new(SoftCpuDevice::new(vcpus.clone(), i));
-                reg.register_device("soft-cpu", Some(i as u32), dev);
-            }
-        }
-        reg.register_device("globalstate", Some(0), Box::new(global.clone()));
-        reg.register_device(
-            verify::IDSTR,
-            Some(0),
-            Box::new(RamVerify::new(ram.clone())),
-        );
+        let parts = build::build(&cfg)?;
         let m = Arc::new(Machine {
             cfg,
-            ram,
-            vcpus,
-            events,
-            state,
-            registry: Arc::new(Mutex::new(Some(reg))),
-            global,
+            ram: parts.ram,
+            control: parts.control,
+            disks: parts.disks,
+            events: parts.events,
+            state: parts.state,
+            registry: Arc::new(Mutex::new(Some(parts.registry))),
+            global: parts.global,
             shutdown: Arc::new(Mutex::new(None)),
             threads: Mutex::new(Vec::new()),
             incoming_started: AtomicBool::new(false),
@@ -213,7 +76,7 @@ impl Machine {
             quit: (Mutex::new(false), Condvar::new()),
         });
         if !m.cfg.incoming && !m.cfg.start_paused {
-            m.vcpus.vm_start().map_err(MachineError::Vm)?;
+            m.control.vm_start().map_err(MachineError::Vm)?;
         }
         Ok(m)
     }
@@ -223,9 +86,30 @@ impl Machine {
         &self.ram
     }
 
-    /// The vCPUs.
-    pub fn vcpus(&self) -> &Arc<Vcpus> {
-        &self.vcpus
+    /// The software vCPUs, if the guest is a software guest.
+    pub fn vcpus(&self) -> Option<&Arc<Vcpus>> {
+        match self.control.guest() {
+            Guest::Soft(v) => Some(v),
+            Guest::Kvm(_) => None,
+        }
+    }
+
+    /// The KVM VM, if the guest runs on KVM.
+    pub fn kvm(&self) -> Option<&Arc<KvmVm>> {
+        match self.control.guest() {
+            Guest::Kvm(vm) => Some(vm),
+            Guest::Soft(_) => None,
+        }
+    }
+
+    /// The guest control (vCPUs and disk writers).
+    pub fn control(&self) -> &Arc<GuestControl> {
+        &self.control
+    }
+
+    /// The disks.
+    pub fn disks(&self) -> &[Arc<Disk>] {
+        &self.disks
     }
 
     /// Migration state (status, parameters, capabilities, statistics).
@@ -245,11 +129,18 @@ impl Machine {
 
     /// Current run state.
     pub fn run_state(&self) -> RunState {
-        self.vcpus.run_state()
+        self.control.run_state()
     }
 
-    /// `migrate URI`: starts an outgoing migration in the background.
-    pub fn migrate(&self, uri: &str, fds: &dyn FdSource) -> Result<(), MachineError> {
+    /// `migrate [-b|-i] URI`: starts an outgoing migration in the background. `block` asks for
+    /// block migration of every disk (`-b`, full copy; `-i` with `incremental`, only what the
+    /// top images hold).
+    pub fn migrate(
+        &self,
+        uri: &str,
+        fds: &dyn FdSource,
+        block: Option<BlockMigrationOptions>,
+    ) -> Result<(), MachineError> {
         if self.state.status().is_running() {
             return Err(MachineError::InProgress);
         }
@@ -274,13 +165,20 @@ impl Machine {
             machine: self.cfg.machine.wire_name().into(),
             registry: self.registry.clone(),
             state: self.state.clone(),
-            vm: self.vcpus.clone(),
+            vm: self.control.clone(),
             global_state: self.global.clone(),
             shutdown: self.shutdown.clone(),
         };
-        let h = migration::outgoing::start(job, fds).map_err(|e| match e {
-            MigrationError::Protocol(_) => MachineError::InProgress,
-            e => MachineError::Migration(e),
+        if let Some(opts) = block {
+            opts.apply(&self.state)
+                .map_err(MachineError::BlockOptions)?;
+        }
+        let h = migration::outgoing::start(job, fds).map_err(|e| {
+            clear_block_options(&self.state);
+            match e {
+                MigrationError::Protocol(_) => MachineError::InProgress,
+                e => MachineError::Migration(e),
+            }
         })?;
         self.reap_threads();
         lock(&self.threads).push(h);
@@ -334,7 +232,7 @@ impl Machine {
             listener,
             machine: self.cfg.machine.wire_name().into(),
             state: self.state.clone(),
-            vm: self.vcpus.clone(),
+            vm: self.control.clone(),
             global_state: self.global.clone(),
             autostart: !self.cfg.start_paused,
         };
@@ -345,6 +243,12 @@ impl Machine {
                 let taken = lock(&me.registry).take();
                 let Some(mut reg) = taken else { return };
                 let res = migration::incoming::run_incoming(job, &mut reg);
+                if res.is_err() {
+                    // Never leave half-written destination images behind.
+                    if let Err(e) = abort_incoming(&me.disks) {
+                        tracing::error!("could not discard the incoming disk images: {e}");
+                    }
+                }
                 *lock(&me.registry) = Some(reg);
                 me.state.lock().socket_address = None;
                 *lock(&me.incoming_result) = Some(res.map_err(|e| e.report()));
@@ -368,7 +272,7 @@ impl Machine {
     /// `stop`.
     pub fn stop(&self) -> Result<(), MachineError> {
         if self.run_state().is_running() {
-            self.vcpus
+            self.control
                 .vm_stop(RunState::Paused)
                 .map_err(MachineError::Vm)?;
         }
@@ -381,7 +285,7 @@ impl Machine {
             RunState::Running => Ok(()),
             RunState::Inmigrate => Err(MachineError::Inmigrate),
             _ if self.state.status().is_running() => Err(MachineError::InProgress),
-            _ => self.vcpus.vm_start().map_err(MachineError::Vm),
+            _ => self.control.vm_start().map_err(MachineError::Vm),
         }
     }
 
@@ -430,6 +334,6 @@ impl Machine {
             }
             let _ = h.join();
         }
-        self.vcpus.shutdown();
+        self.control.shutdown();
     }
 }

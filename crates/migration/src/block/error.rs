@@ -1,0 +1,58 @@
+//! [`BlockMigrationError`]: failures of block migration, converted into [`MigrationError`] at
+//! the [`LiveHandler`](crate::LiveHandler) boundary.
+
+use crate::error::MigrationError;
+
+/// Errors of block migration.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockMigrationError {
+    /// A record names a drive this VM does not have.
+    #[error("Unknown block device '{0}'")]
+    UnknownDevice(String),
+    /// A record addresses sectors outside the drive.
+    #[error("block record at sector {sector} is outside drive '{device}' of {size} bytes")]
+    OutOfRange {
+        /// Drive id.
+        device: String,
+        /// First sector of the record.
+        sector: u64,
+        /// Local drive size.
+        size: u64,
+    },
+    /// The drive failed.
+    #[error("block device error")]
+    Disk(#[from] block::BlockError),
+    /// `migrate -b`/`-i` while capability `block` or `block-incremental` is already on.
+    #[error("Command options are incompatible with current migration capabilities")]
+    IncompatibleOptions,
+    /// Setting the capability or parameter failed.
+    #[error("cannot enable block migration: {0}")]
+    Enable(String),
+}
+
+impl BlockMigrationError {
+    /// The message with its causes.
+    pub fn report(&self) -> String {
+        let mut s = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(e) = src {
+            s.push_str(": ");
+            s.push_str(&e.to_string());
+            src = e.source();
+        }
+        s
+    }
+
+    /// As a load error of the `block` section.
+    pub(crate) fn on_load(self) -> MigrationError {
+        MigrationError::DeviceLoad {
+            idstr: super::IDSTR.into(),
+            reason: self.report(),
+        }
+    }
+
+    /// As a source-side error.
+    pub(crate) fn on_save(self) -> MigrationError {
+        MigrationError::Protocol(format!("block migration failed: {}", self.report()))
+    }
+}

@@ -1,0 +1,156 @@
+//! Assembling a machine from its configuration: RAM, the guest (software vCPUs or KVM),
+//! disks with their writers, and the registry of migratable state in QEMU's order
+//! (`timer`, `block`, `ram`, then devices, `globalstate`).
+
+use std::sync::Arc;
+
+use block::{Disk, DiskWriter, DiskWriterConfig, WritePattern};
+use guest_ram::{DirtyLog, GuestRam, RamBlock, UffdDirtyLog};
+use migration::block::BlockHandler;
+use migration::ram::RamHandler;
+use migration::verify::{self, RamVerify};
+use migration::{EventBus, GlobalState, MigrationState, Registry, RunState, VmControl};
+
+use super::config::{Accel, MachineConfig, MachineError, MachineType, SerialTarget};
+use super::guest::{Guest, GuestControl};
+use super::timer::Timer;
+use super::vcpus::{SoftCpuDevice, Vcpus};
+use crate::kvm::{KvmConfig, KvmVm, SerialSink};
+use crate::soft;
+
+/// The pieces of a machine.
+pub(super) struct Parts {
+    pub ram: Arc<GuestRam>,
+    pub control: Arc<GuestControl>,
+    pub disks: Vec<Arc<Disk>>,
+    pub registry: Registry,
+    pub global: GlobalState,
+    pub events: Arc<EventBus>,
+    pub state: Arc<MigrationState>,
+}
+
+fn serial_sink(t: &SerialTarget) -> SerialSink {
+    match t {
+        SerialTarget::Null => SerialSink::Null,
+        SerialTarget::Stdout => SerialSink::Stdout,
+        SerialTarget::File(p) => SerialSink::File(p.clone()),
+        SerialTarget::Buffer => SerialSink::Buffer,
+    }
+}
+
+/// Builds RAM, guest, disks and registry; starts nothing.
+pub(super) fn build(cfg: &MachineConfig) -> Result<Parts, MachineError> {
+    let block = RamBlock::new(
+        cfg.machine.ram_block_name(),
+        cfg.memory,
+        cfg.backing.clone(),
+    )?;
+    let ram = Arc::new(GuestRam::new(vec![block]));
+    let events = Arc::new(EventBus::new());
+    let state = Arc::new(MigrationState::new(events.clone()));
+    let initial = if cfg.incoming {
+        RunState::Inmigrate
+    } else if cfg.start_paused {
+        RunState::Prelaunch
+    } else {
+        RunState::Paused
+    };
+
+    let mut devices: Vec<(String, u32, Box<dyn migration::DeviceState>)> = Vec::new();
+    let (guest, dirty_log): (Guest, Box<dyn DirtyLog>) = match cfg.accel {
+        Accel::Soft => {
+            if cfg.fill > 0 && !cfg.incoming {
+                soft::fill_initial(&ram, 0, cfg.fill.min(cfg.memory), 0x5eed)?;
+            }
+            let vcpus = Arc::new(Vcpus::new(
+                ram.clone(),
+                cfg.workload.clone(),
+                initial,
+                events.clone(),
+            ));
+            if cfg.machine == MachineType::Soft {
+                for i in 0..vcpus.count() {
+                    devices.push((
+                        "soft-cpu".into(),
+                        i as u32,
+                        Box::new(SoftCpuDevice::new(vcpus.clone(), i)),
+                    ));
+                }
+            }
+            (Guest::Soft(vcpus), Box::new(UffdDirtyLog::new(ram.clone())))
+        }
+        Accel::Kvm => {
+            let payload_cmdline = payload::Params::default().cmdline();
+            let kcfg = KvmConfig {
+                vcpus: cfg.workload.as_ref().map_or(1, |w| w.vcpus.max(1)),
+                kernel: cfg.kernel.clone(),
+                cmdline: cfg.cmdline.clone().unwrap_or(payload_cmdline),
+                serial: serial_sink(&cfg.serial),
+                events: Some(events.clone()),
+            };
+            let vm = Arc::new(KvmVm::new(ram.clone(), kcfg)?);
+            if !cfg.incoming {
+                vm.boot()?;
+            }
+            vm.set_run_state(initial);
+            devices.extend(vm.devices());
+            let log = vm.dirty_log();
+            (Guest::Kvm(vm), log)
+        }
+    };
+
+    let disks = cfg
+        .drives
+        .iter()
+        .map(|d| Disk::open(d).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut writers = Vec::new();
+    if let (Some(w), false) = (cfg.disk_workload, cfg.incoming) {
+        for (i, d) in disks.iter().enumerate() {
+            let wcfg = DiskWriterConfig {
+                region: 0..w.region.min(d.size()),
+                rate: w.rate,
+                pattern: if w.random {
+                    WritePattern::Random
+                } else {
+                    WritePattern::Sequential
+                },
+                seed: 0xd15c + i as u64,
+            };
+            writers.push(DiskWriter::start_paused(d.clone(), wcfg)?);
+        }
+    }
+
+    let global = GlobalState::new();
+    let mut registry = Registry::new();
+    if cfg.machine == MachineType::None {
+        // QEMU's none machine registers `timer` first (section id 0).
+        registry.register_device("timer", Some(0), Box::new(Timer::default()));
+    }
+    // Always present, so a destination accepts a `block` section; active only with `-b`/`-i`.
+    registry.register_live(Box::new(BlockHandler::new(disks.clone(), state.clone())));
+    registry.register_live(Box::new(RamHandler::new(
+        ram.clone(),
+        dirty_log,
+        state.clone(),
+    )));
+    for (idstr, instance, dev) in devices {
+        registry.register_device(&idstr, Some(instance), dev);
+    }
+    registry.register_device("globalstate", Some(0), Box::new(global.clone()));
+    registry.register_device(
+        verify::IDSTR,
+        Some(0),
+        Box::new(RamVerify::new(ram.clone())),
+    );
+    let control = Arc::new(GuestControl::new(guest, writers));
+    Ok(Parts {
+        ram,
+        control,
+        disks,
+        registry,
+        global,
+        events,
+        state,
+    })
+}
