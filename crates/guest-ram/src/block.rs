@@ -141,6 +141,17 @@ impl RamBlock {
         if r != 0 {
             tracing::debug!(idstr, error = %io::Error::last_os_error(), "MADV_DONTFORK failed");
         }
+        if matches!(backing, Backing::Anonymous) {
+            // Like QEMU: back anonymous guest RAM with transparent huge pages where the host
+            // allows, so filling it (booting, or receiving a migration) takes 512 times fewer
+            // page faults. Dirty tracking stays per 4 KiB page: the kernel splits a huge page
+            // when a write hits its uffd-wp protection.
+            // SAFETY: advisory call on the mapping we just created, covering exactly its length.
+            let r = unsafe { libc::madvise(region.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
+            if r != 0 {
+                tracing::debug!(idstr, error = %io::Error::last_os_error(), "MADV_HUGEPAGE failed");
+            }
+        }
         Ok(RamBlock {
             idstr: idstr.to_owned(),
             backing,

@@ -278,10 +278,14 @@ fn fill_initial_leaves_one_page_in_four_zero() {
     let b = &ram.blocks()[0];
     let populated = b.populated_pages().unwrap();
     for p in 0..256u64 {
-        assert_eq!(populated.test(p), p % 8 != 3, "page {p}");
+        // Pages p % 8 == 3 are never written; with huge pages they may still be populated.
+        if p % 8 != 3 {
+            assert!(populated.test(p), "page {p}");
+        }
         assert_eq!(b.is_zero_page(p).unwrap(), p % 4 == 3, "page {p}");
     }
-    assert_eq!(populated.next_set(256), None);
+    // Nothing beyond the 2 MiB region that holds the filled MiB.
+    assert_eq!(populated.next_set(512), None);
     let d = b.digest();
     let other = self::ram(4 * MIB);
     fill_initial(&other, 0, MIB, 7).unwrap();
