@@ -223,9 +223,12 @@ impl BlockSaver {
                 if !sent && self.bulk_completed {
                     tracing::info!("block migration: bulk phase complete");
                 }
-            } else if let Some((dev, chunk)) = self.next_dirty() {
-                self.send_chunk(f, dev, chunk)?;
             } else {
+                // Dirty phase: one chunk per round (QEMU's `blk_mig_save_dirty_block`), so a
+                // guest that keeps rewriting its disk cannot starve RAM of the window's budget.
+                if let Some((dev, chunk)) = self.next_dirty() {
+                    self.send_chunk(f, dev, chunk)?;
+                }
                 break;
             }
         }

@@ -1,0 +1,77 @@
+//! A KVM guest (the built-in payload) migrated live between two `livemig run --accel kvm`
+//! processes: the serial counter goes on where it stopped, with no reboot. Prints SKIP without a
+//! usable /dev/kvm.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{destination, Vm};
+use serde_json::{json, Value};
+
+#[test]
+fn kvm_guest_keeps_running_across_processes() {
+    if !vmm::kvm::kvm_available() {
+        eprintln!("SKIP: /dev/kvm not available");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let serial = |name: &str| dir.path().join(format!("{name}.serial"));
+    let spec = |name: &str| format!("file:{}", serial(name).display());
+    let (src_serial, dst_serial) = (spec("src"), spec("dst"));
+    let guest = [
+        "--accel",
+        "kvm",
+        "-m",
+        "64M",
+        "--smp",
+        "1",
+        "--append",
+        "fill=131072 ws=65536 selfcheck=5",
+    ];
+    let mut dst_args = guest.to_vec();
+    dst_args.extend(["--serial", &dst_serial]);
+    let (mut dst, uri) = destination(dir.path(), "dst", &dst_args, "tcp:127.0.0.1:0");
+    let mut src_args = guest.to_vec();
+    src_args.extend(["--serial", &src_serial]);
+    let mut src = Vm::start(dir.path(), "src", &src_args);
+    src.wait_status("running");
+    // Wait until the guest counts.
+    let t = std::time::Instant::now();
+    while payload::Output::parse(&std::fs::read_to_string(serial("src")).unwrap_or_default())
+        .counts
+        .len()
+        < 3
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the guest does not count"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    src.enable_verify();
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "completed", "{info}\n{}", src.stderr());
+    dst.wait_status("running");
+    assert_eq!(src.status(), "postmigrate");
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = payload::Output::parse(&std::fs::read_to_string(serial("src")).unwrap());
+    let after = payload::Output::parse(&std::fs::read_to_string(serial("dst")).unwrap());
+    let last = *before.counts.last().unwrap();
+    assert_eq!(after.starts, 0, "the destination rebooted the guest");
+    assert_eq!(after.counts.first(), Some(&(last + 1)), "{after:?}");
+    assert!(
+        after.counts.windows(2).all(|w| w[1] == w[0] + 1),
+        "{after:?}"
+    );
+    assert!(
+        !after.selfchecks.is_empty(),
+        "no self-check ran on the destination"
+    );
+    assert!(after
+        .selfchecks
+        .iter()
+        .all(|c| matches!(c, payload::SelfCheck::Ok { .. })));
+    let _ = dst.cmd("quit", Value::Null);
+}
