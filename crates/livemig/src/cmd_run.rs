@@ -113,6 +113,9 @@ pub struct RunArgs {
     /// Bytes at the start of each disk that the disk writer rewrites.
     #[arg(long, default_value = "8M", value_parser = parse_size)]
     pub disk_working_set: u64,
+    /// Block order of the disk writer.
+    #[arg(long, value_enum, default_value = "random")]
+    pub disk_pattern: PatternArg,
 }
 
 impl RunArgs {
@@ -159,7 +162,7 @@ impl RunArgs {
         let disk_workload = (self.disk_write_rate > 0).then_some(DiskWorkload {
             region: self.disk_working_set,
             rate: self.disk_write_rate,
-            random: true,
+            random: matches!(self.disk_pattern, PatternArg::Random),
         });
         Ok(MachineConfig {
             accel,
