@@ -144,10 +144,13 @@ impl RunArgs {
             block: 0,
             offset: 0,
         });
+        let none = matches!(self.machine, MachineArg::None);
         let accel = match self.accel {
+            // QEMU's none machine has no CPUs: KVM vCPU state would be sections QEMU rejects.
+            AccelArg::Kvm if none => bail!("--machine none runs the software guest (--accel soft)"),
             AccelArg::Kvm => Accel::Kvm,
             AccelArg::Soft => Accel::Soft,
-            AccelArg::Auto if vmm::kvm::kvm_available() => Accel::Kvm,
+            AccelArg::Auto if !none && vmm::kvm::kvm_available() => Accel::Kvm,
             AccelArg::Auto => Accel::Soft,
         };
         let serial = match self.serial.as_str() {
