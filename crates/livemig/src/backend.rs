@@ -12,14 +12,7 @@ pub struct MachineBackend(pub Arc<Machine>);
 
 fn err(e: MachineError) -> CommandError {
     // The top-level text is QEMU's; causes are appended so operators see why.
-    let mut desc = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        desc.push_str(": ");
-        desc.push_str(&s.to_string());
-        src = s.source();
-    }
-    CommandError::generic(desc)
+    CommandError::generic(migration::error_report(&e))
 }
 
 impl MonitorBackend for MachineBackend {

@@ -106,13 +106,18 @@ pub enum MigrationError {
 impl MigrationError {
     /// The full message with its chain of causes, as shown to operators.
     pub fn report(&self) -> String {
-        let mut s = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(e) = src {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            src = e.source();
-        }
-        s
+        error_report(self)
     }
+}
+
+/// `e`'s message followed by each of its causes (`a: b: c`), for operators and logs.
+pub fn error_report(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
 }

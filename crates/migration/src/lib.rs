@@ -31,7 +31,7 @@ pub mod verify;
 pub mod vm;
 
 pub use capabilities::{Capabilities, Capability, CapabilityError};
-pub use error::MigrationError;
+pub use error::{error_report, MigrationError};
 pub use events::{Event, EventBus, TimedEvent};
 pub use global_state::GlobalState;
 pub use handler::{DeviceState, LiveHandler};

@@ -33,14 +33,7 @@ pub enum BlockMigrationError {
 impl BlockMigrationError {
     /// The message with its causes.
     pub fn report(&self) -> String {
-        let mut s = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(e) = src {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            src = e.source();
-        }
-        s
+        crate::error_report(self)
     }
 
     /// As a load error of the `block` section.

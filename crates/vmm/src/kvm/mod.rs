@@ -481,7 +481,7 @@ impl VmControl for KvmVm {
 
     fn vm_stop(&self, state: RunState) -> Result<bool, String> {
         let was_running = lock(&self.shared.life).state == KvmState::Running;
-        self.pause().map_err(|e| error_chain(&e))?;
+        self.pause().map_err(|e| migration::error_report(&e))?;
         lock(&self.shared.life).run_state = state;
         if was_running {
             self.emit(Event::Stop);
@@ -490,7 +490,7 @@ impl VmControl for KvmVm {
     }
 
     fn vm_start(&self) -> Result<(), String> {
-        self.start().map_err(|e| error_chain(&e))?;
+        self.start().map_err(|e| migration::error_report(&e))?;
         lock(&self.shared.life).run_state = RunState::Running;
         self.emit(Event::Resume);
         Ok(())
@@ -511,18 +511,6 @@ impl Drop for KvmVm {
 
 fn io_to_kvm(e: std::io::Error) -> kvm_ioctls::Error {
     kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-/// `e` and its sources, joined with ": ".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 #[cfg(test)]
