@@ -82,3 +82,32 @@ fn print_skip(msg: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }
+
+#[test]
+fn guest_power_off_ends_the_process() {
+    if !vmm::kvm::kvm_available() {
+        print_skip("/dev/kvm not available");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let serial = format!("file:{}", dir.path().join("vm.serial").display());
+    let args = [
+        "--accel",
+        "kvm",
+        "-m",
+        "32M",
+        "--append",
+        "fill=65536 ws=65536 max=3",
+        "--serial",
+        &serial,
+    ];
+    let mut vm = Vm::start(dir.path(), "vm", &args);
+    let out = vm.wait_exit();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("vm.serial")).unwrap();
+    assert_eq!(payload::Output::parse(&text).poweroff, Some(3), "{text}");
+}

@@ -15,6 +15,7 @@ mod vcpus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use block::Disk;
 use guest_ram::GuestRam;
@@ -22,7 +23,8 @@ use migration::block::{abort_incoming, clear_block_options, BlockMigrationOption
 use migration::incoming::IncomingJob;
 use migration::outgoing::{OutgoingJob, RegistrySlot};
 use migration::{
-    EventBus, GlobalState, MigrationError, MigrationState, MigrationStatus, RunState, VmControl,
+    Event, EventBus, GlobalState, MigrationError, MigrationState, MigrationStatus, RunState,
+    VmControl,
 };
 use transport::{FdSource, MigrationUri, ShutdownHandle};
 
@@ -78,7 +80,40 @@ impl Machine {
         if !m.cfg.incoming && !m.cfg.start_paused {
             m.control.vm_start().map_err(MachineError::Vm)?;
         }
+        if let Some(vm) = m.kvm().cloned() {
+            m.watch_guest_stop(vm);
+        }
         Ok(m)
+    }
+
+    /// When the KVM guest stops on its own (power-off, triple fault), the process ends like
+    /// QEMU's does: `SHUTDOWN` event, then quit.
+    fn watch_guest_stop(self: &Arc<Self>, vm: Arc<KvmVm>) {
+        let me = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("guest-stop".into())
+            .spawn(move || loop {
+                let reason = vm.wait_stopped(Duration::from_millis(200));
+                let Some(m) = me.upgrade() else { return };
+                if m.quit_requested() {
+                    return;
+                }
+                if let Some(reason) = reason {
+                    tracing::warn!(?reason, "the guest stopped");
+                    m.events.emit(Event::Shutdown {
+                        guest: true,
+                        reason: "guest-shutdown".into(),
+                    });
+                    m.request_quit();
+                    return;
+                }
+                drop(m);
+                // No vCPU runs yet (a destination before its migration): wait_stopped returned at once.
+                std::thread::sleep(Duration::from_millis(200));
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot watch the guest for power-off: {e}");
+        }
     }
 
     /// Guest RAM.
