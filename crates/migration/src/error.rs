@@ -13,6 +13,9 @@ pub enum MigrationError {
     /// Guest RAM or dirty tracking failed.
     #[error("guest RAM error")]
     Ram(#[from] guest_ram::Error),
+    /// Another migration (outgoing or incoming) is using the VM.
+    #[error("There's a migration process in progress")]
+    InProgress,
     /// `migrate_cancel` was requested.
     #[error("migration was cancelled")]
     Cancelled,

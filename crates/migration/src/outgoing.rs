@@ -58,22 +58,9 @@ pub struct OutgoingJob {
 /// Starts an outgoing migration: validates preconditions, moves to `setup` and spawns the
 /// migration thread. `fds` resolves `fd:` URIs.
 pub fn start(job: OutgoingJob, fds: &dyn FdSource) -> Result<JoinHandle<()>, MigrationError> {
-    let registry = job
-        .registry
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .ok_or_else(|| {
-            MigrationError::Protocol("There's a migration process in progress".into())
-        })?;
-    let put_back = |r: Registry| {
-        *job.registry.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-    };
+    // The status change is the one place that admits a single migration at a time.
     if !job.state.set_status_from_any(MigrationStatus::Setup) {
-        put_back(registry);
-        return Err(MigrationError::Protocol(
-            "There's a migration process in progress".into(),
-        ));
+        return Err(MigrationError::InProgress);
     }
     {
         let mut s = job.state.lock();
@@ -90,7 +77,6 @@ pub fn start(job: OutgoingJob, fds: &dyn FdSource) -> Result<JoinHandle<()>, Mig
         MigrationUri::Fd(_) => match transport::connect(&job.uri, fds) {
             Ok(c) => Some(c),
             Err(e) => {
-                put_back(registry);
                 let e = MigrationError::from(e);
                 fail(&job.state, &e);
                 return Err(e);
@@ -98,11 +84,16 @@ pub fn start(job: OutgoingJob, fds: &dyn FdSource) -> Result<JoinHandle<()>, Mig
         },
         _ => None,
     };
-    let handle = std::thread::Builder::new()
+    let state = job.state.clone();
+    // The thread takes the registry from the VM's slot, so a failed spawn loses nothing.
+    std::thread::Builder::new()
         .name("live_migration".into())
-        .spawn(move || migration_thread(job, registry, channel))
-        .map_err(|e| MigrationError::Protocol(format!("cannot start the migration thread: {e}")))?;
-    Ok(handle)
+        .spawn(move || migration_thread(job, channel))
+        .map_err(|e| {
+            let e = MigrationError::Protocol(format!("cannot start the migration thread: {e}"));
+            fail(&state, &e);
+            e
+        })
 }
 
 fn fail(state: &MigrationState, e: &MigrationError) {
@@ -112,7 +103,16 @@ fn fail(state: &MigrationState, e: &MigrationError) {
     state.set_status_from_any(MigrationStatus::Failed);
 }
 
-fn migration_thread(job: OutgoingJob, mut registry: Registry, pre: Option<Channel>) {
+fn migration_thread(job: OutgoingJob, pre: Option<Channel>) {
+    let taken = job
+        .registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let Some(mut registry) = taken else {
+        fail(&job.state, &MigrationError::InProgress);
+        return;
+    };
     let mut stopped = None;
     let result = run(&job, &mut registry, pre, &mut stopped);
     for e in registry.entries_mut() {

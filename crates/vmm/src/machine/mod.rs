@@ -211,7 +211,7 @@ impl Machine {
         let h = migration::outgoing::start(job, fds).map_err(|e| {
             clear_block_options(&self.state);
             match e {
-                MigrationError::Protocol(_) => MachineError::InProgress,
+                MigrationError::InProgress => MachineError::InProgress,
                 e => MachineError::Migration(e),
             }
         })?;
