@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{destination, Vm};
+use common::Vm;
 use monitor::QmpClient;
 use serde_json::{json, Value};
 
@@ -135,6 +135,11 @@ fn qemu_to_livemig() {
 }
 
 #[test]
+fn qemu_to_livemig_with_multifd() {
+    qemu_to_livemig_with(&["multifd"]);
+}
+
+#[test]
 fn qemu_to_livemig_with_return_path() {
     // QEMU opens the return path, PINGs, and waits for livemig's SHUT.
     qemu_to_livemig_with(&["return-path"]);
@@ -159,7 +164,17 @@ fn qemu_to_livemig_with(caps: &[&str]) {
         "--backing",
         &backing,
     ];
-    let (mut dst, uri) = destination(dir.path(), "dst", &args, "tcp:127.0.0.1:0");
+    // Capabilities such as multifd must be on at the destination before it listens.
+    let mut defer = args.to_vec();
+    defer.extend(["--incoming", "defer"]);
+    let mut dst = Vm::start(dir.path(), "dst", &defer);
+    set_caps(dst.qmp(), caps);
+    dst.cmd("migrate-incoming", json!({"uri": "tcp:127.0.0.1:0"}));
+    let listening = dst.cmd("query-migrate", Value::Null);
+    let uri = format!(
+        "tcp:127.0.0.1:{}",
+        listening["socket-address"][0]["port"].as_str().unwrap()
+    );
     let mut qemu = Qemu::start(dir.path(), &qemu_ram, &[]);
     set_caps(&mut qemu.qmp, caps);
     qemu.cmd("migrate", json!({ "uri": uri }));
@@ -188,6 +203,14 @@ fn livemig_to_qemu_with_return_path() {
 }
 
 #[test]
+fn livemig_to_qemu_with_multifd() {
+    let Some(info) = livemig_to_qemu_with(&["multifd"]) else {
+        return;
+    };
+    assert!(info["ram"]["multifd-bytes"].as_u64().unwrap() > 0, "{info}");
+}
+
+#[test]
 fn livemig_to_qemu_with_xbzrle() {
     let Some(info) = livemig_to_qemu_with(&["xbzrle"]) else {
         return;
@@ -211,8 +234,14 @@ fn livemig_to_qemu_with(caps: &[&str]) -> Option<Value> {
     let our_ram = dir.path().join("livemig.ram");
     let backing = format!("file:{}", our_ram.display());
     let port = free_port();
-    let incoming = ["-incoming".to_string(), format!("tcp:127.0.0.1:{port}")];
+    let incoming = ["-incoming".to_string(), "defer".to_string()];
     let mut qemu = Qemu::start(dir.path(), &qemu_ram, &incoming);
+    // The destination needs the same capabilities (multifd) before it listens.
+    set_caps(&mut qemu.qmp, caps);
+    qemu.cmd(
+        "migrate-incoming",
+        json!({ "uri": format!("tcp:127.0.0.1:{port}") }),
+    );
     let args = [
         "--machine",
         "none",

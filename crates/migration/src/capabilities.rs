@@ -121,6 +121,7 @@ impl Capability {
                 | Self::Xbzrle
                 | Self::ReturnPath
                 | Self::AutoConverge
+                | Self::Multifd
                 | Self::Block
                 | Self::ZeroBlocks
         )

@@ -21,6 +21,7 @@ use savevm::record::{self, Configuration, Record, RpMessage, SectionHeader};
 use savevm::vmstate;
 use transport::Listener;
 
+use crate::capabilities::Capability;
 use crate::error::MigrationError;
 use crate::global_state::GlobalState;
 use crate::registry::{EntryKind, Registry, SaveStateEntry};
@@ -242,6 +243,26 @@ fn start_guest(job: &IncomingJob) -> Result<(), MigrationError> {
 
 fn accept_and_load(job: &IncomingJob, registry: &mut Registry) -> Result<(), MigrationError> {
     let channel = job.listener.accept_next()?;
+    let (multifd, n) = {
+        let s = job.state.lock();
+        (
+            s.caps.get(Capability::Multifd),
+            s.params.int("multifd-channels"),
+        )
+    };
+    if multifd {
+        // QEMU 7.2: the first connection is the main stream, then one per multifd channel.
+        let mut readers = Vec::new();
+        for _ in 0..n {
+            readers.push(job.listener.accept_next()?.into_split().0);
+        }
+        let readers = crate::ram::multifd::accept_channels(readers)?;
+        job.state
+            .multifd_channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1 = readers;
+    }
     let start = std::time::Instant::now();
     job.state.lock().timings.start = Some(start);
     job.state

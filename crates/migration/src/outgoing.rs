@@ -29,6 +29,7 @@ use crate::capabilities::{Capabilities, Capability};
 use crate::convergence::{self, ConvergenceInput, Decision, WINDOW};
 use crate::error::MigrationError;
 use crate::global_state::GlobalState;
+use crate::params::ParamValue;
 use crate::registry::{EntryKind, Registry};
 use crate::state::MigrationState;
 use crate::status::{MigrationStatus, RunState};
@@ -121,6 +122,13 @@ fn migration_thread(job: OutgoingJob, pre: Option<Channel>) {
         }
     }
     *job.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    job.state.set_cancel_handles(Vec::new());
+    job.state
+        .multifd_channels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .0
+        .clear();
     job.vm.set_cpu_throttle(0);
     job.state
         .ram
@@ -195,6 +203,9 @@ fn run(
             "the return-path capability needs a socket transport, not {}",
             job.uri
         )));
+    }
+    if caps.get(Capability::Multifd) {
+        open_multifd_channels(job)?;
     }
     let (mut return_path, writer) = channel.into_split();
     let slot = Arc::new(Mutex::new(Some(writer)));
@@ -425,6 +436,43 @@ fn rate_limit(
             std::thread::sleep((end - Instant::now()).min(Duration::from_millis(10)));
         }
     }
+    Ok(())
+}
+
+/// Connects the `multifd-channels` extra connections (after the main one, which a QEMU 7.2
+/// destination takes as the main stream) and leaves them for the RAM handler.
+fn open_multifd_channels(job: &OutgoingJob) -> Result<(), MigrationError> {
+    if !job.uri.supports_multiple_channels() {
+        return Err(MigrationError::Protocol(
+            "multifd is not supported by current protocol".into(),
+        ));
+    }
+    let (n, compression) = {
+        let s = job.state.lock();
+        let compression = match s.params.get("multifd-compression") {
+            Some(ParamValue::Str(c)) => c.clone(),
+            _ => String::new(),
+        };
+        (s.params.int("multifd-channels"), compression)
+    };
+    if compression != "none" {
+        return Err(MigrationError::Protocol(format!(
+            "multifd compression '{compression}' is not supported by livemig"
+        )));
+    }
+    let mut writers = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let c = transport::connect(&job.uri, &transport::NoFds)?;
+        handles.push(c.shutdown_handle());
+        writers.push(c.into_split().1);
+    }
+    job.state.set_cancel_handles(handles);
+    job.state
+        .multifd_channels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .0 = writers;
     Ok(())
 }
 

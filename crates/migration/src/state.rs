@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use transport::{ChannelReader, ChannelWriter, ShutdownHandle};
+
 use crate::capabilities::{Capabilities, Capability};
 use crate::events::{Event, EventBus};
 use crate::info::{MigrationInfo, RamStats, XbzrleCacheStats};
@@ -50,6 +52,8 @@ pub struct RamCounters {
     pub xbzrle_unencoded: AtomicU64,
     /// Auto-converge: the vCPU throttle in percent (0 = not throttling).
     pub cpu_throttle_percentage: AtomicU64,
+    /// Bytes written on multifd channels.
+    pub multifd_bytes: AtomicU64,
 }
 
 impl RamCounters {
@@ -86,6 +90,7 @@ impl RamCounters {
             &self.xbzrle_overflow,
             &self.xbzrle_unencoded,
             &self.cpu_throttle_percentage,
+            &self.multifd_bytes,
         ] {
             a.store(0, Ordering::Relaxed);
         }
@@ -131,7 +136,6 @@ pub struct StateInner {
 }
 
 /// Migration state of one VM.
-#[derive(Debug)]
 pub struct MigrationState {
     inner: Mutex<StateInner>,
     /// RAM counters.
@@ -140,7 +144,22 @@ pub struct MigrationState {
     pub disk: Arc<crate::block::DiskCounters>,
     /// Set by `migrate_cancel`; polled by the migration thread.
     cancel: AtomicBool,
+    /// Multifd channels opened for the current migration, until the RAM handler takes them:
+    /// writers on the source, readers on the destination.
+    pub multifd_channels: Mutex<(Vec<ChannelWriter>, Vec<ChannelReader>)>,
+    /// Shutdown handles of the multifd channels, for `migrate_cancel`.
+    cancel_handles: Mutex<Vec<ShutdownHandle>>,
     events: Arc<EventBus>,
+}
+
+impl std::fmt::Debug for MigrationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationState")
+            .field("inner", &*self.lock())
+            .field("ram", &self.ram)
+            .field("cancel", &self.cancel)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MigrationState {
@@ -151,6 +170,8 @@ impl MigrationState {
             ram: Arc::new(RamCounters::default()),
             disk: Arc::default(),
             cancel: AtomicBool::new(false),
+            multifd_channels: Mutex::new((Vec::new(), Vec::new())),
+            cancel_handles: Mutex::new(Vec::new()),
             events,
         }
     }
@@ -193,9 +214,26 @@ impl MigrationState {
         self.set_status(from, to)
     }
 
-    /// Requests cancellation.
+    /// Requests cancellation; interrupts the multifd channels' I/O.
     pub fn request_cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
+        for h in self
+            .cancel_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            h.shutdown();
+        }
+    }
+
+    /// Remembers (or, with an empty list, forgets) the extra channels `migrate_cancel` must
+    /// interrupt.
+    pub fn set_cancel_handles(&self, handles: Vec<ShutdownHandle>) {
+        *self
+            .cancel_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = handles;
     }
 
     /// Clears a cancel request (at the start of a migration).
@@ -271,6 +309,7 @@ impl MigrationState {
             pages_per_second: t.pages_per_second,
             precopy_bytes: g(&r.precopy_bytes),
             downtime_bytes: g(&r.downtime_bytes),
+            multifd_bytes: g(&r.multifd_bytes),
             ..Default::default()
         });
         // Block migration: only while it runs, never after completion (QEMU).

@@ -294,6 +294,9 @@ pub enum Error {
         /// Its offset.
         offset: u64,
     },
+    /// A multifd hello or packet header is malformed.
+    #[error("{0}")]
+    Multifd(String),
 }
 
 impl From<std::io::Error> for Error {

@@ -38,6 +38,7 @@
 
 pub mod block;
 mod error;
+pub mod multifd;
 pub mod qemu_file;
 pub mod ram;
 pub mod record;

@@ -7,11 +7,15 @@ use guest_ram::GuestRam;
 use savevm::qemu_file::QemuFileReader;
 use savevm::ram::{xbzrle, RamDecoder, RamRecord, TARGET_PAGE_SIZE};
 
+use super::multifd::{self, MultifdReceiver};
 use crate::error::MigrationError;
+use crate::state::MigrationState;
 
 /// Destination-side RAM state for one incoming stream.
 pub struct RamLoader {
     ram: Arc<GuestRam>,
+    state: Arc<MigrationState>,
+    multifd: Option<MultifdReceiver>,
     decoder: RamDecoder,
     current: Option<usize>,
     page_buf: Box<[u8]>,
@@ -20,14 +24,42 @@ pub struct RamLoader {
 
 impl RamLoader {
     /// A loader writing into `ram`.
-    pub fn new(ram: Arc<GuestRam>) -> Self {
+    pub fn new(ram: Arc<GuestRam>, state: Arc<MigrationState>) -> Self {
         Self {
             ram,
+            state,
+            multifd: None,
             decoder: RamDecoder::new(),
             current: None,
             page_buf: vec![0u8; TARGET_PAGE_SIZE].into_boxed_slice(),
             xbzrle_buf: vec![0u8; TARGET_PAGE_SIZE].into_boxed_slice(),
         }
+    }
+
+    /// Prepares for a new stream: forgets the previous block and starts the multifd receivers
+    /// if the incoming side accepted multifd channels.
+    pub fn setup(&mut self) -> Result<(), MigrationError> {
+        self.decoder = RamDecoder::new();
+        self.current = None;
+        let readers = std::mem::take(
+            &mut self
+                .state
+                .multifd_channels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .1,
+        );
+        self.multifd = if readers.is_empty() {
+            None
+        } else {
+            Some(multifd::start_receiver(self.ram.clone(), readers)?)
+        };
+        Ok(())
+    }
+
+    /// Ends the multifd receivers after the stream.
+    pub fn finish(&mut self) {
+        self.multifd = None;
     }
 
     fn check_mem_size(&self, blocks: &[savevm::ram::RamBlockInfo]) -> Result<(), MigrationError> {
@@ -113,7 +145,14 @@ impl RamLoader {
                     xbzrle::decode(&self.xbzrle_buf[..len], &mut self.page_buf)?;
                     blk.write_page(page, &self.page_buf)?;
                 }
-                RamRecord::Eos => return Ok(()),
+                RamRecord::Eos => {
+                    // Every multifd channel delivered this section's pages (QEMU 7.2: a SYNC
+                    // per channel at each EOS).
+                    if let Some(m) = &self.multifd {
+                        m.sync()?;
+                    }
+                    return Ok(());
+                }
                 RamRecord::Hook => return Err(MigrationError::UnexpectedRamRecord("RDMA hook")),
             }
         }

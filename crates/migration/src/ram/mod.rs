@@ -16,6 +16,7 @@
 //! own RAM before writing.
 
 mod load;
+pub mod multifd;
 mod save;
 pub mod xbzrle;
 
@@ -49,8 +50,8 @@ impl RamHandler {
         state: Arc<MigrationState>,
     ) -> Self {
         Self {
-            saver: RamSaver::new(ram.clone(), dirty_log, state),
-            loader: load::RamLoader::new(ram.clone()),
+            saver: RamSaver::new(ram.clone(), dirty_log, state.clone()),
+            loader: load::RamLoader::new(ram.clone(), state.clone()),
             ram,
         }
     }
@@ -88,6 +89,15 @@ impl LiveHandler for RamHandler {
 
     fn save_cleanup(&mut self) {
         self.saver.cleanup();
+    }
+
+    fn load_setup(&mut self) -> Result<(), MigrationError> {
+        self.loader.setup()
+    }
+
+    fn load_complete(&mut self) -> Result<(), MigrationError> {
+        self.loader.finish();
+        Ok(())
     }
 
     fn load(&mut self, f: &mut QemuFileReader, version: u32) -> Result<(), MigrationError> {

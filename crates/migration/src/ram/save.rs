@@ -7,6 +7,7 @@ use guest_ram::{Bitmap, DirtyLog, GuestRam};
 use savevm::qemu_file::QemuFileWriter;
 use savevm::ram::{self, RamBlockInfo, RamEncoder, TARGET_PAGE_SIZE};
 
+use super::multifd::{self, MultifdSender};
 use super::xbzrle::{Outcome, XbzrleCache};
 use crate::capabilities::Capability;
 use crate::convergence::{self, ThrottleParams};
@@ -48,6 +49,10 @@ pub struct RamSaver {
     dirty_rate_high_cnt: u32,
     /// RAM bytes transferred when the current dirty-rate period started.
     xfer_prev: u64,
+    /// Multifd channels, with the `multifd` capability.
+    multifd: Option<MultifdSender>,
+    /// Multifd bytes already accounted.
+    multifd_accounted: u64,
 }
 
 /// What [`RamSaver::send_page`] put on the wire.
@@ -83,6 +88,8 @@ impl RamSaver {
             throttle: None,
             dirty_rate_high_cnt: 0,
             xfer_prev: 0,
+            multifd: None,
+            multifd_accounted: 0,
         }
     }
 
@@ -128,6 +135,20 @@ impl RamSaver {
         self.xfer_prev = 0;
         self.xbzrle = xbzrle.then(|| XbzrleCache::new(cache_size));
         self.xbzrle_active = false;
+        let writers = std::mem::take(
+            &mut self
+                .state
+                .multifd_channels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .0,
+        );
+        self.multifd = if writers.is_empty() {
+            None
+        } else {
+            Some(multifd::start_sender(writers)?)
+        };
+        self.multifd_accounted = 0;
         let mut base = 0;
         self.block_base = self
             .ram
@@ -165,7 +186,9 @@ impl RamSaver {
             })
             .collect();
         ram::write_mem_size(f, &infos);
+        self.multifd_sync()?;
         ram::put_eos(f);
+        self.flush_for_multifd(f)?;
         self.account(f.total_transferred() - start);
         Ok(())
     }
@@ -294,24 +317,32 @@ impl RamSaver {
             .dirty_sync_count
             .load(std::sync::atomic::Ordering::Relaxed);
         let last_stage = self.in_downtime;
-        // SAFETY: the closure only reads the page. A raw page is queued for the writer to send
-        // in place: the mapping outlives the writer (this saver holds the RAM), and a guest
-        // store racing with the send dirties the page again, so a torn copy is resent. XBZRLE
-        // works on a copy taken inside the closure.
+        let multifd = self.multifd.as_mut();
+        // SAFETY: the closure only reads the page. A raw page is queued for the writer (or a
+        // multifd channel, until its next sync) to send in place: the mapping outlives both
+        // (this saver holds the RAM), and a guest store racing with the send dirties the page
+        // again, so a torn copy is resent. XBZRLE works on a copy taken inside the closure.
         let sent = unsafe {
-            block.with_page(page, |bytes| {
+            block.with_page(page, |bytes| -> Result<Sent, MigrationError> {
                 if is_zero(bytes) {
                     encoder.put_zero(f, b, block.idstr(), offset);
                     if let Some(x) = xbzrle {
                         x.zero_page(addr);
                     }
-                    return Sent::Zero;
+                    return Ok(Sent::Zero);
+                }
+                if let Some(m) = multifd {
+                    // Zero pages stay on the main stream; data pages go to a channel (QEMU
+                    // never applies XBZRLE with multifd). Counted against the window now.
+                    f.rate_limit_account(PAGE + 8);
+                    m.queue(b, block.idstr(), offset, bytes.as_ptr())?;
+                    return Ok(Sent::Normal);
                 }
                 let Some(x) = xbzrle else {
                     encoder.put_page_external(f, b, block.idstr(), offset, bytes.as_ptr());
-                    return Sent::Normal;
+                    return Ok(Sent::Normal);
                 };
-                match x.encode(addr, bytes, sync, last_stage) {
+                Ok(match x.encode(addr, bytes, sync, last_stage) {
                     Outcome::Unchanged => Sent::Nothing,
                     Outcome::Delta(d) => {
                         encoder.put_xbzrle(f, b, block.idstr(), offset, d);
@@ -321,14 +352,37 @@ impl RamSaver {
                         encoder.put_page(f, b, block.idstr(), offset, r);
                         Sent::Normal
                     }
-                }
+                })
             })
-        }?;
+        }??;
         let c = &self.state.ram;
         match sent {
             Sent::Zero => RamCounters::add(&c.duplicate, 1),
             Sent::Normal => RamCounters::add(&c.normal, 1),
             Sent::Xbzrle | Sent::Nothing => {}
+        }
+        Ok(())
+    }
+
+    /// Before each RAM EOS: every multifd channel writes a SYNC; accounts their bytes.
+    fn multifd_sync(&mut self) -> Result<(), MigrationError> {
+        let Some(m) = self.multifd.as_mut() else {
+            return Ok(());
+        };
+        m.sync()?;
+        let delta = m.bytes - self.multifd_accounted;
+        self.multifd_accounted = m.bytes;
+        RamCounters::set(&self.state.ram.multifd_bytes, m.bytes);
+        self.account(delta);
+        Ok(())
+    }
+
+    /// With multifd the destination holds every channel at a SYNC until it reads the EOS that
+    /// follows, so that EOS must go out now rather than wait for the buffer to fill (QEMU
+    /// flushes after each RAM section too).
+    fn flush_for_multifd(&self, f: &mut QemuFileWriter) -> Result<(), MigrationError> {
+        if self.multifd.is_some() {
+            f.flush()?;
         }
         Ok(())
     }
@@ -362,7 +416,9 @@ impl RamSaver {
                 break;
             }
         }
+        self.multifd_sync()?;
         ram::put_eos(f);
+        self.flush_for_multifd(f)?;
         if let Some(e) = f.error() {
             return Err(e.into());
         }
@@ -380,7 +436,9 @@ impl RamSaver {
         while let Some((b, page)) = self.next_dirty() {
             self.send_page(f, b, page)?;
         }
+        self.multifd_sync()?;
         ram::put_eos(f);
+        self.flush_for_multifd(f)?;
         if let Some(e) = f.error() {
             return Err(e.into());
         }
@@ -400,6 +458,7 @@ impl RamSaver {
         self.bitmaps.clear();
         self.dirty_pages = 0;
         self.xbzrle = None;
+        self.multifd = None;
     }
 }
 

@@ -1,0 +1,457 @@
+//! Multifd (QEMU 7.2): page payloads travel over N extra connections, one thread each, while
+//! the main stream keeps everything else (headers, zero pages, EOS). Before every RAM EOS the
+//! source sends a SYNC packet on every channel, and the destination waits for one SYNC per
+//! channel when it reads that EOS, so a section never ends with its pages still in flight.
+//!
+//! ```text
+//! source: RamSaver --pages--> MultifdSender --job--> channel thread i --packet--> socket i
+//!                   --EOS-->  sync(): SYNC on every channel, wait until all are written
+//! dest:   socket i --> receiver thread i --pages--> guest RAM;  SYNC --> main thread waits
+//! ```
+//!
+//! Pages are sent from guest memory in place: a job holds raw pointers to guest pages, valid
+//! because the source keeps its RAM mapped for the whole migration.
+
+use std::io::{IoSlice, Read, Write};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use guest_ram::GuestRam;
+use savevm::multifd::{
+    MultifdInit, PacketHeader, MULTIFD_FLAG_COMPRESSION_MASK, MULTIFD_FLAG_SYNC,
+    MULTIFD_HEADER_LEN, MULTIFD_INIT_LEN, MULTIFD_PAGES,
+};
+use savevm::ram::TARGET_PAGE_SIZE;
+use transport::{ChannelReader, ChannelWriter};
+
+use crate::error::MigrationError;
+
+const PAGE: usize = TARGET_PAGE_SIZE;
+
+/// A pointer to a guest page handed to a channel thread.
+#[derive(Clone, Copy)]
+struct PagePtr(*const u8);
+
+// SAFETY: the pointer refers to guest RAM that stays mapped for the whole migration (the
+// sender's owner holds the RAM); channel threads only read PAGE bytes from it.
+unsafe impl Send for PagePtr {}
+
+enum Job {
+    Pages {
+        block: String,
+        offsets: Vec<u64>,
+        pages: Vec<PagePtr>,
+        packet_num: u64,
+    },
+    Sync {
+        packet_num: u64,
+    },
+}
+
+struct SendChannel {
+    jobs: SyncSender<Job>,
+    busy: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Source side: batches pages per block and hands full batches to idle channels.
+pub struct MultifdSender {
+    channels: Vec<SendChannel>,
+    done: Receiver<(usize, Result<u64, MigrationError>)>,
+    next: usize,
+    packet_num: u64,
+    batch: Option<(usize, String, Vec<u64>, Vec<PagePtr>)>,
+    /// Bytes written on the channels so far (headers and payload).
+    pub bytes: u64,
+}
+
+/// Writes the hello on each channel (`id` = position) and starts the sender.
+pub fn start_sender(writers: Vec<ChannelWriter>) -> Result<MultifdSender, MigrationError> {
+    let (done_tx, done) = channel();
+    let mut channels = Vec::new();
+    for (id, mut w) in writers.into_iter().enumerate() {
+        let hello = MultifdInit {
+            uuid: [0; 16],
+            id: id as u8,
+        }
+        .encode();
+        w.write_all(&hello).map_err(savevm::Error::from)?;
+        let (jobs, rx) = sync_channel::<Job>(1);
+        let done_tx = done_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("multifdsend_{id}"))
+            .spawn(move || send_loop(id, w, rx, done_tx))
+            .map_err(|e| MigrationError::Protocol(format!("cannot start a multifd thread: {e}")))?;
+        channels.push(SendChannel {
+            jobs,
+            busy: false,
+            thread: Some(thread),
+        });
+    }
+    let bytes = (channels.len() * MULTIFD_INIT_LEN) as u64;
+    Ok(MultifdSender {
+        channels,
+        done,
+        next: 0,
+        packet_num: 0,
+        batch: None,
+        bytes,
+    })
+}
+
+fn send_loop(
+    id: usize,
+    mut w: ChannelWriter,
+    jobs: Receiver<Job>,
+    done: Sender<(usize, Result<u64, MigrationError>)>,
+) {
+    for job in jobs {
+        let result = write_job(&mut w, job);
+        let failed = result.is_err();
+        if done.send((id, result)).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
+    let (header, pages) = match job {
+        Job::Sync { packet_num } => (
+            PacketHeader {
+                flags: MULTIFD_FLAG_SYNC,
+                pages_alloc: MULTIFD_PAGES as u32,
+                packet_num,
+                ..Default::default()
+            },
+            Vec::new(),
+        ),
+        Job::Pages {
+            block,
+            offsets,
+            pages,
+            packet_num,
+        } => (
+            PacketHeader {
+                flags: 0,
+                pages_alloc: MULTIFD_PAGES as u32,
+                normal_pages: offsets.len() as u32,
+                next_packet_size: (offsets.len() * PAGE) as u32,
+                packet_num,
+                ramblock: block,
+                offsets,
+            },
+            pages,
+        ),
+    };
+    let head = header.encode()?;
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + pages.len());
+    slices.push(IoSlice::new(&head));
+    for p in &pages {
+        // SAFETY: see `PagePtr`: PAGE readable bytes of guest RAM, mapped for the migration.
+        slices.push(IoSlice::new(unsafe {
+            std::slice::from_raw_parts(p.0, PAGE)
+        }));
+    }
+    let total = (head.len() + pages.len() * PAGE) as u64;
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match w.write_vectored(rest) {
+            Ok(0) => {
+                return Err(savevm::Error::from(std::io::Error::from(
+                    std::io::ErrorKind::WriteZero,
+                ))
+                .into())
+            }
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(savevm::Error::from(e).into()),
+        }
+    }
+    Ok(total)
+}
+
+impl MultifdSender {
+    fn collect(
+        &mut self,
+        (id, result): (usize, Result<u64, MigrationError>),
+    ) -> Result<(), MigrationError> {
+        if let Some(c) = self.channels.get_mut(id) {
+            c.busy = false;
+        }
+        self.bytes += result?;
+        Ok(())
+    }
+
+    fn wait_one(&mut self) -> Result<(), MigrationError> {
+        let msg = self
+            .done
+            .recv()
+            .map_err(|_| MigrationError::Protocol("a multifd channel thread died".into()))?;
+        self.collect(msg)
+    }
+
+    fn dispatch(&mut self, job: Job, to: usize) -> Result<(), MigrationError> {
+        while self.channels[to].busy {
+            self.wait_one()?;
+        }
+        self.channels[to].busy = true;
+        self.channels[to]
+            .jobs
+            .send(job)
+            .map_err(|_| MigrationError::Protocol("a multifd channel thread died".into()))
+    }
+
+    fn flush_batch(&mut self) -> Result<(), MigrationError> {
+        if let Some((_, block, offsets, pages)) = self.batch.take() {
+            let packet_num = self.packet_num;
+            self.packet_num += 1;
+            let to = self.next;
+            self.next = (self.next + 1) % self.channels.len();
+            self.dispatch(
+                Job::Pages {
+                    block,
+                    offsets,
+                    pages,
+                    packet_num,
+                },
+                to,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Queues the page at `ptr` (offset `offset` of block `block_index` named `block`).
+    ///
+    /// # Safety
+    ///
+    /// The page must stay mapped until the next [`sync`](Self::sync) returns.
+    pub unsafe fn queue(
+        &mut self,
+        block_index: usize,
+        block: &str,
+        offset: u64,
+        ptr: *const u8,
+    ) -> Result<(), MigrationError> {
+        let same = matches!(&self.batch, Some((b, _, o, _)) if *b == block_index && o.len() < MULTIFD_PAGES);
+        if !same {
+            self.flush_batch()?;
+            self.batch = Some((
+                block_index,
+                block.to_string(),
+                Vec::with_capacity(MULTIFD_PAGES),
+                Vec::with_capacity(MULTIFD_PAGES),
+            ));
+        }
+        if let Some((_, _, offsets, pages)) = &mut self.batch {
+            offsets.push(offset);
+            pages.push(PagePtr(ptr));
+        }
+        Ok(())
+    }
+
+    /// Sends what is batched, then a SYNC packet on every channel, and waits until every
+    /// channel has written it (QEMU's `multifd_send_sync_main`, before each RAM EOS).
+    pub fn sync(&mut self) -> Result<(), MigrationError> {
+        self.flush_batch()?;
+        for to in 0..self.channels.len() {
+            let packet_num = self.packet_num;
+            self.packet_num += 1;
+            self.dispatch(Job::Sync { packet_num }, to)?;
+        }
+        while self.channels.iter().any(|c| c.busy) {
+            self.wait_one()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MultifdSender {
+    fn drop(&mut self) {
+        // Closing the job queues ends the threads; their writers close the sockets.
+        for c in &mut self.channels {
+            let (tx, _) = sync_channel(0);
+            drop(std::mem::replace(&mut c.jobs, tx));
+        }
+        for c in &mut self.channels {
+            if let Some(t) = c.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Reads and checks the hello of each channel; returns the readers ordered by channel id.
+pub fn accept_channels(readers: Vec<ChannelReader>) -> Result<Vec<ChannelReader>, MigrationError> {
+    let n = readers.len();
+    let mut slots: Vec<Option<ChannelReader>> = (0..n).map(|_| None).collect();
+    for mut r in readers {
+        let mut hello = [0u8; MULTIFD_INIT_LEN];
+        r.read_exact(&mut hello).map_err(savevm::Error::from)?;
+        let init = MultifdInit::decode(&hello)?;
+        if init.uuid != [0; 16] {
+            return Err(MigrationError::Protocol(
+                "multifd channel UUID does not match this VM".into(),
+            ));
+        }
+        let id = usize::from(init.id);
+        match slots.get_mut(id) {
+            Some(slot @ None) => *slot = Some(r),
+            Some(Some(_)) => {
+                return Err(MigrationError::Protocol(format!(
+                    "received id '{id}' already setup"
+                )))
+            }
+            None => {
+                return Err(MigrationError::Protocol(format!(
+                    "multifd channel id {id} out of range"
+                )))
+            }
+        }
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+/// Destination side: one thread per channel writing pages into guest RAM.
+pub struct MultifdReceiver {
+    syncs: Receiver<Result<(), MigrationError>>,
+    release: Vec<SyncSender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Starts one receiver thread per channel.
+pub fn start_receiver(
+    ram: Arc<GuestRam>,
+    readers: Vec<ChannelReader>,
+) -> Result<MultifdReceiver, MigrationError> {
+    let (sync_tx, syncs) = channel();
+    let mut release = Vec::new();
+    let mut threads = Vec::new();
+    for (id, r) in readers.into_iter().enumerate() {
+        let (rel_tx, rel_rx) = sync_channel(1);
+        release.push(rel_tx);
+        let (ram, sync_tx) = (ram.clone(), sync_tx.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("multifdrecv_{id}"))
+            .spawn(move || recv_loop(r, &ram, &sync_tx, &rel_rx))
+            .map_err(|e| MigrationError::Protocol(format!("cannot start a multifd thread: {e}")))?;
+        threads.push(t);
+    }
+    Ok(MultifdReceiver {
+        syncs,
+        release,
+        threads,
+    })
+}
+
+fn recv_loop(
+    mut r: ChannelReader,
+    ram: &GuestRam,
+    syncs: &Sender<Result<(), MigrationError>>,
+    release: &Receiver<()>,
+) {
+    let mut head = vec![0u8; MULTIFD_HEADER_LEN];
+    loop {
+        // A clean end of stream between packets ends the channel.
+        match read_full(&mut r, &mut head) {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => {
+                let _ = syncs.send(Err(e));
+                return;
+            }
+        }
+        let result = PacketHeader::decode(&head)
+            .map_err(MigrationError::from)
+            .and_then(|h| {
+                if h.flags & MULTIFD_FLAG_COMPRESSION_MASK != 0 {
+                    return Err(MigrationError::Protocol(
+                        "multifd compression is not supported".into(),
+                    ));
+                }
+                load_pages(&mut r, ram, &h)?;
+                Ok(h.flags & MULTIFD_FLAG_SYNC != 0)
+            });
+        match result {
+            Ok(false) => {}
+            Ok(true) => {
+                if syncs.send(Ok(())).is_err() || release.recv().is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = syncs.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Fills `buf`; `Ok(false)` if the stream ended before its first byte.
+fn read_full(r: &mut ChannelReader, buf: &mut [u8]) -> Result<bool, MigrationError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(savevm::Error::UnexpectedEof { offset: got as u64 }.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(savevm::Error::from(e).into()),
+        }
+    }
+    Ok(true)
+}
+
+fn load_pages(
+    r: &mut ChannelReader,
+    ram: &GuestRam,
+    h: &PacketHeader,
+) -> Result<(), MigrationError> {
+    if h.normal_pages == 0 {
+        return Ok(());
+    }
+    let block = ram
+        .block_by_name(&h.ramblock)
+        .ok_or_else(|| MigrationError::UnknownRamBlock(h.ramblock.clone()))?;
+    for &offset in &h.offsets {
+        if offset % PAGE as u64 != 0 || offset >= block.len() {
+            return Err(MigrationError::IllegalRamOffset {
+                block: h.ramblock.clone(),
+                offset,
+            });
+        }
+        let page = offset / PAGE as u64;
+        // SAFETY: the destination's vCPUs do not run while RAM is loaded, and each page is
+        // sent once per packet, by one channel, between two SYNCs.
+        unsafe { block.with_page_mut(page, |p| r.read_exact(p)) }?.map_err(savevm::Error::from)?;
+    }
+    Ok(())
+}
+
+impl MultifdReceiver {
+    /// Waits for one SYNC from every channel, then lets them go on (at each RAM EOS).
+    pub fn sync(&self) -> Result<(), MigrationError> {
+        for _ in 0..self.release.len() {
+            self.syncs
+                .recv()
+                .map_err(|_| MigrationError::Protocol("a multifd channel ended early".into()))??;
+        }
+        for r in &self.release {
+            let _ = r.send(());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MultifdReceiver {
+    fn drop(&mut self) {
+        self.release.clear();
+        for t in self.threads.drain(..) {
+            // Threads end at the end of their stream; a failed load may leave one blocked on a
+            // socket the process is about to close, so do not wait for unfinished ones.
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
