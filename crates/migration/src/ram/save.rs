@@ -311,11 +311,15 @@ impl RamSaver {
         } else {
             None
         };
-        let sync = self
-            .state
-            .ram
-            .dirty_sync_count
-            .load(std::sync::atomic::Ordering::Relaxed);
+        // Only XBZRLE needs the pass number (cache ages).
+        let sync = match xbzrle {
+            Some(_) => self
+                .state
+                .ram
+                .dirty_sync_count
+                .load(std::sync::atomic::Ordering::Relaxed),
+            None => 0,
+        };
         let last_stage = self.in_downtime;
         let multifd = self.multifd.as_mut();
         // SAFETY: the closure only reads the page. A raw page is queued for the writer (or a
