@@ -108,32 +108,11 @@ impl RamSaver {
             self.bitmaps.push(block.populated_pages()?);
         }
         self.dirty_pages = self.bitmaps.iter().map(Bitmap::count_ones).sum();
-        let (xbzrle, cache_size, throttle) = {
-            let s = self.state.lock();
-            let p = &s.params;
-            let throttle = s
-                .caps
-                .get(Capability::AutoConverge)
-                .then(|| ThrottleParams {
-                    trigger_threshold: p.int("throttle-trigger-threshold"),
-                    initial: p.int("cpu-throttle-initial") as u8,
-                    increment: p.int("cpu-throttle-increment") as u8,
-                    tailslow: matches!(
-                        p.get("cpu-throttle-tailslow"),
-                        Some(ParamValue::Bool(true))
-                    ),
-                    max: p.int("max-cpu-throttle") as u8,
-                });
-            (
-                s.caps.get(Capability::Xbzrle),
-                p.int("xbzrle-cache-size"),
-                throttle,
-            )
-        };
+        let (xbzrle_cache, throttle) = features(&self.state);
         self.throttle = throttle;
         self.dirty_rate_high_cnt = 0;
         self.xfer_prev = 0;
-        self.xbzrle = xbzrle.then(|| XbzrleCache::new(cache_size));
+        self.xbzrle = xbzrle_cache.map(XbzrleCache::new);
         self.xbzrle_active = false;
         let writers = std::mem::take(
             &mut self
@@ -149,17 +128,7 @@ impl RamSaver {
             Some(multifd::start_sender(writers)?)
         };
         self.multifd_accounted = 0;
-        let mut base = 0;
-        self.block_base = self
-            .ram
-            .blocks()
-            .iter()
-            .map(|b| {
-                let this = base;
-                base += b.len();
-                this
-            })
-            .collect();
+        self.block_base = block_bases(&self.ram);
         self.encoder.reset();
         self.pos = (0, 0);
         self.in_downtime = false;
@@ -464,6 +433,40 @@ impl RamSaver {
         self.xbzrle = None;
         self.multifd = None;
     }
+}
+
+/// The optional features of this migration: the XBZRLE cache size (with `xbzrle`) and the
+/// auto-converge settings (with `auto-converge`).
+fn features(state: &MigrationState) -> (Option<u64>, Option<ThrottleParams>) {
+    let s = state.lock();
+    let p = &s.params;
+    let xbzrle = s
+        .caps
+        .get(Capability::Xbzrle)
+        .then(|| p.int("xbzrle-cache-size"));
+    let throttle = s
+        .caps
+        .get(Capability::AutoConverge)
+        .then(|| ThrottleParams {
+            trigger_threshold: p.int("throttle-trigger-threshold"),
+            initial: p.int("cpu-throttle-initial") as u8,
+            increment: p.int("cpu-throttle-increment") as u8,
+            tailslow: matches!(p.get("cpu-throttle-tailslow"), Some(ParamValue::Bool(true))),
+            max: p.int("max-cpu-throttle") as u8,
+        });
+    (xbzrle, throttle)
+}
+
+/// Global RAM address of each block's first byte (blocks laid out in list order).
+fn block_bases(ram: &GuestRam) -> Vec<u64> {
+    ram.blocks()
+        .iter()
+        .scan(0u64, |base, b| {
+            let this = *base;
+            *base += b.len();
+            Some(this)
+        })
+        .collect()
 }
 
 /// True when every byte of `page` is zero.
