@@ -211,100 +211,13 @@ fn run(
     let slot = Arc::new(Mutex::new(Some(writer)));
     let mut f = QemuFileWriter::with_capacity(Box::new(SlotWriter(slot.clone())), 1 << 20);
 
-    record::write_header(&mut f);
-    Configuration {
-        machine: job.machine.clone(),
-        ..Default::default()
-    }
-    .write_to(&mut f);
-    if use_rp {
-        record::write_command(&mut f, record::MIG_CMD_OPEN_RETURN_PATH, &[]);
-    }
-    for e in registry.entries_mut() {
-        if let EntryKind::Live(h) = &mut e.kind {
-            if h.is_active(&caps) {
-                SectionHeader::Start {
-                    section_id: e.section_id,
-                    idstr: e.idstr.clone(),
-                    instance_id: e.instance_id,
-                    version_id: e.version_id,
-                }
-                .write_to(&mut f);
-                h.save_setup(&mut f)?;
-                record::write_footer(&mut f, e.section_id);
-            }
-        }
-    }
-    f.flush()?;
+    write_setup(job, registry, &caps, use_rp, &mut f)?;
     let setup_ms = elapsed_ms(state);
     state.lock().timings.setup_time = Some(setup_ms);
     if !state.set_status(MigrationStatus::Setup, MigrationStatus::Active) {
         return Err(MigrationError::Cancelled);
     }
-
-    let mut w = Window {
-        start: Instant::now(),
-        bytes0: f.total_transferred(),
-        pages0: pages_sent(state),
-        bandwidth: 0.0,
-        threshold: 0,
-    };
-    f.set_rate_limit(convergence::window_budget(
-        state.lock().params.max_bandwidth(),
-    ));
-    let mut throttle = 0u8;
-    let mut previous_pending = None;
-    let mut sent_at_previous = 0;
-    let mut extra_iterations = 0;
-    loop {
-        check_cancel(state)?;
-        if !f.is_rate_limited() {
-            let mut pending = 0;
-            for e in registry.entries_mut() {
-                if let EntryKind::Live(h) = &mut e.kind {
-                    if h.is_active(&caps) {
-                        pending += h.pending(w.threshold)?;
-                    }
-                }
-            }
-            let input = ConvergenceInput {
-                pending,
-                threshold: w.threshold,
-                bandwidth: w.bandwidth,
-                previous_pending,
-                sent_since_previous: f.total_transferred() - sent_at_previous,
-                extra_iterations,
-            };
-            let decision = convergence::decide(input);
-            tracing::debug!(?input, ?decision, "convergence");
-            match decision {
-                Decision::Complete => break,
-                Decision::Iterate => {
-                    if pending < w.threshold {
-                        extra_iterations += 1;
-                        previous_pending = Some(pending);
-                        sent_at_previous = f.total_transferred();
-                    }
-                    iterate_round(registry, &caps, &mut f)?;
-                }
-            }
-        }
-        if let Some(e) = f.error() {
-            return Err(e.into());
-        }
-        rate_limit(state, &mut f, &mut w)?;
-        let want = state
-            .ram
-            .cpu_throttle_percentage
-            .load(std::sync::atomic::Ordering::Relaxed) as u8;
-        if want != throttle {
-            job.vm.set_cpu_throttle(want);
-            throttle = want;
-        }
-    }
-    if throttle != 0 {
-        job.vm.set_cpu_throttle(0);
-    }
+    precopy(job, registry, &caps, &mut f)?;
     let downtime_start = complete(job, registry, &caps, &mut f, stopped)?;
     let sent = f.total_transferred();
     drop(f);
@@ -328,6 +241,114 @@ fn run(
     let transfer_ms = total.saturating_sub(setup_ms).max(1);
     s.timings.mbps = sent as f64 * 8.0 / transfer_ms as f64 / 1000.0;
     Ok(())
+}
+
+/// Header, configuration, the return-path request, and a START section per live handler.
+fn write_setup(
+    job: &OutgoingJob,
+    registry: &mut Registry,
+    caps: &Capabilities,
+    use_rp: bool,
+    f: &mut QemuFileWriter,
+) -> Result<(), MigrationError> {
+    record::write_header(f);
+    Configuration {
+        machine: job.machine.clone(),
+        ..Default::default()
+    }
+    .write_to(f);
+    if use_rp {
+        record::write_command(f, record::MIG_CMD_OPEN_RETURN_PATH, &[]);
+    }
+    for e in registry.entries_mut() {
+        if let EntryKind::Live(h) = &mut e.kind {
+            if h.is_active(caps) {
+                SectionHeader::Start {
+                    section_id: e.section_id,
+                    idstr: e.idstr.clone(),
+                    instance_id: e.instance_id,
+                    version_id: e.version_id,
+                }
+                .write_to(f);
+                h.save_setup(f)?;
+                record::write_footer(f, e.section_id);
+            }
+        }
+    }
+    Ok(f.flush()?)
+}
+
+/// The pre-copy loop: iterate while the guest runs until [`convergence::decide`] says switch
+/// over; applies the rate limit and the auto-converge throttle on the way.
+fn precopy(
+    job: &OutgoingJob,
+    registry: &mut Registry,
+    caps: &Capabilities,
+    f: &mut QemuFileWriter,
+) -> Result<(), MigrationError> {
+    let state = &job.state;
+    let mut w = Window {
+        start: Instant::now(),
+        bytes0: f.total_transferred(),
+        pages0: pages_sent(state),
+        bandwidth: 0.0,
+        threshold: 0,
+    };
+    f.set_rate_limit(convergence::window_budget(
+        state.lock().params.max_bandwidth(),
+    ));
+    let mut throttle = 0u8;
+    let mut previous_pending = None;
+    let mut sent_at_previous = 0;
+    let mut extra_iterations = 0;
+    let result = loop {
+        check_cancel(state)?;
+        if !f.is_rate_limited() {
+            let mut pending = 0;
+            for e in registry.entries_mut() {
+                if let EntryKind::Live(h) = &mut e.kind {
+                    if h.is_active(caps) {
+                        pending += h.pending(w.threshold)?;
+                    }
+                }
+            }
+            let input = ConvergenceInput {
+                pending,
+                threshold: w.threshold,
+                bandwidth: w.bandwidth,
+                previous_pending,
+                sent_since_previous: f.total_transferred() - sent_at_previous,
+                extra_iterations,
+            };
+            let decision = convergence::decide(input);
+            tracing::debug!(?input, ?decision, "convergence");
+            if decision == Decision::Complete {
+                break Ok(());
+            }
+            if pending < w.threshold {
+                extra_iterations += 1;
+                previous_pending = Some(pending);
+                sent_at_previous = f.total_transferred();
+            }
+            iterate_round(registry, caps, f)?;
+        }
+        if let Some(e) = f.error() {
+            break Err(e.into());
+        }
+        rate_limit(state, f, &mut w)?;
+        let want = state
+            .ram
+            .cpu_throttle_percentage
+            .load(std::sync::atomic::Ordering::Relaxed) as u8;
+        if want != throttle {
+            job.vm.set_cpu_throttle(want);
+            throttle = want;
+        }
+    };
+    if throttle != 0 {
+        job.vm.set_cpu_throttle(0);
+    }
+    result
 }
 
 /// Lets the stream writer be taken back after the last flush, to finish the channel.
