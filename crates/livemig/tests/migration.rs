@@ -15,6 +15,16 @@ fn args(extra: &[&'static str]) -> Vec<&'static str> {
 }
 
 /// Migrates a running source to `uri` and checks both sides afterwards.
+/// Resumes `src`, migrates it to a file (one channel, no way back) and returns the error.
+fn failing_file_migration(dir: &std::path::Path, src: &mut Vm) -> String {
+    src.cmd("cont", Value::Null);
+    let uri = format!("file:{}", dir.join("f.mig").display());
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "failed", "{info}");
+    info["error-desc"].as_str().unwrap_or_default().to_string()
+}
+
 fn migrate_and_check(src: &mut Vm, dst: &mut Vm, uri: &str) -> Value {
     src.wait_status("running");
     src.enable_verify();
@@ -310,21 +320,8 @@ fn return_path_confirms_a_successful_migration() {
     );
     migrate_and_check(&mut src, &mut dst, &uri);
     // A file has no way back: the capability is refused there with a clear error.
-    let file = dir.path().join("f.mig");
-    src.cmd("cont", Value::Null);
-    src.cmd(
-        "migrate",
-        json!({ "uri": format!("file:{}", file.display()) }),
-    );
-    let info = src.wait_migration();
-    assert_eq!(info["status"], "failed");
-    assert!(
-        info["error-desc"]
-            .as_str()
-            .unwrap()
-            .contains("needs a socket"),
-        "{info}"
-    );
+    let err = failing_file_migration(dir.path(), &mut src);
+    assert!(err.contains("needs a socket"), "{err}");
 }
 
 #[test]
@@ -417,19 +414,9 @@ fn multifd_channels_carry_the_pages() {
     // Page payloads went over the channels: far more multifd bytes than main-stream page bytes.
     assert!(ram["multifd-bytes"].as_u64().unwrap() > 16 << 20, "{info}");
     // A file has one channel only.
-    src.cmd("cont", Value::Null);
-    let file = dir.path().join("f.mig");
-    src.cmd(
-        "migrate",
-        json!({ "uri": format!("file:{}", file.display()) }),
-    );
-    let info = src.wait_migration();
-    assert_eq!(info["status"], "failed");
+    let err = failing_file_migration(dir.path(), &mut src);
     assert!(
-        info["error-desc"]
-            .as_str()
-            .unwrap()
-            .contains("multifd is not supported by current protocol"),
-        "{info}"
+        err.contains("multifd is not supported by current protocol"),
+        "{err}"
     );
 }

@@ -7,7 +7,7 @@
 //!
 //! QEMU writes it with its own compact JSON writer: `", "` between members, `": "` between
 //! key and value, no newlines, and escapes every character outside printable ASCII as
-//! `\uXXXX` (uppercase hex, surrogate pairs above the BMP). [`to_qemu_json`] reproduces that
+//! `\u` and four hex digits (uppercase, surrogate pairs above the BMP). [`to_qemu_json`] reproduces that
 //! byte for byte; member order is insertion order (`serde_json` with `preserve_order`).
 
 use serde_json::{json, Map, Value};
