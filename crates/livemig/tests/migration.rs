@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{destination, Vm, SMALL};
+use common::{configure, deferred_destination, destination, Vm, SMALL};
 use serde_json::{json, Value};
 
 fn args(extra: &[&'static str]) -> Vec<&'static str> {
@@ -396,20 +396,12 @@ fn incoming_defer_then_migrate_incoming_over_qmp() {
 fn multifd_channels_carry_the_pages() {
     let dir = tempfile::tempdir().unwrap();
     // Multifd must be on at both ends before the destination listens (as with QEMU).
-    let mut dst = Vm::start(dir.path(), "dst", &args(&["--incoming", "defer"]));
-    let multifd = json!({"capabilities": [{"capability": "multifd", "state": true}]});
-    dst.cmd("migrate-set-capabilities", multifd.clone());
-    dst.cmd("migrate-set-parameters", json!({"multifd-channels": 3}));
-    dst.cmd("migrate-incoming", json!({"uri": "tcp:127.0.0.1:0"}));
-    let info = dst.cmd("query-migrate", Value::Null);
-    let port = info["socket-address"][0]["port"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let params = json!({"multifd-channels": 3});
+    let (mut dst, uri) =
+        deferred_destination(dir.path(), "dst", &args(&[]), &["multifd"], params.clone());
     let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "32M"]));
-    src.cmd("migrate-set-capabilities", multifd);
-    src.cmd("migrate-set-parameters", json!({"multifd-channels": 3}));
-    let info = migrate_and_check(&mut src, &mut dst, &format!("tcp:127.0.0.1:{port}"));
+    configure(&mut src, &["multifd"], params);
+    let info = migrate_and_check(&mut src, &mut dst, &uri);
     let ram = &info["ram"];
     // Page payloads went over the channels: far more multifd bytes than main-stream page bytes.
     assert!(ram["multifd-bytes"].as_u64().unwrap() > 16 << 20, "{info}");

@@ -164,17 +164,7 @@ fn qemu_to_livemig_with(caps: &[&str]) {
         "--backing",
         &backing,
     ];
-    // Capabilities such as multifd must be on at the destination before it listens.
-    let mut defer = args.to_vec();
-    defer.extend(["--incoming", "defer"]);
-    let mut dst = Vm::start(dir.path(), "dst", &defer);
-    set_caps(dst.qmp(), caps);
-    dst.cmd("migrate-incoming", json!({"uri": "tcp:127.0.0.1:0"}));
-    let listening = dst.cmd("query-migrate", Value::Null);
-    let uri = format!(
-        "tcp:127.0.0.1:{}",
-        listening["socket-address"][0]["port"].as_str().unwrap()
-    );
+    let (mut dst, uri) = common::deferred_destination(dir.path(), "dst", &args, caps, Value::Null);
     let mut qemu = Qemu::start(dir.path(), &qemu_ram, &[]);
     set_caps(&mut qemu.qmp, caps);
     qemu.cmd("migrate", json!({ "uri": uri }));

@@ -247,3 +247,40 @@ pub fn retry_connect<T, E: std::fmt::Display>(mut connect: impl FnMut() -> Resul
         }
     }
 }
+
+/// Sets capabilities `caps` (all on) and parameters `params` over QMP.
+pub fn configure(vm: &mut Vm, caps: &[&str], params: Value) {
+    if !caps.is_empty() {
+        let list: Vec<Value> = caps
+            .iter()
+            .map(|c| json!({"capability": c, "state": true}))
+            .collect();
+        vm.cmd("migrate-set-capabilities", json!({ "capabilities": list }));
+    }
+    if !params.is_null() {
+        vm.cmd("migrate-set-parameters", params);
+    }
+}
+
+/// Starts a destination with `--incoming defer`, configures it (capabilities such as multifd
+/// must be on before it listens, as with QEMU), then listens on a free loopback port; returns
+/// it and the URI to migrate to.
+pub fn deferred_destination(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    caps: &[&str],
+    params: Value,
+) -> (Vm, String) {
+    let mut all = args.to_vec();
+    all.extend(["--incoming", "defer"]);
+    let mut vm = Vm::start(dir, name, &all);
+    configure(&mut vm, caps, params);
+    vm.cmd("migrate-incoming", json!({"uri": "tcp:127.0.0.1:0"}));
+    let listening = vm.cmd("query-migrate", Value::Null);
+    let port = listening["socket-address"][0]["port"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (vm, format!("tcp:127.0.0.1:{port}"))
+}
