@@ -101,7 +101,8 @@ pub struct RunArgs {
     /// `fill=1048576 ws=262144 selfcheck=0`).
     #[arg(long)]
     pub append: Option<String>,
-    /// KVM: serial port output: `null`, `stdout` or `file:PATH`.
+    /// KVM: serial port output: `null`, `stdout`, `file:PATH` or `unix:PATH` (a socket to
+    /// connect to).
     #[arg(long, default_value = "null")]
     pub serial: String,
     /// A disk: `file=PATH,format=raw|qcow2[,id=NAME]`. May be repeated.
@@ -156,9 +157,10 @@ impl RunArgs {
         let serial = match self.serial.as_str() {
             "null" | "none" => SerialTarget::Null,
             "stdout" | "stdio" => SerialTarget::Stdout,
-            s => match s.strip_prefix("file:") {
-                Some(p) if !p.is_empty() => SerialTarget::File(p.into()),
-                _ => bail!("invalid --serial '{s}': expected null, stdout or file:PATH"),
+            s => match (s.strip_prefix("file:"), s.strip_prefix("unix:")) {
+                (Some(p), _) if !p.is_empty() => SerialTarget::File(p.into()),
+                (_, Some(p)) if !p.is_empty() => SerialTarget::Unix(p.into()),
+                _ => bail!("invalid --serial '{s}': expected null, stdout, file:PATH or unix:PATH"),
             },
         };
         let drives = block::DriveSpec::parse_all(&self.drive).context("invalid --drive")?;

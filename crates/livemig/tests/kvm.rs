@@ -111,3 +111,32 @@ fn guest_power_off_ends_the_process() {
     let text = std::fs::read_to_string(dir.path().join("vm.serial")).unwrap();
     assert_eq!(payload::Output::parse(&text).poweroff, Some(3), "{text}");
 }
+
+#[test]
+fn serial_port_on_a_unix_socket() {
+    if !vmm::kvm::kvm_available() {
+        print_skip("/dev/kvm not available");
+        return;
+    }
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serial.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let spec = format!("unix:{}", path.display());
+    let args = [
+        "--accel",
+        "kvm",
+        "-m",
+        "32M",
+        "--append",
+        "fill=65536 ws=65536 max=2",
+        "--serial",
+        &spec,
+    ];
+    let mut vm = Vm::start(dir.path(), "vm", &args);
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    assert!(vm.wait_exit().status.success());
+    assert_eq!(payload::Output::parse(&text).counts, vec![1, 2], "{text}");
+}

@@ -29,13 +29,18 @@ pub(super) struct Parts {
     pub state: Arc<MigrationState>,
 }
 
-fn serial_sink(t: &SerialTarget) -> SerialSink {
-    match t {
+fn serial_sink(t: &SerialTarget) -> Result<SerialSink, MachineError> {
+    Ok(match t {
         SerialTarget::Null => SerialSink::Null,
         SerialTarget::Stdout => SerialSink::Stdout,
         SerialTarget::File(p) => SerialSink::File(p.clone()),
+        SerialTarget::Unix(p) => {
+            let s = std::os::unix::net::UnixStream::connect(p)
+                .map_err(|e| MachineError::Serial(p.display().to_string(), e))?;
+            SerialSink::Writer(Box::new(s))
+        }
         SerialTarget::Buffer => SerialSink::Buffer,
-    }
+    })
 }
 
 /// Builds RAM, guest, disks and registry; starts nothing.
@@ -85,7 +90,7 @@ pub(super) fn build(cfg: &MachineConfig) -> Result<Parts, MachineError> {
                 vcpus: cfg.workload.as_ref().map_or(1, |w| w.vcpus.max(1)),
                 kernel: cfg.kernel.clone(),
                 cmdline: cfg.cmdline.clone().unwrap_or(payload_cmdline),
-                serial: serial_sink(&cfg.serial),
+                serial: serial_sink(&cfg.serial)?,
                 events: Some(events.clone()),
             };
             let vm = Arc::new(KvmVm::new(ram.clone(), kcfg)?);

@@ -88,6 +88,8 @@ pub enum SerialTarget {
     Stdout,
     /// A file.
     File(std::path::PathBuf),
+    /// A unix socket someone listens on (connected at start).
+    Unix(std::path::PathBuf),
     /// Kept in memory (tests).
     Buffer,
 }
@@ -135,6 +137,9 @@ pub enum MachineError {
     /// The KVM VM could not be created or booted.
     #[error("cannot start the KVM guest")]
     Kvm(#[from] KvmError),
+    /// The serial port's socket could not be connected.
+    #[error("cannot connect the serial port to {0}")]
+    Serial(String, #[source] std::io::Error),
     /// A disk could not be opened.
     #[error("cannot open the disks")]
     Block(#[from] block::BlockError),
