@@ -412,3 +412,21 @@ fn multifd_channels_carry_the_pages() {
         "{err}"
     );
 }
+
+#[test]
+fn destination_started_with_capital_s_stays_paused_until_cont() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dst, uri) = destination(dir.path(), "dst", &args(&["-S"]), "tcp:127.0.0.1:0");
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "8M"]));
+    src.wait_status("running");
+    src.cmd("migrate", json!({ "uri": uri }));
+    assert_eq!(src.wait_migration()["status"], "completed");
+    let t = std::time::Instant::now();
+    while dst.cmd("query-migrate", Value::Null)["status"] != "completed" {
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(dst.status(), "paused");
+    dst.cmd("cont", Value::Null);
+    assert_eq!(dst.status(), "running");
+}
