@@ -5,7 +5,8 @@
 //! * (a) 2 GiB of incompressible RAM, guest paused — throughput vs the raw copy (target ≥ 0.9);
 //! * (b) 4 GiB of never-touched RAM — total time (target ≤ 50 ms);
 //! * (c) 1 GiB with a running 64 MiB working-set writer — downtime (target ≤ 20 ms), at a
-//!   bounded write rate and at an unbounded one.
+//!   bounded write rate and at an unbounded one;
+//! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `bench_kvm`).
 //!
 //! Source and destination are two VMs in this process connected by a real loopback TCP socket;
 //! each side has its own threads, as in a two-process migration.
@@ -34,7 +35,7 @@ pub struct BenchArgs {
     /// Divide every RAM size by this factor (for quick runs on small machines).
     #[arg(long, default_value_t = 1)]
     pub scale: u64,
-    /// Only run the named cases (a, b, c); all when absent.
+    /// Only run the named cases (a, b, c, d); all when absent.
     #[arg(long)]
     pub only: Vec<String>,
     /// Rounds of case (a); the median ratio is reported (the host's noise varies a lot).
@@ -304,6 +305,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if want("c") {
         case_c(scale, Some(256 * MIB))?;
         case_c(scale, None)?;
+    }
+    if want("d") {
+        crate::bench_kvm::case_d()?;
     }
     Ok(ExitCode::SUCCESS)
 }
