@@ -42,46 +42,11 @@ pub fn greeting() -> Value {
     json!({ "QMP": { "version": introspect::version_json(), "capabilities": [] } })
 }
 
-/// Serializes like QEMU: compact, with `", "` and `": "` separators.
+/// Serializes like QEMU: compact, with `", "` and `": "` separators and QEMU's string
+/// escaping — QMP and the migration stream's VMDESCRIPTION come from the same QEMU JSON writer,
+/// so they share one implementation.
 pub fn to_qmp_string(v: &Value) -> String {
-    use serde::Serialize as _;
-    let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, QemuFormatter);
-    // Serializing a Value into a Vec cannot fail.
-    let _ = v.serialize(&mut ser);
-    String::from_utf8(out).unwrap_or_default()
-}
-
-struct QemuFormatter;
-
-impl serde_json::ser::Formatter for QemuFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
-    }
-
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
-    }
-
-    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        w.write_all(b": ")
-    }
+    savevm::vmdesc::to_qemu_json(v)
 }
 
 /// A success reply.
