@@ -43,8 +43,9 @@ pub struct BenchArgs {
     pub repeat: usize,
 }
 
-struct Outcome {
-    info: MigrationInfo,
+/// A finished migration: the source's `query-migrate` and the wall-clock time.
+pub(crate) struct Outcome {
+    pub(crate) info: MigrationInfo,
     wall: Duration,
 }
 
@@ -76,7 +77,8 @@ fn fill_random(block: &RamBlock) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn migrate(src: &Arc<Machine>, dst: &Arc<Machine>) -> anyhow::Result<Outcome> {
+/// Migrates `src` into `dst` over loopback TCP and waits until both sides are done.
+pub(crate) fn migrate(src: &Arc<Machine>, dst: &Arc<Machine>) -> anyhow::Result<Outcome> {
     dst.migrate_incoming("tcp:127.0.0.1:0", &transport::NoFds)?;
     let uri = dst
         .incoming_uri()
@@ -112,12 +114,16 @@ fn machines(
     workload: Option<WorkloadConfig>,
     paused: bool,
 ) -> anyhow::Result<(Arc<Machine>, Arc<Machine>)> {
-    let cfg = MachineConfig {
+    machine_pair(MachineConfig {
         memory,
         workload,
         start_paused: paused,
         ..Default::default()
-    };
+    })
+}
+
+/// A source built from `cfg` and a destination with the same configuration, waiting for it.
+pub(crate) fn machine_pair(cfg: MachineConfig) -> anyhow::Result<(Arc<Machine>, Arc<Machine>)> {
     let src = Machine::new(cfg.clone())?;
     let dst = Machine::new(MachineConfig {
         incoming: true,

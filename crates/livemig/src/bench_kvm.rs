@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use monitor::QmpClient;
 use serde_json::{json, Value};
-use vmm::machine::{Accel, Machine, MachineConfig};
+use vmm::machine::{Accel, MachineConfig};
 use vmm::soft::WorkloadConfig;
+
+use crate::bench::{machine_pair, migrate};
 
 const MEMORY: &str = "256M";
 /// Guest parameters: fill 8 MiB, rewrite 1 MiB continuously.
@@ -105,9 +107,8 @@ fn qemu_side() -> anyhow::Result<Value> {
 }
 
 fn livemig_side() -> anyhow::Result<Value> {
-    let memory = 256 << 20;
-    let cfg = MachineConfig {
-        memory,
+    let (src, dst) = machine_pair(MachineConfig {
+        memory: 256 << 20,
         accel: Accel::Kvm,
         cmdline: Some(CMDLINE.into()),
         workload: Some(WorkloadConfig {
@@ -115,29 +116,12 @@ fn livemig_side() -> anyhow::Result<Value> {
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let src = Machine::new(cfg.clone())?;
-    let dst = Machine::new(MachineConfig {
-        incoming: true,
-        ..cfg
     })?;
     std::thread::sleep(Duration::from_secs(2));
-    dst.migrate_incoming("tcp:127.0.0.1:0", &transport::NoFds)?;
-    let uri = dst
-        .incoming_uri()
-        .context("destination did not report its address")?;
-    src.migrate(&uri, &transport::NoFds, None)?;
-    while src.migration().status().is_running() {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    dst.wait(true);
-    let info = src.migration().info().to_json();
+    let outcome = migrate(&src, &dst);
     src.shutdown();
     dst.shutdown();
-    if info["status"] != "completed" {
-        bail!("livemig migration {info}");
-    }
-    Ok(info)
+    Ok(outcome?.info.to_json())
 }
 
 /// Runs case (d), or says why it cannot.
