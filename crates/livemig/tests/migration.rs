@@ -188,11 +188,7 @@ fn bad_uri_and_unreachable_destination() {
     );
     assert_eq!(src.cmd("query-migrate", Value::Null)["status"], "failed");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_refusing, port) = transport::test_support::refusing_tcp_port().unwrap();
     src.cmd("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}));
     let info = src.wait_migration();
     assert_eq!(info["status"], "failed");

@@ -298,11 +298,7 @@ fn ram_size_mismatch_is_a_clear_error() {
 fn unreachable_destination_fails_and_source_keeps_running() {
     let src = side(8 * MIB, true);
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_refusing, port) = transport::test_support::refusing_tcp_port().unwrap();
     let h = outgoing::start(outgoing_job(&src, &format!("tcp:127.0.0.1:{port}")), &NoFds).unwrap();
     assert_eq!(wait_final(&src.state), MigrationStatus::Failed);
     h.join().unwrap();

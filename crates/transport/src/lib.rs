@@ -36,6 +36,8 @@ mod exec;
 mod fds;
 pub mod listen;
 pub mod shutdown;
+#[doc(hidden)]
+pub mod test_support;
 mod unix_bind;
 pub mod uri;
 

@@ -418,10 +418,7 @@ fn single_stream_listener_hands_out_one_channel() {
 
 #[test]
 fn connect_to_closed_port_names_the_uri() {
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let (_refusing, port) = transport::test_support::refusing_tcp_port().unwrap();
     let u = uri(&format!("tcp:127.0.0.1:{port}"));
     let err = connect(&u, &NoFds).unwrap_err();
     assert_eq!(
