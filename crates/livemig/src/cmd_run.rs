@@ -203,7 +203,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .migrate_incoming(uri, &transport::NoFds)
             .with_context(|| format!("cannot listen for an incoming migration on {uri}"))?;
         if let (Some(path), Some(real)) = (&args.incoming_uri_file, machine.incoming_uri()) {
-            std::fs::write(path, real)
+            // Written aside and renamed, so a reader never sees a half-written file.
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, real)
+                .and_then(|()| std::fs::rename(&tmp, path))
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }

@@ -93,7 +93,7 @@ impl Vm {
         let args = if args.is_null() { None } else { Some(args) };
         match self.qmp().execute(name, args) {
             Ok(v) => v,
-            Err(e) => panic!("{name} failed: {e}"),
+            Err(e) => panic!("{name} failed: {e}\nstderr of this VM:\n{}", self.stderr()),
         }
     }
 
