@@ -208,23 +208,19 @@ fn run(
         open_multifd_channels(job)?;
     }
     let (mut return_path, writer) = channel.into_split();
-    let slot = Arc::new(Mutex::new(Some(writer)));
-    let mut f = QemuFileWriter::with_capacity(Box::new(SlotWriter(slot.clone())), 1 << 20);
-
-    write_setup(job, registry, &caps, use_rp, &mut f)?;
-    let setup_ms = elapsed_ms(state);
-    state.lock().timings.setup_time = Some(setup_ms);
-    if !state.set_status(MigrationStatus::Setup, MigrationStatus::Active) {
-        return Err(MigrationError::Cancelled);
-    }
-    precopy(job, registry, &caps, &mut f)?;
-    let downtime_start = complete(job, registry, &caps, &mut f, stopped)?;
-    let sent = f.total_transferred();
-    drop(f);
-    let writer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(w) = writer {
-        w.finish()?;
-    }
+    let streamed = stream(job, registry, &caps, use_rp, writer, stopped);
+    let (downtime_start, setup_ms, sent) = match streamed {
+        Ok(t) => t,
+        // The destination may have said why on the return path before it went away: a failed
+        // load closes the connection, and that beats the broken pipe the source then sees.
+        Err(e @ (MigrationError::Stream(_) | MigrationError::Transport(_))) if use_rp => {
+            return Err(match await_shut(&mut return_path) {
+                Err(reported @ MigrationError::DestinationFailed(_)) => reported,
+                _ => e,
+            })
+        }
+        Err(e) => return Err(e),
+    };
     if use_rp {
         await_shut(&mut return_path)?;
     }
@@ -241,6 +237,36 @@ fn run(
     let transfer_ms = total.saturating_sub(setup_ms).max(1);
     s.timings.mbps = sent as f64 * 8.0 / transfer_ms as f64 / 1000.0;
     Ok(())
+}
+
+/// Everything the source writes: setup, pre-copy, switchover, then the end of the stream.
+/// Returns when the guest was stopped, the setup time and the bytes sent.
+fn stream(
+    job: &OutgoingJob,
+    registry: &mut Registry,
+    caps: &Capabilities,
+    use_rp: bool,
+    writer: ChannelWriter,
+    stopped: &mut Option<bool>,
+) -> Result<(Instant, u64, u64), MigrationError> {
+    let state = &job.state;
+    let slot = Arc::new(Mutex::new(Some(writer)));
+    let mut f = QemuFileWriter::with_capacity(Box::new(SlotWriter(slot.clone())), 1 << 20);
+    write_setup(job, registry, caps, use_rp, &mut f)?;
+    let setup_ms = elapsed_ms(state);
+    state.lock().timings.setup_time = Some(setup_ms);
+    if !state.set_status(MigrationStatus::Setup, MigrationStatus::Active) {
+        return Err(MigrationError::Cancelled);
+    }
+    precopy(job, registry, caps, &mut f)?;
+    let downtime_start = complete(job, registry, caps, &mut f, stopped)?;
+    let sent = f.total_transferred();
+    drop(f);
+    let writer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(w) = writer {
+        w.finish()?;
+    }
+    Ok((downtime_start, setup_ms, sent))
 }
 
 /// Header, configuration, the return-path request, and a START section per live handler.
