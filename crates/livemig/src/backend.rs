@@ -50,21 +50,14 @@ impl MonitorBackend for MachineBackend {
     }
 
     fn set_capabilities(&self, changes: &[(Capability, bool)]) -> Result<(), CommandError> {
-        let state = self.0.migration();
-        if state.status().is_running() {
-            return Err(CommandError::generic(
-                "There's a migration process in progress",
-            ));
-        }
-        state
-            .lock()
-            .caps
-            .apply(changes)
+        self.0
+            .migration()
+            .set_capabilities(changes)
             .map_err(|e| CommandError::generic(e.to_string()))
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.0.migration().lock().caps.clone()
+        self.0.migration().capabilities()
     }
 
     fn set_parameters(
@@ -73,14 +66,12 @@ impl MonitorBackend for MachineBackend {
     ) -> Result<(), CommandError> {
         self.0
             .migration()
-            .lock()
-            .params
-            .apply_json(args)
+            .update_parameters(|p| p.apply_json(args))
             .map_err(|e| CommandError::generic(e.to_string()))
     }
 
     fn parameters(&self) -> MigrationParameters {
-        self.0.migration().lock().params.clone()
+        self.0.migration().parameters()
     }
 
     fn run_state(&self) -> RunState {

@@ -95,15 +95,66 @@ pub enum MigrationError {
         /// Why.
         reason: String,
     },
-    /// The stream ended without EOF or had trailing structure errors.
-    #[error("{0}")]
-    Protocol(String),
+    /// The source asked for a return path over a transport that has no reverse direction.
+    #[error("the source asked for a return path, but this transport has none")]
+    NoReturnPathTransport,
+    /// The return-path capability needs a bidirectional (socket) transport.
+    #[error("the return-path capability needs a socket transport, not {0}")]
+    ReturnPathNeedsSocket(String),
+    /// A PING command arrived before the source opened the return path.
+    #[error("received PING but no return path is open")]
+    PingWithoutReturnPath,
+    /// A PING command whose value is not 4 bytes.
+    #[error("PING command without a 4-byte value")]
+    BadPing,
+    /// A migration command (QEMU_VM_COMMAND) livemig does not implement.
+    #[error("migration command {0} is not supported by livemig")]
+    UnsupportedCommand(u16),
+    /// The destination closed the return path before it reported how loading ended.
+    #[error("the destination closed the return path without reporting")]
+    ReturnPathClosed,
+    /// Multifd over a transport with a single connection (exec:, fd:, file:).
+    #[error("multifd is not supported by current protocol")]
+    MultifdTransport,
+    /// A multifd compression method livemig does not implement.
+    #[error("multifd compression '{0}' is not supported by livemig")]
+    MultifdCompression(String),
+    /// A multifd packet says it is compressed.
+    #[error("multifd compression is not supported")]
+    MultifdCompressedPacket,
+    /// A multifd channel's hello carries another VM's UUID.
+    #[error("multifd channel UUID does not match this VM")]
+    MultifdUuid,
+    /// Two multifd channels have the same id (QEMU's text).
+    #[error("received id '{0}' already setup")]
+    MultifdDuplicateChannel(usize),
+    /// A multifd channel id beyond `multifd-channels`.
+    #[error("multifd channel id {0} out of range")]
+    MultifdChannelRange(usize),
+    /// A multifd channel thread ended before its work was done.
+    #[error("a multifd channel thread ended early")]
+    MultifdThreadEnded,
+    /// `migrate -b`/`-i` options refused (QEMU's text).
+    #[error(transparent)]
+    BlockOptions(crate::block::BlockMigrationError),
+    /// Block migration failed on the source.
+    #[error("block migration failed")]
+    BlockSave(#[source] crate::block::BlockMigrationError),
+    /// Block migration failed on the destination.
+    #[error("block migration failed on the destination")]
+    BlockLoad(#[source] crate::block::BlockMigrationError),
     /// The destination reported on the return path that it could not load the stream.
     #[error("the destination failed to load the migration (return-path status {0})")]
     DestinationFailed(u32),
     /// Stopping or resuming the VM failed.
-    #[error("VM control failed: {0}")]
-    Vm(String),
+    #[error("VM control failed")]
+    Vm(#[from] crate::vm::VmError),
+    /// A migration or channel thread could not be started.
+    #[error("cannot start a migration thread")]
+    Spawn(#[source] std::io::Error),
+    /// The migration thread panicked (a bug); what it owned is lost.
+    #[error("the migration thread panicked")]
+    ThreadPanicked,
 }
 
 impl MigrationError {

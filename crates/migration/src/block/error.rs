@@ -38,14 +38,11 @@ impl BlockMigrationError {
 
     /// As a load error of the `block` section.
     pub(crate) fn on_load(self) -> MigrationError {
-        MigrationError::DeviceLoad {
-            idstr: super::IDSTR.into(),
-            reason: self.report(),
-        }
+        MigrationError::BlockLoad(self)
     }
 
     /// As a source-side error.
     pub(crate) fn on_save(self) -> MigrationError {
-        MigrationError::Protocol(format!("block migration failed: {}", self.report()))
+        MigrationError::BlockSave(self)
     }
 }
