@@ -1,0 +1,271 @@
+//! The checks every [`DeviceState`] must pass (STYLE practice 9, after crosvm's suspendable
+//! tests), stamped onto a type with [`device_state_conformance!`](crate::device_state_conformance):
+//!
+//! 1. [`check_round_trip`]: save → VMState bytes → load into a fresh instance → save again
+//!    gives the same bytes, and (unless the device only *checks* what it loads) the fresh
+//!    instance saved something else before;
+//! 2. [`check_truncated`]: every strict prefix of the body fails to load (an error, not a
+//!    panic), a value with no fields is refused by the device, and through the real loader
+//!    ([`migration::incoming::load_stream`]) a stream with a truncated section fails while the
+//!    whole one loads;
+//! 3. [`check_newer_version`]: a section whose version is newer than
+//!    `description().version_id` is refused, by the VMState loader and by the stream loader.
+//!
+//! The checks assume a description with at least one field (a device with nothing to
+//! migrate needs no section).
+
+use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use migration::incoming::{load_stream, ReturnPath};
+use migration::{MigrationError, Registry};
+use savevm::qemu_file::{memory_reader, memory_writer};
+use savevm::record::{self, Configuration, SectionHeader};
+use savevm::vmstate::{self, VmStateValue};
+
+pub use migration::DeviceState;
+
+/// Machine type of the streams built here.
+pub const MACHINE: &str = "testkit";
+
+/// Boxes a device (the form the conformance checks and the registry take).
+pub fn boxed(dev: impl DeviceState + 'static) -> Box<dyn DeviceState> {
+    Box::new(dev)
+}
+
+/// The VMState body `dev` saves now.
+pub fn save_bytes(dev: &dyn DeviceState) -> Vec<u8> {
+    let desc = dev.description();
+    let (mut w, buf) = memory_writer();
+    if let Err(e) = vmstate::save(&desc, &dev.save(), &mut w) {
+        panic!("{}: save failed: {e}", desc.name);
+    }
+    w.flush().expect("flush a memory writer");
+    buf.contents()
+}
+
+/// A whole migration stream (header, configuration, one FULL section of `idstr` instance 0
+/// with `version` and `body`, footer, EOF) for machine [`MACHINE`].
+pub fn device_stream(idstr: &str, version: u32, body: &[u8]) -> Vec<u8> {
+    let (mut w, buf) = memory_writer();
+    record::write_header(&mut w);
+    Configuration {
+        machine: MACHINE.into(),
+        ..Configuration::default()
+    }
+    .write_to(&mut w);
+    SectionHeader::Full {
+        section_id: 0,
+        idstr: idstr.into(),
+        instance_id: 0,
+        version_id: version,
+    }
+    .write_to(&mut w);
+    w.put_buffer(body);
+    record::write_footer(&mut w, 0);
+    record::write_eof(&mut w);
+    w.flush().expect("flush a memory writer");
+    buf.contents()
+}
+
+/// Runs [`load_stream`] on `stream` into a registry holding `dev` as `idstr` instance 0, and
+/// gives the device back.
+fn load_into(
+    dev: Box<dyn DeviceState>,
+    idstr: &str,
+    stream: Vec<u8>,
+) -> (Result<(), MigrationError>, Registry) {
+    let mut registry = Registry::new();
+    registry.register_device(idstr, Some(0), dev);
+    let r = load_stream(
+        Box::new(Cursor::new(stream)),
+        &mut registry,
+        MACHINE,
+        &mut ReturnPath::new(None),
+    );
+    (r, registry)
+}
+
+/// Check 1: save → load into `fresh` → save is byte-identical. With `load_applies`, `fresh`
+/// must save different bytes before the load (else the check would prove nothing); pass
+/// `false` for devices whose load only verifies local state (e.g. `ram-verify`).
+pub fn check_round_trip(
+    populated: &dyn DeviceState,
+    fresh: &mut dyn DeviceState,
+    load_applies: bool,
+) {
+    let desc = fresh.description();
+    let name = &desc.name;
+    assert_eq!(
+        populated.description().version_id,
+        desc.version_id,
+        "{name}: populated and fresh instances describe different versions"
+    );
+    let bytes = save_bytes(populated);
+    if load_applies {
+        assert_ne!(
+            save_bytes(fresh),
+            bytes,
+            "{name}: the fresh instance already saves the populated state"
+        );
+    }
+    let mut r = memory_reader(bytes.clone());
+    let value = vmstate::load(&desc, desc.version_id, &mut r)
+        .unwrap_or_else(|e| panic!("{name}: its own body does not load: {e}"));
+    assert_eq!(
+        r.bytes_read(),
+        bytes.len() as u64,
+        "{name}: loading stopped before the end of the body"
+    );
+    if let Err(e) = fresh.load(&value, desc.version_id) {
+        panic!("{name}: its own state is refused: {}", e.report());
+    }
+    assert_eq!(
+        save_bytes(fresh),
+        bytes,
+        "{name}: save → load → save differs"
+    );
+}
+
+/// At most this many cut points are tried per body (all of them for shorter bodies).
+const MAX_CUTS: usize = 4096;
+
+/// Check 2: truncated bodies are errors, not panics; see the [module docs](self).
+pub fn check_truncated(populated: &dyn DeviceState, fresh: Box<dyn DeviceState>) {
+    let desc = fresh.description();
+    let name = desc.name.clone();
+    let bytes = save_bytes(populated);
+    assert!(!bytes.is_empty(), "{name}: empty body");
+    let step = bytes.len().div_ceil(MAX_CUTS);
+    let cuts = (0..bytes.len()).step_by(step).chain([bytes.len() - 1]);
+    for cut in cuts {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            vmstate::load(
+                &desc,
+                desc.version_id,
+                &mut memory_reader(bytes[..cut].to_vec()),
+            )
+        }));
+        match r {
+            Err(_) => panic!("{name}: loading the body cut to {cut} bytes panicked"),
+            Ok(Ok(v)) => panic!("{name}: the body cut to {cut} bytes loaded as {v:?}"),
+            Ok(Err(_)) => {}
+        }
+    }
+    let mut fresh = fresh;
+    let empty = catch_unwind(AssertUnwindSafe(|| {
+        fresh.load(&VmStateValue::new(), desc.version_id)
+    }));
+    match empty {
+        Err(_) => panic!("{name}: loading a value without fields panicked"),
+        Ok(Ok(())) => panic!("{name}: a value without fields was accepted"),
+        Ok(Err(_)) => {}
+    }
+
+    let half = device_stream(&name, desc.version_id, &bytes[..bytes.len() / 2]);
+    let (r, mut registry) = load_into(fresh, &name, half);
+    assert!(r.is_err(), "{name}: a stream with half a section loaded");
+    let whole = device_stream(&name, desc.version_id, &bytes);
+    let r = load_stream(
+        Box::new(Cursor::new(whole)),
+        &mut registry,
+        MACHINE,
+        &mut ReturnPath::new(None),
+    );
+    if let Err(e) = r {
+        panic!("{name}: the whole section does not load: {}", e.report());
+    }
+}
+
+/// Check 3: a section version newer than `description().version_id` is refused.
+pub fn check_newer_version(populated: &dyn DeviceState, fresh: Box<dyn DeviceState>) {
+    let desc = fresh.description();
+    let name = desc.name.clone();
+    let bytes = save_bytes(populated);
+    let newer = desc.version_id + 1;
+    assert!(
+        matches!(
+            vmstate::load(&desc, newer, &mut memory_reader(bytes.clone())),
+            Err(savevm::Error::VersionTooNew { .. })
+        ),
+        "{name}: version {newer} loaded"
+    );
+    let (r, _) = load_into(fresh, &name, device_stream(&name, newer, &bytes));
+    match r {
+        Err(MigrationError::UnsupportedVersion { version, .. }) if version == newer => {}
+        Err(e) => panic!(
+            "{name}: version {newer} refused for the wrong reason: {}",
+            e.report()
+        ),
+        Ok(()) => panic!("{name}: a stream with version {newer} loaded"),
+    }
+}
+
+/// Stamps the [conformance checks](crate::conformance) onto a device type: a module `$name`
+/// with one `#[test]` per check. Each test evaluates the expressions anew:
+///
+/// * `requires` (optional): a `bool`; when false the test returns (print the SKIP line in it,
+///   e.g. [`require_kvm`](crate::require_kvm));
+/// * `populated`: a `Box<dyn DeviceState>` holding lived-in state;
+/// * `fresh`: a `Box<dyn DeviceState>` of the same type as a destination creates it;
+/// * `load_only_checks: true` (optional): load verifies instead of applying, so the fresh
+///   instance may save the same bytes before loading.
+///
+/// ```
+/// use migration::GlobalState;
+/// use testkit::conformance::boxed;
+///
+/// fn stored(runstate: &str) -> GlobalState {
+///     let g = GlobalState::new();
+///     g.store(runstate);
+///     g
+/// }
+///
+/// testkit::device_state_conformance!(globalstate {
+///     populated: boxed(stored("paused")),
+///     fresh: boxed(GlobalState::new()),
+/// });
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! device_state_conformance {
+    ($name:ident {
+        $(requires: $requires:expr,)?
+        populated: $populated:expr,
+        fresh: $fresh:expr
+        $(, load_only_checks: $checks:literal)?
+        $(,)?
+    }) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::conformance::DeviceState as _;
+
+            #[test]
+            fn save_load_save_is_identical() {
+                $(if !$requires { return; })?
+                let populated: ::std::boxed::Box<dyn $crate::conformance::DeviceState> =
+                    $populated;
+                let mut fresh: ::std::boxed::Box<dyn $crate::conformance::DeviceState> = $fresh;
+                let load_applies = true $(&& !$checks)?;
+                $crate::conformance::check_round_trip(&*populated, &mut *fresh, load_applies);
+            }
+
+            #[test]
+            fn truncated_body_is_an_error() {
+                $(if !$requires { return; })?
+                let populated: ::std::boxed::Box<dyn $crate::conformance::DeviceState> =
+                    $populated;
+                $crate::conformance::check_truncated(&*populated, $fresh);
+            }
+
+            #[test]
+            fn newer_version_is_rejected() {
+                $(if !$requires { return; })?
+                let populated: ::std::boxed::Box<dyn $crate::conformance::DeviceState> =
+                    $populated;
+                $crate::conformance::check_newer_version(&*populated, $fresh);
+            }
+        }
+    };
+}
