@@ -75,7 +75,9 @@ impl MigrationHandle {
     /// Waits for the end and takes back what the migration was given. Fails only if the
     /// migration thread panicked, and then the registry is lost.
     pub fn join(self) -> Result<Finished, MigrationError> {
-        self.thread.join().map_err(|_| MigrationError::ThreadPanicked)
+        self.thread
+            .join()
+            .map_err(|_| MigrationError::ThreadPanicked)
     }
 }
 
@@ -88,10 +90,14 @@ pub(crate) fn spawn(
 ) -> Result<MigrationHandle, Rejected> {
     // The registry travels through a one-shot channel so a failed spawn can return it.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Registry>(1);
-    let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
-        let registry = rx.recv().expect("the registry is sent right after the spawn");
-        body(registry)
-    });
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let registry = rx
+                .recv()
+                .expect("the registry is sent right after the spawn");
+            body(registry)
+        });
     match spawned {
         Ok(thread) => {
             if let Err(e) = tx.send(registry) {

@@ -223,7 +223,11 @@ fn ram_stats(r: &RamCounters, completed: bool, mbps: f64, pages_per_second: u64)
 
 fn xbzrle_stats(r: &RamCounters) -> XbzrleCacheStats {
     let g = RamCounters::get;
-    let (pages, miss, bytes) = (g(&r.xbzrle_pages), g(&r.xbzrle_cache_miss), g(&r.xbzrle_bytes));
+    let (pages, miss, bytes) = (
+        g(&r.xbzrle_pages),
+        g(&r.xbzrle_cache_miss),
+        g(&r.xbzrle_bytes),
+    );
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     XbzrleCacheStats {
         cache_size: g(&r.xbzrle_cache_size),

@@ -31,11 +31,7 @@ pub struct OutgoingSession {
 impl OutgoingSession {
     /// A session over `runtime`; `MIGRATION_PASS` goes to `events` with the `events`
     /// capability; `multifd` are the extra channels already connected.
-    pub fn new(
-        runtime: Arc<Runtime>,
-        events: Arc<EventBus>,
-        multifd: Vec<ChannelWriter>,
-    ) -> Self {
+    pub fn new(runtime: Arc<Runtime>, events: Arc<EventBus>, multifd: Vec<ChannelWriter>) -> Self {
         let events = runtime.settings().has(Capability::Events).then_some(events);
         Self {
             runtime,
@@ -88,6 +84,12 @@ impl IncomingSession {
     /// A session over `runtime` with the multifd channels already accepted.
     pub fn new(runtime: Arc<Runtime>, multifd: Vec<ChannelReader>) -> Self {
         Self { runtime, multifd }
+    }
+
+    /// A session for loading one stream outside a migration thread (a file, a fuzzer, a
+    /// test): default settings, no multifd channels.
+    pub fn standalone() -> Self {
+        Self::new(Arc::new(Runtime::new(Settings::default())), Vec::new())
     }
 
     /// The settings of this migration.

@@ -139,4 +139,3 @@ fn load_section(
     record::read_footer(f, id)?;
     Ok(())
 }
-

@@ -78,37 +78,42 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
     );
     let state = state.clone();
     let thread_runtime = runtime.clone();
-    let spawned = handle::spawn("incoming", runtime.clone(), registry, move |mut registry| {
-        let job = Job {
-            runtime: thread_runtime,
-            machine,
-            vm,
-            global_state,
-            autostart,
-            state,
-        };
-        let result = job.accept_and_load(&listener, &mut registry);
-        for e in registry.entries_mut() {
-            if let EntryKind::Live(h) = &mut e.kind {
-                h.load_cleanup(result.is_err());
+    let spawned = handle::spawn(
+        "incoming",
+        runtime.clone(),
+        registry,
+        move |mut registry| {
+            let job = Job {
+                runtime: thread_runtime,
+                machine,
+                vm,
+                global_state,
+                autostart,
+                state,
+            };
+            let result = job.accept_and_load(&listener, &mut registry);
+            for e in registry.entries_mut() {
+                if let EntryKind::Live(h) = &mut e.kind {
+                    h.load_cleanup(result.is_err());
+                }
             }
-        }
-        job.state.end_incoming();
-        match &result {
-            Ok(()) => {
-                job.state
-                    .set_status(MigrationStatus::Active, MigrationStatus::Completed);
+            job.state.end_incoming();
+            match &result {
+                Ok(()) => {
+                    job.state
+                        .set_status(MigrationStatus::Active, MigrationStatus::Completed);
+                }
+                Err(_) if job.runtime.cancel_token().is_cancelled() => {
+                    job.state.set_status_from_any(MigrationStatus::Cancelled);
+                }
+                Err(e) => job.state.fail(e),
             }
-            Err(_) if job.runtime.cancel_token().is_cancelled() => {
-                job.state.set_status_from_any(MigrationStatus::Cancelled);
+            if let Some(f) = on_finished {
+                f();
             }
-            Err(e) => job.state.fail(e),
-        }
-        if let Some(f) = on_finished {
-            f();
-        }
-        Finished { registry, result }
-    });
+            Finished { registry, result }
+        },
+    );
     spawned.inspect_err(|r| {
         state_after_reject(&r.error, &runtime);
     })

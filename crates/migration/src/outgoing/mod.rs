@@ -211,7 +211,8 @@ fn run(
     } else {
         Vec::new()
     };
-    let mut session = OutgoingSession::new(job.runtime.clone(), job.state.events().clone(), multifd);
+    let mut session =
+        OutgoingSession::new(job.runtime.clone(), job.state.events().clone(), multifd);
     let (mut return_path, writer) = channel.into_split();
     let streamed = switchover::stream(job, registry, &mut session, use_rp, writer, stopped);
     let sent = match streamed {

@@ -23,8 +23,8 @@ use migration::block::BlockMigrationOptions;
 use migration::incoming::Incoming;
 use migration::outgoing::Outgoing;
 use migration::{
-    Event, EventBus, GlobalState, MigrationError, MigrationHandle, MigrationState,
-    MigrationStatus, Registry, Rejected, RunState, VmControl,
+    Event, EventBus, GlobalState, MigrationError, MigrationHandle, MigrationState, MigrationStatus,
+    Registry, Rejected, RunState, VmControl,
 };
 use transport::{FdSource, MigrationUri};
 

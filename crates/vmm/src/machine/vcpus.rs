@@ -93,9 +93,8 @@ impl Vcpus {
                 .enumerate()
                 .map(|(i, s)| s.unwrap_or_else(|| self.initial_state(i)))
                 .collect();
-            let g =
-                SoftGuest::start_from(self.ram.clone(), cfg, states)
-                    .map_err(|e| VmError::Start(Box::new(e)))?;
+            let g = SoftGuest::start_from(self.ram.clone(), cfg, states)
+                .map_err(|e| VmError::Start(Box::new(e)))?;
             *threads = Threads::Started(g);
         }
         Ok(())
