@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::info::DiskStats;
+use serde::Serialize;
 
 /// RAM counters of one migration.
 #[derive(Debug, Default)]
@@ -145,4 +145,15 @@ impl Timings {
     pub fn elapsed_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
+}
+
+/// Block migration progress (`disk` member).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiskStats {
+    /// Bytes of disk data sent.
+    pub transferred: u64,
+    /// Bytes still to send.
+    pub remaining: u64,
+    /// Total size of the migrated disks.
+    pub total: u64,
 }

@@ -136,13 +136,13 @@ pub enum MigrationError {
     MultifdThreadEnded,
     /// `migrate -b`/`-i` options refused (QEMU's text).
     #[error(transparent)]
-    BlockOptions(crate::block::BlockMigrationError),
+    BlockOptions(crate::block::error::BlockMigrationError),
     /// Block migration failed on the source.
     #[error("block migration failed")]
-    BlockSave(#[source] crate::block::BlockMigrationError),
+    BlockSave(#[source] crate::block::error::BlockMigrationError),
     /// Block migration failed on the destination.
     #[error("block migration failed on the destination")]
-    BlockLoad(#[source] crate::block::BlockMigrationError),
+    BlockLoad(#[source] crate::block::error::BlockMigrationError),
     /// The destination reported on the return path that it could not load the stream.
     #[error("the destination failed to load the migration (return-path status {0})")]
     DestinationFailed(u32),
@@ -160,18 +160,6 @@ pub enum MigrationError {
 impl MigrationError {
     /// The full message with its chain of causes, as shown to operators.
     pub fn report(&self) -> String {
-        error_report(self)
+        crate::report::error_report(self)
     }
-}
-
-/// `e`'s message followed by each of its causes (`a: b: c`), for operators and logs.
-pub fn error_report(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }

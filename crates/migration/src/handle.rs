@@ -87,7 +87,7 @@ pub(crate) fn spawn(
     runtime: Arc<Runtime>,
     registry: Registry,
     body: impl FnOnce(Registry) -> Finished + Send + 'static,
-) -> Result<MigrationHandle, Rejected> {
+) -> Result<MigrationHandle, Box<Rejected>> {
     // The registry travels through a one-shot channel so a failed spawn can return it.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Registry>(1);
     let spawned = std::thread::Builder::new()
@@ -102,16 +102,16 @@ pub(crate) fn spawn(
         Ok(thread) => {
             if let Err(e) = tx.send(registry) {
                 // Unreachable: the thread holds the receiver until it got the registry.
-                return Err(Rejected {
+                return Err(Box::new(Rejected {
                     registry: e.0,
                     error: MigrationError::ThreadPanicked,
-                });
+                }));
             }
             Ok(MigrationHandle::new(thread, runtime))
         }
-        Err(e) => Err(Rejected {
+        Err(e) => Err(Box::new(Rejected {
             registry,
             error: MigrationError::Spawn(e),
-        }),
+        })),
     }
 }

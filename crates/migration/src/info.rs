@@ -70,16 +70,7 @@ pub struct XbzrleCacheStats {
     pub overflow: u64,
 }
 
-/// Block migration progress (`disk` member).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DiskStats {
-    /// Bytes of disk data sent.
-    pub transferred: u64,
-    /// Bytes still to send.
-    pub remaining: u64,
-    /// Total size of the migrated disks.
-    pub total: u64,
-}
+pub use crate::counters::DiskStats;
 
 /// The reply of `query-migrate`; members are present only when QEMU would show them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

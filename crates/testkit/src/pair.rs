@@ -131,7 +131,7 @@ impl<V: VmControl + 'static> Side<V> {
 
     fn started(
         &self,
-        r: Result<MigrationHandle, migration::Rejected>,
+        r: Result<MigrationHandle, Box<migration::Rejected>>,
     ) -> Result<(), MigrationError> {
         let mut home = lock(&self.home);
         match r {

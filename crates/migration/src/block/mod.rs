@@ -40,7 +40,7 @@
 //! as section id 0 (see QEMU's PART lookup); a failed load discards the staged images through
 //! [`LiveHandler::load_cleanup`]. A VM's disk writers must pause with its vCPUs.
 
-mod error;
+pub(crate) mod error;
 mod load;
 mod save;
 
@@ -145,7 +145,7 @@ impl LiveHandler for BlockHandler {
         _s: &mut OutgoingSession,
     ) -> Result<bool, MigrationError> {
         match self.saver.as_mut() {
-            Some(s) => s.iterate(f).map_err(BlockMigrationError::on_save)?,
+            Some(s) => s.iterate(f).map_err(MigrationError::BlockSave)?,
             None => savevm::block::write_eos(f),
         }
         if let Some(e) = f.error() {
@@ -162,7 +162,7 @@ impl LiveHandler for BlockHandler {
         _s: &mut OutgoingSession,
     ) -> Result<(), MigrationError> {
         match self.saver.as_mut() {
-            Some(s) => s.complete(f).map_err(BlockMigrationError::on_save)?,
+            Some(s) => s.complete(f).map_err(MigrationError::BlockSave)?,
             None => {
                 savevm::block::write_progress(f, 100);
                 savevm::block::write_eos(f);
@@ -181,7 +181,7 @@ impl LiveHandler for BlockHandler {
     }
 
     fn load_setup(&mut self, _s: &mut IncomingSession) -> Result<(), MigrationError> {
-        self.loader.setup().map_err(BlockMigrationError::on_load)
+        self.loader.setup().map_err(MigrationError::BlockLoad)
     }
 
     fn load(
@@ -201,7 +201,7 @@ impl LiveHandler for BlockHandler {
     }
 
     fn load_complete(&mut self, _s: &mut IncomingSession) -> Result<(), MigrationError> {
-        self.loader.commit().map_err(BlockMigrationError::on_load)
+        self.loader.commit().map_err(MigrationError::BlockLoad)
     }
 
     fn load_cleanup(&mut self, failed: bool) {

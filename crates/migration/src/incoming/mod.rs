@@ -56,7 +56,7 @@ pub struct Incoming {
 /// Starts listening for an incoming migration: status `setup` (with the listening addresses in
 /// `query-migrate`), then a thread accepts, loads and starts the guest. The settings
 /// (capabilities, parameters) are read when the source connects, as QEMU does.
-pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHandle, Rejected> {
+pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHandle, Box<Rejected>> {
     let Incoming {
         listener,
         machine,
@@ -69,7 +69,7 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
     let runtime = Arc::new(Runtime::new(state.settings()));
     let addr = listener.socket_address().map(|a| vec![a.to_qmp()]);
     if let Err(error) = state.begin_incoming(addr, runtime.clone()) {
-        return Err(Rejected { registry, error });
+        return Err(Box::new(Rejected { registry, error }));
     }
     runtime.cancel_token().register(listener.shutdown_handle());
     tracing::info!(

@@ -78,7 +78,7 @@ pub fn start(
     job: Outgoing,
     state: &Arc<MigrationState>,
     fds: &dyn FdSource,
-) -> Result<MigrationHandle, Rejected> {
+) -> Result<MigrationHandle, Box<Rejected>> {
     let Outgoing {
         uri,
         machine,
@@ -88,7 +88,7 @@ pub fn start(
         block,
         on_finished,
     } = job;
-    let reject = |registry, error| Err(Rejected { registry, error });
+    let reject = |registry, error| Err(Box::new(Rejected { registry, error }));
     let settings = match block {
         Some(b) => match state.apply_block_options(b) {
             Ok(s) => s,

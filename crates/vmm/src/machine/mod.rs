@@ -265,7 +265,7 @@ impl Machine {
                 *home = Home::Outgoing(h);
                 Ok(())
             }
-            Err(r) => Err(self.rejected(&mut home, r)),
+            Err(r) => Err(self.rejected(&mut home, *r)),
         }
     }
 
@@ -314,7 +314,7 @@ impl Machine {
                 *lock(&self.incoming_uri) = Some(local);
                 Ok(())
             }
-            Err(r) => Err(self.rejected(&mut home, r)),
+            Err(r) => Err(self.rejected(&mut home, *r)),
         }
     }
 
