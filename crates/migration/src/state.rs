@@ -201,10 +201,9 @@ impl MigrationState {
         self.lock().socket_address = None;
     }
 
-    /// Records `e` and moves to `failed`.
+    /// Records `e` and moves to `failed` (the caller logs it in its side's words).
     pub(crate) fn fail(&self, e: &MigrationError) {
         let msg = e.report();
-        tracing::error!("migration failed: {msg}");
         self.lock().error = Some(msg);
         self.set_status_from_any(MigrationStatus::Failed);
     }

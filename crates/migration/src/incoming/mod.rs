@@ -106,7 +106,11 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
                 Err(_) if job.runtime.cancel_token().is_cancelled() => {
                     job.state.set_status_from_any(MigrationStatus::Cancelled);
                 }
-                Err(e) => job.state.fail(e),
+                Err(e) => {
+                    // QEMU's words on the destination.
+                    tracing::error!("load of migration failed: {}", e.report());
+                    job.state.fail(e);
+                }
             }
             if let Some(f) = on_finished {
                 f();

@@ -117,6 +117,7 @@ pub fn start(
         if block.is_some() {
             state.clear_block_options();
         }
+        tracing::error!("migration failed: {}", e.report());
         state.fail(e);
     };
     // fd: is resolved here; sockets and commands are opened by the migration thread.
@@ -182,7 +183,10 @@ impl Job {
                     state.set_status_from_any(MigrationStatus::Cancelled);
                 }
             }
-            Err(e) => state.fail(e),
+            Err(e) => {
+                tracing::error!("migration failed: {}", e.report());
+                state.fail(e);
+            }
         }
     }
 }
