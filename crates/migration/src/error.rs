@@ -149,6 +149,14 @@ pub enum MigrationError {
     /// Stopping or resuming the VM failed.
     #[error("VM control failed")]
     Vm(#[from] crate::vm::VmError),
+    /// Memory sized by a parameter or a peer could not be allocated; nothing was aborted.
+    #[error("cannot allocate {bytes} bytes for {what}")]
+    OutOfMemory {
+        /// What the memory was for.
+        what: &'static str,
+        /// How much was asked for.
+        bytes: u64,
+    },
     /// A migration or channel thread could not be started.
     #[error("cannot start a migration thread")]
     Spawn(#[source] std::io::Error),

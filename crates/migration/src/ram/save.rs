@@ -120,7 +120,7 @@ impl RamSaver {
         self.dirty_rate_high_cnt = 0;
         self.throttle_percent = 0;
         self.xfer_prev = 0;
-        self.xbzrle = xbzrle_cache.map(XbzrleCache::new);
+        self.xbzrle = xbzrle_cache.map(XbzrleCache::new).transpose()?;
         self.xbzrle_active = false;
         let writers = s.take_multifd_channels();
         self.multifd = if writers.is_empty() {

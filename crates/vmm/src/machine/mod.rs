@@ -188,18 +188,23 @@ impl Machine {
         self.control.run_state()
     }
 
+    /// True while the migration holding the registry has not published its final status.
+    /// Once it has, its thread is about to return the registry and joining it is immediate.
+    fn busy(&self, h: &MigrationHandle) -> bool {
+        !h.is_finished() && self.state.status().is_running()
+    }
+
     /// Takes the registry back from a finished migration (recording an incoming migration's
     /// outcome); `InProgress` while one runs.
     fn reclaim(&self, home: &mut Home) -> Result<Registry, MachineError> {
         match std::mem::replace(home, Home::Lost) {
             Home::Idle(r) => Ok(r),
-            Home::Outgoing(h) | Home::Incoming(h) if !h.is_finished() => {
-                let busy = if self.incoming_result().is_none() && self.state.is_incoming() {
-                    Home::Incoming(h)
-                } else {
-                    Home::Outgoing(h)
-                };
-                *home = busy;
+            Home::Outgoing(h) if self.busy(&h) => {
+                *home = Home::Outgoing(h);
+                Err(MachineError::InProgress)
+            }
+            Home::Incoming(h) if self.busy(&h) && !lock(&self.waiters.flags).1 => {
+                *home = Home::Incoming(h);
                 Err(MachineError::InProgress)
             }
             Home::Outgoing(h) => Ok(h.join()?.registry),
@@ -329,7 +334,8 @@ impl Machine {
             return Some(r);
         }
         let mut home = lock(&self.home);
-        if matches!(&*home, Home::Incoming(h) if h.is_finished()) {
+        let done = lock(&self.waiters.flags).1;
+        if matches!(&*home, Home::Incoming(h) if done || h.is_finished()) {
             match self.reclaim(&mut home) {
                 Ok(registry) => *home = Home::Idle(registry),
                 Err(e) => tracing::error!("{}", migration::error_report(&e)),
