@@ -185,6 +185,13 @@ impl Input {
     }
 }
 
+/// Serializes like QEMU: compact, with `", "` and `": "` separators and QEMU's string
+/// escaping — QMP and the migration stream's VMDESCRIPTION come from the same QEMU JSON writer,
+/// so they share one implementation.
+pub fn to_qmp_string(v: &serde_json::Value) -> String {
+    savevm::vmdesc::to_qemu_json(v)
+}
+
 /// The write side of a connection, shared by the client thread and the event pump.
 pub struct SharedWriter {
     out: Mutex<Box<dyn Write + Send>>,
@@ -226,7 +233,7 @@ impl SharedWriter {
 
     /// Writes one JSON object as a QMP line (QEMU's `", "` / `": "` separators + `\r\n`).
     pub fn write_json(&self, v: &serde_json::Value) -> io::Result<()> {
-        let mut line = crate::qmp::to_qmp_string(v);
+        let mut line = to_qmp_string(v);
         line.push_str("\r\n");
         self.write_raw(&line)
     }
