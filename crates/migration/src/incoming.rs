@@ -245,10 +245,7 @@ fn accept_and_load(job: &IncomingJob, registry: &mut Registry) -> Result<(), Mig
     let channel = job.listener.accept_next()?;
     let (multifd, n) = {
         let s = job.state.lock();
-        (
-            s.caps.get(Capability::Multifd),
-            s.params.int("multifd-channels"),
-        )
+        (s.caps.get(Capability::Multifd), s.params.multifd_channels)
     };
     if multifd {
         // QEMU 7.2: the first connection is the main stream, then one per multifd channel.

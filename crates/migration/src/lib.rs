@@ -36,7 +36,9 @@ pub use events::{Event, EventBus, TimedEvent};
 pub use global_state::GlobalState;
 pub use handler::{DeviceState, LiveHandler};
 pub use info::{DiskStats, MigrationInfo, RamStats, XbzrleCacheStats};
-pub use params::{MigrationParameters, ParamError, ParamKind};
+pub use params::{
+    MigrationParameters, MultifdCompression, ParamError, ParamKind, ParamLimits, ParameterUpdate,
+};
 pub use registry::Registry;
 pub use state::MigrationState;
 pub use status::{MigrationStatus, RunState};

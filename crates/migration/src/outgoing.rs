@@ -29,7 +29,7 @@ use crate::capabilities::{Capabilities, Capability};
 use crate::convergence::{self, ConvergenceInput, Decision, WINDOW};
 use crate::error::MigrationError;
 use crate::global_state::GlobalState;
-use crate::params::ParamValue;
+use crate::params::MultifdCompression;
 use crate::registry::{EntryKind, Registry};
 use crate::state::MigrationState;
 use crate::status::{MigrationStatus, RunState};
@@ -496,13 +496,9 @@ fn open_multifd_channels(job: &OutgoingJob) -> Result<(), MigrationError> {
     }
     let (n, compression) = {
         let s = job.state.lock();
-        let compression = match s.params.get("multifd-compression") {
-            Some(ParamValue::Str(c)) => c.clone(),
-            _ => String::new(),
-        };
-        (s.params.int("multifd-channels"), compression)
+        (s.params.multifd_channels, s.params.multifd_compression)
     };
-    if compression != "none" {
+    if compression != MultifdCompression::None {
         return Err(MigrationError::Protocol(format!(
             "multifd compression '{compression}' is not supported by livemig"
         )));

@@ -280,9 +280,7 @@ fn incoming_thread(dst: &Side) -> (String, thread::JoinHandle<Result<(), Migrati
 fn migrate(src: &Side, dst: &Side, incremental: bool) -> Result<(), MigrationError> {
     // A limited bandwidth makes the migration last long enough for the guest to write during
     // the bulk and dirty phases.
-    let mut args = serde_json::Map::new();
-    args.insert("max-bandwidth".into(), Value::from(48 * MIB));
-    src.state.lock().params.apply_json(&args).unwrap();
+    src.state.lock().params.max_bandwidth = 48 * MIB;
     BlockMigrationOptions { incremental }
         .apply(&src.state)
         .unwrap();
@@ -308,10 +306,7 @@ fn migrate(src: &Side, dst: &Side, incremental: bool) -> Result<(), MigrationErr
     // migrate -b/-i options last for one migration only.
     let s = src.state.lock();
     assert!(!s.caps.get(Capability::Block));
-    assert_eq!(
-        s.params.get("block-incremental"),
-        Some(&migration::params::ParamValue::Bool(false))
-    );
+    assert!(!s.params.block_incremental);
     drop(s);
     loaded
 }

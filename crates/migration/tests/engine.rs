@@ -207,11 +207,9 @@ fn incoming_thread(
 }
 
 fn enable_verify(s: &Side) {
-    s.state
-        .lock()
-        .caps
-        .apply(&[(Capability::RamVerify, true), (Capability::Events, true)])
-        .unwrap();
+    let mut st = s.state.lock();
+    st.caps.set(Capability::RamVerify, true);
+    st.caps.set(Capability::Events, true);
 }
 
 #[test]
@@ -319,15 +317,7 @@ fn cancel_mid_migration_then_retry_succeeds() {
     let src = side(64 * MIB, true);
     fill(&src.ram, 64 * MIB, 3);
     enable_verify(&src);
-    src.state
-        .lock()
-        .params
-        .apply_json(
-            serde_json::json!({"max-bandwidth": 20 * MIB})
-                .as_object()
-                .unwrap(),
-        )
-        .unwrap();
+    src.state.lock().params.max_bandwidth = 20 * MIB;
     let dst1 = side(64 * MIB, false);
     let (uri1, dh1) = incoming_thread(&dst1, "tcp:127.0.0.1:0");
     let job = outgoing_job(&src, &uri1);
@@ -352,11 +342,7 @@ fn cancel_mid_migration_then_retry_succeeds() {
     );
 
     // Retry to a fresh destination, unlimited bandwidth.
-    src.state
-        .lock()
-        .params
-        .apply_json(serde_json::json!({"max-bandwidth": 0}).as_object().unwrap())
-        .unwrap();
+    src.state.lock().params.max_bandwidth = 0;
     let dst2 = side(64 * MIB, false);
     let (uri2, dh2) = incoming_thread(&dst2, "tcp:127.0.0.1:0");
     let h = outgoing::start(outgoing_job(&src, &uri2), &NoFds).unwrap();

@@ -418,8 +418,7 @@ fn listen(dst: &Side) -> (String, thread::JoinHandle<Result<(), MigrationError>>
 /// Boots the source and lets it count a little.
 fn running_source() -> Side {
     let src = side(SerialSink::Buffer);
-    let caps = [(Capability::RamVerify, true)];
-    src.state.lock().caps.apply(&caps).unwrap();
+    src.state.lock().caps.set(Capability::RamVerify, true);
     src.vm.boot().unwrap();
     src.vm.vm_start().unwrap();
     wait_for(

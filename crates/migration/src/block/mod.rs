@@ -61,12 +61,10 @@ use std::sync::Arc;
 
 use block::Disk;
 use savevm::qemu_file::{QemuFileReader, QemuFileWriter};
-use serde_json::{Map, Value};
 
 use crate::capabilities::{Capabilities, Capability};
 use crate::error::MigrationError;
 use crate::handler::LiveHandler;
-use crate::params::ParamValue;
 use crate::state::MigrationState;
 
 pub use error::BlockMigrationError;
@@ -110,10 +108,7 @@ impl BlockHandler {
     }
 
     fn incremental(&self) -> bool {
-        matches!(
-            self.state.lock().params.get("block-incremental"),
-            Some(ParamValue::Bool(true))
-        )
+        self.state.lock().params.block_incremental
     }
 }
 
@@ -233,26 +228,14 @@ impl BlockMigrationOptions {
     /// fails, call [`clear_block_options`].
     pub fn apply(self, state: &MigrationState) -> Result<(), BlockMigrationError> {
         let mut s = state.lock();
-        let inc_on = matches!(
-            s.params.get("block-incremental"),
-            Some(ParamValue::Bool(true))
-        );
-        if s.caps.get(Capability::Block) || inc_on {
+        if s.caps.get(Capability::Block) || s.params.block_incremental {
             return Err(BlockMigrationError::IncompatibleOptions);
         }
-        if self.incremental {
-            let mut args = Map::new();
-            args.insert("block-incremental".into(), Value::Bool(true));
-            s.params
-                .apply_json(&args)
-                .map_err(|e| BlockMigrationError::Enable(e.to_string()))?;
-        }
-        if let Err(e) = s.caps.apply(&[(Capability::Block, true)]) {
-            let mut args = Map::new();
-            args.insert("block-incremental".into(), Value::Bool(false));
-            let _ = s.params.apply_json(&args);
-            return Err(BlockMigrationError::Enable(e.to_string()));
-        }
+        let s = &mut *s;
+        s.caps
+            .apply(&[(Capability::Block, true)], &s.params)
+            .map_err(|e| BlockMigrationError::Enable(e.to_string()))?;
+        s.params.block_incremental = self.incremental;
         state
             .disk
             .remove_block_options
@@ -269,12 +252,8 @@ pub fn clear_block_options(state: &MigrationState) {
         .remove_block_options
         .store(false, Ordering::SeqCst);
     let mut s = state.lock();
-    let _ = s.caps.apply(&[(Capability::Block, false)]);
-    let mut args = Map::new();
-    args.insert("block-incremental".into(), Value::Bool(false));
-    if let Err(e) = s.params.apply_json(&args) {
-        tracing::error!("cannot clear block-incremental: {e}");
-    }
+    s.caps.set(Capability::Block, false);
+    s.params.block_incremental = false;
 }
 
 /// Discards what a failed incoming migration wrote: every drive's staging copy is deleted and

@@ -23,8 +23,8 @@ use migration::block::{abort_incoming, clear_block_options, BlockMigrationOption
 use migration::incoming::IncomingJob;
 use migration::outgoing::{OutgoingJob, RegistrySlot};
 use migration::{
-    Event, EventBus, GlobalState, MigrationError, MigrationState, MigrationStatus, RunState,
-    VmControl,
+    Capability, CapabilityError, Event, EventBus, GlobalState, MigrationError, MigrationState,
+    MigrationStatus, ParamError, ParameterUpdate, RunState, VmControl,
 };
 use transport::{FdSource, MigrationUri, ShutdownHandle};
 
@@ -218,6 +218,25 @@ impl Machine {
         self.reap_threads();
         lock(&self.threads).push(h);
         Ok(())
+    }
+
+    /// `migrate-set-capabilities`: refused while a migration runs; otherwise the merged set
+    /// is checked against the current parameters and applied all or nothing.
+    pub fn set_capabilities(&self, changes: &[(Capability, bool)]) -> Result<(), CapabilityError> {
+        if self.state.status().is_running() {
+            return Err(CapabilityError::MigrationRunning);
+        }
+        let mut s = self.state.lock();
+        let s = &mut *s;
+        s.caps.apply(changes, &s.params)
+    }
+
+    /// `migrate-set-parameters`: the merged set is checked against this VM (its RAM size
+    /// bounds `xbzrle-cache-size`) and the capabilities, then applied all or nothing.
+    pub fn set_parameters(&self, update: &ParameterUpdate) -> Result<(), ParamError> {
+        let mut s = self.state.lock();
+        let limits = s.caps.param_limits(Some(self.ram.total_size()));
+        s.params.apply(update, &limits)
     }
 
     /// `migrate_cancel`: always succeeds.
