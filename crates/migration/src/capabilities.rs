@@ -216,7 +216,7 @@ const BACKGROUND_SNAPSHOT_EXCLUDES: [Capability; 15] = [
 ];
 
 /// The set of enabled capabilities (a bitset; all off by default).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Capabilities {
     bits: u32,
 }
@@ -249,7 +249,7 @@ impl Capabilities {
         changes: &[(Capability, bool)],
         params: &MigrationParameters,
     ) -> Result<(), CapabilityError> {
-        let mut next = *self;
+        let mut next = self.clone();
         for &(cap, on) in changes {
             next.set(cap, on);
         }
@@ -420,11 +420,15 @@ mod tests {
         );
         check(&[C::ZeroCopySend, C::Multifd]).unwrap();
         let caps = set(&[C::ZeroCopySend, C::Multifd]);
-        let mut p = MigrationParameters::default();
-        p.multifd_compression = MultifdCompression::Zstd;
+        let p = MigrationParameters {
+            multifd_compression: MultifdCompression::Zstd,
+            ..Default::default()
+        };
         assert_eq!(caps.check(&p), Err(CapabilityError::ZeroCopy));
-        p = MigrationParameters::default();
-        p.tls_creds = "tls0".into();
+        let p = MigrationParameters {
+            tls_creds: "tls0".into(),
+            ..Default::default()
+        };
         assert_eq!(caps.check(&p), Err(CapabilityError::ZeroCopy));
     }
 }

@@ -300,8 +300,10 @@ mod tests {
     fn update_round_trips_every_default() {
         let p = MigrationParameters::default();
         let u = ParameterUpdate::from_json(p.to_json().as_object().unwrap()).unwrap();
-        let mut q = MigrationParameters::default();
-        q.max_bandwidth = 5;
+        let mut q = MigrationParameters {
+            max_bandwidth: 5,
+            ..Default::default()
+        };
         q.apply(&u, &ParamLimits::default()).unwrap();
         assert_eq!(q, p);
     }
