@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use migration::block::BlockMigrationOptions;
-use migration::{Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, RunState};
+use migration::{
+    Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, ParameterUpdate,
+    RunState,
+};
 use monitor::{CommandError, MigrateOptions, MonitorBackend};
 use vmm::machine::{Machine, MachineError};
 
@@ -50,24 +53,15 @@ impl MonitorBackend for MachineBackend {
     }
 
     fn set_capabilities(&self, changes: &[(Capability, bool)]) -> Result<(), CommandError> {
-        self.0
-            .migration()
-            .set_capabilities(changes)
-            .map_err(|e| CommandError::generic(e.to_string()))
+        Ok(self.0.set_capabilities(changes)?)
     }
 
     fn capabilities(&self) -> Capabilities {
         self.0.migration().capabilities()
     }
 
-    fn set_parameters(
-        &self,
-        args: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), CommandError> {
-        self.0
-            .migration()
-            .update_parameters(|p| p.apply_json(args))
-            .map_err(|e| CommandError::generic(e.to_string()))
+    fn set_parameters(&self, update: &ParameterUpdate) -> Result<(), CommandError> {
+        Ok(self.0.set_parameters(update)?)
     }
 
     fn parameters(&self) -> MigrationParameters {

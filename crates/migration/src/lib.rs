@@ -46,7 +46,9 @@ pub use global_state::GlobalState;
 pub use handle::{Finished, MigrationHandle, Rejected};
 pub use handler::{DeviceState, LiveHandler};
 pub use info::{DiskStats, MigrationInfo, RamStats, XbzrleCacheStats};
-pub use params::{MigrationParameters, ParamError, ParamKind};
+pub use params::{
+    MigrationParameters, MultifdCompression, ParamError, ParamKind, ParamLimits, ParameterUpdate,
+};
 pub use registry::Registry;
 pub use report::error_report;
 pub use runtime::Runtime;

@@ -17,7 +17,7 @@ use crate::capabilities::{Capabilities, Capability, CapabilityError};
 use crate::error::MigrationError;
 use crate::events::{Event, EventBus};
 use crate::info::MigrationInfo;
-use crate::params::{MigrationParameters, ParamError};
+use crate::params::{MigrationParameters, ParamError, ParameterUpdate};
 use crate::runtime::{Limits, Runtime};
 use crate::settings::Settings;
 use crate::status::MigrationStatus;
@@ -83,16 +83,20 @@ impl MigrationState {
         if s.status.is_running() {
             return Err(CapabilityError::MigrationRunning);
         }
-        s.settings.caps.apply(changes)
+        let settings = &mut s.settings;
+        settings.caps.apply(changes, &settings.params)
     }
 
-    /// Changes the parameters with `f` (which validates and applies all or nothing).
-    pub fn update_parameters(
+    /// `migrate-set-parameters`: the merged set is checked against the capabilities and, when
+    /// the VM's RAM size is given, against it (`xbzrle-cache-size`); all or nothing.
+    pub fn set_parameters(
         &self,
-        f: impl FnOnce(&mut MigrationParameters) -> Result<(), ParamError>,
+        update: &ParameterUpdate,
+        ram_size: Option<u64>,
     ) -> Result<(), ParamError> {
         let mut s = self.lock();
-        f(&mut s.settings.params)?;
+        let limits = s.settings.caps.param_limits(ram_size);
+        s.settings.params.apply(update, &limits)?;
         // A running migration follows new bandwidth and downtime limits at once (QEMU).
         if let (true, Some(rt)) = (s.status.is_running(), &s.runtime) {
             rt.set_limits(Limits::of(&s.settings));

@@ -237,10 +237,7 @@ fn migrate(src: &Vm, dst: &Vm, incremental: bool) -> Result<(), MigrationError> 
     }
     // migrate -b/-i options last for one migration only.
     assert!(!src.state.capabilities().get(Capability::Block));
-    assert_eq!(
-        src.state.parameters().get("block-incremental"),
-        Some(&migration::params::ParamValue::Bool(false))
-    );
+    assert!(!src.state.parameters().block_incremental);
     loaded
 }
 

@@ -15,7 +15,7 @@ use migration::ram::RamHandler;
 use migration::verify::{self, RamVerify};
 use migration::{
     Capability, EventBus, GlobalState, MigrationError, MigrationHandle, MigrationState,
-    MigrationStatus, Registry, VmControl,
+    MigrationStatus, ParameterUpdate, Registry, VmControl,
 };
 use transport::{MigrationUri, NoFds};
 
@@ -65,9 +65,10 @@ impl<V: VmControl + 'static> Side<V> {
 
     /// Sets parameters from a QMP-style JSON object.
     pub fn set_params(&self, json: serde_json::Value) {
-        let map = json.as_object().expect("a JSON object").clone();
+        let map = json.as_object().expect("a JSON object");
+        let update = ParameterUpdate::from_json(map).expect("valid parameters");
         self.state
-            .update_parameters(|p| p.apply_json(&map))
+            .set_parameters(&update, None)
             .expect("parameters");
     }
 

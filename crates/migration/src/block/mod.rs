@@ -48,12 +48,10 @@ use std::sync::Arc;
 
 use block::Disk;
 use savevm::qemu_file::{QemuFileReader, QemuFileWriter};
-use serde_json::{Map, Value};
 
 use crate::capabilities::{Capabilities, Capability};
 use crate::error::MigrationError;
 use crate::handler::LiveHandler;
-use crate::params::ParamValue;
 use crate::session::{IncomingSession, OutgoingSession};
 use crate::settings::Settings;
 
@@ -96,10 +94,7 @@ impl BlockHandler {
 }
 
 fn incremental(settings: &Settings) -> bool {
-    matches!(
-        settings.params.get("block-incremental"),
-        Some(ParamValue::Bool(true))
-    )
+    settings.params.block_incremental
 }
 
 impl LiveHandler for BlockHandler {
@@ -237,30 +232,17 @@ impl BlockMigrationOptions {
         if settings.has(Capability::Block) || incremental(settings) {
             return Err(BlockMigrationError::IncompatibleOptions);
         }
-        if self.incremental {
-            set_incremental(settings, true)?;
-        }
-        if let Err(e) = settings.caps.apply(&[(Capability::Block, true)]) {
-            set_incremental(settings, false)?;
-            return Err(BlockMigrationError::Enable(e.to_string()));
-        }
+        settings
+            .caps
+            .apply(&[(Capability::Block, true)], &settings.params)
+            .map_err(|e| BlockMigrationError::Enable(e.to_string()))?;
+        settings.params.block_incremental = self.incremental;
         Ok(())
     }
 
     /// Turns capability `block` and parameter `block-incremental` off again.
     pub fn clear(settings: &mut Settings) {
-        let _ = settings.caps.apply(&[(Capability::Block, false)]);
-        if let Err(e) = set_incremental(settings, false) {
-            tracing::error!("cannot clear block-incremental: {e}");
-        }
+        settings.caps.set(Capability::Block, false);
+        settings.params.block_incremental = false;
     }
-}
-
-fn set_incremental(settings: &mut Settings, on: bool) -> Result<(), BlockMigrationError> {
-    let mut args = Map::new();
-    args.insert("block-incremental".into(), Value::Bool(on));
-    settings
-        .params
-        .apply_json(&args)
-        .map_err(|e| BlockMigrationError::Enable(e.to_string()))
 }

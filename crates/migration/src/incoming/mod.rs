@@ -154,7 +154,7 @@ impl Job {
         let mut multifd = Vec::new();
         if settings.has(Capability::Multifd) {
             // QEMU 7.2: the first connection is the main stream, then one per multifd channel.
-            for _ in 0..settings.params.int("multifd-channels") {
+            for _ in 0..settings.params.multifd_channels {
                 let c = listener.accept_next()?;
                 cancel.register(c.shutdown_handle());
                 multifd.push(c.into_split().0);

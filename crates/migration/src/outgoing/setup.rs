@@ -7,7 +7,7 @@ use transport::{ChannelWriter, MigrationUri};
 
 use crate::cancel::CancelToken;
 use crate::error::MigrationError;
-use crate::params::ParamValue;
+use crate::params::MultifdCompression;
 use crate::registry::{EntryKind, Registry};
 use crate::session::OutgoingSession;
 use crate::settings::Settings;
@@ -22,12 +22,11 @@ pub(super) fn connect_multifd(
     if !uri.supports_multiple_channels() {
         return Err(MigrationError::MultifdTransport);
     }
-    if let Some(ParamValue::Str(c)) = settings.params.get("multifd-compression") {
-        if c != "none" {
-            return Err(MigrationError::MultifdCompression(c.clone()));
-        }
+    let compression = settings.params.multifd_compression;
+    if compression != MultifdCompression::None {
+        return Err(MigrationError::MultifdCompression(compression.to_string()));
     }
-    let n = settings.params.int("multifd-channels");
+    let n = settings.params.multifd_channels;
     let mut writers = Vec::new();
     for _ in 0..n {
         let c = transport::connect(uri, &transport::NoFds)?;

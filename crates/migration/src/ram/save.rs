@@ -13,7 +13,6 @@ use crate::capabilities::Capability;
 use crate::convergence::{self, ThrottleParams};
 use crate::counters::RamCounters;
 use crate::error::MigrationError;
-use crate::params::ParamValue;
 use crate::session::OutgoingSession;
 use crate::settings::Settings;
 
@@ -445,16 +444,16 @@ fn features(s: &Settings) -> (Option<u64>, Option<ThrottleParams>) {
     let xbzrle = s
         .caps
         .get(Capability::Xbzrle)
-        .then(|| p.int("xbzrle-cache-size"));
+        .then_some(p.xbzrle_cache_size);
     let throttle = s
         .caps
         .get(Capability::AutoConverge)
         .then(|| ThrottleParams {
-            trigger_threshold: p.int("throttle-trigger-threshold"),
-            initial: p.int("cpu-throttle-initial") as u8,
-            increment: p.int("cpu-throttle-increment") as u8,
-            tailslow: matches!(p.get("cpu-throttle-tailslow"), Some(ParamValue::Bool(true))),
-            max: p.int("max-cpu-throttle") as u8,
+            trigger_threshold: p.throttle_trigger_threshold.into(),
+            initial: p.cpu_throttle_initial,
+            increment: p.cpu_throttle_increment,
+            tailslow: p.cpu_throttle_tailslow,
+            max: p.max_cpu_throttle,
         });
     (xbzrle, throttle)
 }

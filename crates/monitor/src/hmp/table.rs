@@ -211,11 +211,11 @@ fn hmp_set_capability(s: &mut Session, a: &HmpArgs, _: &mut String) -> Result<()
 }
 
 fn hmp_set_parameter(s: &mut Session, a: &HmpArgs, _: &mut String) -> Result<(), CommandError> {
-    let args = set_param::parameter_args(
+    let update = set_param::parameter_update(
         a.str("parameter").unwrap_or_default(),
         a.str("value").unwrap_or_default(),
     )?;
-    parameters::SetParameters { args }.run(s)
+    parameters::SetParameters { update }.run(s)
 }
 
 fn hmp_stop(s: &mut Session, _: &HmpArgs, _: &mut String) -> Result<(), CommandError> {

@@ -23,8 +23,9 @@ use migration::block::BlockMigrationOptions;
 use migration::incoming::Incoming;
 use migration::outgoing::Outgoing;
 use migration::{
-    Event, EventBus, GlobalState, MigrationError, MigrationHandle, MigrationState, MigrationStatus,
-    Registry, Rejected, RunState, VmControl,
+    Capability, CapabilityError, Event, EventBus, GlobalState, MigrationError, MigrationHandle,
+    MigrationState, MigrationStatus, ParamError, ParameterUpdate, Registry, Rejected, RunState,
+    VmControl,
 };
 use transport::{FdSource, MigrationUri};
 
@@ -272,6 +273,19 @@ impl Machine {
             }
             Err(r) => Err(self.rejected(&mut home, *r)),
         }
+    }
+
+    /// `migrate-set-capabilities`: refused while a migration runs; otherwise the merged set
+    /// is checked against the current parameters and applied all or nothing.
+    pub fn set_capabilities(&self, changes: &[(Capability, bool)]) -> Result<(), CapabilityError> {
+        self.state.set_capabilities(changes)
+    }
+
+    /// `migrate-set-parameters`: the merged set is checked against this VM (its RAM size
+    /// bounds `xbzrle-cache-size`) and the capabilities, then applied all or nothing.
+    pub fn set_parameters(&self, update: &ParameterUpdate) -> Result<(), ParamError> {
+        self.state
+            .set_parameters(update, Some(self.ram.total_size()))
     }
 
     /// `migrate_cancel`: always succeeds.
