@@ -289,3 +289,48 @@ fn corrupt_streams(
         let _ = load(bad, reg);
     }
 }
+
+#[test]
+fn tls_creds_never_fall_back_to_plain_text() {
+    let src = side(4 * MIB, true);
+    src.set_params(serde_json::json!({"tls-creds": "tls0"}));
+    let dst = side(4 * MIB, false);
+    dst.set_params(serde_json::json!({"tls-creds": "tls0"}));
+    let listener = transport::listen(&"tcp:127.0.0.1:0".parse().unwrap(), &transport::NoFds);
+    let listener = listener.unwrap();
+    let uri = listener.local_description();
+    // The destination refuses to listen without the credentials.
+    let job = migration::incoming::Incoming {
+        listener,
+        machine: testkit::MACHINE.into(),
+        registry: Registry::new(),
+        vm: dst.vm.clone(),
+        global_state: GlobalState::new(),
+        autostart: true,
+        on_finished: None,
+    };
+    let rejected = migration::incoming::start(job, &dst.state).unwrap_err();
+    assert_eq!(
+        rejected.error.to_string(),
+        "No TLS credentials with id 'tls0'"
+    );
+    drop(uri);
+    // The source fails before it connects: nothing goes out in clear text.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let port = peer.local_addr().unwrap().port();
+    src.migrate(&format!("tcp:127.0.0.1:{port}")).unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Failed);
+    let err = src.finish().unwrap_err();
+    assert!(matches!(err, MigrationError::TlsCredsNotFound(_)), "{err}");
+    assert_eq!(
+        src.state.info().error_desc.as_deref(),
+        Some("No TLS credentials with id 'tls0'")
+    );
+    assert_eq!(src.vm.run_state(), RunState::Running);
+    let accepted = peer.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the source connected: {accepted:?}"
+    );
+}

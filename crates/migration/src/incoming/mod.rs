@@ -67,6 +67,10 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
         on_finished,
     } = job;
     let runtime = Arc::new(Runtime::new(state.settings()));
+    if runtime.settings().params.uses_tls() {
+        let error = MigrationError::TlsCredsNotFound(runtime.settings().params.tls_creds.clone());
+        return Err(Box::new(Rejected { registry, error }));
+    }
     let addr = listener.socket_address().map(|a| vec![a.to_qmp()]);
     if let Err(error) = state.begin_incoming(addr, runtime.clone()) {
         return Err(Box::new(Rejected { registry, error }));

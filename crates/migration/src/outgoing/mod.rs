@@ -200,6 +200,11 @@ fn run(
 ) -> Result<(), MigrationError> {
     let settings = job.runtime.settings();
     let cancel = job.runtime.cancel_token();
+    if settings.params.uses_tls() {
+        return Err(MigrationError::TlsCredsNotFound(
+            settings.params.tls_creds.clone(),
+        ));
+    }
     let channel = match pre {
         Some(c) => c,
         None => transport::connect(&job.uri, &transport::NoFds)?,
