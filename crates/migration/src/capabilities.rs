@@ -216,9 +216,22 @@ const BACKGROUND_SNAPSHOT_EXCLUDES: [Capability; 15] = [
 ];
 
 /// The set of enabled capabilities (a bitset; all off by default).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Capabilities {
     bits: u32,
+}
+
+/// livemig's defaults: QEMU's (all off) but `return-path`, so that `completed` means the
+/// destination has the guest and a destination that fails to load lets the source resume.
+/// QEMU 7.2 destinations answer the return-path request whatever their own setting; switching
+/// it off gives QEMU's behaviour. Transports without a reverse direction (`exec:`, `file:`)
+/// run without it.
+impl Default for Capabilities {
+    fn default() -> Self {
+        let mut caps = Self { bits: 0 };
+        caps.set(Capability::ReturnPath, true);
+        caps
+    }
 }
 
 impl Capabilities {

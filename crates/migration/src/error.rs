@@ -98,9 +98,6 @@ pub enum MigrationError {
     /// The source asked for a return path over a transport that has no reverse direction.
     #[error("the source asked for a return path, but this transport has none")]
     NoReturnPathTransport,
-    /// The return-path capability needs a bidirectional (socket) transport.
-    #[error("the return-path capability needs a socket transport, not {0}")]
-    ReturnPathNeedsSocket(String),
     /// A PING command arrived before the source opened the return path.
     #[error("received PING but no return path is open")]
     PingWithoutReturnPath,

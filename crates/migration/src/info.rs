@@ -109,6 +109,10 @@ pub struct MigrationInfo {
     /// Addresses a destination listens on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_address: Option<Vec<serde_json::Value>>,
+    /// livemig (HMP only, not in QMP): the source sent everything and waits for the
+    /// destination's verdict on the return path; the guest runs on neither side.
+    #[serde(skip)]
+    pub awaiting_destination: bool,
 }
 
 fn ser_status<S: serde::Serializer>(
@@ -156,6 +160,7 @@ pub(crate) fn build(s: Snapshot<'_>) -> MigrationInfo {
         return info;
     };
     let completed = status == MigrationStatus::Completed;
+    info.awaiting_destination = rt.awaiting_destination();
     {
         let t = rt.timings();
         let now_ms = t.elapsed_ms();

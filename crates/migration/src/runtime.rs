@@ -4,6 +4,7 @@
 //! and `migrate_cancel` can reach it. It carries no channel, no registry and no decision: those
 //! are handed to the migration thread and back (see [`crate::session`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::cancel::CancelToken;
@@ -21,6 +22,7 @@ pub struct Runtime {
     timings: Mutex<Timings>,
     limits: Mutex<Limits>,
     cancel: CancelToken,
+    awaiting_destination: AtomicBool,
 }
 
 /// The parameters an operator may change while the migration runs (QEMU applies
@@ -48,6 +50,7 @@ impl Runtime {
     pub fn new(settings: Settings) -> Self {
         Self {
             limits: Mutex::new(Limits::of(&settings)),
+            awaiting_destination: AtomicBool::new(false),
             settings,
             ram: Arc::default(),
             disk: Arc::default(),
@@ -74,6 +77,15 @@ impl Runtime {
     /// Changes the limits of the running migration.
     pub fn set_limits(&self, limits: Limits) {
         *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
+    /// True while the source, everything sent, waits for the destination's verdict.
+    pub fn awaiting_destination(&self) -> bool {
+        self.awaiting_destination.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_awaiting_destination(&self, on: bool) {
+        self.awaiting_destination.store(on, Ordering::SeqCst);
     }
 
     /// Timing figures, for reading or updating.

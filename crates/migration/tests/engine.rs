@@ -334,3 +334,69 @@ fn tls_creds_never_fall_back_to_plain_text() {
         "the source connected: {accepted:?}"
     );
 }
+
+/// A destination that reads the whole stream and then either vanishes without reporting
+/// (`hold` None: closes the connection) or never answers (holds it open until `hold` is set).
+fn silent_destination(hold: Option<Arc<AtomicBool>>) -> (String, thread::JoinHandle<u64>) {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("tcp:{}", l.local_addr().unwrap());
+    let h = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k as u64,
+            }
+        }
+        if let Some(release) = hold {
+            let t = std::time::Instant::now();
+            while !release.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(60) {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        drop(s);
+        n
+    });
+    (uri, h)
+}
+
+#[test]
+fn a_destination_that_dies_before_reporting_leaves_the_source_running() {
+    // return-path is on by default: the source waits for the destination's word, and a
+    // destination that reports before it starts the guest and died before reporting never ran it.
+    let src = side(8 * MIB, true);
+    fill(&src.ram, 4 * MIB, 7);
+    assert!(src.state.capabilities().get(Capability::ReturnPath));
+    let (uri, dh) = silent_destination(None);
+    src.migrate(&uri).unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Failed);
+    assert!(dh.join().unwrap() > 2 * MIB, "the whole stream was sent");
+    let err = src.finish().unwrap_err();
+    assert!(matches!(err, MigrationError::ReturnPathClosed), "{err}");
+    assert_eq!(src.vm.run_state(), RunState::Running);
+}
+
+#[test]
+fn a_destination_that_never_answers_keeps_the_source_paused_until_cancel() {
+    let src = side(8 * MIB, true);
+    fill(&src.ram, 4 * MIB, 8);
+    let release = Arc::new(AtomicBool::new(false));
+    let (uri, dh) = silent_destination(Some(release.clone()));
+    src.migrate(&uri).unwrap();
+    testkit::wait_for(Duration::from_secs(30), "the source to wait", || {
+        src.state.info().awaiting_destination
+    });
+    // Split brain is worse than a pause: the guest runs nowhere while the source waits.
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(src.state.status(), MigrationStatus::Device);
+    assert_eq!(src.vm.run_state(), RunState::FinishMigrate);
+    src.cancel();
+    assert_eq!(src.wait_final(), MigrationStatus::Cancelled);
+    assert!(src.finish().is_err());
+    assert_eq!(src.vm.run_state(), RunState::Running);
+    release.store(true, Ordering::SeqCst);
+    dh.join().unwrap();
+}

@@ -180,10 +180,13 @@ impl Job {
             &mut rp,
             &mut session,
         )
-        .and_then(|()| cancel.check())
-        .and_then(|()| self.start_guest());
-        rp.shut(loaded.is_ok());
-        loaded?;
+        .and_then(|()| cancel.check());
+        if let Err(e) = loaded {
+            let _ = rp.shut(false);
+            return Err(e);
+        }
+        rp.shut(true)?;
+        self.start_guest()?;
         self.runtime.timings().total_time = Some(start.elapsed().as_millis() as u64);
         Ok(())
     }

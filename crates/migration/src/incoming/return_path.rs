@@ -37,12 +37,18 @@ impl ReturnPath {
         }
     }
 
-    /// Tells the source how loading ended (if it opened a return path).
-    pub fn shut(&mut self, ok: bool) {
-        if self.open {
-            if let Err(e) = self.send(RpMessage::Shut(u32::from(!ok))) {
-                tracing::warn!("could not report to the source: {}", e.report());
-            }
+    /// Tells the source how loading ended (if it opened a return path). The destination
+    /// reports *before* it starts the guest: a source that hears nothing knows the guest did
+    /// not start here and may resume it. A report of success that cannot be delivered is an
+    /// error, so the guest does not start on both sides.
+    pub fn shut(&mut self, ok: bool) -> Result<(), MigrationError> {
+        if !self.open {
+            return Ok(());
         }
+        let sent = self.send(RpMessage::Shut(u32::from(!ok)));
+        if let Err(e) = &sent {
+            tracing::warn!("could not report to the source: {}", e.report());
+        }
+        sent
     }
 }

@@ -211,9 +211,9 @@ fn run(
     };
     cancel.register(channel.shutdown_handle());
     cancel.check()?;
-    let use_rp = settings.has(Capability::ReturnPath);
-    if use_rp && !channel.is_bidirectional() {
-        return Err(MigrationError::ReturnPathNeedsSocket(job.uri.to_string()));
+    let use_rp = settings.has(Capability::ReturnPath) && channel.is_bidirectional();
+    if settings.has(Capability::ReturnPath) && !use_rp {
+        tracing::info!("{} has no reverse direction: no return path", job.uri);
     }
     let multifd = if settings.has(Capability::Multifd) {
         setup::connect_multifd(&job.uri, settings, cancel)?
@@ -237,7 +237,12 @@ fn run(
         Err(e) => return Err(e),
     };
     if use_rp {
-        switchover::await_shut(&mut return_path)?;
+        // Everything is sent; the destination reports before it starts the guest. Until then
+        // the guest runs nowhere: `info migrate` says so, and migrate_cancel resumes it here.
+        job.runtime.set_awaiting_destination(true);
+        let verdict = switchover::await_shut(&mut return_path);
+        job.runtime.set_awaiting_destination(false);
+        verdict?;
     }
     let mut t = job.runtime.timings();
     let total = t.elapsed_ms();

@@ -95,6 +95,12 @@ pub fn migrate(info: &MigrationInfo) -> String {
     if let Some(pct) = info.cpu_throttle_percentage {
         let _ = writeln!(o, "cpu throttle percentage: {pct}");
     }
+    if info.awaiting_destination {
+        o.push_str(
+            "waiting for the destination to confirm it loaded the guest; migrate_cancel resumes \
+             the guest here, and if the destination did load it, it may then run on both sides\n",
+        );
+    }
     if let Some(addrs) = &info.socket_address {
         o.push_str("socket address: [\n");
         for a in addrs {
