@@ -330,6 +330,7 @@ mod tests {
 
     fn set(caps: &[Capability]) -> Capabilities {
         let mut s = Capabilities::default();
+        s.set(Capability::ReturnPath, false);
         for &c in caps {
             s.set(c, true);
         }
