@@ -12,6 +12,8 @@
 //! | [`global_state`], [`verify`] | the `globalstate` and `ram-verify` device sections |
 //! | [`vm`] | what the engine needs from the VMM |
 
+#![forbid(unsafe_code)]
+
 pub mod block;
 pub mod capabilities;
 pub mod convergence;

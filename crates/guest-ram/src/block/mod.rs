@@ -256,45 +256,6 @@ impl RamBlock {
         Ok(r)
     }
 
-    /// Runs `f` on page `page` as a byte slice, without copying it (the migration hot path).
-    ///
-    /// # Safety
-    ///
-    /// Guest vCPUs may store into the page while `f` runs. The caller must accept bytes that
-    /// change under it (a torn view) — the migration does, because such a store also dirties the
-    /// page and it is sent again — and must not keep the slice beyond `f`.
-    pub unsafe fn with_page<R>(&self, page: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
-        let off = self.page_offset(page)?;
-        // SAFETY: `page_offset` checked that the page lies inside the mapping, which lives as
-        // long as `self`; the caller accepts concurrent guest stores (see above).
-        let bytes = unsafe {
-            std::slice::from_raw_parts(self.host_ptr().add(off as usize), PAGE_SIZE as usize)
-        };
-        Ok(f(bytes))
-    }
-
-    /// Runs `f` on page `page` as a mutable byte slice (the destination writes received pages
-    /// in place). The page is recorded as written by the VMM.
-    ///
-    /// # Safety
-    ///
-    /// No other thread may access the page while `f` runs (on a migration destination the vCPUs
-    /// do not run while RAM is loaded).
-    pub unsafe fn with_page_mut<R>(
-        &self,
-        page: u64,
-        f: impl FnOnce(&mut [u8]) -> R,
-    ) -> Result<R, Error> {
-        let off = self.page_offset(page)?;
-        // SAFETY: in bounds as above; exclusivity is the caller's contract.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(self.host_ptr().add(off as usize), PAGE_SIZE as usize)
-        };
-        let r = f(bytes);
-        self.vmm_dirty.mark_pages(page, page + 1);
-        Ok(r)
-    }
-
     /// True if page `page` is all zero bytes. Reads 512-byte chunks and stops at the first
     /// non-zero word, so a typical data page costs one chunk.
     pub fn is_zero_page(&self, page: u64) -> Result<bool, Error> {
