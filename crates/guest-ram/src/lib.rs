@@ -2,8 +2,10 @@
 //!
 //! * [`RamBlock`]: one region (QEMU `RAMBlock`, idstr such as `pc.ram`), anonymous, memfd or
 //!   file backed, with page-granular copy/zero-check/write helpers that are safe to call while
-//!   vCPU threads write the same memory, [`RamBlock::populated_pages`] (which pages were ever
-//!   touched) and [`RamBlock::digest`].
+//!   vCPU threads write the same memory, in-place page access for the migration hot path
+//!   ([`RamBlock::page`], [`RamBlock::fill_page`], and [`BlockMemory`], a shared handle that
+//!   keeps the mapping alive while pages are sent), [`RamBlock::populated_pages`] (which pages
+//!   were ever touched) and [`RamBlock::digest`].
 //! * [`GuestRam`]: the ordered set of blocks of a guest.
 //! * [`Bitmap`]: one bit per 4 KiB page.
 //! * [`DirtyLog`]: start / sync / stop. [`UffdDirtyLog`] uses userfaultfd asynchronous write
@@ -25,7 +27,9 @@
 //! # Ok::<(), guest_ram::Error>(())
 //! ```
 //!
-//! All `unsafe` of the project's RAM handling lives in this crate (mapping, ioctls).
+//! All `unsafe` of the project's RAM handling lives in this crate: guest memory access next to
+//! [`BlockMemory`] (whose documentation states the concurrency model), the userfaultfd and
+//! `PAGEMAP_SCAN` ioctls in the dirty log and page-table queries.
 
 #![deny(missing_docs)]
 
@@ -37,7 +41,7 @@ mod guest_ram;
 mod pagemap;
 
 pub use bitmap::Bitmap;
-pub use block::{Backing, RamBlock};
+pub use block::{Backing, BlockMemory, RamBlock};
 pub use dirty::{
     check_bitmaps, merge_vmm_writes, DirtyLog, FullDirtyLog, UffdDirtyLog, VmmDirtyTracker,
 };
@@ -52,4 +56,5 @@ const _: fn() = || {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<RamBlock>();
     assert_send_sync::<GuestRam>();
+    assert_send_sync::<BlockMemory>();
 };

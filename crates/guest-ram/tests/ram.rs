@@ -95,6 +95,47 @@ fn page_access_round_trips_and_checks_bounds() {
 }
 
 #[test]
+fn in_place_page_access_reads_fills_and_checks_bounds() {
+    let b = RamBlock::new("ram", MIB, Backing::Anonymous).unwrap();
+    b.write_page(7, &page_of(0x5a)).unwrap();
+    assert_eq!(b.page(7).unwrap(), &page_of(0x5a)[..]);
+    assert!(matches!(
+        b.page(256),
+        Err(Error::PageOutOfRange { page: 256, .. })
+    ));
+
+    // The destination reads a page straight from the stream; the page counts as a VMM write.
+    b.vmm_dirty().activate();
+    let mut stream: &[u8] = &page_of(0xc3);
+    b.fill_page(9, |p| std::io::Read::read_exact(&mut stream, p))
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.page(9).unwrap(), &page_of(0xc3)[..]);
+    let mut written = Bitmap::new(b.pages());
+    assert_eq!(b.vmm_dirty().drain_into(&mut written), 1);
+    assert_eq!(ones(&written), vec![9]);
+    assert!(matches!(
+        b.fill_page(256, |_| ()),
+        Err(Error::PageOutOfRange { page: 256, .. })
+    ));
+}
+
+#[test]
+fn block_memory_outlives_its_block() {
+    let b = RamBlock::new("ram", MIB, Backing::Memfd).unwrap();
+    b.write_page(255, &page_of(0x11)).unwrap();
+    let memory = Arc::clone(b.memory());
+    drop(b);
+    // A sender may still hold the handle after the block is gone; the mapping stays valid.
+    let bytes: &[u8] = (*memory).as_ref();
+    assert_eq!(bytes.len() as u64, MIB);
+    assert_eq!(memory.len() as u64, MIB);
+    assert!(bytes[255 * 4096..].iter().all(|&x| x == 0x11));
+    let handle = thread::spawn(move || (*memory).as_ref()[..4096].iter().all(|&x| x == 0));
+    assert!(handle.join().unwrap());
+}
+
+#[test]
 fn zero_page_detection() {
     let b = RamBlock::new("ram", 64 * 4096, Backing::Anonymous).unwrap();
     assert!(b.is_zero_page(0).unwrap());

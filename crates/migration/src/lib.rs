@@ -14,6 +14,8 @@
 //! | [`global_state`], [`verify`] | the `globalstate` and `ram-verify` device sections |
 //! | [`vm`] | what the engine needs from the VMM |
 
+#![forbid(unsafe_code)]
+
 pub mod block;
 pub mod cancel;
 pub mod capabilities;

@@ -83,9 +83,9 @@ fn writer(
             }
             let p = (n * 7919) % (ws / 4096);
             buf[..8].copy_from_slice(&n.to_le_bytes());
-            // Direct store through the mapping (not write_page, which the VMM tracker marks):
-            // the kernel's dirty log has to see it.
-            unsafe_write(&b, p, &buf);
+            // A guest store (not write_page, which the VMM tracker marks): the kernel's dirty
+            // log has to see it.
+            b.guest_write(p * 4096, &buf).unwrap();
             n += 1;
             if n % 64 == 0 {
                 thread::sleep(Duration::from_micros(200));
@@ -93,17 +93,6 @@ fn writer(
         }
         n
     })
-}
-
-fn unsafe_write(b: &RamBlock, page: u64, data: &[u8]) {
-    // SAFETY: page < pages(), the mapping lives as long as `b`, and data is one page.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            data.as_ptr(),
-            b.host_ptr().add((page * 4096) as usize),
-            4096,
-        );
-    }
 }
 
 fn enable_verify(s: &Vm) {

@@ -44,6 +44,16 @@ pub enum Error {
         /// Buffer capacity.
         capacity: usize,
     },
+    /// Bytes to be sent in place lie outside the memory they were taken from.
+    #[error("bytes {start}..{end} to send in place lie outside their source of {available} bytes")]
+    ExternalRange {
+        /// First byte of the range.
+        start: usize,
+        /// End of the range (exclusive).
+        end: usize,
+        /// Length of the source.
+        available: usize,
+    },
     /// The first four bytes are not `QEVM`.
     #[error("not a migration stream (magic {magic:#010x})")]
     NotAMigrationStream {

@@ -120,9 +120,8 @@ impl RamLoader {
                 }
                 RamRecord::Page { block, offset } => {
                     let (b, page) = self.target(block, offset, f)?;
-                    // SAFETY: the destination's vCPUs do not run while RAM is loaded, and this
-                    // thread is the only writer.
-                    unsafe { self.ram.blocks()[b].with_page_mut(page, |p| f.get_buffer(p)) }??;
+                    // Read in place; the destination's vCPUs do not run while RAM is loaded.
+                    self.ram.blocks()[b].fill_page(page, |p| f.get_buffer(p))??;
                 }
                 RamRecord::Xbzrle { block, offset, len } => {
                     let (b, page) = self.target(block, offset, f)?;

@@ -9,15 +9,15 @@
 //! dest:   socket i --> receiver thread i --pages--> guest RAM;  SYNC --> main thread waits
 //! ```
 //!
-//! Pages are sent from guest memory in place: a job holds raw pointers to guest pages, valid
-//! because the source keeps its RAM mapped for the whole migration.
+//! Pages are sent from guest memory in place: a job holds the offsets of its pages and a handle
+//! on their block's memory ([`BlockMemory`]), which keeps the mapping alive until it is sent.
 
 use std::io::{IoSlice, Read, Write};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use guest_ram::GuestRam;
+use guest_ram::{BlockMemory, GuestRam};
 use savevm::multifd::{
     MultifdInit, PacketHeader, MULTIFD_FLAG_COMPRESSION_MASK, MULTIFD_FLAG_SYNC,
     MULTIFD_HEADER_LEN, MULTIFD_INIT_LEN, MULTIFD_PAGES,
@@ -29,19 +29,11 @@ use crate::error::MigrationError;
 
 const PAGE: usize = TARGET_PAGE_SIZE;
 
-/// A pointer to a guest page handed to a channel thread.
-#[derive(Clone, Copy)]
-struct PagePtr(*const u8);
-
-// SAFETY: the pointer refers to guest RAM that stays mapped for the whole migration (the
-// sender's owner holds the RAM); channel threads only read PAGE bytes from it.
-unsafe impl Send for PagePtr {}
-
 enum Job {
     Pages {
         block: String,
         offsets: Vec<u64>,
-        pages: Vec<PagePtr>,
+        memory: Arc<BlockMemory>,
         packet_num: u64,
     },
     Sync {
@@ -61,7 +53,7 @@ pub struct MultifdSender {
     done: Receiver<(usize, Result<u64, MigrationError>)>,
     next: usize,
     packet_num: u64,
-    batch: Option<(usize, String, Vec<u64>, Vec<PagePtr>)>,
+    batch: Option<(usize, String, Vec<u64>, Arc<BlockMemory>)>,
     /// Bytes written on the channels so far (headers and payload).
     pub bytes: u64,
 }
@@ -116,7 +108,7 @@ fn send_loop(
 }
 
 fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
-    let (header, pages) = match job {
+    let (header, memory) = match job {
         Job::Sync { packet_num } => (
             PacketHeader {
                 flags: MULTIFD_FLAG_SYNC,
@@ -124,12 +116,12 @@ fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
                 packet_num,
                 ..Default::default()
             },
-            Vec::new(),
+            None,
         ),
         Job::Pages {
             block,
             offsets,
-            pages,
+            memory,
             packet_num,
         } => (
             PacketHeader {
@@ -141,19 +133,26 @@ fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
                 ramblock: block,
                 offsets,
             },
-            pages,
+            Some(memory),
         ),
     };
     let head = header.encode()?;
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + pages.len());
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + header.offsets.len());
     slices.push(IoSlice::new(&head));
-    for p in &pages {
-        // SAFETY: see `PagePtr`: PAGE readable bytes of guest RAM, mapped for the migration.
-        slices.push(IoSlice::new(unsafe {
-            std::slice::from_raw_parts(p.0, PAGE)
-        }));
+    if let Some(memory) = &memory {
+        let bytes = (**memory).as_ref();
+        for &offset in &header.offsets {
+            let page = usize::try_from(offset)
+                .ok()
+                .and_then(|o| bytes.get(o..o.checked_add(PAGE)?))
+                .ok_or_else(|| MigrationError::IllegalRamOffset {
+                    block: header.ramblock.clone(),
+                    offset,
+                })?;
+            slices.push(IoSlice::new(page));
+        }
     }
-    let total = (head.len() + pages.len() * PAGE) as u64;
+    let total = (head.len() + (slices.len() - 1) * PAGE) as u64;
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         match w.write_vectored(rest) {
@@ -203,7 +202,7 @@ impl MultifdSender {
     }
 
     fn flush_batch(&mut self) -> Result<(), MigrationError> {
-        if let Some((_, block, offsets, pages)) = self.batch.take() {
+        if let Some((_, block, offsets, memory)) = self.batch.take() {
             let packet_num = self.packet_num;
             self.packet_num += 1;
             let to = self.next;
@@ -212,7 +211,7 @@ impl MultifdSender {
                 Job::Pages {
                     block,
                     offsets,
-                    pages,
+                    memory,
                     packet_num,
                 },
                 to,
@@ -221,17 +220,14 @@ impl MultifdSender {
         Ok(())
     }
 
-    /// Queues the page at `ptr` (offset `offset` of block `block_index` named `block`).
-    ///
-    /// # Safety
-    ///
-    /// The page must stay mapped until the next [`sync`](Self::sync) returns.
-    pub unsafe fn queue(
+    /// Queues the page at offset `offset` of block `block_index` named `block`, whose memory
+    /// is `memory` (held by the batch until it is sent).
+    pub fn queue(
         &mut self,
         block_index: usize,
         block: &str,
         offset: u64,
-        ptr: *const u8,
+        memory: &Arc<BlockMemory>,
     ) -> Result<(), MigrationError> {
         let same = matches!(&self.batch, Some((b, _, o, _)) if *b == block_index && o.len() < MULTIFD_PAGES);
         if !same {
@@ -240,12 +236,11 @@ impl MultifdSender {
                 block_index,
                 block.to_string(),
                 Vec::with_capacity(MULTIFD_PAGES),
-                Vec::with_capacity(MULTIFD_PAGES),
+                memory.clone(),
             ));
         }
-        if let Some((_, _, offsets, pages)) = &mut self.batch {
+        if let Some((_, _, offsets, _)) = &mut self.batch {
             offsets.push(offset);
-            pages.push(PagePtr(ptr));
         }
         Ok(())
     }
@@ -409,9 +404,11 @@ fn load_pages(
             });
         }
         let page = offset / PAGE as u64;
-        // SAFETY: the destination's vCPUs do not run while RAM is loaded, and each page is
-        // sent once per packet, by one channel, between two SYNCs.
-        unsafe { block.with_page_mut(page, |p| r.read_exact(p)) }?.map_err(savevm::Error::from)?;
+        // Read in place: the destination's vCPUs do not run while RAM is loaded, and each page
+        // is sent once per packet, by one channel, between two SYNCs.
+        block
+            .fill_page(page, |p| r.read_exact(p))?
+            .map_err(savevm::Error::from)?;
     }
     Ok(())
 }

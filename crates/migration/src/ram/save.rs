@@ -289,43 +289,38 @@ impl RamSaver {
         };
         let last_stage = self.in_downtime;
         let multifd = self.multifd.as_mut();
-        // SAFETY: the closure only reads the page. A raw page is queued for the writer (or a
-        // multifd channel, until its next sync) to send in place: the mapping outlives both
-        // (this saver holds the RAM), and a guest store racing with the send dirties the page
-        // again, so a torn copy is resent. XBZRLE works on a copy taken inside the closure.
-        let sent = unsafe {
-            block.with_page(page, |bytes| -> Result<Sent, MigrationError> {
-                if is_zero(bytes) {
-                    encoder.put_zero(f, b, block.idstr(), offset);
-                    if let Some(x) = xbzrle {
-                        x.zero_page(addr);
-                    }
-                    return Ok(Sent::Zero);
+        // The page is read in place, and sent in place by the writer (or a multifd channel),
+        // which holds the block's memory until then. A guest store racing with the zero check,
+        // the XBZRLE copy or the send dirties the page again, so a torn view is resent.
+        let bytes = block.page(page)?;
+        let sent = if is_zero(bytes) {
+            encoder.put_zero(f, b, block.idstr(), offset);
+            if let Some(x) = xbzrle {
+                x.zero_page(addr);
+            }
+            Sent::Zero
+        } else if let Some(m) = multifd {
+            // Zero pages stay on the main stream; data pages go to a channel (QEMU never
+            // applies XBZRLE with multifd). Counted against the window now.
+            f.rate_limit_account(PAGE + 8);
+            m.queue(b, block.idstr(), offset, block.memory())?;
+            Sent::Normal
+        } else if let Some(x) = xbzrle {
+            match x.encode(addr, bytes, sync, last_stage) {
+                Outcome::Unchanged => Sent::Nothing,
+                Outcome::Delta(d) => {
+                    encoder.put_xbzrle(f, b, block.idstr(), offset, d);
+                    Sent::Xbzrle
                 }
-                if let Some(m) = multifd {
-                    // Zero pages stay on the main stream; data pages go to a channel (QEMU
-                    // never applies XBZRLE with multifd). Counted against the window now.
-                    f.rate_limit_account(PAGE + 8);
-                    m.queue(b, block.idstr(), offset, bytes.as_ptr())?;
-                    return Ok(Sent::Normal);
+                Outcome::Raw(r) => {
+                    encoder.put_page(f, b, block.idstr(), offset, r);
+                    Sent::Normal
                 }
-                let Some(x) = xbzrle else {
-                    encoder.put_page_external(f, b, block.idstr(), offset, bytes.as_ptr());
-                    return Ok(Sent::Normal);
-                };
-                Ok(match x.encode(addr, bytes, sync, last_stage) {
-                    Outcome::Unchanged => Sent::Nothing,
-                    Outcome::Delta(d) => {
-                        encoder.put_xbzrle(f, b, block.idstr(), offset, d);
-                        Sent::Xbzrle
-                    }
-                    Outcome::Raw(r) => {
-                        encoder.put_page(f, b, block.idstr(), offset, r);
-                        Sent::Normal
-                    }
-                })
-            })
-        }??;
+            }
+        } else {
+            encoder.put_page_external(f, b, block.idstr(), offset, block.memory());
+            Sent::Normal
+        };
         let c = &self.counters;
         match sent {
             Sent::Zero => RamCounters::add(&c.duplicate, 1),
@@ -470,18 +465,12 @@ fn block_bases(ram: &GuestRam) -> Vec<u64> {
         .collect()
 }
 
-/// True when every byte of `page` is zero.
+/// True when every byte of `page` is zero: ORs 64-byte chunks (which vectorises) and stops at
+/// the first non-zero chunk.
 fn is_zero(page: &[u8]) -> bool {
-    let (pre, words, post) = {
-        // SAFETY: any initialised byte sequence is a valid sequence of u64 values; align_to
-        // only reinterprets the aligned middle part.
-        unsafe { page.align_to::<u64>() }
-    };
-    pre.iter().all(|&b| b == 0)
-        && post.iter().all(|&b| b == 0)
-        && words
-            .chunks(8)
-            .all(|c| c.iter().fold(0u64, |acc, &w| acc | w) == 0)
+    let mut chunks = page.chunks_exact(64);
+    chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
+        && chunks.remainder().iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]

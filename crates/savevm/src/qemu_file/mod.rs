@@ -27,7 +27,7 @@ mod writer;
 pub use memory::SharedBuffer;
 
 pub use reader::{QemuFileReader, DEFAULT_READ_BUFFER};
-pub use writer::{QemuFileWriter, DEFAULT_WRITE_BUFFER};
+pub use writer::{ExternalBytes, QemuFileWriter, DEFAULT_WRITE_BUFFER};
 
 /// A writer over a fresh [`SharedBuffer`], and the buffer to read the bytes back from.
 pub fn memory_writer() -> (QemuFileWriter, SharedBuffer) {

@@ -1,6 +1,8 @@
 //! The sending half of the stream layer.
 
 use std::io::{IoSlice, Write};
+use std::ops::Range;
+use std::sync::Arc;
 
 use crate::error::Error;
 
@@ -8,12 +10,16 @@ use crate::error::Error;
 /// vectored writes cost fewer system calls per page).
 const MAX_IOV: usize = 1024;
 
-/// A piece of the pending output: part of the internal buffer, or caller memory queued by
-/// [`QemuFileWriter::put_external`].
-#[derive(Debug, Clone, Copy)]
+/// Memory that [`QemuFileWriter::put_external`] sends in place: shared, so the writer can hold it
+/// until it has written it (guest RAM, for instance, is such a handle on the mapping).
+pub type ExternalBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A piece of the pending output: part of the internal buffer, or a range of an external
+/// source queued by [`QemuFileWriter::put_external`] (an index into `sources`).
+#[derive(Debug, Clone)]
 enum Segment {
     Buf { start: usize, end: usize },
-    Ext { ptr: *const u8, len: usize },
+    Ext { source: usize, range: Range<usize> },
 }
 
 /// Default size of the writer's internal buffer.
@@ -46,12 +52,10 @@ pub struct QemuFileWriter {
     seg_start: usize,
     /// Bytes of external memory in `iov`.
     ext_pending: u64,
+    /// The sources `iov` refers to, held until the drain has written them; consecutive pages of
+    /// one source share one entry, so queueing a page costs no reference count.
+    sources: Vec<ExternalBytes>,
 }
-
-// SAFETY: the only non-Send members are the raw pointers of queued external segments. They are
-// read only by `drain`, and `put_external`'s contract keeps the memory valid until then,
-// whichever thread the writer is on.
-unsafe impl Send for QemuFileWriter {}
 
 impl std::fmt::Debug for QemuFileWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,6 +89,7 @@ impl QemuFileWriter {
             iov: Vec::with_capacity(MAX_IOV + 1),
             seg_start: 0,
             ext_pending: 0,
+            sources: Vec::new(),
         }
     }
 
@@ -115,17 +120,15 @@ impl QemuFileWriter {
             });
         }
         let result = {
-            let buf = &self.buf;
+            let (buf, sources) = (&self.buf, &self.sources);
+            // `put_external` checked every range against its source.
             let mut slices: Vec<IoSlice<'_>> = self
                 .iov
                 .iter()
-                .map(|seg| match *seg {
-                    Segment::Buf { start, end } => IoSlice::new(&buf[start..end]),
-                    Segment::Ext { ptr, len } => {
-                        // SAFETY: `put_external`'s caller keeps `len` bytes at `ptr` valid
-                        // until this drain has written them.
-                        let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
-                        IoSlice::new(bytes)
+                .map(|seg| match seg {
+                    Segment::Buf { start, end } => IoSlice::new(&buf[*start..*end]),
+                    Segment::Ext { source, range } => {
+                        IoSlice::new(&(*sources[*source]).as_ref()[range.clone()])
                     }
                 })
                 .collect();
@@ -133,6 +136,7 @@ impl QemuFileWriter {
         };
         let written = self.buf.len() as u64 + self.ext_pending;
         self.iov.clear();
+        self.sources.clear();
         self.buf.clear();
         self.seg_start = 0;
         self.ext_pending = 0;
@@ -146,17 +150,29 @@ impl QemuFileWriter {
         }
     }
 
-    /// Queues `len` bytes at `ptr` to be written in place, without copying them into the
+    /// Queues bytes `range` of `source` to be written in place, without copying them into the
     /// buffer (QEMU's `qemu_put_buffer_async`): the migration hot path sends guest pages this
-    /// way, and the kernel copies them straight from guest memory.
+    /// way, and the kernel copies them straight from guest memory. The writer keeps `source`
+    /// alive until it has written the bytes (any later put may do so, as do `flush`,
+    /// `into_inner` and drop); their content may change meanwhile, and what is sent is the
+    /// content at the time of the write.
     ///
-    /// # Safety
-    ///
-    /// The `len` bytes at `ptr` must stay mapped and readable until the writer next writes its
-    /// output (any later put may do so, as do `flush`, `into_inner` and drop). Their content may
-    /// change meanwhile; what is sent is the content at the time of the write.
-    pub unsafe fn put_external(&mut self, ptr: *const u8, len: usize) {
-        if self.error.is_some() || len == 0 {
+    /// Consecutive calls with the same `source` (say, the pages of one RAM block) share one
+    /// reference to it. A range outside the source latches [`Error::ExternalRange`].
+    pub fn put_external<T>(&mut self, source: &Arc<T>, range: Range<usize>)
+    where
+        T: AsRef<[u8]> + Send + Sync + 'static,
+    {
+        if self.error.is_some() || range.is_empty() {
+            return;
+        }
+        let available = (**source).as_ref().len();
+        if range.end > available {
+            self.error = Some(Error::ExternalRange {
+                start: range.start,
+                end: range.end,
+                available,
+            });
             return;
         }
         if self.seg_start < self.buf.len() {
@@ -166,9 +182,20 @@ impl QemuFileWriter {
             });
             self.seg_start = self.buf.len();
         }
-        self.iov.push(Segment::Ext { ptr, len });
-        self.ext_pending += len as u64;
-        self.rate_limit_used += len as u64;
+        let same = self
+            .sources
+            .last()
+            .is_some_and(|s| std::ptr::addr_eq(Arc::as_ptr(s), Arc::as_ptr(source)));
+        if !same {
+            self.sources.push(source.clone());
+        }
+        let len = range.len() as u64;
+        self.iov.push(Segment::Ext {
+            source: self.sources.len() - 1,
+            range,
+        });
+        self.ext_pending += len;
+        self.rate_limit_used += len;
         if self.iov.len() >= MAX_IOV || self.ext_pending + self.buf.len() as u64 >= self.cap as u64
         {
             self.drain();

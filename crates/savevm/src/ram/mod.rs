@@ -29,6 +29,8 @@ pub mod xbzrle;
 
 pub use mem_size::{write_mem_size, write_mem_size_ext, BlockExtras, MemSizeLayout};
 
+use std::sync::Arc;
+
 use crate::error::Error;
 use crate::qemu_file::{QemuFileReader, QemuFileWriter};
 
@@ -143,25 +145,23 @@ impl RamEncoder {
         w.put_buffer(data);
     }
 
-    /// Like [`put_page`](Self::put_page), but the page is queued in place with
+    /// Like [`put_page`](Self::put_page), but the page is bytes `offset..offset + 4096` of
+    /// `block_memory` (the block's memory), queued in place with
     /// [`QemuFileWriter::put_external`] instead of being copied into the buffer.
-    ///
-    /// # Safety
-    ///
-    /// As for [`QemuFileWriter::put_external`]: the [`TARGET_PAGE_SIZE`] bytes at `page` must
-    /// stay mapped until the writer next writes its output.
-    pub unsafe fn put_page_external(
+    pub fn put_page_external<T>(
         &mut self,
         w: &mut QemuFileWriter,
         block_index: usize,
         block_name: &str,
         offset: u64,
-        page: *const u8,
-    ) {
+        block_memory: &Arc<T>,
+    ) where
+        T: AsRef<[u8]> + Send + Sync + 'static,
+    {
         debug_assert_eq!(offset & !TARGET_PAGE_MASK, 0);
         self.header(w, block_index, block_name, offset | RAM_SAVE_FLAG_PAGE);
-        // SAFETY: forwarded from this function's contract.
-        unsafe { w.put_external(page, TARGET_PAGE_SIZE) };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX - TARGET_PAGE_SIZE);
+        w.put_external(block_memory, start..start + TARGET_PAGE_SIZE);
     }
 
     /// Writes a ZERO record with fill byte 0.

@@ -1,4 +1,5 @@
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use savevm::qemu_file::{QemuFileReader, QemuFileWriter, SharedBuffer};
 use savevm::Error;
@@ -63,6 +64,54 @@ fn large_buffers_keep_order_with_small_capacity() {
     assert_eq!(out[1001], 2);
     assert_eq!(out.len(), 1002 + 400);
     assert_eq!(w.total_transferred(), out.len() as u64);
+}
+
+#[test]
+fn external_bytes_keep_stream_order_and_are_held_until_written() {
+    let buf = SharedBuffer::new();
+    let mut w = QemuFileWriter::with_capacity(Box::new(buf.clone()), 4096);
+    let a: Arc<Vec<u8>> = Arc::new((0..3000u32).map(|i| i as u8).collect());
+    let b: Arc<Vec<u8>> = Arc::new(vec![0xee; 100]);
+    w.put_u8(1);
+    w.put_external(&a, 0..1000);
+    w.put_external(&a, 2000..3000);
+    w.put_be16(0x0203);
+    w.put_external(&b, 10..20);
+    // Queued, not copied: the writer holds one reference per run of one source.
+    assert_eq!(Arc::strong_count(&a), 2);
+    assert_eq!(Arc::strong_count(&b), 2);
+    assert_eq!(w.total_transferred(), 1 + 1000 + 1000 + 2 + 10);
+    drop(b);
+    w.put_external(&a, 1000..2000);
+    w.flush().unwrap();
+    assert_eq!(Arc::strong_count(&a), 1, "written sources are released");
+    let out = buf.contents();
+    let mut want = vec![1u8];
+    want.extend_from_slice(&a[0..1000]);
+    want.extend_from_slice(&a[2000..3000]);
+    want.extend_from_slice(&[2, 3]);
+    want.extend_from_slice(&[0xee; 10]);
+    want.extend_from_slice(&a[1000..2000]);
+    assert_eq!(out, want);
+    assert_eq!(w.rate_limit_used(), want.len() as u64);
+}
+
+#[test]
+fn external_range_outside_its_source_latches_error() {
+    let buf = SharedBuffer::new();
+    let mut w = QemuFileWriter::new(Box::new(buf.clone()));
+    let a = Arc::new([7u8; 16]);
+    w.put_external(&a, 8..17);
+    assert!(matches!(
+        w.flush(),
+        Err(Error::ExternalRange {
+            start: 8,
+            end: 17,
+            available: 16
+        })
+    ));
+    assert!(buf.is_empty());
+    assert_eq!(Arc::strong_count(&a), 1);
 }
 
 #[test]

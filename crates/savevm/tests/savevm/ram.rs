@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use savevm::qemu_file::QemuFileWriter;
 use savevm::ram::{
     self, xbzrle, RamBlockInfo, RamDecoder, RamEncoder, RamRecord, TARGET_PAGE_SIZE,
@@ -126,6 +128,22 @@ fn write_pages(w: &mut QemuFileWriter) {
     enc.reset();
     enc.put_zero(w, 1, "pc.bios", 0x5000);
     enc.put_eos(w);
+}
+
+#[test]
+fn external_pages_encode_like_copied_pages() {
+    let memory = Arc::new([page(0xaa), page(0xbb)].concat());
+    let copied = bytes_of(|w| {
+        let mut enc = RamEncoder::new();
+        enc.put_page(w, 0, "pc.ram", 0x1000, &memory[0x1000..0x2000]);
+        enc.put_page(w, 0, "pc.ram", 0, &memory[..0x1000]);
+    });
+    let in_place = bytes_of(|w| {
+        let mut enc = RamEncoder::new();
+        enc.put_page_external(w, 0, "pc.ram", 0x1000, &memory);
+        enc.put_page_external(w, 0, "pc.ram", 0, &memory);
+    });
+    assert_eq!(in_place, copied);
 }
 
 #[test]
