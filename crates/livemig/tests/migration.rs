@@ -328,7 +328,7 @@ fn return_path_confirms_a_successful_migration() {
         json!({ "uri": format!("file:{}", path.display()) }),
     );
     assert_eq!(src.wait_migration()["status"], "completed");
-    assert!(std::fs::metadata(&path).unwrap().len() > 16 << 20);
+    assert!(std::fs::metadata(&path).unwrap().len() > 8 << 20);
 }
 
 #[test]

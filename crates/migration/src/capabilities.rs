@@ -358,7 +358,7 @@ mod tests {
     #[test]
     fn apply_is_all_or_nothing() {
         let p = MigrationParameters::default();
-        let mut caps = Capabilities::default();
+        let mut caps = set(&[]);
         let err = caps.apply(&[(C::Events, true), (C::PostcopyRam, true)], &p);
         assert_eq!(err, Err(CapabilityError::Unsupported(C::PostcopyRam)));
         assert!(!caps.get(C::Events));

@@ -84,6 +84,9 @@ pub enum MigrationError {
     /// An XBZRLE record arrived (this receiver does not decode them yet in this position).
     #[error("received an unexpected RAM record type: {0}")]
     UnexpectedRamRecord(&'static str),
+    /// `ram-verify` is on here, but the stream carried no digest to check RAM against.
+    #[error("the stream has no ram-verify section, but ram-verify is on: RAM cannot be checked")]
+    VerifyMissing,
     /// `ram-verify`: a RAM block's digest differs after loading.
     #[error("RAM block '{0}' differs from the source after migration (ram-verify)")]
     VerifyMismatch(String),

@@ -212,7 +212,9 @@ impl MigrationState {
         self.set_status_from_any(MigrationStatus::Failed);
     }
 
-    /// `migrate_cancel`: cancels the running migration, if any (always succeeds).
+    /// `migrate_cancel`: cancels the running migration, if any (always succeeds). The status
+    /// moves to `cancelling` before the migration thread is interrupted, so the thread always
+    /// finds it there and ends in `cancelled`.
     pub fn cancel(&self) {
         let runtime = {
             let s = self.lock();
@@ -221,10 +223,17 @@ impl MigrationState {
             }
             s.runtime.clone()
         };
+        self.set_status_from_any(MigrationStatus::Cancelling);
         if let Some(r) = runtime {
             r.cancel_token().cancel();
         }
+    }
+
+    /// Ends a cancelled migration: `cancelling` (if not there yet, e.g. a handle cancelled
+    /// directly), then `cancelled`.
+    pub(crate) fn cancelled(&self) {
         self.set_status_from_any(MigrationStatus::Cancelling);
+        self.set_status(MigrationStatus::Cancelling, MigrationStatus::Cancelled);
     }
 
     /// The `query-migrate` reply.

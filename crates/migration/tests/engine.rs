@@ -389,3 +389,47 @@ fn a_destination_that_never_answers_keeps_the_source_paused_until_cancel() {
     release.store(true, Ordering::SeqCst);
     dh.join().unwrap();
 }
+
+#[test]
+fn a_destination_with_ram_verify_refuses_a_stream_without_the_digest() {
+    let src = side(8 * MIB, true);
+    fill(&src.ram, 4 * MIB, 9);
+    let dst = side(8 * MIB, false);
+    dst.enable(&[Capability::RamVerify]);
+    let uri = dst.listen("tcp:127.0.0.1:0");
+    src.migrate(&uri).unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Failed);
+    let err = dst.finish().unwrap_err();
+    assert!(matches!(err, MigrationError::VerifyMissing), "{err}");
+    assert!(src.finish().is_err());
+    // The destination said no on the return path: the guest runs on at the source only.
+    assert_eq!(src.vm.run_state(), RunState::Running);
+    assert_ne!(dst.vm.run_state(), RunState::Running);
+}
+
+#[test]
+fn stray_connections_before_the_source_do_not_block_the_migration() {
+    use std::io::Write;
+    let src = side(8 * MIB, true);
+    fill(&src.ram, 4 * MIB, 10);
+    enable_verify(&src);
+    let dst = side(8 * MIB, false);
+    let uri = dst.listen("tcp:127.0.0.1:0");
+    let addr = uri.strip_prefix("tcp:").unwrap();
+    // Something that is not a migration stream, then a peer that connects and says nothing
+    // until the destination gives up on it.
+    let mut junk = std::net::TcpStream::connect(addr).unwrap();
+    junk.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let silent = std::net::TcpStream::connect(addr).unwrap();
+    src.migrate(&uri).unwrap();
+    assert_eq!(
+        src.wait_final(),
+        MigrationStatus::Completed,
+        "{:?}",
+        src.state.info()
+    );
+    src.finish().unwrap();
+    dst.finish().unwrap();
+    assert_eq!(src.ram.blocks()[0].digest(), dst.ram.blocks()[0].digest());
+    drop((junk, silent));
+}

@@ -13,6 +13,7 @@
 //! the registry in [`Finished`](crate::Finished). Cancelling (`migrate_cancel`, or dropping the
 //! VM) shuts the listener down, so a destination waiting for a source can always be stopped.
 
+mod accept;
 mod load;
 mod return_path;
 
@@ -28,10 +29,12 @@ use crate::handle::{self, Finished, MigrationHandle, OnFinished, Rejected};
 use crate::registry::{EntryKind, Registry};
 use crate::runtime::Runtime;
 use crate::session::IncomingSession;
+use crate::settings::Settings;
 use crate::state::MigrationState;
 use crate::status::{MigrationStatus, RunState};
 use crate::vm::VmControl;
 
+pub use accept::SOURCE_HELLO_TIMEOUT;
 pub use load::load_stream;
 pub use return_path::ReturnPath;
 
@@ -107,9 +110,7 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
                     job.state
                         .set_status(MigrationStatus::Active, MigrationStatus::Completed);
                 }
-                Err(_) if job.runtime.cancel_token().is_cancelled() => {
-                    job.state.set_status_from_any(MigrationStatus::Cancelled);
-                }
+                Err(_) if job.runtime.cancel_token().is_cancelled() => job.state.cancelled(),
                 Err(e) => {
                     // QEMU's words on the destination.
                     tracing::error!("load of migration failed: {}", e.report());
@@ -149,9 +150,7 @@ impl Job {
         registry: &mut Registry,
     ) -> Result<(), MigrationError> {
         let cancel = self.runtime.cancel_token();
-        let channel = listener.accept_next()?;
-        cancel.register(channel.shutdown_handle());
-        cancel.check()?;
+        let main = accept::accept_source(listener, cancel, SOURCE_HELLO_TIMEOUT)?;
         // The settings in force when the source connects (a deferred destination may be
         // configured after migrate-incoming).
         let settings = self.state.settings();
@@ -168,19 +167,15 @@ impl Job {
         let start = std::time::Instant::now();
         self.state
             .set_status(MigrationStatus::Setup, MigrationStatus::Active);
-        let bidirectional = channel.is_bidirectional();
-        let (reader, writer) = channel.into_split();
-        let rp_writer = bidirectional.then(|| Box::new(writer) as Box<dyn Write + Send>);
+        let writer = main.writer;
+        let rp_writer = main
+            .bidirectional
+            .then(|| Box::new(writer) as Box<dyn Write + Send>);
         let mut rp = ReturnPath::new(rp_writer);
         let mut session = IncomingSession::new(self.runtime.clone(), multifd);
-        let loaded = load_stream(
-            Box::new(reader),
-            registry,
-            &self.machine,
-            &mut rp,
-            &mut session,
-        )
-        .and_then(|()| cancel.check());
+        let loaded = load_stream(main.reader, registry, &self.machine, &mut rp, &mut session)
+            .and_then(|()| require_verify(&settings, registry))
+            .and_then(|()| cancel.check());
         if let Err(e) = loaded {
             let _ = rp.shut(false);
             return Err(e);
@@ -206,4 +201,17 @@ impl Job {
             }
         }
     }
+}
+
+/// With `ram-verify` on, the destination refuses a stream that did not prove its RAM: a source
+/// that leaves the digest out cannot slip a changed page through.
+fn require_verify(settings: &Settings, registry: &Registry) -> Result<(), MigrationError> {
+    let proved = registry
+        .entries()
+        .iter()
+        .any(|e| e.idstr == crate::verify::IDSTR && e.load_section_id.is_some());
+    if settings.has(Capability::RamVerify) && !proved {
+        return Err(MigrationError::VerifyMissing);
+    }
+    Ok(())
 }

@@ -178,11 +178,7 @@ impl Job {
                 self.vm.set_run_state(RunState::Postmigrate);
                 state.set_status(MigrationStatus::Device, MigrationStatus::Completed);
             }
-            Err(_) if self.runtime.cancel_token().is_cancelled() => {
-                if !state.set_status(MigrationStatus::Cancelling, MigrationStatus::Cancelled) {
-                    state.set_status_from_any(MigrationStatus::Cancelled);
-                }
-            }
+            Err(_) if self.runtime.cancel_token().is_cancelled() => state.cancelled(),
             Err(e) => {
                 tracing::error!("migration failed: {}", e.report());
                 state.fail(e);

@@ -1,0 +1,99 @@
+//! Accepting the source: on a socket, anyone can connect first. A connection that does not
+//! start with the stream's magic within [`SOURCE_HELLO_TIMEOUT`] (a port scanner, a stray
+//! client, an attacker holding the port) is dropped and the destination keeps listening for
+//! the real source, instead of failing or blocking the migration until `migrate_cancel`.
+//!
+//! ```text
+//! loop: accept ─ read 4 bytes (≤ timeout) ─ "QEVM"? ─yes─▶ main channel (the 4 bytes put back)
+//!                                             └─no / silent─▶ drop it, log, accept the next one
+//! ```
+
+use std::io::{Cursor, Read};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use savevm::record::QEMU_VM_FILE_MAGIC;
+use transport::{ChannelReader, ChannelWriter, Listener};
+
+use crate::cancel::CancelToken;
+use crate::error::MigrationError;
+
+/// How long a new connection may take to send the stream's first 4 bytes.
+pub const SOURCE_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The source's main channel: its reader (magic included), its writer (the return path), and
+/// whether it has a reverse direction.
+pub(super) struct MainChannel {
+    pub reader: Box<dyn Read + Send>,
+    pub writer: ChannelWriter,
+    pub bidirectional: bool,
+}
+
+/// Accepts connections until one starts with the stream magic. Listeners that are not sockets
+/// (`exec:`, `fd:` pipes, `file:`) have one channel and take it as it is.
+pub(super) fn accept_source(
+    listener: &Listener,
+    cancel: &CancelToken,
+    timeout: Duration,
+) -> Result<MainChannel, MigrationError> {
+    loop {
+        let channel = listener.accept_next()?;
+        cancel.register(channel.shutdown_handle());
+        cancel.check()?;
+        let bidirectional = channel.is_bidirectional();
+        let description = channel.description().to_string();
+        let handle = channel.shutdown_handle();
+        let (reader, writer) = channel.into_split();
+        if listener.socket_address().is_none() {
+            let reader = Box::new(reader);
+            return Ok(MainChannel {
+                reader,
+                writer,
+                bidirectional,
+            });
+        }
+        let (magic, reader) = first_bytes(reader, timeout, || handle.shutdown())?;
+        match magic {
+            Some(m) if u32::from_be_bytes(m) == QEMU_VM_FILE_MAGIC => {
+                return Ok(MainChannel {
+                    reader: Box::new(Cursor::new(m).chain(reader)),
+                    writer,
+                    bidirectional,
+                })
+            }
+            Some(m) => tracing::warn!(
+                peer = %description,
+                "dropped a connection that is not a migration stream (starts with {m:02x?})"
+            ),
+            None => tracing::warn!(
+                peer = %description,
+                ?timeout,
+                "dropped a connection that sent nothing"
+            ),
+        }
+        cancel.check()?;
+    }
+}
+
+/// Reads 4 bytes within `timeout`; past it, `interrupt` unblocks the read and the result is
+/// `None` (as for a peer that closed early).
+fn first_bytes(
+    mut reader: ChannelReader,
+    timeout: Duration,
+    interrupt: impl FnOnce(),
+) -> Result<(Option<[u8; 4]>, ChannelReader), MigrationError> {
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::Builder::new()
+        .name("incoming-hello".into())
+        .spawn(move || {
+            let mut magic = [0u8; 4];
+            let got = reader.read_exact(&mut magic).ok().map(|()| magic);
+            let _ = tx.send(());
+            (got, reader)
+        })
+        .map_err(MigrationError::Spawn)?;
+    if rx.recv_timeout(timeout).is_err() {
+        interrupt();
+    }
+    t.join().map_err(|_| MigrationError::ThreadPanicked)
+}
