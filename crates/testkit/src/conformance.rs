@@ -103,9 +103,8 @@ pub fn check_round_trip(
     );
     let bytes = save_bytes(populated);
     if load_applies {
-        assert_ne!(
-            save_bytes(fresh),
-            bytes,
+        assert!(
+            save_bytes(fresh) != bytes,
             "{name}: the fresh instance already saves the populated state"
         );
     }
@@ -120,11 +119,21 @@ pub fn check_round_trip(
     if let Err(e) = fresh.load(&value, desc.version_id) {
         panic!("{name}: its own state is refused: {}", e.report());
     }
-    assert_eq!(
-        save_bytes(fresh),
-        bytes,
-        "{name}: save → load → save differs"
-    );
+    let again = save_bytes(fresh);
+    if let Some(at) = first_difference(&again, &bytes) {
+        panic!(
+            "{name}: save → load → save differs at byte {at} ({} bytes, first save {})",
+            again.len(),
+            bytes.len()
+        );
+    }
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())))
 }
 
 /// At most this many cut points are tried per body (all of them for shorter bodies).
