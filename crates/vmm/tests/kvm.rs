@@ -19,18 +19,12 @@ use migration::{
 };
 use payload::{Output, Params, SelfCheck};
 use transport::{MigrationUri, NoFds};
-use vmm::kvm::{
-    kvm_available, KernelImage, KvmConfig, KvmError, KvmState, KvmVm, SerialSink, StopReason,
-};
+use vmm::kvm::{KernelImage, KvmConfig, KvmError, KvmState, KvmVm, SerialSink, StopReason};
 
 const MIB: u64 = 1 << 20;
 
 fn skip() -> bool {
-    if kvm_available() {
-        return false;
-    }
-    print_skip("/dev/kvm not available");
-    true
+    !testkit::require_kvm("vmm kvm tests")
 }
 
 fn ram(size: u64) -> Arc<GuestRam> {
@@ -519,7 +513,7 @@ const CHILD_ENV: &str = "LIVEMIG_KVM_DEST_DIR";
 #[ignore = "destination process of running_guest_migrates_to_another_process"]
 fn kvm_destination_process() {
     let Some(dir) = std::env::var_os(CHILD_ENV).map(std::path::PathBuf::from) else {
-        print_skip("runs only as the child of running_guest_migrates_to_another_process");
+        testkit::print_skip("runs only as the child of running_guest_migrates_to_another_process");
         return;
     };
     let dst = side(SerialSink::File(dir.join("serial")));
@@ -601,11 +595,4 @@ fn running_guest_migrates_to_another_process() {
         "destination process died"
     );
     assert_continues(&before, &read());
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }

@@ -78,7 +78,7 @@ fn writes_stay_in_the_working_set_and_a_paused_guest_is_fully_synced() {
     match log.start() {
         Ok(()) => {}
         Err(e @ (RamError::UffdUnavailable { .. } | RamError::UffdFeatures { .. })) => {
-            print_skip(&format!("{e}"));
+            testkit::print_skip(&format!("{e}"));
             return;
         }
         Err(e) => panic!("{e}"),
@@ -332,7 +332,7 @@ fn precopy_with_uffd_log_loses_no_writes() {
         match log.start() {
             Ok(()) => {}
             Err(e @ (RamError::UffdUnavailable { .. } | RamError::UffdFeatures { .. })) => {
-                print_skip(&format!("{e}"));
+                testkit::print_skip(&format!("{e}"));
                 return;
             }
             Err(e) => panic!("{e}"),
@@ -360,11 +360,4 @@ fn precopy_with_uffd_log_loses_no_writes() {
         assert!(g.total_writes() > 0);
         assert_eq!(d.digest(), s.digest(), "{backing}");
     }
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }
