@@ -32,15 +32,9 @@ fn cfg(vcpus: usize, working_set: u64) -> WorkloadConfig {
 }
 
 /// Polls `f` until true; panics after a very generous 20 s (a liveness check, not a timing one).
-fn wait_until(mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "condition never became true"
-        );
-        sleep(Duration::from_millis(1));
-    }
+#[track_caller]
+fn wait_until(f: impl FnMut() -> bool) {
+    testkit::wait_for(Duration::from_secs(20), "the guest's writes", f);
 }
 
 fn read_u64(ram: &GuestRam, offset: u64) -> u64 {
