@@ -17,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use migration::block::BlockHandler;
 use migration::incoming::{load_stream, ReturnPath};
 use migration::ram::RamHandler;
-use migration::{DeviceState, EventBus, GlobalState, MigrationError, MigrationState, Registry};
+use migration::{DeviceState, GlobalState, IncomingSession, MigrationError, Registry};
 use savevm::vmstate::{FieldKind, VmStateDescription, VmStateValue};
 
 /// Machine type the streams must name (a prefix of it, as QEMU's check).
@@ -126,14 +126,12 @@ impl DeviceState for Clock {
 fn registry() -> Registry {
     let block = RamBlock::new("pc.ram", RAM_SIZE, Backing::Anonymous).expect("small RAM block");
     let ram = Arc::new(GuestRam::new(vec![block]));
-    let state = Arc::new(MigrationState::new(Arc::new(EventBus::new())));
     let mut registry = Registry::new();
     registry.register_live(Box::new(RamHandler::new(
         ram.clone(),
         Box::new(FullDirtyLog::new(ram)),
-        state.clone(),
     )));
-    registry.register_live(Box::new(BlockHandler::new(Vec::new(), state)));
+    registry.register_live(Box::new(BlockHandler::new(Vec::new())));
     registry.register_device("globalstate", Some(0), Box::new(GlobalState::new()));
     registry.register_device("timer", Some(0), Box::new(Clock::default()));
     registry.register_device("dev", Some(0), Box::new(Sample(VmStateValue::new())));
@@ -149,6 +147,7 @@ fuzz_target!(|data: &[u8]| {
         &mut registry,
         MACHINE,
         &mut rp,
+        &mut IncomingSession::standalone(),
     );
     // For checking seeds: how far does this input get?
     if std::env::var_os("STREAM_LOADER_VERBOSE").is_some() {

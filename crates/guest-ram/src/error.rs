@@ -147,6 +147,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A hypervisor's dirty log (e.g. KVM's) failed; the hypervisor's error is the source.
+    #[error("the hypervisor's dirty log for RAM block `{idstr}` failed to {what}")]
+    Hypervisor {
+        /// The block.
+        idstr: String,
+        /// What was asked: "start", "sync", "stop".
+        what: &'static str,
+        /// The hypervisor's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The block is already being tracked by another dirty log.
     #[error("RAM block `{idstr}` is already tracked by another dirty log")]
     AlreadyTracked {

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use migration::block::BlockMigrationOptions;
-use migration::{Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, RunState};
+use migration::{
+    Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, ParameterUpdate,
+    RunState,
+};
 use monitor::{CommandError, MigrateOptions, MonitorBackend};
 use vmm::machine::{Machine, MachineError};
 
@@ -50,37 +53,19 @@ impl MonitorBackend for MachineBackend {
     }
 
     fn set_capabilities(&self, changes: &[(Capability, bool)]) -> Result<(), CommandError> {
-        let state = self.0.migration();
-        if state.status().is_running() {
-            return Err(CommandError::generic(
-                "There's a migration process in progress",
-            ));
-        }
-        state
-            .lock()
-            .caps
-            .apply(changes)
-            .map_err(|e| CommandError::generic(e.to_string()))
+        Ok(self.0.set_capabilities(changes)?)
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.0.migration().lock().caps.clone()
+        self.0.migration().capabilities()
     }
 
-    fn set_parameters(
-        &self,
-        args: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), CommandError> {
-        self.0
-            .migration()
-            .lock()
-            .params
-            .apply_json(args)
-            .map_err(|e| CommandError::generic(e.to_string()))
+    fn set_parameters(&self, update: &ParameterUpdate) -> Result<(), CommandError> {
+        Ok(self.0.set_parameters(update)?)
     }
 
     fn parameters(&self) -> MigrationParameters {
-        self.0.migration().lock().params.clone()
+        self.0.migration().parameters()
     }
 
     fn run_state(&self) -> RunState {

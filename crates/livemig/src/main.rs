@@ -3,7 +3,6 @@
 
 mod backend;
 mod bench;
-mod bench_kvm;
 mod cmd_analyze;
 mod cmd_demo;
 mod cmd_monitor;

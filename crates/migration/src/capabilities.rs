@@ -4,12 +4,32 @@
 //! Every QEMU 7.2 capability is listed by `query-migrate-capabilities` so management software
 //! sees the familiar set; the ones livemig does not implement can be queried and switched off
 //! but switching them on is refused with a clear error instead of being silently ignored.
+//!
+//! [`Capabilities`] is a bitset over [`Capability`]. [`Capabilities::apply`] checks the merged
+//! set with the rules of QEMU 7.2's `migrate_caps_check` first, then livemig's own refusal:
+//!
+//! | enabled | requires / refuses | error |
+//! | --- | --- | --- |
+//! | `postcopy-ram` | not `x-ignore-shared` | `Postcopy is not compatible with ignore-shared` |
+//! | `background-snapshot` | none of 15 capabilities (QEMU's list, in its order) | `Background-snapshot is not compatible with <cap>` |
+//! | `zero-copy-send` | `multifd`, not `compress`, not `xbzrle`, `multifd-compression` none, no `tls-creds` | `Zero copy only available for non-compressed non-TLS multifd migration` |
+//! | `postcopy-preempt` | `postcopy-ram` | `Postcopy preempt requires postcopy-ram` |
+//! | `postcopy-preempt` | not `compress` | `Postcopy preempt not compatible with compress` |
+//! | `multifd` | not `compress` | `Multifd is not compatible with compress` |
+//!
+//! QEMU's checks of the host (userfaultfd for postcopy and background snapshots, replication
+//! for COLO) and of the incoming URI are not rules over the set and are left to the code that
+//! would implement those features.
 
 use std::fmt;
 use std::str::FromStr;
 
-/// One migration capability.
+use crate::params::{MigrationParameters, MultifdCompression, ParamLimits};
+
+/// One migration capability; the discriminant is QEMU's enum value (and the bit in
+/// [`Capabilities`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Capability {
     /// XBZRLE delta encoding of re-sent pages.
     Xbzrle,
@@ -146,6 +166,24 @@ pub enum CapabilityError {
     /// A migration is running.
     #[error("There's a migration process in progress")]
     MigrationRunning,
+    /// `postcopy-ram` with `x-ignore-shared`.
+    #[error("Postcopy is not compatible with ignore-shared")]
+    PostcopyIgnoreShared,
+    /// `background-snapshot` with one of the capabilities it excludes.
+    #[error("Background-snapshot is not compatible with {0}")]
+    BackgroundSnapshot(Capability),
+    /// `zero-copy-send` without plain multifd.
+    #[error("Zero copy only available for non-compressed non-TLS multifd migration")]
+    ZeroCopy,
+    /// `postcopy-preempt` without `postcopy-ram`.
+    #[error("Postcopy preempt requires postcopy-ram")]
+    PreemptNeedsPostcopy,
+    /// `postcopy-preempt` with `compress`.
+    #[error("Postcopy preempt not compatible with compress")]
+    PreemptCompress,
+    /// `multifd` with `compress`.
+    #[error("Multifd is not compatible with compress")]
+    MultifdCompress,
 }
 
 impl FromStr for Capability {
@@ -158,31 +196,112 @@ impl FromStr for Capability {
     }
 }
 
-/// The set of enabled capabilities.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What `background-snapshot` cannot be combined with, in QEMU 7.2's order.
+const BACKGROUND_SNAPSHOT_EXCLUDES: [Capability; 15] = [
+    Capability::PostcopyRam,
+    Capability::DirtyBitmaps,
+    Capability::PostcopyBlocktime,
+    Capability::LateBlockActivate,
+    Capability::ReturnPath,
+    Capability::Multifd,
+    Capability::PauseBeforeSwitchover,
+    Capability::AutoConverge,
+    Capability::ReleaseRam,
+    Capability::RdmaPinAll,
+    Capability::Compress,
+    Capability::Xbzrle,
+    Capability::XColo,
+    Capability::ValidateUuid,
+    Capability::ZeroCopySend,
+];
+
+/// The set of enabled capabilities (a bitset; all off by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Capabilities {
-    enabled: std::collections::BTreeSet<Capability>,
+    bits: u32,
 }
 
 impl Capabilities {
-    /// True when `cap` is on.
-    pub fn get(&self, cap: Capability) -> bool {
-        self.enabled.contains(&cap)
+    fn bit(cap: Capability) -> u32 {
+        1 << cap as u8
     }
 
-    /// Applies a batch of changes as a whole: either all are valid and applied, or none is.
-    pub fn apply(&mut self, changes: &[(Capability, bool)]) -> Result<(), CapabilityError> {
+    /// True when `cap` is on.
+    pub fn get(&self, cap: Capability) -> bool {
+        self.bits & Self::bit(cap) != 0
+    }
+
+    /// Turns `cap` on or off without any check (building a set; use [`Self::apply`] for
+    /// requests).
+    pub fn set(&mut self, cap: Capability, on: bool) {
+        if on {
+            self.bits |= Self::bit(cap);
+        } else {
+            self.bits &= !Self::bit(cap);
+        }
+    }
+
+    /// Applies a batch of changes as a whole: the merged set is checked with QEMU's rules
+    /// (against the current `params`), then for capabilities livemig does not implement;
+    /// either all changes are applied or none.
+    pub fn apply(
+        &mut self,
+        changes: &[(Capability, bool)],
+        params: &MigrationParameters,
+    ) -> Result<(), CapabilityError> {
+        let mut next = self.clone();
+        for &(cap, on) in changes {
+            next.set(cap, on);
+        }
+        next.check(params)?;
         if let Some((cap, _)) = changes.iter().find(|(c, on)| *on && !c.is_supported()) {
             return Err(CapabilityError::Unsupported(*cap));
         }
-        for &(cap, on) in changes {
-            if on {
-                self.enabled.insert(cap);
-            } else {
-                self.enabled.remove(&cap);
+        *self = next;
+        Ok(())
+    }
+
+    /// QEMU 7.2's `migrate_caps_check` rules over the set (see the module documentation).
+    pub fn check(&self, params: &MigrationParameters) -> Result<(), CapabilityError> {
+        use Capability as C;
+        let on = |c| self.get(c);
+        if on(C::PostcopyRam) && on(C::XIgnoreShared) {
+            return Err(CapabilityError::PostcopyIgnoreShared);
+        }
+        if on(C::BackgroundSnapshot) {
+            if let Some(&c) = BACKGROUND_SNAPSHOT_EXCLUDES.iter().find(|&&c| on(c)) {
+                return Err(CapabilityError::BackgroundSnapshot(c));
             }
         }
+        if on(C::ZeroCopySend)
+            && (!on(C::Multifd)
+                || on(C::Compress)
+                || on(C::Xbzrle)
+                || params.multifd_compression != MultifdCompression::None
+                || params.uses_tls())
+        {
+            return Err(CapabilityError::ZeroCopy);
+        }
+        if on(C::PostcopyPreempt) {
+            if !on(C::PostcopyRam) {
+                return Err(CapabilityError::PreemptNeedsPostcopy);
+            }
+            if on(C::Compress) {
+                return Err(CapabilityError::PreemptCompress);
+            }
+        }
+        if on(C::Multifd) && on(C::Compress) {
+            return Err(CapabilityError::MultifdCompress);
+        }
         Ok(())
+    }
+
+    /// What this set imposes on parameter changes, with the guest's RAM size if known.
+    pub fn param_limits(&self, ram_size: Option<u64>) -> ParamLimits {
+        ParamLimits {
+            ram_size,
+            zero_copy_send: self.get(Capability::ZeroCopySend),
+        }
     }
 
     /// Every capability with its state, in query order.
@@ -194,11 +313,27 @@ impl Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Capability as C;
+
+    fn set(caps: &[Capability]) -> Capabilities {
+        let mut s = Capabilities::default();
+        for &c in caps {
+            s.set(c, true);
+        }
+        s
+    }
+
+    fn check(caps: &[Capability]) -> Result<(), String> {
+        set(caps)
+            .check(&MigrationParameters::default())
+            .map_err(|e| e.to_string())
+    }
 
     #[test]
     fn names_round_trip_and_unknown() {
-        for c in Capability::ALL {
+        for (i, c) in Capability::ALL.into_iter().enumerate() {
             assert_eq!(c.as_str().parse::<Capability>(), Ok(c));
+            assert_eq!(c as usize, i, "{c} keeps QEMU's enum value");
         }
         assert_eq!(
             "nosuch".parse::<Capability>(),
@@ -208,16 +343,92 @@ mod tests {
 
     #[test]
     fn apply_is_all_or_nothing() {
+        let p = MigrationParameters::default();
         let mut caps = Capabilities::default();
-        let err = caps.apply(&[(Capability::Events, true), (Capability::PostcopyRam, true)]);
-        assert_eq!(
-            err,
-            Err(CapabilityError::Unsupported(Capability::PostcopyRam))
-        );
-        assert!(!caps.get(Capability::Events));
-        caps.apply(&[(Capability::Events, true), (Capability::PostcopyRam, false)])
+        let err = caps.apply(&[(C::Events, true), (C::PostcopyRam, true)], &p);
+        assert_eq!(err, Err(CapabilityError::Unsupported(C::PostcopyRam)));
+        assert!(!caps.get(C::Events));
+        caps.apply(&[(C::Events, true), (C::PostcopyRam, false)], &p)
             .unwrap();
-        assert!(caps.get(Capability::Events));
+        assert!(caps.get(C::Events));
         assert_eq!(caps.list().len(), 22);
+        caps.apply(&[(C::Events, false), (C::Multifd, true)], &p)
+            .unwrap();
+        assert_eq!(set(&[C::Multifd]), caps);
+    }
+
+    #[test]
+    fn qemu_rules_come_before_the_unsupported_refusal() {
+        let mut caps = Capabilities::default();
+        let e = caps.apply(
+            &[(C::PostcopyPreempt, true)],
+            &MigrationParameters::default(),
+        );
+        assert_eq!(e, Err(CapabilityError::PreemptNeedsPostcopy));
+        assert_eq!(caps, Capabilities::default());
+    }
+
+    #[test]
+    fn postcopy_rules() {
+        assert_eq!(
+            check(&[C::PostcopyRam, C::XIgnoreShared]),
+            Err("Postcopy is not compatible with ignore-shared".into())
+        );
+        assert_eq!(
+            check(&[C::PostcopyPreempt]),
+            Err("Postcopy preempt requires postcopy-ram".into())
+        );
+        assert_eq!(
+            check(&[C::PostcopyPreempt, C::PostcopyRam, C::Compress]),
+            Err("Postcopy preempt not compatible with compress".into())
+        );
+        check(&[C::PostcopyPreempt, C::PostcopyRam, C::XIgnoreShared]).unwrap_err();
+        check(&[C::PostcopyPreempt, C::PostcopyRam]).unwrap();
+    }
+
+    #[test]
+    fn multifd_and_compress_exclude_each_other() {
+        assert_eq!(
+            check(&[C::Multifd, C::Compress]),
+            Err("Multifd is not compatible with compress".into())
+        );
+        check(&[C::Multifd, C::Xbzrle]).unwrap();
+    }
+
+    #[test]
+    fn background_snapshot_excludes_in_qemu_order() {
+        for c in BACKGROUND_SNAPSHOT_EXCLUDES {
+            assert_eq!(
+                check(&[C::BackgroundSnapshot, c]),
+                Err(format!("Background-snapshot is not compatible with {c}"))
+            );
+        }
+        assert_eq!(
+            check(&[C::BackgroundSnapshot, C::Xbzrle, C::PostcopyRam]),
+            Err("Background-snapshot is not compatible with postcopy-ram".into())
+        );
+        check(&[C::BackgroundSnapshot, C::Events, C::Block]).unwrap();
+    }
+
+    #[test]
+    fn zero_copy_send_needs_plain_multifd() {
+        let text = "Zero copy only available for non-compressed non-TLS multifd migration";
+        assert_eq!(check(&[C::ZeroCopySend]), Err(text.into()));
+        assert_eq!(
+            check(&[C::ZeroCopySend, C::Multifd, C::Xbzrle]),
+            Err(text.into())
+        );
+        check(&[C::ZeroCopySend, C::Multifd]).unwrap();
+        let caps = set(&[C::ZeroCopySend, C::Multifd]);
+        let p = MigrationParameters {
+            multifd_compression: MultifdCompression::Zstd,
+            ..Default::default()
+        };
+        assert_eq!(caps.check(&p), Err(CapabilityError::ZeroCopy));
+        let p = MigrationParameters {
+            tls_creds: "tls0".into(),
+            ..Default::default()
+        };
+        assert_eq!(caps.check(&p), Err(CapabilityError::ZeroCopy));
     }
 }

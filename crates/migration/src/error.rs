@@ -95,32 +95,83 @@ pub enum MigrationError {
         /// Why.
         reason: String,
     },
-    /// The stream ended without EOF or had trailing structure errors.
-    #[error("{0}")]
-    Protocol(String),
+    /// The source asked for a return path over a transport that has no reverse direction.
+    #[error("the source asked for a return path, but this transport has none")]
+    NoReturnPathTransport,
+    /// The return-path capability needs a bidirectional (socket) transport.
+    #[error("the return-path capability needs a socket transport, not {0}")]
+    ReturnPathNeedsSocket(String),
+    /// A PING command arrived before the source opened the return path.
+    #[error("received PING but no return path is open")]
+    PingWithoutReturnPath,
+    /// A PING command whose value is not 4 bytes.
+    #[error("PING command without a 4-byte value")]
+    BadPing,
+    /// A migration command (QEMU_VM_COMMAND) livemig does not implement.
+    #[error("migration command {0} is not supported by livemig")]
+    UnsupportedCommand(u16),
+    /// The destination closed the return path before it reported how loading ended.
+    #[error("the destination closed the return path without reporting")]
+    ReturnPathClosed,
+    /// Multifd over a transport with a single connection (exec:, fd:, file:).
+    #[error("multifd is not supported by current protocol")]
+    MultifdTransport,
+    /// A multifd compression method livemig does not implement.
+    #[error("multifd compression '{0}' is not supported by livemig")]
+    MultifdCompression(String),
+    /// A multifd packet says it is compressed.
+    #[error("multifd compression is not supported")]
+    MultifdCompressedPacket,
+    /// A multifd channel's hello carries another VM's UUID.
+    #[error("multifd channel UUID does not match this VM")]
+    MultifdUuid,
+    /// Two multifd channels have the same id (QEMU's text).
+    #[error("received id '{0}' already setup")]
+    MultifdDuplicateChannel(usize),
+    /// A multifd channel id beyond `multifd-channels`.
+    #[error("multifd channel id {0} out of range")]
+    MultifdChannelRange(usize),
+    /// A multifd channel thread ended before its work was done.
+    #[error("a multifd channel thread ended early")]
+    MultifdThreadEnded,
+    /// `migrate -b`/`-i` options refused (QEMU's text).
+    #[error(transparent)]
+    BlockOptions(crate::block::error::BlockMigrationError),
+    /// Block migration failed on the source.
+    #[error("block migration failed")]
+    BlockSave(#[source] crate::block::error::BlockMigrationError),
+    /// Block migration failed on the destination.
+    #[error("block migration failed on the destination")]
+    BlockLoad(#[source] crate::block::error::BlockMigrationError),
     /// The destination reported on the return path that it could not load the stream.
     #[error("the destination failed to load the migration (return-path status {0})")]
     DestinationFailed(u32),
     /// Stopping or resuming the VM failed.
-    #[error("VM control failed: {0}")]
-    Vm(String),
+    #[error("VM control failed")]
+    Vm(#[from] crate::vm::VmError),
+    /// `tls-creds` names credentials this VM does not have (QEMU's text). livemig has no TLS
+    /// credential objects yet, so a set `tls-creds` always fails: never plain text instead.
+    #[error("No TLS credentials with id '{0}'")]
+    TlsCredsNotFound(String),
+    /// Memory sized by a parameter or a peer could not be allocated; nothing was aborted.
+    #[error("cannot allocate {bytes} bytes for {what}")]
+    OutOfMemory {
+        /// What the memory was for.
+        what: &'static str,
+        /// How much was asked for.
+        bytes: u64,
+    },
+    /// A migration or channel thread could not be started.
+    #[error("cannot start a migration thread")]
+    Spawn(#[source] std::io::Error),
+    /// The migration thread panicked (a bug); what it owned is lost.
+    #[error("the migration thread panicked")]
+    ThreadPanicked,
 }
 
 impl MigrationError {
     /// The full message with its chain of causes, as shown to operators.
     pub fn report(&self) -> String {
-        error_report(self)
+        crate::report::error_report(self)
     }
-}
-
-/// `e`'s message followed by each of its causes (`a: b: c`), for operators and logs.
-pub fn error_report(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }

@@ -14,6 +14,26 @@ use crate::handler::DeviceState;
 
 const NAME_LEN: usize = 100;
 
+/// Every run state QEMU 7.2 knows (`RunState` in qapi/run-state.json): what a source may send.
+const QEMU_RUN_STATES: &[&str] = &[
+    "debug",
+    "inmigrate",
+    "internal-error",
+    "io-error",
+    "paused",
+    "postmigrate",
+    "prelaunch",
+    "finish-migrate",
+    "restore-vm",
+    "running",
+    "save-vm",
+    "shutdown",
+    "suspended",
+    "watchdog",
+    "guest-panicked",
+    "colo",
+];
+
 /// Shared cell holding the run state stored at switchover / received from the source.
 #[derive(Debug, Clone, Default)]
 pub struct GlobalState {
@@ -76,10 +96,53 @@ impl DeviceState for GlobalState {
         if size == 0 || size > NAME_LEN {
             return Err(err(format!("invalid run state length {size}")));
         }
-        let raw = &bytes[..size.min(bytes.len())];
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        let name = std::str::from_utf8(&raw[..end]).map_err(|e| err(e.to_string()))?;
+        // QEMU refuses a name that fills the whole buffer (no terminating NUL).
+        let end = bytes
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| err("unterminated run state".into()))?;
+        let name = std::str::from_utf8(&bytes[..end]).map_err(|e| err(e.to_string()))?;
+        if !QEMU_RUN_STATES.contains(&name) {
+            return Err(err(format!(
+                "invalid parameter value '{name}' for runstate"
+            )));
+        }
         self.store(name);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(name: &[u8], size: u64) -> VmStateValue {
+        let mut buf = vec![0u8; NAME_LEN];
+        buf[..name.len()].copy_from_slice(name);
+        VmStateValue::new()
+            .with("size", Value::Uint(size))
+            .with("runstate", Value::Bytes(buf))
+    }
+
+    #[test]
+    fn loads_what_qemu_sends_and_refuses_what_qemu_refuses() {
+        let mut g = GlobalState::new();
+        g.load(&value(b"running", 8), 1).unwrap();
+        assert_eq!(g.get().as_deref(), Some("running"));
+        g.load(&value(b"suspended", 10), 1).unwrap();
+        let e = g.load(&value(b"bogus", 6), 1).unwrap_err();
+        assert!(
+            e.to_string().contains("invalid parameter value 'bogus'"),
+            "{e}"
+        );
+        let e = g.load(&value(&[b'a'; NAME_LEN], 100), 1).unwrap_err();
+        assert!(e.to_string().contains("unterminated"), "{e}");
+        assert!(g.load(&value(b"running", 0), 1).is_err());
+        assert!(g.load(&value(b"running", 101), 1).is_err());
+        assert_eq!(
+            g.get().as_deref(),
+            Some("suspended"),
+            "refused states change nothing"
+        );
     }
 }

@@ -7,14 +7,17 @@
 //!   [`VmStateDescription`], QEMU's `VMStateDescription`:
 //!   sent once, as a FULL section, while the guest is stopped.
 //!
-//! Save methods get the stream writer; load methods the reader. Methods that every handler
-//! must implement have no default (STYLE practice 8).
+//! Save methods get the stream writer and the migration's [`OutgoingSession`] (settings,
+//! statistics, multifd channels, throttle requests); load methods the reader and the
+//! [`IncomingSession`]. Methods that every handler must implement have no default (STYLE
+//! practice 8).
 
 use savevm::qemu_file::{QemuFileReader, QemuFileWriter};
 use savevm::vmstate::{VmStateDescription, VmStateValue};
 
 use crate::capabilities::Capabilities;
 use crate::error::MigrationError;
+use crate::session::{IncomingSession, OutgoingSession};
 
 /// Iterative (live) migration state.
 pub trait LiveHandler: Send {
@@ -30,33 +33,54 @@ pub trait LiveHandler: Send {
     }
 
     /// Writes the START section body (e.g. the RAM block list) and starts tracking changes.
-    fn save_setup(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError>;
+    fn save_setup(
+        &mut self,
+        f: &mut QemuFileWriter,
+        s: &mut OutgoingSession,
+    ) -> Result<(), MigrationError>;
 
     /// Bytes still to send. A handler may re-synchronise its dirty log when the estimate is
     /// below `threshold` (QEMU's `save_live_pending`).
-    fn pending(&mut self, threshold: u64) -> Result<u64, MigrationError>;
+    fn pending(&mut self, threshold: u64, s: &mut OutgoingSession) -> Result<u64, MigrationError>;
 
     /// Writes one PART section body; returns true when nothing is left for now.
-    fn iterate(&mut self, f: &mut QemuFileWriter) -> Result<bool, MigrationError>;
+    fn iterate(
+        &mut self,
+        f: &mut QemuFileWriter,
+        s: &mut OutgoingSession,
+    ) -> Result<bool, MigrationError>;
 
     /// Writes the END section body with the guest stopped: everything that is left.
-    fn complete(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError>;
+    fn complete(
+        &mut self,
+        f: &mut QemuFileWriter,
+        s: &mut OutgoingSession,
+    ) -> Result<(), MigrationError>;
 
     /// Releases source-side migration state (after success or failure).
     fn save_cleanup(&mut self);
 
     /// Prepares for a new incoming stream.
-    fn load_setup(&mut self) -> Result<(), MigrationError> {
+    fn load_setup(&mut self, _s: &mut IncomingSession) -> Result<(), MigrationError> {
         Ok(())
     }
 
     /// Reads one START / PART / END section body of version `version`.
-    fn load(&mut self, f: &mut QemuFileReader, version: u32) -> Result<(), MigrationError>;
+    fn load(
+        &mut self,
+        f: &mut QemuFileReader,
+        version: u32,
+        s: &mut IncomingSession,
+    ) -> Result<(), MigrationError>;
 
-    /// Called once the whole stream was loaded successfully.
-    fn load_complete(&mut self) -> Result<(), MigrationError> {
+    /// Called once the whole stream was loaded successfully; may still fail the migration.
+    fn load_complete(&mut self, _s: &mut IncomingSession) -> Result<(), MigrationError> {
         Ok(())
     }
+
+    /// Called once after every incoming stream, loaded or not: release what the load held and,
+    /// when `failed`, discard what it wrote that must not survive (e.g. staged disk images).
+    fn load_cleanup(&mut self, _failed: bool) {}
 }
 
 /// Device state described by a versioned VMState description.

@@ -3,6 +3,9 @@
 
 use serde::Serialize;
 
+use crate::capabilities::Capability;
+use crate::counters::RamCounters;
+use crate::runtime::Runtime;
 use crate::status::MigrationStatus;
 
 /// RAM transfer statistics, QEMU's `MigrationStats`.
@@ -67,16 +70,7 @@ pub struct XbzrleCacheStats {
     pub overflow: u64,
 }
 
-/// Block migration progress (`disk` member).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DiskStats {
-    /// Bytes of disk data sent.
-    pub transferred: u64,
-    /// Bytes still to send.
-    pub remaining: u64,
-    /// Total size of the migrated disks.
-    pub total: u64,
-}
+pub use crate::counters::DiskStats;
 
 /// The reply of `query-migrate`; members are present only when QEMU would show them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -131,6 +125,109 @@ impl MigrationInfo {
     /// The reply as a JSON value.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// What [`build`] reads from the VM's migration state.
+pub(crate) struct Snapshot<'a> {
+    pub status: MigrationStatus,
+    pub incoming: bool,
+    pub error: Option<&'a str>,
+    pub socket_address: Option<&'a Vec<serde_json::Value>>,
+    pub runtime: Option<&'a Runtime>,
+}
+
+/// The `query-migrate` reply for a state and the runtime of its current or last migration.
+pub(crate) fn build(s: Snapshot<'_>) -> MigrationInfo {
+    let status = s.status;
+    let mut info = MigrationInfo {
+        socket_address: s.socket_address.cloned(),
+        ..Default::default()
+    };
+    // A destination that only listens shows its address and no status (QEMU).
+    if status == MigrationStatus::None || (s.incoming && status == MigrationStatus::Setup) {
+        return info;
+    }
+    info.status = Some(status);
+    if status == MigrationStatus::Failed {
+        info.error_desc = s.error.map(str::to_string);
+    }
+    let Some(rt) = s.runtime.filter(|_| status.has_ram_stats()) else {
+        return info;
+    };
+    let completed = status == MigrationStatus::Completed;
+    {
+        let t = rt.timings();
+        let now_ms = t.elapsed_ms();
+        info.total_time = Some(if completed {
+            t.total_time.unwrap_or(now_ms)
+        } else {
+            now_ms
+        });
+        info.setup_time = Some(t.setup_time.unwrap_or(0));
+        if completed {
+            info.downtime = t.downtime;
+        } else {
+            info.expected_downtime = Some(
+                t.expected_downtime
+                    .unwrap_or_else(|| rt.settings().params.downtime_limit_ms()),
+            );
+        }
+        info.ram = Some(ram_stats(&rt.ram, completed, t.mbps, t.pages_per_second));
+    }
+    // Block migration: only while it runs, never after completion (QEMU).
+    if !completed {
+        info.disk = rt.disk.stats();
+    }
+    let throttle = RamCounters::get(&rt.ram.cpu_throttle_percentage);
+    if throttle > 0 && status.is_running() {
+        info.cpu_throttle_percentage = Some(throttle);
+    }
+    if rt.settings().has(Capability::Xbzrle) {
+        info.xbzrle_cache = Some(xbzrle_stats(&rt.ram));
+    }
+    info
+}
+
+fn ram_stats(r: &RamCounters, completed: bool, mbps: f64, pages_per_second: u64) -> RamStats {
+    let g = RamCounters::get;
+    let normal = g(&r.normal);
+    let page = savevm::ram::TARGET_PAGE_SIZE as u64;
+    RamStats {
+        transferred: g(&r.transferred),
+        remaining: if completed { 0 } else { g(&r.remaining) },
+        total: g(&r.total),
+        duplicate: g(&r.duplicate),
+        normal,
+        normal_bytes: normal * page,
+        dirty_pages_rate: if completed { 0 } else { g(&r.dirty_pages_rate) },
+        mbps,
+        dirty_sync_count: g(&r.dirty_sync_count),
+        page_size: page,
+        pages_per_second,
+        precopy_bytes: g(&r.precopy_bytes),
+        downtime_bytes: g(&r.downtime_bytes),
+        multifd_bytes: g(&r.multifd_bytes),
+        ..Default::default()
+    }
+}
+
+fn xbzrle_stats(r: &RamCounters) -> XbzrleCacheStats {
+    let g = RamCounters::get;
+    let (pages, miss, bytes) = (
+        g(&r.xbzrle_pages),
+        g(&r.xbzrle_cache_miss),
+        g(&r.xbzrle_bytes),
+    );
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    XbzrleCacheStats {
+        cache_size: g(&r.xbzrle_cache_size),
+        bytes,
+        pages,
+        cache_miss: miss,
+        cache_miss_rate: ratio(miss, pages + miss),
+        encoding_rate: ratio(g(&r.xbzrle_unencoded), bytes),
+        overflow: g(&r.xbzrle_overflow),
     }
 }
 

@@ -3,6 +3,23 @@
 
 use crate::status::RunState;
 
+/// A VMM's own error behind a [`VmError`] (e.g. a KVM ioctl failure), kept as the source.
+pub type VmErrorSource = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why the VM could not be stopped or started.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The vCPUs (or disk writers) could not be stopped.
+    #[error("cannot stop the guest")]
+    Stop(#[source] VmErrorSource),
+    /// The vCPUs (or disk writers) could not be started.
+    #[error("cannot start the guest")]
+    Start(#[source] VmErrorSource),
+    /// The guest has ended (powered off or crashed) and cannot run again.
+    #[error("the guest has stopped for good ({0})")]
+    Ended(String),
+}
+
 /// Control over a VM's vCPUs and run state.
 pub trait VmControl: Send + Sync {
     /// Current run state.
@@ -11,10 +28,10 @@ pub trait VmControl: Send + Sync {
     /// Stops every vCPU and returns once they are quiescent (no more guest writes), then sets
     /// the run state to `state` and emits `STOP` if the guest was running. Returns whether it
     /// was running.
-    fn vm_stop(&self, state: RunState) -> Result<bool, String>;
+    fn vm_stop(&self, state: RunState) -> Result<bool, VmError>;
 
     /// Starts the vCPUs (run state `running`, `RESUME` event).
-    fn vm_start(&self) -> Result<(), String>;
+    fn vm_start(&self) -> Result<(), VmError>;
 
     /// Sets the run state without touching vCPUs (e.g. `postmigrate`).
     fn set_run_state(&self, state: RunState);

@@ -10,19 +10,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use block::{Disk, DiskFormat, DiskWriter, DiskWriterConfig, DriveSpec, WritePattern};
-use guest_ram::{Backing, GuestRam, RamBlock, UffdDirtyLog};
+use guest_ram::{Backing, GuestRam, RamBlock};
 use migration::block::{BlockHandler, BlockMigrationOptions};
-use migration::incoming::{self, IncomingJob};
-use migration::outgoing::{self, OutgoingJob};
-use migration::ram::RamHandler;
 use migration::{
-    Capability, EventBus, GlobalState, LiveHandler, MigrationError, MigrationState,
-    MigrationStatus, Registry, RunState, VmControl,
+    Capability, EventBus, GlobalState, IncomingSession, LiveHandler, MigrationError,
+    MigrationStatus, OutgoingSession, RunState, Runtime, Settings, VmControl,
 };
 use savevm::block::{read_record, BlockRecord, BLK_MIG_CHUNK_SIZE};
 use savevm::qemu_file::{memory_reader, memory_writer};
 use serde_json::Value;
-use transport::{MigrationUri, NoFds};
+use testkit::{ram_registry, FakeVm, Side};
 
 const MIB: u64 = 1 << 20;
 
@@ -121,58 +118,39 @@ fn fill(disk: &Disk, offset: u64, len: u64, seed: u64) {
 // ---------------------------------------------------------------------------------------------
 // A VM whose "vCPUs" are disk writers
 
-struct FakeVm {
-    state: Mutex<RunState>,
-    writers: Mutex<Vec<DiskWriter>>,
-    /// Writes completed when the guest was stopped for the switchover.
-    writes_at_stop: AtomicU64,
-}
-
-impl FakeVm {
-    fn writes(&self) -> u64 {
-        self.writers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|w| w.stats().writes)
-            .sum()
-    }
-}
-
-impl VmControl for FakeVm {
-    fn run_state(&self) -> RunState {
-        *self.state.lock().unwrap()
-    }
-    fn vm_stop(&self, state: RunState) -> Result<bool, String> {
-        let was = *self.state.lock().unwrap() == RunState::Running;
-        for w in self.writers.lock().unwrap().iter() {
-            w.pause();
-        }
-        self.writes_at_stop.store(self.writes(), Ordering::SeqCst);
-        *self.state.lock().unwrap() = state;
-        Ok(was)
-    }
-    fn vm_start(&self) -> Result<(), String> {
-        for w in self.writers.lock().unwrap().iter() {
-            w.resume();
-        }
-        *self.state.lock().unwrap() = RunState::Running;
-        Ok(())
-    }
-    fn set_run_state(&self, state: RunState) {
-        *self.state.lock().unwrap() = state;
-    }
-}
-
-struct Side {
+/// One VM of a block-migration pair: its drives and their writers, which pause with the
+/// (fake) vCPUs as a real VMM's do.
+struct Vm {
     disks: Vec<Arc<Disk>>,
-    state: Arc<MigrationState>,
-    vm: Arc<FakeVm>,
-    registry: Arc<Mutex<Option<Registry>>>,
-    global: GlobalState,
+    writers: Arc<Mutex<Vec<DiskWriter>>>,
+    /// Writes completed when the guest was stopped for the switchover.
+    writes_at_stop: Arc<AtomicU64>,
+    side: Side<FakeVm>,
 }
 
-fn side(disks: Vec<Arc<Disk>>, running: bool) -> Side {
+impl std::ops::Deref for Vm {
+    type Target = Side<FakeVm>;
+    fn deref(&self) -> &Side<FakeVm> {
+        &self.side
+    }
+}
+
+fn total_writes(writers: &Mutex<Vec<DiskWriter>>) -> u64 {
+    writers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|w| w.stats().writes)
+        .sum()
+}
+
+impl Vm {
+    fn writes(&self) -> u64 {
+        total_writes(&self.writers)
+    }
+}
+
+fn side(disks: Vec<Arc<Disk>>, running: bool) -> Vm {
     let ram = Arc::new(GuestRam::new(vec![RamBlock::new(
         "pc.ram",
         8 * MIB,
@@ -180,33 +158,41 @@ fn side(disks: Vec<Arc<Disk>>, running: bool) -> Side {
     )
     .unwrap()]));
     ram.blocks()[0].write_page(1, &[0x5a; 4096]).unwrap();
-    let state = Arc::new(MigrationState::new(Arc::new(EventBus::new())));
-    let vm = Arc::new(FakeVm {
-        state: Mutex::new(if running {
-            RunState::Running
-        } else {
-            RunState::Paused
-        }),
-        writers: Mutex::new(Vec::new()),
-        writes_at_stop: AtomicU64::new(0),
+    let vm = Arc::new(FakeVm::new(running));
+    let writers: Arc<Mutex<Vec<DiskWriter>>> = Arc::default();
+    let writes_at_stop = Arc::new(AtomicU64::new(0));
+    let (w, at_stop) = (writers.clone(), writes_at_stop.clone());
+    vm.on_stop(move || {
+        for d in w.lock().unwrap().iter() {
+            d.pause();
+        }
+        at_stop.store(total_writes(&w), Ordering::SeqCst);
+    });
+    let w = writers.clone();
+    vm.on_start(move || {
+        for d in w.lock().unwrap().iter() {
+            d.resume();
+        }
     });
     let global = GlobalState::new();
-    let mut reg = Registry::new();
     // Block before RAM: the block section precedes the RAM section in every phase (QEMU).
-    reg.register_live(Box::new(BlockHandler::new(disks.clone(), state.clone())));
-    let log = Box::new(UffdDirtyLog::new(ram.clone()));
-    reg.register_live(Box::new(RamHandler::new(ram, log, state.clone())));
-    reg.register_device("globalstate", Some(0), Box::new(global.clone()));
-    Side {
+    let reg = ram_registry(&ram, disks.clone(), &global);
+    Vm {
         disks,
-        state,
-        vm,
-        registry: Arc::new(Mutex::new(Some(reg))),
-        global,
+        writers,
+        writes_at_stop,
+        side: Side::new(reg, vm, global),
     }
 }
 
-fn start_writer(src: &Side, disk: usize, region: std::ops::Range<u64>, seed: u64) {
+/// A session over fresh statistics, for driving a handler by hand.
+fn session(settings: Settings) -> (Arc<Runtime>, OutgoingSession) {
+    let rt = Arc::new(Runtime::new(settings));
+    let s = OutgoingSession::new(rt.clone(), Arc::new(EventBus::new()), Vec::new());
+    (rt, s)
+}
+
+fn start_writer(src: &Vm, disk: usize, region: std::ops::Range<u64>, seed: u64) {
     let w = DiskWriter::start(
         src.disks[disk].clone(),
         DiskWriterConfig {
@@ -217,59 +203,7 @@ fn start_writer(src: &Side, disk: usize, region: std::ops::Range<u64>, seed: u64
         },
     )
     .unwrap();
-    src.vm.writers.lock().unwrap().push(w);
-}
-
-fn outgoing_job(src: &Side, uri: &str) -> OutgoingJob {
-    OutgoingJob {
-        uri: uri.parse().unwrap(),
-        machine: "livemig-test".into(),
-        registry: src.registry.clone(),
-        state: src.state.clone(),
-        vm: src.vm.clone(),
-        global_state: src.global.clone(),
-        shutdown: Arc::new(Mutex::new(None)),
-    }
-}
-
-fn wait_final(state: &MigrationState) -> MigrationStatus {
-    let t = Instant::now();
-    loop {
-        let s = state.status();
-        if !s.is_running() && s != MigrationStatus::None {
-            return s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "migration stuck in {s}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn incoming_thread(dst: &Side) -> (String, thread::JoinHandle<Result<(), MigrationError>>) {
-    let uri: MigrationUri = "tcp:127.0.0.1:0".parse().unwrap();
-    let listener = transport::listen(&uri, &NoFds).unwrap();
-    let desc = listener.local_description();
-    dst.state.lock().incoming = true;
-    dst.state
-        .set_status(MigrationStatus::None, MigrationStatus::Setup);
-    let job = IncomingJob {
-        listener,
-        machine: "livemig-test".into(),
-        state: dst.state.clone(),
-        vm: dst.vm.clone(),
-        global_state: dst.global.clone(),
-        autostart: true,
-    };
-    let reg = dst.registry.clone();
-    let h = thread::spawn(move || {
-        let mut r = reg.lock().unwrap().take().unwrap();
-        let res = incoming::run_incoming(job, &mut r);
-        *reg.lock().unwrap() = Some(r);
-        res
-    });
-    (desc, h)
+    src.writers.lock().unwrap().push(w);
 }
 
 /// Runs one `migrate -b`/`-i` from `src` to `dst`; returns the destination's load result.
@@ -277,26 +211,22 @@ fn incoming_thread(dst: &Side) -> (String, thread::JoinHandle<Result<(), Migrati
 /// The writers' working sets (a few MiB) stay well below what can be sent within the
 /// downtime limit at this bandwidth, so the migration converges; like RAM, a guest dirtying
 /// more than the link can carry would keep it iterating.
-fn migrate(src: &Side, dst: &Side, incremental: bool) -> Result<(), MigrationError> {
+fn migrate(src: &Vm, dst: &Vm, incremental: bool) -> Result<(), MigrationError> {
     // A limited bandwidth makes the migration last long enough for the guest to write during
     // the bulk and dirty phases.
-    let mut args = serde_json::Map::new();
-    args.insert("max-bandwidth".into(), Value::from(48 * MIB));
-    src.state.lock().params.apply_json(&args).unwrap();
-    BlockMigrationOptions { incremental }
-        .apply(&src.state)
+    src.set_params(serde_json::json!({ "max-bandwidth": 48 * MIB }));
+    let uri = dst.listen("tcp:127.0.0.1:0");
+    let writes_before = src.writes();
+    src.migrate_with(&uri, Some(BlockMigrationOptions { incremental }))
         .unwrap();
-    assert!(src.state.lock().caps.get(Capability::Block));
-    let (uri, dh) = incoming_thread(dst);
-    let writes_before = src.vm.writes();
-    let h = outgoing::start(outgoing_job(src, &uri), &NoFds).unwrap();
-    let status = wait_final(&src.state);
-    h.join().unwrap();
-    let loaded = dh.join().unwrap();
+    assert!(src.state.capabilities().get(Capability::Block) || !src.state.status().is_running());
+    let status = src.wait_final();
+    src.finish().ok();
+    let loaded = dst.finish();
     if loaded.is_ok() {
         assert_eq!(status, MigrationStatus::Completed, "{:?}", src.state.info());
         assert!(
-            src.vm.writes_at_stop.load(Ordering::SeqCst) > writes_before,
+            src.writes_at_stop.load(Ordering::SeqCst) > writes_before,
             "the guest wrote to its disk during the migration"
         );
         assert_eq!(dst.vm.run_state(), RunState::Running);
@@ -306,19 +236,14 @@ fn migrate(src: &Side, dst: &Side, incremental: bool) -> Result<(), MigrationErr
         );
     }
     // migrate -b/-i options last for one migration only.
-    let s = src.state.lock();
-    assert!(!s.caps.get(Capability::Block));
-    assert_eq!(
-        s.params.get("block-incremental"),
-        Some(&migration::params::ParamValue::Bool(false))
-    );
-    drop(s);
+    assert!(!src.state.capabilities().get(Capability::Block));
+    assert!(!src.state.parameters().block_incremental);
     loaded
 }
 
 /// Stops the source's writers and flushes every disk so qemu-img sees the final images.
-fn quiesce(src: &Side, dst: &Side) {
-    for w in src.vm.writers.lock().unwrap().drain(..) {
+fn quiesce(src: &Vm, dst: &Vm) {
+    for w in src.writers.lock().unwrap().drain(..) {
         let stats = w.stop();
         assert!(stats.error.is_none(), "{stats:?}");
     }
@@ -461,11 +386,10 @@ fn failed_load_leaves_the_destination_image_untouched() {
     let err = migrate(&src, &dst, false).expect_err("the load must fail");
     assert!(err.report().contains("outside drive"), "{}", err.report());
     assert_eq!(dst.state.status(), MigrationStatus::Failed);
-    // The source keeps running, the destination image is as it was, and the VMM's abort
-    // removes the staging copy.
-    assert_eq!(wait_final(&src.state), MigrationStatus::Failed);
+    // The source keeps running, the destination image is as it was, and the engine's cleanup
+    // removed the staging copy.
+    assert_eq!(src.wait_final(), MigrationStatus::Failed);
     assert_eq!(src.vm.run_state(), RunState::Running);
-    migration::block::abort_incoming(&dst.disks).unwrap();
     quiesce(&src, &dst);
     drop(dst);
     assert_eq!(std::fs::read(&d).unwrap(), before);
@@ -490,40 +414,38 @@ fn handler_stream_layout_progress_and_disk_stats() {
     disk.write(2 * MIB + 4096, &[1u8; 4096]).unwrap();
     disk.write(6 * MIB, &[0u8; 4096]).unwrap(); // allocated, but the chunk reads as base data
 
-    let state = Arc::new(MigrationState::new(Arc::new(EventBus::new())));
-    state.set_status(MigrationStatus::None, MigrationStatus::Setup);
-    state.set_status(MigrationStatus::Setup, MigrationStatus::Active);
+    let mut settings = Settings::default();
     BlockMigrationOptions { incremental: true }
-        .apply(&state)
+        .apply_to(&mut settings)
         .unwrap();
     assert!(
         BlockMigrationOptions { incremental: false }
-            .apply(&state)
+            .apply_to(&mut settings)
             .is_err(),
         "-b while block migration is already on"
     );
-    let mut h = BlockHandler::new(vec![disk.clone()], state.clone());
-    assert!(h.is_active(&state.lock().caps));
+    let (rt, mut s) = session(settings);
+    let mut h = BlockHandler::new(vec![disk.clone()]);
+    assert!(h.is_active(&rt.settings().caps));
     let (mut f, buf) = memory_writer();
-    h.save_setup(&mut f).unwrap();
-    let stats = state.info().disk.expect("disk stats while active");
+    h.save_setup(&mut f, &mut s).unwrap();
+    let stats = rt.disk.stats().expect("disk stats while active");
     assert_eq!((stats.total, stats.transferred), (8 * MIB, 0));
-    assert!(h.pending(0).unwrap() > 0);
-    while h.pending(0).unwrap() > 0 {
-        h.iterate(&mut f).unwrap();
+    assert!(h.pending(0, &mut s).unwrap() > 0);
+    while h.pending(0, &mut s).unwrap() > 0 {
+        h.iterate(&mut f, &mut s).unwrap();
         // A guest write during the dirty phase is picked up.
-        if disk.dirty().count() == 0 && state.info().disk.unwrap().transferred == 8 * MIB {
+        if disk.dirty().count() == 0 && rt.disk.stats().unwrap().transferred == 8 * MIB {
             break;
         }
     }
     disk.write(7 * MIB, &[2u8; 4096]).unwrap();
-    h.complete(&mut f).unwrap();
+    h.complete(&mut f, &mut s).unwrap();
     f.flush().unwrap();
-    let stats = state.info().disk.unwrap();
+    let stats = rt.disk.stats().unwrap();
     assert_eq!((stats.transferred, stats.remaining), (8 * MIB, 0));
     h.save_cleanup();
-    assert!(state.info().disk.is_none());
-    assert!(!state.lock().caps.get(Capability::Block));
+    assert!(rt.disk.stats().is_none());
 
     let mut r = memory_reader(buf.take());
     let mut data_chunks = Vec::new();
@@ -556,31 +478,48 @@ fn loader_rejects_unknown_drives_and_out_of_range_chunks_before_writing() {
     let path = dir.path().join("d.raw");
     create(&path, "raw", 2 * MIB);
     let disk = open(&path, DiskFormat::Raw, "drive0");
-    let state = Arc::new(MigrationState::new(Arc::new(EventBus::new())));
-    let mut h = BlockHandler::new(vec![disk.clone()], state);
+    let mut h = BlockHandler::new(vec![disk.clone()]);
     let chunk = vec![7u8; BLK_MIG_CHUNK_SIZE];
     for (sector, device) in [(0, "nosuch"), (4096, "drive0"), (u64::MAX >> 9, "drive0")] {
         let (mut f, buf) = memory_writer();
         savevm::block::write_data(&mut f, sector, device, &chunk);
         savevm::block::write_eos(&mut f);
         f.flush().unwrap();
-        h.load_setup().unwrap();
-        let err = h.load(&mut memory_reader(buf.take()), 1).unwrap_err();
-        assert!(matches!(err, MigrationError::DeviceLoad { .. }), "{err}");
+        h.load_setup(&mut IncomingSession::standalone()).unwrap();
+        let err = h
+            .load(
+                &mut memory_reader(buf.take()),
+                1,
+                &mut IncomingSession::standalone(),
+            )
+            .unwrap_err();
+        assert!(matches!(err, MigrationError::BlockLoad(_)), "{err}");
         assert!(
             !disk.is_incoming(),
             "nothing was staged for an invalid record"
         );
     }
     // Version 0 is too old; a truncated chunk is an error, not a panic.
-    assert!(h.load(&mut memory_reader(Vec::new()), 0).is_err());
+    assert!(h
+        .load(
+            &mut memory_reader(Vec::new()),
+            0,
+            &mut IncomingSession::standalone()
+        )
+        .is_err());
     let (mut f, buf) = memory_writer();
     savevm::block::write_data(&mut f, 0, "drive0", &chunk);
     f.flush().unwrap();
     let mut bytes = buf.take();
     bytes.truncate(1000);
-    h.load_setup().unwrap();
-    assert!(h.load(&mut memory_reader(bytes), 1).is_err());
+    h.load_setup(&mut IncomingSession::standalone()).unwrap();
+    assert!(h
+        .load(
+            &mut memory_reader(bytes),
+            1,
+            &mut IncomingSession::standalone()
+        )
+        .is_err());
     drop(h);
     assert!(
         !disk.staging_path().exists(),
@@ -654,7 +593,9 @@ fn load_block_sections(stream: &Path, handler: &mut BlockHandler) -> usize {
     let (mut block_id, mut ram_id) = (None, None);
     let mut decoder = RamDecoder::new();
     let mut loaded = 0;
-    handler.load_setup().unwrap();
+    handler
+        .load_setup(&mut IncomingSession::standalone())
+        .unwrap();
     loop {
         let Record::Section(h) = record::read_record(&mut f).unwrap() else {
             panic!("the stream ended before the block END section");
@@ -667,7 +608,13 @@ fn load_block_sections(stream: &Path, handler: &mut BlockHandler) -> usize {
             None => {}
         }
         if Some(id) == block_id {
-            handler.load(&mut f, h.version_id().unwrap_or(1)).unwrap();
+            handler
+                .load(
+                    &mut f,
+                    h.version_id().unwrap_or(1),
+                    &mut IncomingSession::standalone(),
+                )
+                .unwrap();
             record::read_footer(&mut f, id).unwrap();
             loaded += 1;
             if matches!(h, SectionHeader::End { .. }) {
@@ -714,15 +661,14 @@ fn qemu_7_2_block_stream_loads_into_our_drive() {
     }
     qemu_block_stream(&qemu, &s, &stream);
     let disk = open(&d, DiskFormat::Qcow2, "drv0");
-    let state = Arc::new(MigrationState::new(Arc::new(EventBus::new())));
-    let mut h = BlockHandler::new(vec![disk.clone()], state);
+    let mut h = BlockHandler::new(vec![disk.clone()]);
     // START, at least one PART, END.
     assert!(load_block_sections(&stream, &mut h) >= 3);
     assert!(
         disk.is_incoming(),
         "nothing reaches the image before load_complete"
     );
-    h.load_complete().unwrap();
+    h.load_complete(&mut IncomingSession::standalone()).unwrap();
     drop(h);
     disk.flush().unwrap();
     drop(disk);
@@ -732,7 +678,13 @@ fn qemu_7_2_block_stream_loads_into_our_drive() {
 
 /// Writes a stream holding only the configuration and our `block` sections (no RAM, no
 /// devices), as the source's migration thread would order them.
-fn write_block_only_stream(handler: &mut BlockHandler, machine: &str, out: &Path) {
+fn write_block_only_stream(
+    handler: &mut BlockHandler,
+    settings: Settings,
+    machine: &str,
+    out: &Path,
+) {
+    let (_rt, mut s) = session(settings);
     use savevm::qemu_file::QemuFileWriter;
     use savevm::record::{self, Configuration, SectionHeader};
 
@@ -755,21 +707,21 @@ fn write_block_only_stream(handler: &mut BlockHandler, machine: &str, out: &Path
         version_id: 1,
     }
     .write_to(&mut f);
-    handler.save_setup(&mut f).unwrap();
+    handler.save_setup(&mut f, &mut s).unwrap();
     record::write_footer(&mut f, SECTION);
-    while handler.pending(0).unwrap() > 0 {
+    while handler.pending(0, &mut s).unwrap() > 0 {
         SectionHeader::Part {
             section_id: SECTION,
         }
         .write_to(&mut f);
-        handler.iterate(&mut f).unwrap();
+        handler.iterate(&mut f, &mut s).unwrap();
         record::write_footer(&mut f, SECTION);
     }
     SectionHeader::End {
         section_id: SECTION,
     }
     .write_to(&mut f);
-    handler.complete(&mut f).unwrap();
+    handler.complete(&mut f, &mut s).unwrap();
     record::write_footer(&mut f, SECTION);
     handler.save_cleanup();
     record::write_eof(&mut f);
@@ -859,12 +811,12 @@ fn our_block_stream_loads_into_qemu_7_2() {
     let src = open(&s, DiskFormat::Qcow2, "drv0");
     // Chunk 3 is zero: sent as a ZERO record, which QEMU must accept without zero-blocks.
     fill(&src, 0, size, 15);
-    let state = Arc::new(MigrationState::new(Arc::new(EventBus::new())));
+    let mut settings = Settings::default();
     BlockMigrationOptions { incremental: false }
-        .apply(&state)
+        .apply_to(&mut settings)
         .unwrap();
-    let mut h = BlockHandler::new(vec![src.clone()], state);
-    write_block_only_stream(&mut h, "pc-i440fx-7.2", &stream);
+    let mut h = BlockHandler::new(vec![src.clone()]);
+    write_block_only_stream(&mut h, settings, "pc-i440fx-7.2", &stream);
     drop(h);
     src.flush().unwrap();
     // Some garbage where the ZERO chunk goes, so writing zeroes is observable.
@@ -885,8 +837,7 @@ fn loader_survives_garbage() {
     let path = dir.path().join("d.raw");
     create(&path, "raw", 2 * MIB);
     let disk = open(&path, DiskFormat::Raw, "drive0");
-    let state = Arc::new(MigrationState::new(Arc::new(EventBus::new())));
-    let mut h = BlockHandler::new(vec![disk.clone()], state);
+    let mut h = BlockHandler::new(vec![disk.clone()]);
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for round in 0..300 {
         let len = (round * 7) % 300;
@@ -906,8 +857,12 @@ fn loader_survives_garbage() {
             head.extend_from_slice(&bytes);
             bytes = head;
         }
-        h.load_setup().unwrap();
-        let _ = h.load(&mut memory_reader(bytes), 1);
+        h.load_setup(&mut IncomingSession::standalone()).unwrap();
+        let _ = h.load(
+            &mut memory_reader(bytes),
+            1,
+            &mut IncomingSession::standalone(),
+        );
     }
     drop(h);
     assert!(!disk.staging_path().exists());

@@ -2,90 +2,44 @@
 //! transport into a destination registry, with a thread writing guest RAM meanwhile.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use guest_ram::{Backing, GuestRam, RamBlock, UffdDirtyLog};
-use migration::incoming::{self, IncomingJob};
-use migration::outgoing::{self, OutgoingJob};
-use migration::ram::RamHandler;
-use migration::verify::RamVerify;
+use guest_ram::{Backing, GuestRam, RamBlock};
+use migration::incoming;
 use migration::{
-    Capability, EventBus, GlobalState, MigrationError, MigrationState, MigrationStatus, Registry,
-    RunState, VmControl,
+    Capability, GlobalState, IncomingSession, MigrationError, MigrationStatus, Registry, RunState,
+    VmControl,
 };
-use transport::{MigrationUri, NoFds};
+use testkit::{ram_registry, FakeVm, Side};
 
 const MIB: u64 = 1 << 20;
 
-/// A VM whose "vCPU" is a thread writing RAM while running.
-struct FakeVm {
-    state: Mutex<RunState>,
-    running: Arc<AtomicBool>,
-}
-
-impl VmControl for FakeVm {
-    fn run_state(&self) -> RunState {
-        *self.state.lock().unwrap()
-    }
-    fn vm_stop(&self, state: RunState) -> Result<bool, String> {
-        let was = self.running.swap(false, Ordering::SeqCst);
-        // Let an in-flight write finish: the writer checks the flag before each write.
-        thread::sleep(Duration::from_millis(2));
-        *self.state.lock().unwrap() = state;
-        Ok(was)
-    }
-    fn vm_start(&self) -> Result<(), String> {
-        self.running.store(true, Ordering::SeqCst);
-        *self.state.lock().unwrap() = RunState::Running;
-        Ok(())
-    }
-    fn set_run_state(&self, state: RunState) {
-        *self.state.lock().unwrap() = state;
-    }
-}
-
-struct Side {
+struct Vm {
     ram: Arc<GuestRam>,
-    state: Arc<MigrationState>,
-    vm: Arc<FakeVm>,
-    registry: Arc<Mutex<Option<Registry>>>,
-    global: GlobalState,
+    side: Side<FakeVm>,
 }
 
-fn side(size: u64, running: bool) -> Side {
+impl std::ops::Deref for Vm {
+    type Target = Side<FakeVm>;
+    fn deref(&self) -> &Side<FakeVm> {
+        &self.side
+    }
+}
+
+fn side(size: u64, running: bool) -> Vm {
     let ram = Arc::new(GuestRam::new(vec![RamBlock::new(
         "pc.ram",
         size,
         Backing::Anonymous,
     )
     .unwrap()]));
-    let state = Arc::new(MigrationState::new(Arc::new(EventBus::new())));
-    let vm = Arc::new(FakeVm {
-        state: Mutex::new(if running {
-            RunState::Running
-        } else {
-            RunState::Paused
-        }),
-        running: Arc::new(AtomicBool::new(running)),
-    });
     let global = GlobalState::new();
-    let mut reg = Registry::new();
-    let log = Box::new(UffdDirtyLog::new(ram.clone()));
-    reg.register_live(Box::new(RamHandler::new(ram.clone(), log, state.clone())));
-    reg.register_device("globalstate", Some(0), Box::new(global.clone()));
-    reg.register_device(
-        migration::verify::IDSTR,
-        Some(0),
-        Box::new(RamVerify::new(ram.clone())),
-    );
-    Side {
+    let reg = ram_registry(&ram, Vec::new(), &global);
+    Vm {
+        side: Side::new(reg, Arc::new(FakeVm::new(running)), global),
         ram,
-        state,
-        vm,
-        registry: Arc::new(Mutex::new(Some(reg))),
-        global,
     }
 }
 
@@ -152,66 +106,8 @@ fn unsafe_write(b: &RamBlock, page: u64, data: &[u8]) {
     }
 }
 
-fn outgoing_job(src: &Side, uri: &str) -> OutgoingJob {
-    OutgoingJob {
-        uri: uri.parse().unwrap(),
-        machine: "livemig-test".into(),
-        registry: src.registry.clone(),
-        state: src.state.clone(),
-        vm: src.vm.clone(),
-        global_state: src.global.clone(),
-        shutdown: Arc::new(Mutex::new(None)),
-    }
-}
-
-fn wait_final(state: &MigrationState) -> MigrationStatus {
-    let t = Instant::now();
-    loop {
-        let s = state.status();
-        if !s.is_running() && s != MigrationStatus::None {
-            return s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "migration stuck in {s}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn incoming_thread(
-    dst: &Side,
-    uri: &str,
-) -> (String, thread::JoinHandle<Result<(), MigrationError>>) {
-    let listener = transport::listen(&uri.parse::<MigrationUri>().unwrap(), &NoFds).unwrap();
-    let desc = listener.local_description();
-    dst.state.lock().incoming = true;
-    dst.state
-        .set_status(MigrationStatus::None, MigrationStatus::Setup);
-    let job = IncomingJob {
-        listener,
-        machine: "livemig-test".into(),
-        state: dst.state.clone(),
-        vm: dst.vm.clone(),
-        global_state: dst.global.clone(),
-        autostart: true,
-    };
-    let reg = dst.registry.clone();
-    let h = thread::spawn(move || {
-        let mut r = reg.lock().unwrap().take().unwrap();
-        let res = incoming::run_incoming(job, &mut r);
-        *reg.lock().unwrap() = Some(r);
-        res
-    });
-    (desc, h)
-}
-
-fn enable_verify(s: &Side) {
-    s.state
-        .lock()
-        .caps
-        .apply(&[(Capability::RamVerify, true), (Capability::Events, true)])
-        .unwrap();
+fn enable_verify(s: &Vm) {
+    s.enable(&[Capability::RamVerify, Capability::Events]);
 }
 
 #[test]
@@ -223,21 +119,20 @@ fn live_migration_over_tcp_with_running_writer_and_verify() {
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(
         src.ram.clone(),
-        src.vm.running.clone(),
+        src.vm.running_flag(),
         stop.clone(),
         8 * MIB,
     );
-    let (uri, dh) = incoming_thread(&dst, "tcp:127.0.0.1:0");
-    thread::sleep(Duration::from_millis(50));
-    let h = outgoing::start(outgoing_job(&src, &uri), &NoFds).unwrap();
+    let uri = dst.listen("tcp:127.0.0.1:0");
+    src.migrate(&uri).unwrap();
     assert_eq!(
-        wait_final(&src.state),
+        src.wait_final(),
         MigrationStatus::Completed,
         "{:?}",
         src.state.info()
     );
-    h.join().unwrap();
-    dh.join().unwrap().expect("destination load");
+    src.finish().unwrap();
+    dst.finish().expect("destination load");
     stop.store(true, Ordering::SeqCst);
     assert!(w.join().unwrap() > 0);
     assert_eq!(src.vm.run_state(), RunState::Postmigrate);
@@ -261,12 +156,12 @@ fn save_to_file_and_restore() {
     fill(&src.ram, 16 * MIB, 2);
     enable_verify(&src);
     let uri = format!("file:{}", path.display());
-    let h = outgoing::start(outgoing_job(&src, &uri), &NoFds).unwrap();
-    assert_eq!(wait_final(&src.state), MigrationStatus::Completed);
-    h.join().unwrap();
+    src.migrate(&uri).unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Completed);
+    src.finish().unwrap();
     let dst = side(16 * MIB, false);
-    let (_, dh) = incoming_thread(&dst, &uri);
-    dh.join().unwrap().unwrap();
+    dst.listen(&uri);
+    dst.finish().unwrap();
     assert_eq!(src.ram.blocks()[0].digest(), dst.ram.blocks()[0].digest());
     // The source was paused: the destination adopts that run state.
     assert_eq!(dst.vm.run_state(), RunState::Paused);
@@ -278,12 +173,12 @@ fn ram_size_mismatch_is_a_clear_error() {
     let path = dir.path().join("vm.mig");
     let src = side(16 * MIB, false);
     let uri = format!("file:{}", path.display());
-    let h = outgoing::start(outgoing_job(&src, &uri), &NoFds).unwrap();
-    assert_eq!(wait_final(&src.state), MigrationStatus::Completed);
-    h.join().unwrap();
+    src.migrate(&uri).unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Completed);
+    src.finish().unwrap();
     let dst = side(32 * MIB, false);
-    let (_, dh) = incoming_thread(&dst, &uri);
-    let err = dh.join().unwrap().unwrap_err();
+    dst.listen(&uri);
+    let err = dst.finish().unwrap_err();
     assert!(matches!(err, MigrationError::RamBlockSize { .. }), "{err}");
     assert_eq!(dst.state.status(), MigrationStatus::Failed);
     assert!(dst
@@ -299,19 +194,16 @@ fn unreachable_destination_fails_and_source_keeps_running() {
     let src = side(8 * MIB, true);
     // A port nobody listens on.
     let (_refusing, port) = transport::test_support::refusing_tcp_port().unwrap();
-    let h = outgoing::start(outgoing_job(&src, &format!("tcp:127.0.0.1:{port}")), &NoFds).unwrap();
-    assert_eq!(wait_final(&src.state), MigrationStatus::Failed);
-    h.join().unwrap();
+    src.migrate(&format!("tcp:127.0.0.1:{port}")).unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Failed);
+    assert!(src.finish().is_err());
     let info = src.state.info();
     assert!(info
         .error_desc
         .unwrap()
         .contains(&format!("tcp:127.0.0.1:{port}")));
     assert_eq!(src.vm.run_state(), RunState::Running);
-    assert!(
-        src.registry.lock().unwrap().is_some(),
-        "registry handed back"
-    );
+    assert!(src.has_registry(), "registry handed back");
 }
 
 #[test]
@@ -319,50 +211,28 @@ fn cancel_mid_migration_then_retry_succeeds() {
     let src = side(64 * MIB, true);
     fill(&src.ram, 64 * MIB, 3);
     enable_verify(&src);
-    src.state
-        .lock()
-        .params
-        .apply_json(
-            serde_json::json!({"max-bandwidth": 20 * MIB})
-                .as_object()
-                .unwrap(),
-        )
-        .unwrap();
+    src.set_params(serde_json::json!({"max-bandwidth": 20 * MIB}));
     let dst1 = side(64 * MIB, false);
-    let (uri1, dh1) = incoming_thread(&dst1, "tcp:127.0.0.1:0");
-    let job = outgoing_job(&src, &uri1);
-    let shutdown = job.shutdown.clone();
-    let h = outgoing::start(job, &NoFds).unwrap();
-    let t = Instant::now();
-    while src.state.status() != MigrationStatus::Active && t.elapsed() < Duration::from_secs(10) {
-        thread::sleep(Duration::from_millis(5));
-    }
+    let uri1 = dst1.listen("tcp:127.0.0.1:0");
+    src.migrate(&uri1).unwrap();
+    testkit::wait_for(Duration::from_secs(10), "status active", || {
+        src.state.status() == MigrationStatus::Active
+    });
     thread::sleep(Duration::from_millis(300));
-    assert!(src.state.set_status_from_any(MigrationStatus::Cancelling));
-    src.state.request_cancel();
-    if let Some(s) = shutdown.lock().unwrap().as_ref() {
-        s.shutdown();
-    }
-    assert_eq!(wait_final(&src.state), MigrationStatus::Cancelled);
-    h.join().unwrap();
+    src.cancel();
+    assert_eq!(src.wait_final(), MigrationStatus::Cancelled);
+    assert!(matches!(src.finish(), Err(MigrationError::Cancelled)));
     assert_eq!(src.vm.run_state(), RunState::Running);
-    assert!(
-        dh1.join().unwrap().is_err(),
-        "destination saw a truncated stream"
-    );
+    assert!(dst1.finish().is_err(), "destination saw a truncated stream");
 
     // Retry to a fresh destination, unlimited bandwidth.
-    src.state
-        .lock()
-        .params
-        .apply_json(serde_json::json!({"max-bandwidth": 0}).as_object().unwrap())
-        .unwrap();
+    src.set_params(serde_json::json!({"max-bandwidth": 0}));
     let dst2 = side(64 * MIB, false);
-    let (uri2, dh2) = incoming_thread(&dst2, "tcp:127.0.0.1:0");
-    let h = outgoing::start(outgoing_job(&src, &uri2), &NoFds).unwrap();
-    assert_eq!(wait_final(&src.state), MigrationStatus::Completed);
-    h.join().unwrap();
-    dh2.join().unwrap().unwrap();
+    let uri2 = dst2.listen("tcp:127.0.0.1:0");
+    src.migrate(&uri2).unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Completed);
+    src.finish().unwrap();
+    dst2.finish().unwrap();
     assert_eq!(src.ram.blocks()[0].digest(), dst2.ram.blocks()[0].digest());
 }
 
@@ -374,27 +244,35 @@ fn corrupt_streams_are_typed_errors_never_panics() {
     fill(&src.ram, 2 * MIB, 5);
     enable_verify(&src);
     let uri = format!("file:{}", path.display());
-    let h = outgoing::start(outgoing_job(&src, &uri), &NoFds).unwrap();
-    assert_eq!(wait_final(&src.state), MigrationStatus::Completed);
-    h.join().unwrap();
+    src.migrate(&uri).unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Completed);
+    src.finish().unwrap();
     let good = std::fs::read(&path).unwrap();
     let dst = side(4 * MIB, false);
-    let mut reg = dst.registry.lock().unwrap().take().unwrap();
     let load = |bytes: Vec<u8>, reg: &mut Registry| {
         let mut rp = incoming::ReturnPath::new(None);
         incoming::load_stream(
             Box::new(std::io::Cursor::new(bytes)),
             reg,
-            "livemig-test",
+            testkit::MACHINE,
             &mut rp,
+            &mut IncomingSession::standalone(),
         )
     };
-    load(good.clone(), &mut reg).expect("the intact stream loads");
+    dst.with_registry(|reg| corrupt_streams(&good, reg, load));
+}
+
+fn corrupt_streams(
+    good: &[u8],
+    reg: &mut Registry,
+    load: impl Fn(Vec<u8>, &mut Registry) -> Result<(), MigrationError>,
+) {
+    load(good.to_vec(), reg).expect("the intact stream loads");
     // Every truncation point of the header and section structure, then a stride of the rest.
     let cuts = (0..200).chain((200..good.len()).step_by(997));
     for cut in cuts {
         assert!(
-            load(good[..cut].to_vec(), &mut reg).is_err(),
+            load(good[..cut].to_vec(), reg).is_err(),
             "truncated at {cut} loaded"
         );
     }
@@ -405,9 +283,54 @@ fn corrupt_streams_are_typed_errors_never_panics() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let mut bad = good.clone();
+        let mut bad = good.to_vec();
         let at = (x as usize) % bad.len();
         bad[at] ^= 1 << (x % 8);
-        let _ = load(bad, &mut reg);
+        let _ = load(bad, reg);
     }
+}
+
+#[test]
+fn tls_creds_never_fall_back_to_plain_text() {
+    let src = side(4 * MIB, true);
+    src.set_params(serde_json::json!({"tls-creds": "tls0"}));
+    let dst = side(4 * MIB, false);
+    dst.set_params(serde_json::json!({"tls-creds": "tls0"}));
+    let listener = transport::listen(&"tcp:127.0.0.1:0".parse().unwrap(), &transport::NoFds);
+    let listener = listener.unwrap();
+    let uri = listener.local_description();
+    // The destination refuses to listen without the credentials.
+    let job = migration::incoming::Incoming {
+        listener,
+        machine: testkit::MACHINE.into(),
+        registry: Registry::new(),
+        vm: dst.vm.clone(),
+        global_state: GlobalState::new(),
+        autostart: true,
+        on_finished: None,
+    };
+    let rejected = migration::incoming::start(job, &dst.state).unwrap_err();
+    assert_eq!(
+        rejected.error.to_string(),
+        "No TLS credentials with id 'tls0'"
+    );
+    drop(uri);
+    // The source fails before it connects: nothing goes out in clear text.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let port = peer.local_addr().unwrap().port();
+    src.migrate(&format!("tcp:127.0.0.1:{port}")).unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Failed);
+    let err = src.finish().unwrap_err();
+    assert!(matches!(err, MigrationError::TlsCredsNotFound(_)), "{err}");
+    assert_eq!(
+        src.state.info().error_desc.as_deref(),
+        Some("No TLS credentials with id 'tls0'")
+    );
+    assert_eq!(src.vm.run_state(), RunState::Running);
+    let accepted = peer.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the source connected: {accepted:?}"
+    );
 }

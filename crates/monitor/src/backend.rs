@@ -5,7 +5,10 @@
 //! human-readable text that both QMP (`{"error": {"class", "desc"}}`) and HMP (`Error: desc`)
 //! show unchanged.
 
-use migration::{Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, RunState};
+use migration::{
+    Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, ParameterUpdate,
+    RunState,
+};
 
 /// The VMM side of the monitor.
 pub trait MonitorBackend: Send + Sync + 'static {
@@ -31,11 +34,9 @@ pub trait MonitorBackend: Send + Sync + 'static {
     fn set_capabilities(&self, changes: &[(Capability, bool)]) -> Result<(), CommandError>;
     /// The current capabilities.
     fn capabilities(&self) -> Capabilities;
-    /// Applies `migrate-set-parameters` arguments (validated as a whole by the backend).
-    fn set_parameters(
-        &self,
-        args: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), CommandError>;
+    /// Applies a parsed `migrate-set-parameters` request; the backend checks the merged set
+    /// (with what it knows of the VM, such as its RAM size) and applies all or nothing.
+    fn set_parameters(&self, update: &ParameterUpdate) -> Result<(), CommandError>;
     /// The current parameters.
     fn parameters(&self) -> MigrationParameters;
     /// The VM run state.

@@ -1,5 +1,5 @@
 //! Connection plumbing shared by QMP and HMP: reading bytes together with `SCM_RIGHTS`
-//! descriptors ([`RecvFds`]), buffering input ([`Input`]) and writing whole lines under a
+//! descriptors ([`RecvFds`], over [`transport::sys::recv_with_fds`]), buffering input ([`Input`]) and writing whole lines under a
 //! lock ([`SharedWriter`]) so that asynchronous events never land inside a reply.
 //!
 //! ```text
@@ -12,7 +12,7 @@
 
 use std::io::{self, Read, Write};
 use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,9 +22,6 @@ use crate::fds::FdTable;
 
 /// Largest request line / JSON value accepted from a client.
 pub const MAX_INPUT: usize = 1 << 20;
-
-/// Descriptors accepted in one `recvmsg` (more are truncated by the kernel and dropped).
-const MAX_FDS_PER_MSG: usize = 8;
 
 /// A byte source that may carry descriptors.
 pub trait RecvFds: Send {
@@ -44,74 +41,8 @@ impl<R: Read + Send> RecvFds for Plain<R> {
 
 impl RecvFds for UnixStream {
     fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-        recv_with_fds(self.as_raw_fd(), buf, fds)
+        transport::sys::recv_with_fds(self.as_fd(), buf, fds)
     }
-}
-
-/// Control buffer for `MAX_FDS_PER_MSG` descriptors, aligned for `cmsghdr`.
-#[repr(C)]
-struct CmsgBuf {
-    _align: [libc::cmsghdr; 0],
-    bytes: [u8; 128],
-}
-
-/// `recvmsg` on a unix stream socket, collecting `SCM_RIGHTS` descriptors (close-on-exec).
-pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-    let mut cbuf = CmsgBuf {
-        _align: [],
-        bytes: [0; 128],
-    };
-    // SAFETY: CMSG_SPACE only computes a size from its argument.
-    let space = unsafe { libc::CMSG_SPACE((MAX_FDS_PER_MSG * mem::size_of::<RawFd>()) as u32) };
-    debug_assert!(space as usize <= cbuf.bytes.len());
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.bytes.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let n = loop {
-        // SAFETY: `msg` points at `iov` (covering `buf`) and `cbuf`, both alive and writable
-        // for the call; the kernel writes at most iov_len / msg_controllen bytes.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        tracing::warn!("SCM_RIGHTS control data truncated; extra descriptors were dropped");
-    }
-    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/CMSG_NXTHDR only walk the control
-    // buffer within msg_controllen.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    while !cmsg.is_null() {
-        // SAFETY: `cmsg` is non-null and points inside the control buffer (CMSG_* contract).
-        let hdr = unsafe { &*cmsg };
-        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
-            // SAFETY: CMSG_LEN only computes a size.
-            let header = unsafe { libc::CMSG_LEN(0) } as usize;
-            let count = (hdr.cmsg_len as usize).saturating_sub(header) / mem::size_of::<RawFd>();
-            // SAFETY: the payload of an SCM_RIGHTS message is `count` descriptors.
-            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
-            for i in 0..count {
-                // SAFETY: `i < count` stays inside the payload; it may be unaligned.
-                let fd = unsafe { data.add(i).read_unaligned() };
-                // SAFETY: the kernel installed `fd` in our table for us; nothing else owns it.
-                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-        // SAFETY: as for CMSG_FIRSTHDR.
-        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
-    }
-    Ok(n)
 }
 
 /// Buffered input of one connection.
@@ -185,6 +116,13 @@ impl Input {
     }
 }
 
+/// Serializes like QEMU: compact, with `", "` and `": "` separators and QEMU's string
+/// escaping — QMP and the migration stream's VMDESCRIPTION come from the same QEMU JSON writer,
+/// so they share one implementation.
+pub fn to_qmp_string(v: &serde_json::Value) -> String {
+    savevm::vmdesc::to_qemu_json(v)
+}
+
 /// The write side of a connection, shared by the client thread and the event pump.
 pub struct SharedWriter {
     out: Mutex<Box<dyn Write + Send>>,
@@ -226,7 +164,7 @@ impl SharedWriter {
 
     /// Writes one JSON object as a QMP line (QEMU's `", "` / `": "` separators + `\r\n`).
     pub fn write_json(&self, v: &serde_json::Value) -> io::Result<()> {
-        let mut line = crate::qmp::to_qmp_string(v);
+        let mut line = to_qmp_string(v);
         line.push_str("\r\n");
         self.write_raw(&line)
     }
@@ -260,7 +198,6 @@ impl SharedWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
 
     #[test]
     fn lines_and_cap() {
@@ -285,7 +222,7 @@ mod tests {
     fn recvmsg_collects_descriptors() {
         let (a, b) = UnixStream::pair().unwrap();
         let (p, _q) = UnixStream::pair().unwrap();
-        crate::client::send_with_fd(&a, b"hi", p.as_fd()).unwrap();
+        transport::sys::send_with_fds(&a, b"hi", &[p.as_fd()]).unwrap();
         let table = Arc::new(FdTable::new());
         let mut input = Input::new(Box::new(b), table.clone());
         assert_eq!(input.fill().unwrap(), 2);

@@ -27,6 +27,8 @@
 //! QEMU 7.2 does.
 
 #![deny(missing_docs)]
+// System calls go through `transport::sys`, the one home of their `unsafe`.
+#![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod client;

@@ -13,7 +13,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
+
+use transport::sys::{poll, Interest, PollFd};
 
 use crate::backend::MonitorBackend;
 use crate::conn::{Input, Plain, RecvFds, SharedWriter};
@@ -40,7 +42,7 @@ pub enum Protocol {
 pub const MAX_CLIENTS: usize = 64;
 /// A client that does not read its replies for this long is disconnected.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-const ACCEPT_POLL_MS: i32 = 200;
+const ACCEPT_POLL: Duration = Duration::from_millis(200);
 
 /// Serves monitor connections for one backend.
 #[derive(Clone)]
@@ -124,16 +126,10 @@ pub fn bind_tcp(host: &str, port: u16) -> io::Result<TcpListener> {
     TcpListener::bind((host, port))
 }
 
-/// Waits until `fd` is readable or `ms` elapsed; true when readable.
-fn poll_readable(fd: BorrowedFd<'_>, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `p` is one valid pollfd for the duration of the call.
-    let r = unsafe { libc::poll(&mut p, 1, ms) };
-    r > 0
+/// Waits until `fd` is readable or `timeout` elapsed; true when readable.
+fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let mut p = [PollFd::new(&fd, Interest::Read)];
+    matches!(poll(&mut p, Some(timeout)), Ok(n) if n > 0)
 }
 
 /// What the accept loop needs from a listener.
@@ -246,7 +242,7 @@ impl MonitorServer {
             .name("monitor-accept".into())
             .spawn(move || {
                 while !stop2.load(Ordering::SeqCst) {
-                    if !poll_readable(listener.as_fd(), ACCEPT_POLL_MS) {
+                    if !poll_readable(listener.as_fd(), ACCEPT_POLL) {
                         continue;
                     }
                     let conn = match listener.accept_one() {

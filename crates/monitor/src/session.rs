@@ -1,7 +1,10 @@
 //! [`Session`]: what one monitor connection carries between commands.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Duration;
+
+use transport::sys::{poll, Interest, PollFd};
 
 use crate::backend::MonitorBackend;
 use crate::fds::FdTable;
@@ -38,14 +41,8 @@ impl Session {
     /// True when the client closed its connection (poll reports a hang-up or an error).
     pub fn peer_gone(&self) -> bool {
         let Some(fd) = &self.peer else { return false };
-        let mut p = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: 0,
-            revents: 0,
-        };
-        // SAFETY: `p` is one valid pollfd for the call; a zero timeout never blocks.
-        let r = unsafe { libc::poll(&mut p, 1, 0) };
-        r > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+        let mut p = [PollFd::new(fd, Interest::HangUp)];
+        matches!(poll(&mut p, Some(Duration::ZERO)), Ok(n) if n > 0) && p[0].is_hung_up()
     }
 }
 

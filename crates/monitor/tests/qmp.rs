@@ -149,7 +149,7 @@ fn framework_errors() {
         ),
         (
             r#"{"execute": "migrate-set-parameters", "arguments": {"downtime-limit": "x"}}"#,
-            "Invalid parameter type for 'downtime-limit', expected: integer",
+            "Parameter 'downtime-limit' expects uint64",
         ),
         (
             r#"{"execute": "migrate-set-parameters", "arguments": {"bogus": 1}}"#,

@@ -18,7 +18,7 @@ use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use migration::incoming::{load_stream, ReturnPath};
-use migration::{MigrationError, Registry};
+use migration::{IncomingSession, MigrationError, Registry};
 use savevm::qemu_file::{memory_reader, memory_writer};
 use savevm::record::{self, Configuration, SectionHeader};
 use savevm::vmstate::{self, VmStateValue};
@@ -82,6 +82,7 @@ fn load_into(
         &mut registry,
         MACHINE,
         &mut ReturnPath::new(None),
+        &mut IncomingSession::standalone(),
     );
     (r, registry)
 }
@@ -180,6 +181,7 @@ pub fn check_truncated(populated: &dyn DeviceState, fresh: Box<dyn DeviceState>)
         &mut registry,
         MACHINE,
         &mut ReturnPath::new(None),
+        &mut IncomingSession::standalone(),
     );
     if let Err(e) = r {
         panic!("{name}: the whole section does not load: {}", e.report());

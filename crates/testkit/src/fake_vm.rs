@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use migration::{RunState, VmControl};
+use migration::{RunState, VmControl, VmError};
 
 type Hook = Box<dyn Fn() + Send + Sync>;
 
@@ -87,7 +87,7 @@ impl VmControl for FakeVm {
         *lock(&self.state)
     }
 
-    fn vm_stop(&self, state: RunState) -> Result<bool, String> {
+    fn vm_stop(&self, state: RunState) -> Result<bool, VmError> {
         let was = self.running.swap(false, Ordering::SeqCst);
         for f in lock(&self.on_stop).iter() {
             f();
@@ -97,9 +97,9 @@ impl VmControl for FakeVm {
         Ok(was)
     }
 
-    fn vm_start(&self) -> Result<(), String> {
+    fn vm_start(&self) -> Result<(), VmError> {
         if let Some(reason) = lock(&self.fail_start).take() {
-            return Err(reason);
+            return Err(VmError::Start(reason.into()));
         }
         for f in lock(&self.on_start).iter() {
             f();
@@ -131,20 +131,24 @@ mod tests {
         let s = seen.clone();
         let f = flag.clone();
         vm.on_stop(move || s.store(f.load(Ordering::SeqCst), Ordering::SeqCst));
-        assert_eq!(vm.vm_stop(RunState::FinishMigrate), Ok(true));
+        assert!(vm.vm_stop(RunState::FinishMigrate).unwrap());
         assert!(
             !seen.load(Ordering::SeqCst),
             "hook ran before the flag was cleared"
         );
         assert_eq!(vm.run_state(), RunState::FinishMigrate);
-        assert_eq!(vm.vm_stop(RunState::Paused), Ok(false));
+        assert!(!vm.vm_stop(RunState::Paused).unwrap());
         assert_eq!(vm.stops(), 2);
 
         vm.fail_next_start("no vCPUs today");
-        assert_eq!(vm.vm_start(), Err("no vCPUs today".to_string()));
+        let e = vm.vm_start().unwrap_err();
+        assert_eq!(
+            migration::error_report(&e),
+            "cannot start the guest: no vCPUs today"
+        );
         assert!(!flag.load(Ordering::SeqCst));
         assert_eq!((vm.starts(), vm.run_state()), (0, RunState::Paused));
-        assert_eq!(vm.vm_start(), Ok(()));
+        vm.vm_start().unwrap();
         assert!(flag.load(Ordering::SeqCst));
         assert_eq!((vm.starts(), vm.run_state()), (1, RunState::Running));
 

@@ -7,6 +7,7 @@
 //! | [`wait`] | polling with a timeout instead of fixed sleeps |
 //! | [`net`] | temporary Unix socket paths and TCP ports for tests |
 //! | [`fake_vm`] | [`FakeVm`], a [`migration::VmControl`] without a guest |
+//! | [`pair`] | [`Side`]: one end of an in-process migration driven through the engine's public API |
 //! | [`conformance`] | the checks every [`migration::DeviceState`] must pass, stamped onto a type by [`device_state_conformance!`] |
 //!
 //! The three test tiers (STYLE practice 16) meet here: unit tests need nothing, tests that
@@ -25,11 +26,13 @@
 pub mod conformance;
 pub mod fake_vm;
 pub mod net;
+pub mod pair;
 pub mod skip;
 pub mod wait;
 
 pub use fake_vm::FakeVm;
 pub use net::{bound_tcp_listener, free_tcp_port, TempSocket};
+pub use pair::{ram_registry, Side, MACHINE};
 pub use skip::{
     find_program, kvm_usable, print_skip, python_qmp_available, require_kvm, require_python_qmp,
     require_qemu_img, require_qemu_system, QEMU_IMG, QEMU_SYSTEM,

@@ -167,7 +167,7 @@ impl ChannelWriter {
                 .map_err(|source| TransportError::Finish { uri: uri(), source })?;
         }
         if let Some(ep) = &self.half {
-            ep.shutdown_socket(libc::SHUT_WR)
+            ep.shutdown_socket(std::net::Shutdown::Write)
                 .map_err(|source| TransportError::Finish { uri: uri(), source })?;
         }
         let ChannelWriter { half, shared } = self;

@@ -21,6 +21,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 
 use crate::shutdown::CancelHook;
+use crate::sys::process;
 
 /// Which end of the child carries the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +64,9 @@ impl ChildSlot {
     pub(crate) fn kill(&self) {
         let guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_some() {
-            // SAFETY: plain syscall. The group leader `pid` is our unreaped child (we hold
-            // the lock that reaping needs), so the group id cannot belong to anyone else.
-            unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+            // The group leader `pid` is our unreaped child (we hold the lock that reaping
+            // needs), so the group id cannot belong to anyone else.
+            let _ = process::kill_process_group(self.pid);
         }
     }
 
@@ -75,25 +76,12 @@ impl ChildSlot {
             return Ok(None);
         }
         // Wait without reaping, so `kill` from another thread stays safe meanwhile.
+        // `pid` is our child, unreaped: only this function reaps, under the lock below.
         loop {
-            // SAFETY: `siginfo_t` is plain old data; all-zero is valid and waitid fills it.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: `info` is a live, writable siginfo_t; `pid` is our child (unreaped,
-            // since only this function reaps and it takes the slot under the lock below).
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_PID,
-                    self.pid as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOWAIT,
-                )
-            };
-            if r == 0 {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            match process::wait_exited_unreaped(self.pid) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         match self.lock().take() {
@@ -118,8 +106,8 @@ impl Drop for ChildSlot {
         let slot = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Some(mut child) = slot.take() {
             // Dropped without `finish`: the stream was abandoned, so stop the command.
-            // SAFETY: plain syscall; the child is unreaped, so its group id is ours.
-            unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+            // The child is unreaped, so its group id is ours.
+            let _ = process::kill_process_group(self.pid);
             let _ = child.wait();
         }
     }

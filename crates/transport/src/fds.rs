@@ -10,7 +10,7 @@
 //! descriptor when the channel is dropped.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 /// The `getfd` table of the monitor that issued the migration command.
 pub trait FdSource {
@@ -48,12 +48,5 @@ pub(crate) fn claim_numbered_fd(text: &str) -> io::Result<OwnedFd> {
             format!("'{text}' is not a valid file descriptor number"),
         )
     })?;
-    // SAFETY: F_GETFD only queries the descriptor table entry; no memory is involved.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is open (checked above). Ownership transfer is the documented contract
-    // of an incoming `fd:N` URI: the number names a descriptor the process was given for
-    // this migration and that nothing else in the process uses or will close.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    crate::sys::claim_inherited_fd(fd)
 }

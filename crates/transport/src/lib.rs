@@ -10,6 +10,10 @@
 //! `migrate_cancel` interrupts a migration thread blocked in a read or write with
 //! [`ShutdownHandle::shutdown`] (see [`shutdown`](mod@shutdown) for how).
 //!
+//! System calls that neither `std` nor `vmm-sys-util` wraps safely (`poll`, receiving
+//! `SCM_RIGHTS` descriptors, socket I/O with per-call flags, process groups) live in
+//! [`sys`], the only module with `unsafe` code; `monitor` uses it too.
+//!
 //! ```
 //! use std::io::{Read, Write};
 //! use transport::{connect, Listener, NoFds};
@@ -27,6 +31,8 @@
 //! ```
 
 #![deny(missing_docs)]
+// All system calls without a safe wrapper in `std` or `vmm-sys-util` live in `sys`.
+#![deny(unsafe_code)]
 
 mod channel;
 pub mod connect;
@@ -36,6 +42,8 @@ mod exec;
 mod fds;
 pub mod listen;
 pub mod shutdown;
+#[allow(unsafe_code)]
+pub mod sys;
 #[doc(hidden)]
 pub mod test_support;
 mod unix_bind;

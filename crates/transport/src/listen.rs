@@ -28,6 +28,7 @@ use crate::endpoint::Endpoint;
 use crate::exec::Direction;
 use crate::fds::{claim_numbered_fd, is_numeric, FdSource};
 use crate::shutdown::{deadline_after, Cancel, ShutdownHandle};
+use crate::sys::Interest;
 use crate::unix_bind::bind_private;
 use crate::{Channel, MigrationUri, TransportError};
 
@@ -305,22 +306,20 @@ impl Listener {
                     .map(Some)
                     .ok_or(TransportError::SingleChannel { uri: uri() })
             }
-            Kind::Tcp(l) => self.accept_socket(l.as_raw_fd(), deadline, || {
+            Kind::Tcp(l) => self.accept_socket(l, deadline, || {
                 // NODELAY for the same reason as on the connecting side (return path).
                 l.accept()
                     .and_then(|(s, _)| s.set_nodelay(true).map(|()| s.into()))
             }),
-            Kind::Unix { listener, .. } => {
-                self.accept_socket(listener.as_raw_fd(), deadline, || {
-                    listener.accept().map(|(s, _)| s.into())
-                })
-            }
+            Kind::Unix { listener, .. } => self.accept_socket(listener, deadline, || {
+                listener.accept().map(|(s, _)| s.into())
+            }),
         }
     }
 
     fn accept_socket(
         &self,
-        listen_fd: i32,
+        listener: &dyn AsRawFd,
         deadline: Option<Instant>,
         accept: impl Fn() -> io::Result<std::os::fd::OwnedFd>,
     ) -> Result<Option<Channel>, TransportError> {
@@ -337,7 +336,7 @@ impl Listener {
                         || e.raw_os_error() == Some(libc::ECONNABORTED) => {}
                 Err(source) => return Err(TransportError::Accept { uri: uri(), source }),
             }
-            match self.cancel.wait(listen_fd, libc::POLLIN, deadline) {
+            match self.cancel.wait(listener, Interest::Read, deadline) {
                 Ok(true) => {}
                 Ok(false) => return Ok(None),
                 Err(_) if self.cancel.is_set() => {

@@ -24,10 +24,14 @@
 //! alive after the channel is gone.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
+
+use crate::sys::{self, Interest, PollFd};
 
 /// Something to do when a channel is shut down (besides waking blocked threads).
 pub(crate) trait CancelHook: Send + Sync {
@@ -38,20 +42,14 @@ pub(crate) trait CancelHook: Send + Sync {
 /// Shared cancellation state of one channel or listener.
 pub(crate) struct Cancel {
     flag: AtomicBool,
-    event: OwnedFd,
+    event: EventFd,
     hooks: Mutex<Vec<Weak<dyn CancelHook>>>,
 }
 
 impl Cancel {
     /// A fresh, not cancelled state with its own eventfd.
     pub(crate) fn new() -> io::Result<Arc<Cancel>> {
-        // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        let event = unsafe { OwnedFd::from_raw_fd(fd) };
+        let event = EventFd::new(EFD_CLOEXEC | EFD_NONBLOCK)?;
         Ok(Arc::new(Cancel {
             flag: AtomicBool::new(false),
             event,
@@ -93,16 +91,9 @@ impl Cancel {
             }
             std::mem::take(&mut *hooks)
         };
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our own eventfd. A failure (counter
-        // overflow) cannot happen for a single increment and would only leave the flag set.
-        unsafe {
-            libc::write(
-                self.event.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        // A failure (counter overflow) cannot happen for a single increment and would only
+        // leave the flag set.
+        let _ = self.event.write(1);
         for hook in hooks.iter().filter_map(Weak::upgrade) {
             hook.on_cancel();
         }
@@ -112,49 +103,34 @@ impl Cancel {
     /// (`Ok(false)`), or the channel is shut down (`Err`).
     pub(crate) fn wait(
         &self,
-        fd: i32,
-        events: libc::c_short,
+        fd: &dyn AsRawFd,
+        interest: Interest,
         deadline: Option<Instant>,
     ) -> io::Result<bool> {
         loop {
             self.check()?;
-            let timeout_ms = match deadline {
-                None => -1,
+            let timeout = match deadline {
+                None => None,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Ok(false);
                     }
-                    // Round up so a sub-millisecond remainder does not spin.
-                    let ms = left.as_micros().div_ceil(1000);
-                    i32::try_from(ms).unwrap_or(i32::MAX)
+                    Some(left)
                 }
             };
             let mut fds = [
-                libc::pollfd {
-                    fd,
-                    events,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.event.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                PollFd::new(fd, interest),
+                PollFd::new(&self.event, Interest::Read),
             ];
-            // SAFETY: `fds` is a live array of 2 pollfd structs for the duration of the call.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if fds[1].revents != 0 {
+            match sys::poll(&mut fds, timeout) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => r?,
+            };
+            if fds[1].is_ready() {
                 return Err(shutdown_error());
             }
-            if fds[0].revents != 0 {
+            if fds[0].is_ready() {
                 return Ok(true);
             }
         }

@@ -4,21 +4,16 @@
 //! where it stopped on the source (no reboot) and the guest's self-check passes after the move.
 //! Each test prints `SKIP: /dev/kvm not available` and passes when KVM cannot be used.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use guest_ram::{Backing, GuestRam, RamBlock};
-use migration::incoming::{self, IncomingJob};
-use migration::outgoing::{self, OutgoingJob};
 use migration::ram::RamHandler;
 use migration::verify::RamVerify;
-use migration::{
-    Capability, EventBus, GlobalState, MigrationError, MigrationState, MigrationStatus, Registry,
-    RunState, VmControl,
-};
+use migration::{Capability, GlobalState, MigrationStatus, Registry, RunState, VmControl};
 use payload::{Output, Params, SelfCheck};
-use transport::{MigrationUri, NoFds};
+use testkit::Side;
 use vmm::kvm::{KernelImage, KvmConfig, KvmError, KvmState, KvmVm, SerialSink, StopReason};
 
 const MIB: u64 = 1 << 20;
@@ -330,14 +325,7 @@ fn migration_params() -> Params {
 
 /// A KVM VM with everything registered for migration: RAM (KVM dirty log), the KVM device
 /// sections, `globalstate` and the RAM-verify section.
-struct Side {
-    vm: Arc<KvmVm>,
-    state: Arc<MigrationState>,
-    registry: Arc<Mutex<Option<Registry>>>,
-    global: GlobalState,
-}
-
-fn side(serial: SerialSink) -> Side {
+fn side(serial: SerialSink) -> Side<KvmVm> {
     let ram = ram(MIGRATION_RAM);
     let cfg = KvmConfig {
         vcpus: 2,
@@ -346,23 +334,16 @@ fn side(serial: SerialSink) -> Side {
         ..KvmConfig::default()
     };
     let vm = Arc::new(KvmVm::new(ram.clone(), cfg).unwrap());
-    let state = Arc::new(MigrationState::new(Arc::new(EventBus::new())));
     let global = GlobalState::new();
     let mut reg = Registry::new();
-    let log = vm.dirty_log();
-    reg.register_live(Box::new(RamHandler::new(ram.clone(), log, state.clone())));
+    reg.register_live(Box::new(RamHandler::new(ram.clone(), vm.dirty_log())));
     for (idstr, instance, dev) in vm.devices() {
         reg.register_device(&idstr, Some(instance), dev);
     }
     reg.register_device("globalstate", Some(0), Box::new(global.clone()));
     let verify = Box::new(RamVerify::new(ram));
     reg.register_device(migration::verify::IDSTR, Some(0), verify);
-    Side {
-        vm,
-        state,
-        registry: Arc::new(Mutex::new(Some(reg))),
-        global,
-    }
+    Side::new(reg, vm, global)
 }
 
 fn text(vm: &KvmVm) -> String {
@@ -381,39 +362,17 @@ fn wait_for(what: &str, read: impl Fn() -> String, pred: impl Fn(&Output) -> boo
     }
 }
 
-/// Makes `dst` listen on an ephemeral loopback port; returns the URI and the thread that loads
-/// the stream and then starts the vCPUs.
-fn listen(dst: &Side) -> (String, thread::JoinHandle<Result<(), MigrationError>>) {
-    let uri: MigrationUri = "tcp:127.0.0.1:0".parse().unwrap();
-    let listener = transport::listen(&uri, &NoFds).unwrap();
-    let desc = listener.local_description();
+/// Makes `dst` listen on an ephemeral loopback port; returns the URI. The destination's
+/// thread loads the stream and then starts the vCPUs.
+fn listen(dst: &Side<KvmVm>) -> String {
     dst.vm.set_run_state(RunState::Inmigrate);
-    dst.state.lock().incoming = true;
-    dst.state
-        .set_status(MigrationStatus::None, MigrationStatus::Setup);
-    let job = IncomingJob {
-        listener,
-        machine: "livemig-kvm-test".into(),
-        state: dst.state.clone(),
-        vm: dst.vm.clone(),
-        global_state: dst.global.clone(),
-        autostart: true,
-    };
-    let reg = dst.registry.clone();
-    let h = thread::spawn(move || {
-        let mut r = reg.lock().unwrap().take().unwrap();
-        let res = incoming::run_incoming(job, &mut r);
-        *reg.lock().unwrap() = Some(r);
-        res
-    });
-    (desc, h)
+    dst.listen("tcp:127.0.0.1:0")
 }
 
 /// Boots the source and lets it count a little.
-fn running_source() -> Side {
+fn running_source() -> Side<KvmVm> {
     let src = side(SerialSink::Buffer);
-    let caps = [(Capability::RamVerify, true)];
-    src.state.lock().caps.apply(&caps).unwrap();
+    src.enable(&[Capability::RamVerify]);
     src.vm.boot().unwrap();
     src.vm.vm_start().unwrap();
     wait_for(
@@ -426,26 +385,12 @@ fn running_source() -> Side {
 
 /// Migrates the running `src` to `uri` and waits for the outcome; returns the source's serial
 /// output, which is final since the source stays stopped.
-fn migrate(src: &Side, uri: &str) -> String {
-    let job = OutgoingJob {
-        uri: uri.parse().unwrap(),
-        machine: "livemig-kvm-test".into(),
-        registry: src.registry.clone(),
-        state: src.state.clone(),
-        vm: src.vm.clone(),
-        global_state: src.global.clone(),
-        shutdown: Arc::new(Mutex::new(None)),
-    };
-    let out = outgoing::start(job, &NoFds).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while src.state.status().is_running() || src.state.status() == MigrationStatus::None {
-        let status = src.state.status();
-        assert!(Instant::now() < deadline, "migration stuck in {status}");
-        thread::sleep(Duration::from_millis(10));
-    }
-    out.join().unwrap();
+fn migrate(src: &Side<KvmVm>, uri: &str) -> String {
+    src.migrate(uri).unwrap();
+    let status = src.wait_final();
     let info = src.state.info();
-    assert_eq!(src.state.status(), MigrationStatus::Completed, "{info:?}");
+    assert_eq!(status, MigrationStatus::Completed, "{info:?}");
+    src.finish().unwrap();
     let ram = info.ram.unwrap();
     assert!(ram.dirty_sync_count >= 2 && ram.normal > 0, "{ram:?}");
     assert_eq!(src.vm.run_state(), RunState::Postmigrate);
@@ -483,12 +428,10 @@ fn running_guest_migrates_over_tcp_and_continues() {
         return;
     }
     let dst = side(SerialSink::Buffer);
-    let (uri, incoming) = listen(&dst);
+    let uri = listen(&dst);
     let src = running_source();
     let before = migrate(&src, &uri);
-    incoming
-        .join()
-        .unwrap()
+    dst.finish()
         .expect("destination loads the stream (RAM verified)");
     assert_eq!(dst.vm.run_state(), RunState::Running);
     assert_eq!(dst.vm.state(), KvmState::Running);
@@ -517,10 +460,10 @@ fn kvm_destination_process() {
         return;
     };
     let dst = side(SerialSink::File(dir.join("serial")));
-    let (uri, incoming) = listen(&dst);
+    let uri = listen(&dst);
     std::fs::write(dir.join("uri.tmp"), &uri).unwrap();
     std::fs::rename(dir.join("uri.tmp"), dir.join("uri")).unwrap();
-    let res = incoming.join().unwrap();
+    let res = dst.finish();
     let status = match &res {
         Ok(()) => format!("ok {:?}", dst.vm.run_state()),
         Err(e) => format!("error {}", e.report()),

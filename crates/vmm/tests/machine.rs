@@ -57,10 +57,7 @@ fn migrate(src: &Arc<Machine>, dst: &Arc<Machine>) {
 #[test]
 fn running_guest_continues_on_the_destination() {
     let src = Machine::new(config(false)).unwrap();
-    src.migration()
-        .lock()
-        .caps
-        .apply(&[(Capability::RamVerify, true)])
+    src.set_capabilities(&[(Capability::RamVerify, true)])
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     assert!(
@@ -100,10 +97,7 @@ fn none_machine_round_trip_keeps_ram() {
         ..config(incoming)
     };
     let src = Machine::new(cfg(false)).unwrap();
-    src.migration()
-        .lock()
-        .caps
-        .apply(&[(Capability::RamVerify, true)])
+    src.set_capabilities(&[(Capability::RamVerify, true)])
         .unwrap();
     let dst = Machine::new(cfg(true)).unwrap();
     // ram-verify compared every block at switchover (the destination's vCPUs run afterwards).

@@ -1,7 +1,6 @@
-//! [`BlockMigrationError`]: failures of block migration, converted into [`MigrationError`] at
-//! the [`LiveHandler`](crate::LiveHandler) boundary.
-
-use crate::error::MigrationError;
+//! [`BlockMigrationError`]: failures of block migration, carried by
+//! `MigrationError::BlockSave` / `BlockLoad` across the [`LiveHandler`](crate::LiveHandler)
+//! boundary.
 
 /// Errors of block migration.
 #[derive(Debug, thiserror::Error)]
@@ -33,19 +32,6 @@ pub enum BlockMigrationError {
 impl BlockMigrationError {
     /// The message with its causes.
     pub fn report(&self) -> String {
-        crate::error_report(self)
-    }
-
-    /// As a load error of the `block` section.
-    pub(crate) fn on_load(self) -> MigrationError {
-        MigrationError::DeviceLoad {
-            idstr: super::IDSTR.into(),
-            reason: self.report(),
-        }
-    }
-
-    /// As a source-side error.
-    pub(crate) fn on_save(self) -> MigrationError {
-        MigrationError::Protocol(format!("block migration failed: {}", self.report()))
+        crate::report::error_report(self)
     }
 }

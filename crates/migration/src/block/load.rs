@@ -111,19 +111,25 @@ impl BlockLoader {
         loop {
             match wire::read_record(f)? {
                 BlockRecord::Data { sector, device } => {
-                    let (idx, offset) = self.target(&device, sector).map_err(|e| e.on_load())?;
+                    let (idx, offset) = self
+                        .target(&device, sector)
+                        .map_err(MigrationError::BlockLoad)?;
                     // The payload is always a full chunk, also past the end of the drive.
                     f.get_buffer(&mut self.buf)?;
                     let len = (self.disks[idx].size() - offset).min(CHUNK_SIZE);
-                    self.activate(idx).map_err(|e| e.on_load())?;
-                    self.apply(idx, offset, len).map_err(|e| e.on_load())?;
+                    self.activate(idx).map_err(MigrationError::BlockLoad)?;
+                    self.apply(idx, offset, len)
+                        .map_err(MigrationError::BlockLoad)?;
                 }
                 BlockRecord::Zero { sector, device } => {
-                    let (idx, offset) = self.target(&device, sector).map_err(|e| e.on_load())?;
+                    let (idx, offset) = self
+                        .target(&device, sector)
+                        .map_err(MigrationError::BlockLoad)?;
                     self.buf.fill(0);
                     let len = (self.disks[idx].size() - offset).min(CHUNK_SIZE);
-                    self.activate(idx).map_err(|e| e.on_load())?;
-                    self.apply(idx, offset, len).map_err(|e| e.on_load())?;
+                    self.activate(idx).map_err(MigrationError::BlockLoad)?;
+                    self.apply(idx, offset, len)
+                        .map_err(MigrationError::BlockLoad)?;
                 }
                 BlockRecord::Progress(pct) => {
                     if self.last_progress != Some(pct) {

@@ -28,51 +28,37 @@
 //! * **Failure on the destination.** Nothing is written to a destination image during the
 //!   load: the first record of a drive switches it to a sparse staging copy next to the image,
 //!   `load_complete` renames the copies over the images. If the load fails the images are
-//!   untouched; the copies are removed by the next `load_setup`, by [`abort_incoming`] (which
-//!   the VMM calls when the load failed), or when the drives are dropped.
+//!   untouched; the copies are removed by the next `load_setup`, by
+//!   [`abort_incoming`](block::Disk::abort_incoming) (which the VMM calls when the load
+//!   failed), or when the drives are dropped.
 //! * **`-i` allocation.** The destination skips clusters whose content it already has (see
 //!   [`BlockLoader`]), so its overlay holds the clusters the source's overlay holds rather than whole
 //!   1 MiB chunks.
 //!
 //! `migrate -b`/`-i` set capability `block` (and parameter `block-incremental`) for one
-//! migration: [`BlockMigrationOptions::apply`] before starting it; the handler's cleanup
-//! clears them again (QEMU's `must_remove_block_options`).
-//!
-//! Wiring into a VMM:
-//!
-//! ```text
-//! both sides   drives = DriveSpec::parse_all(--drive ...); disks = Arc<Disk>::open each
-//!              registry: [timer (none machine)] BlockHandler::new(disks, state) RamHandler ...
-//!                        (block before ram; never as section id 0, see QEMU's PART lookup)
-//!              guest: a DiskWriter per disk; vm_stop → pause() (returns with no write in
-//!                     flight), vm_start → resume()
-//! migrate -b/-i  BlockMigrationOptions { incremental }.apply(&state)?; outgoing::start(..)
-//!                (if start fails: clear_block_options(&state))
-//! incoming     run_incoming(..); on error: abort_incoming(&disks)
-//! ```
+//! migration ([`BlockMigrationOptions`], applied and cleared by `outgoing::start`, QEMU's
+//! `must_remove_block_options`). The handler is registered on both sides, before `ram` and never
+//! as section id 0 (see QEMU's PART lookup); a failed load discards the staged images through
+//! [`LiveHandler::load_cleanup`]. A VM's disk writers must pause with its vCPUs.
 
-mod error;
+pub(crate) mod error;
 mod load;
 mod save;
-mod stats;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use block::Disk;
 use savevm::qemu_file::{QemuFileReader, QemuFileWriter};
-use serde_json::{Map, Value};
 
 use crate::capabilities::{Capabilities, Capability};
 use crate::error::MigrationError;
 use crate::handler::LiveHandler;
-use crate::params::ParamValue;
-use crate::state::MigrationState;
+use crate::session::{IncomingSession, OutgoingSession};
+use crate::settings::Settings;
 
 pub use error::BlockMigrationError;
 pub use load::BlockLoader;
 pub use save::BlockSaver;
-pub use stats::DiskCounters;
 
 /// Section idstr.
 pub const IDSTR: &str = "block";
@@ -88,18 +74,16 @@ pub const BLOCK_SECTION_MIN_VERSION: u32 = 1;
 /// without drives, so a destination accepts a source's block section.
 pub struct BlockHandler {
     disks: Vec<Arc<Disk>>,
-    state: Arc<MigrationState>,
     saver: Option<BlockSaver>,
     loader: BlockLoader,
 }
 
 impl BlockHandler {
-    /// A handler over the VM's drives (in `--drive` order), reporting into `state`.
-    pub fn new(disks: Vec<Arc<Disk>>, state: Arc<MigrationState>) -> Self {
+    /// A handler over the VM's drives (in `--drive` order).
+    pub fn new(disks: Vec<Arc<Disk>>) -> Self {
         Self {
             loader: BlockLoader::new(disks.clone()),
             disks,
-            state,
             saver: None,
         }
     }
@@ -108,13 +92,10 @@ impl BlockHandler {
     pub fn disks(&self) -> &[Arc<Disk>] {
         &self.disks
     }
+}
 
-    fn incremental(&self) -> bool {
-        matches!(
-            self.state.lock().params.get("block-incremental"),
-            Some(ParamValue::Bool(true))
-        )
-    }
+fn incremental(settings: &Settings) -> bool {
+    settings.params.block_incremental
 }
 
 impl LiveHandler for BlockHandler {
@@ -130,8 +111,12 @@ impl LiveHandler for BlockHandler {
         caps.get(Capability::Block)
     }
 
-    fn save_setup(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError> {
-        let incremental = self.incremental();
+    fn save_setup(
+        &mut self,
+        f: &mut QemuFileWriter,
+        s: &mut OutgoingSession,
+    ) -> Result<(), MigrationError> {
+        let incremental = incremental(s.settings());
         tracing::info!(
             drives = self.disks.len(),
             incremental,
@@ -140,19 +125,23 @@ impl LiveHandler for BlockHandler {
         self.saver = Some(BlockSaver::new(
             &self.disks,
             incremental,
-            self.state.disk.clone(),
+            s.runtime().disk.clone(),
         ));
         savevm::block::write_eos(f);
         Ok(())
     }
 
-    fn pending(&mut self, threshold: u64) -> Result<u64, MigrationError> {
+    fn pending(&mut self, threshold: u64, _s: &mut OutgoingSession) -> Result<u64, MigrationError> {
         Ok(self.saver.as_ref().map_or(0, |s| s.pending(threshold)))
     }
 
-    fn iterate(&mut self, f: &mut QemuFileWriter) -> Result<bool, MigrationError> {
+    fn iterate(
+        &mut self,
+        f: &mut QemuFileWriter,
+        _s: &mut OutgoingSession,
+    ) -> Result<bool, MigrationError> {
         match self.saver.as_mut() {
-            Some(s) => s.iterate(f).map_err(BlockMigrationError::on_save)?,
+            Some(s) => s.iterate(f).map_err(MigrationError::BlockSave)?,
             None => savevm::block::write_eos(f),
         }
         if let Some(e) = f.error() {
@@ -163,9 +152,13 @@ impl LiveHandler for BlockHandler {
         Ok(true)
     }
 
-    fn complete(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError> {
+    fn complete(
+        &mut self,
+        f: &mut QemuFileWriter,
+        _s: &mut OutgoingSession,
+    ) -> Result<(), MigrationError> {
         match self.saver.as_mut() {
-            Some(s) => s.complete(f).map_err(BlockMigrationError::on_save)?,
+            Some(s) => s.complete(f).map_err(MigrationError::BlockSave)?,
             None => {
                 savevm::block::write_progress(f, 100);
                 savevm::block::write_eos(f);
@@ -181,21 +174,18 @@ impl LiveHandler for BlockHandler {
         if let Some(mut s) = self.saver.take() {
             s.cleanup();
         }
-        if self
-            .state
-            .disk
-            .remove_block_options
-            .swap(false, Ordering::SeqCst)
-        {
-            clear_block_options(&self.state);
-        }
     }
 
-    fn load_setup(&mut self) -> Result<(), MigrationError> {
-        self.loader.setup().map_err(BlockMigrationError::on_load)
+    fn load_setup(&mut self, _s: &mut IncomingSession) -> Result<(), MigrationError> {
+        self.loader.setup().map_err(MigrationError::BlockLoad)
     }
 
-    fn load(&mut self, f: &mut QemuFileReader, version: u32) -> Result<(), MigrationError> {
+    fn load(
+        &mut self,
+        f: &mut QemuFileReader,
+        version: u32,
+        _s: &mut IncomingSession,
+    ) -> Result<(), MigrationError> {
         if version < BLOCK_SECTION_MIN_VERSION {
             return Err(MigrationError::UnsupportedVersion {
                 idstr: IDSTR.into(),
@@ -206,8 +196,18 @@ impl LiveHandler for BlockHandler {
         self.loader.load(f)
     }
 
-    fn load_complete(&mut self) -> Result<(), MigrationError> {
-        self.loader.commit().map_err(BlockMigrationError::on_load)
+    fn load_complete(&mut self, _s: &mut IncomingSession) -> Result<(), MigrationError> {
+        self.loader.commit().map_err(MigrationError::BlockLoad)
+    }
+
+    fn load_cleanup(&mut self, failed: bool) {
+        if !failed {
+            return;
+        }
+        // Never leave half-written destination images behind.
+        if let Err(e) = self.loader.abort() {
+            tracing::error!("cannot discard the incoming disk images: {}", e.report());
+        }
     }
 }
 
@@ -227,64 +227,23 @@ pub struct BlockMigrationOptions {
 }
 
 impl BlockMigrationOptions {
-    /// Turns capability `block` on (and parameter `block-incremental` for `-i`) for the next
-    /// migration only; the block handler's `save_cleanup` turns them off again. Fails, like
-    /// QEMU, when either is already on. Call it right before `outgoing::start`; if `start`
-    /// fails, call [`clear_block_options`].
-    pub fn apply(self, state: &MigrationState) -> Result<(), BlockMigrationError> {
-        let mut s = state.lock();
-        let inc_on = matches!(
-            s.params.get("block-incremental"),
-            Some(ParamValue::Bool(true))
-        );
-        if s.caps.get(Capability::Block) || inc_on {
+    /// Turns capability `block` on (and parameter `block-incremental` for `-i`) in `settings`.
+    /// Fails, like QEMU, when either is already on.
+    pub fn apply_to(self, settings: &mut Settings) -> Result<(), BlockMigrationError> {
+        if settings.has(Capability::Block) || incremental(settings) {
             return Err(BlockMigrationError::IncompatibleOptions);
         }
-        if self.incremental {
-            let mut args = Map::new();
-            args.insert("block-incremental".into(), Value::Bool(true));
-            s.params
-                .apply_json(&args)
-                .map_err(|e| BlockMigrationError::Enable(e.to_string()))?;
-        }
-        if let Err(e) = s.caps.apply(&[(Capability::Block, true)]) {
-            let mut args = Map::new();
-            args.insert("block-incremental".into(), Value::Bool(false));
-            let _ = s.params.apply_json(&args);
-            return Err(BlockMigrationError::Enable(e.to_string()));
-        }
-        state
-            .disk
-            .remove_block_options
-            .store(true, Ordering::SeqCst);
+        settings
+            .caps
+            .apply(&[(Capability::Block, true)], &settings.params)
+            .map_err(|e| BlockMigrationError::Enable(e.to_string()))?;
+        settings.params.block_incremental = self.incremental;
         Ok(())
     }
-}
 
-/// Turns capability `block` and parameter `block-incremental` off (what the cleanup of a
-/// `migrate -b`/`-i` migration does).
-pub fn clear_block_options(state: &MigrationState) {
-    state
-        .disk
-        .remove_block_options
-        .store(false, Ordering::SeqCst);
-    let mut s = state.lock();
-    let _ = s.caps.apply(&[(Capability::Block, false)]);
-    let mut args = Map::new();
-    args.insert("block-incremental".into(), Value::Bool(false));
-    if let Err(e) = s.params.apply_json(&args) {
-        tracing::error!("cannot clear block-incremental: {e}");
+    /// Turns capability `block` and parameter `block-incremental` off again.
+    pub fn clear(settings: &mut Settings) {
+        settings.caps.set(Capability::Block, false);
+        settings.params.block_incremental = false;
     }
-}
-
-/// Discards what a failed incoming migration wrote: every drive's staging copy is deleted and
-/// the image, untouched, is used again. Call it when `incoming::run_incoming` fails.
-pub fn abort_incoming(disks: &[Arc<Disk>]) -> Result<(), BlockMigrationError> {
-    let mut first = None;
-    for d in disks {
-        if let Err(e) = d.abort_incoming() {
-            first.get_or_insert(e);
-        }
-    }
-    first.map_or(Ok(()), |e| Err(e.into()))
 }

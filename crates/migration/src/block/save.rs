@@ -23,7 +23,7 @@ use savevm::block as wire;
 use savevm::qemu_file::QemuFileWriter;
 
 use super::error::BlockMigrationError;
-use super::stats::DiskCounters;
+use crate::counters::DiskCounters;
 
 /// An iteration returns to the migration thread after this long (as RAM does).
 const MAX_ITERATION_TIME: Duration = Duration::from_millis(50);

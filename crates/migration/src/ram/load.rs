@@ -9,12 +9,11 @@ use savevm::ram::{xbzrle, RamDecoder, RamRecord, TARGET_PAGE_SIZE};
 
 use super::multifd::{self, MultifdReceiver};
 use crate::error::MigrationError;
-use crate::state::MigrationState;
+use crate::session::IncomingSession;
 
 /// Destination-side RAM state for one incoming stream.
 pub struct RamLoader {
     ram: Arc<GuestRam>,
-    state: Arc<MigrationState>,
     multifd: Option<MultifdReceiver>,
     decoder: RamDecoder,
     current: Option<usize>,
@@ -24,10 +23,9 @@ pub struct RamLoader {
 
 impl RamLoader {
     /// A loader writing into `ram`.
-    pub fn new(ram: Arc<GuestRam>, state: Arc<MigrationState>) -> Self {
+    pub fn new(ram: Arc<GuestRam>) -> Self {
         Self {
             ram,
-            state,
             multifd: None,
             decoder: RamDecoder::new(),
             current: None,
@@ -38,17 +36,10 @@ impl RamLoader {
 
     /// Prepares for a new stream: forgets the previous block and starts the multifd receivers
     /// if the incoming side accepted multifd channels.
-    pub fn setup(&mut self) -> Result<(), MigrationError> {
+    pub fn setup(&mut self, s: &mut IncomingSession) -> Result<(), MigrationError> {
         self.decoder = RamDecoder::new();
         self.current = None;
-        let readers = std::mem::take(
-            &mut self
-                .state
-                .multifd_channels
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .1,
-        );
+        let readers = s.take_multifd_channels();
         self.multifd = if readers.is_empty() {
             None
         } else {

@@ -27,7 +27,7 @@ use savevm::qemu_file::{QemuFileReader, QemuFileWriter};
 
 use crate::error::MigrationError;
 use crate::handler::LiveHandler;
-use crate::state::MigrationState;
+use crate::session::{IncomingSession, OutgoingSession};
 
 pub use save::RamSaver;
 
@@ -42,16 +42,11 @@ pub struct RamHandler {
 }
 
 impl RamHandler {
-    /// A handler over `ram`, tracking the guest's writes with `dirty_log`, reporting into
-    /// `state`.
-    pub fn new(
-        ram: Arc<GuestRam>,
-        dirty_log: Box<dyn DirtyLog>,
-        state: Arc<MigrationState>,
-    ) -> Self {
+    /// A handler over `ram`, tracking the guest's writes with `dirty_log`.
+    pub fn new(ram: Arc<GuestRam>, dirty_log: Box<dyn DirtyLog>) -> Self {
         Self {
-            saver: RamSaver::new(ram.clone(), dirty_log, state.clone()),
-            loader: load::RamLoader::new(ram.clone(), state.clone()),
+            saver: RamSaver::new(ram.clone(), dirty_log),
+            loader: load::RamLoader::new(ram.clone()),
             ram,
         }
     }
@@ -71,36 +66,57 @@ impl LiveHandler for RamHandler {
         RAM_SECTION_VERSION
     }
 
-    fn save_setup(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError> {
-        self.saver.setup(f)
+    fn save_setup(
+        &mut self,
+        f: &mut QemuFileWriter,
+        s: &mut OutgoingSession,
+    ) -> Result<(), MigrationError> {
+        self.saver.setup(f, s)
     }
 
-    fn pending(&mut self, threshold: u64) -> Result<u64, MigrationError> {
-        self.saver.pending(threshold)
+    fn pending(&mut self, threshold: u64, s: &mut OutgoingSession) -> Result<u64, MigrationError> {
+        self.saver.pending(threshold, s)
     }
 
-    fn iterate(&mut self, f: &mut QemuFileWriter) -> Result<bool, MigrationError> {
+    fn iterate(
+        &mut self,
+        f: &mut QemuFileWriter,
+        _s: &mut OutgoingSession,
+    ) -> Result<bool, MigrationError> {
         self.saver.iterate(f)
     }
 
-    fn complete(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError> {
-        self.saver.complete(f)
+    fn complete(
+        &mut self,
+        f: &mut QemuFileWriter,
+        s: &mut OutgoingSession,
+    ) -> Result<(), MigrationError> {
+        self.saver.complete(f, s)
     }
 
     fn save_cleanup(&mut self) {
         self.saver.cleanup();
     }
 
-    fn load_setup(&mut self) -> Result<(), MigrationError> {
-        self.loader.setup()
+    fn load_setup(&mut self, s: &mut IncomingSession) -> Result<(), MigrationError> {
+        self.loader.setup(s)
     }
 
-    fn load_complete(&mut self) -> Result<(), MigrationError> {
+    fn load_complete(&mut self, _s: &mut IncomingSession) -> Result<(), MigrationError> {
         self.loader.finish();
         Ok(())
     }
 
-    fn load(&mut self, f: &mut QemuFileReader, version: u32) -> Result<(), MigrationError> {
+    fn load_cleanup(&mut self, _failed: bool) {
+        self.loader.finish();
+    }
+
+    fn load(
+        &mut self,
+        f: &mut QemuFileReader,
+        version: u32,
+        _s: &mut IncomingSession,
+    ) -> Result<(), MigrationError> {
         if version != RAM_SECTION_VERSION {
             return Err(MigrationError::UnsupportedVersion {
                 idstr: "ram".into(),

@@ -82,7 +82,7 @@ pub fn start_sender(writers: Vec<ChannelWriter>) -> Result<MultifdSender, Migrat
         let thread = std::thread::Builder::new()
             .name(format!("multifdsend_{id}"))
             .spawn(move || send_loop(id, w, rx, done_tx))
-            .map_err(|e| MigrationError::Protocol(format!("cannot start a multifd thread: {e}")))?;
+            .map_err(MigrationError::Spawn)?;
         channels.push(SendChannel {
             jobs,
             busy: false,
@@ -187,7 +187,7 @@ impl MultifdSender {
         let msg = self
             .done
             .recv()
-            .map_err(|_| MigrationError::Protocol("a multifd channel thread died".into()))?;
+            .map_err(|_| MigrationError::MultifdThreadEnded)?;
         self.collect(msg)
     }
 
@@ -199,7 +199,7 @@ impl MultifdSender {
         self.channels[to]
             .jobs
             .send(job)
-            .map_err(|_| MigrationError::Protocol("a multifd channel thread died".into()))
+            .map_err(|_| MigrationError::MultifdThreadEnded)
     }
 
     fn flush_batch(&mut self) -> Result<(), MigrationError> {
@@ -290,23 +290,13 @@ pub fn accept_channels(readers: Vec<ChannelReader>) -> Result<Vec<ChannelReader>
         r.read_exact(&mut hello).map_err(savevm::Error::from)?;
         let init = MultifdInit::decode(&hello)?;
         if init.uuid != [0; 16] {
-            return Err(MigrationError::Protocol(
-                "multifd channel UUID does not match this VM".into(),
-            ));
+            return Err(MigrationError::MultifdUuid);
         }
         let id = usize::from(init.id);
         match slots.get_mut(id) {
             Some(slot @ None) => *slot = Some(r),
-            Some(Some(_)) => {
-                return Err(MigrationError::Protocol(format!(
-                    "received id '{id}' already setup"
-                )))
-            }
-            None => {
-                return Err(MigrationError::Protocol(format!(
-                    "multifd channel id {id} out of range"
-                )))
-            }
+            Some(Some(_)) => return Err(MigrationError::MultifdDuplicateChannel(id)),
+            None => return Err(MigrationError::MultifdChannelRange(id)),
         }
     }
     Ok(slots.into_iter().flatten().collect())
@@ -334,7 +324,7 @@ pub fn start_receiver(
         let t = std::thread::Builder::new()
             .name(format!("multifdrecv_{id}"))
             .spawn(move || recv_loop(r, &ram, &sync_tx, &rel_rx))
-            .map_err(|e| MigrationError::Protocol(format!("cannot start a multifd thread: {e}")))?;
+            .map_err(MigrationError::Spawn)?;
         threads.push(t);
     }
     Ok(MultifdReceiver {
@@ -365,9 +355,7 @@ fn recv_loop(
             .map_err(MigrationError::from)
             .and_then(|h| {
                 if h.flags & MULTIFD_FLAG_COMPRESSION_MASK != 0 {
-                    return Err(MigrationError::Protocol(
-                        "multifd compression is not supported".into(),
-                    ));
+                    return Err(MigrationError::MultifdCompressedPacket);
                 }
                 load_pages(&mut r, ram, &h)?;
                 Ok(h.flags & MULTIFD_FLAG_SYNC != 0)
@@ -434,7 +422,7 @@ impl MultifdReceiver {
         for _ in 0..self.release.len() {
             self.syncs
                 .recv()
-                .map_err(|_| MigrationError::Protocol("a multifd channel ended early".into()))??;
+                .map_err(|_| MigrationError::MultifdThreadEnded)??;
         }
         for r in &self.release {
             let _ = r.send(());

@@ -11,9 +11,10 @@ use super::multifd::{self, MultifdSender};
 use super::xbzrle::{Outcome, XbzrleCache};
 use crate::capabilities::Capability;
 use crate::convergence::{self, ThrottleParams};
+use crate::counters::RamCounters;
 use crate::error::MigrationError;
-use crate::params::ParamValue;
-use crate::state::{MigrationState, RamCounters};
+use crate::session::OutgoingSession;
+use crate::settings::Settings;
 
 /// An iteration returns to the migration thread after this long (QEMU's MAX_WAIT).
 const MAX_ITERATION_TIME: Duration = Duration::from_millis(50);
@@ -27,7 +28,8 @@ const PAGE: u64 = TARGET_PAGE_SIZE as u64;
 pub struct RamSaver {
     ram: Arc<GuestRam>,
     dirty_log: Box<dyn DirtyLog>,
-    state: Arc<MigrationState>,
+    /// Statistics of the current migration (from its session at setup).
+    counters: Arc<RamCounters>,
     bitmaps: Vec<Bitmap>,
     dirty_pages: u64,
     encoder: RamEncoder,
@@ -47,6 +49,8 @@ pub struct RamSaver {
     throttle: Option<ThrottleParams>,
     /// Periods in which the guest dirtied too fast (not reset by a good period, as QEMU).
     dirty_rate_high_cnt: u32,
+    /// The vCPU throttle asked for so far (auto-converge).
+    throttle_percent: u8,
     /// RAM bytes transferred when the current dirty-rate period started.
     xfer_prev: u64,
     /// Multifd channels, with the `multifd` capability.
@@ -65,15 +69,11 @@ enum Sent {
 
 impl RamSaver {
     /// A saver over `ram`.
-    pub fn new(
-        ram: Arc<GuestRam>,
-        dirty_log: Box<dyn DirtyLog>,
-        state: Arc<MigrationState>,
-    ) -> Self {
+    pub fn new(ram: Arc<GuestRam>, dirty_log: Box<dyn DirtyLog>) -> Self {
         Self {
             ram,
             dirty_log,
-            state,
+            counters: Arc::default(),
             bitmaps: Vec::new(),
             dirty_pages: 0,
             encoder: RamEncoder::new(),
@@ -87,6 +87,7 @@ impl RamSaver {
             block_base: Vec::new(),
             throttle: None,
             dirty_rate_high_cnt: 0,
+            throttle_percent: 0,
             xfer_prev: 0,
             multifd: None,
             multifd_accounted: 0,
@@ -94,11 +95,16 @@ impl RamSaver {
     }
 
     fn counters(&self) -> &RamCounters {
-        &self.state.ram
+        &self.counters
     }
 
     /// Starts dirty tracking, marks every existing page and writes the block list.
-    pub fn setup(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError> {
+    pub fn setup(
+        &mut self,
+        f: &mut QemuFileWriter,
+        s: &mut OutgoingSession,
+    ) -> Result<(), MigrationError> {
+        self.counters = s.runtime().ram.clone();
         // Arm tracking first: a page first touched after this is reported by the next sync,
         // a page touched before it is in the populated set below.
         self.dirty_log.start()?;
@@ -108,20 +114,14 @@ impl RamSaver {
             self.bitmaps.push(block.populated_pages()?);
         }
         self.dirty_pages = self.bitmaps.iter().map(Bitmap::count_ones).sum();
-        let (xbzrle_cache, throttle) = features(&self.state);
+        let (xbzrle_cache, throttle) = features(s.settings());
         self.throttle = throttle;
         self.dirty_rate_high_cnt = 0;
+        self.throttle_percent = 0;
         self.xfer_prev = 0;
-        self.xbzrle = xbzrle_cache.map(XbzrleCache::new);
+        self.xbzrle = xbzrle_cache.map(XbzrleCache::new).transpose()?;
         self.xbzrle_active = false;
-        let writers = std::mem::take(
-            &mut self
-                .state
-                .multifd_channels
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .0,
-        );
+        let writers = s.take_multifd_channels();
         self.multifd = if writers.is_empty() {
             None
         } else {
@@ -142,7 +142,7 @@ impl RamSaver {
             &c.xbzrle_cache_size,
             self.xbzrle.as_ref().map_or(0, XbzrleCache::size),
         );
-        self.state.emit_pass(1);
+        s.emit_pass(1);
 
         let start = f.total_transferred();
         let infos: Vec<RamBlockInfo> = self
@@ -173,11 +173,11 @@ impl RamSaver {
     }
 
     /// Merges the dirty log into the bitmaps (one pass).
-    fn sync(&mut self) -> Result<(), MigrationError> {
+    fn sync(&mut self, s: &mut OutgoingSession) -> Result<(), MigrationError> {
         let new = self.dirty_log.sync(&mut self.bitmaps)?;
         self.dirty_pages += new;
         self.period_dirty += new;
-        let c = &self.state.ram;
+        let c = self.counters.clone();
         let pass = c
             .dirty_sync_count
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -188,11 +188,11 @@ impl RamSaver {
         if elapsed >= DIRTY_RATE_PERIOD {
             let rate = (self.period_dirty as f64 / elapsed.as_secs_f64()) as u64;
             RamCounters::set(&c.dirty_pages_rate, rate);
-            self.trigger_throttle();
+            self.trigger_throttle(s);
             self.period_start = Instant::now();
             self.period_dirty = 0;
         }
-        self.state.emit_pass(pass);
+        s.emit_pass(pass);
         tracing::debug!(
             pass,
             dirty_pages = self.dirty_pages,
@@ -203,11 +203,10 @@ impl RamSaver {
     }
 
     /// Auto-converge: after two periods in which the guest dirtied faster than the trigger
-    /// allows, throttle its vCPUs one step more (applied by the migration thread).
-    fn trigger_throttle(&mut self) {
+    /// allows, ask the migration thread to throttle the vCPUs one step more.
+    fn trigger_throttle(&mut self, s: &mut OutgoingSession) {
         let Some(p) = self.throttle else { return };
-        let c = &self.state.ram;
-        let transferred = c.transferred.load(std::sync::atomic::Ordering::Relaxed);
+        let transferred = RamCounters::get(&self.counters.transferred);
         let xfer = transferred.saturating_sub(self.xfer_prev);
         let dirty = self.period_dirty * PAGE;
         self.xfer_prev = transferred;
@@ -217,25 +216,28 @@ impl RamSaver {
         self.dirty_rate_high_cnt += 1;
         if self.dirty_rate_high_cnt >= 2 {
             self.dirty_rate_high_cnt = 0;
-            let current = c
-                .cpu_throttle_percentage
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let next = convergence::next_throttle(current as u8, &p, xfer, dirty);
+            let current = self.throttle_percent;
+            let next = convergence::next_throttle(current, &p, xfer, dirty);
             tracing::info!(
                 from = current,
                 to = next,
                 "auto-converge: throttling the guest"
             );
-            RamCounters::set(&c.cpu_throttle_percentage, u64::from(next));
+            self.throttle_percent = next;
+            s.request_throttle(next);
         }
     }
 
     /// Remaining bytes; syncs the dirty log when the estimate is below `threshold` (QEMU) or
     /// when nothing is left (so a running guest's writes during the pass are not left to the
     /// downtime before the bandwidth has been measured).
-    pub fn pending(&mut self, threshold: u64) -> Result<u64, MigrationError> {
+    pub fn pending(
+        &mut self,
+        threshold: u64,
+        s: &mut OutgoingSession,
+    ) -> Result<u64, MigrationError> {
         if self.dirty_pages == 0 || self.dirty_pages * PAGE < threshold {
-            self.sync()?;
+            self.sync(s)?;
         }
         Ok(self.dirty_pages * PAGE)
     }
@@ -282,11 +284,7 @@ impl RamSaver {
         };
         // Only XBZRLE needs the pass number (cache ages).
         let sync = match xbzrle {
-            Some(_) => self
-                .state
-                .ram
-                .dirty_sync_count
-                .load(std::sync::atomic::Ordering::Relaxed),
+            Some(_) => RamCounters::get(&self.counters.dirty_sync_count),
             None => 0,
         };
         let last_stage = self.in_downtime;
@@ -328,7 +326,7 @@ impl RamSaver {
                 })
             })
         }??;
-        let c = &self.state.ram;
+        let c = &self.counters;
         match sent {
             Sent::Zero => RamCounters::add(&c.duplicate, 1),
             Sent::Normal => RamCounters::add(&c.normal, 1),
@@ -345,7 +343,7 @@ impl RamSaver {
         m.sync()?;
         let delta = m.bytes - self.multifd_accounted;
         self.multifd_accounted = m.bytes;
-        RamCounters::set(&self.state.ram.multifd_bytes, m.bytes);
+        RamCounters::set(&self.counters.multifd_bytes, m.bytes);
         self.account(delta);
         Ok(())
     }
@@ -363,7 +361,7 @@ impl RamSaver {
     /// Publishes the XBZRLE counters.
     fn publish_xbzrle(&self) {
         if let Some(x) = &self.xbzrle {
-            let (c, k) = (&self.state.ram, x.counters);
+            let (c, k) = (&self.counters, x.counters);
             RamCounters::set(&c.xbzrle_bytes, k.bytes);
             RamCounters::set(&c.xbzrle_pages, k.pages);
             RamCounters::set(&c.xbzrle_cache_miss, k.cache_miss);
@@ -396,15 +394,19 @@ impl RamSaver {
             return Err(e.into());
         }
         self.account(f.total_transferred() - bytes0);
-        RamCounters::set(&self.state.ram.remaining, self.dirty_pages * PAGE);
+        RamCounters::set(&self.counters.remaining, self.dirty_pages * PAGE);
         self.publish_xbzrle();
         Ok(done)
     }
 
     /// Final pass with the guest stopped: sync once more and send everything left.
-    pub fn complete(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError> {
+    pub fn complete(
+        &mut self,
+        f: &mut QemuFileWriter,
+        s: &mut OutgoingSession,
+    ) -> Result<(), MigrationError> {
         self.in_downtime = true;
-        self.sync()?;
+        self.sync(s)?;
         let bytes0 = f.total_transferred();
         while let Some((b, page)) = self.next_dirty() {
             self.send_page(f, b, page)?;
@@ -416,7 +418,7 @@ impl RamSaver {
             return Err(e.into());
         }
         self.account(f.total_transferred() - bytes0);
-        RamCounters::set(&self.state.ram.remaining, 0);
+        RamCounters::set(&self.counters.remaining, 0);
         self.publish_xbzrle();
         Ok(())
     }
@@ -437,22 +439,21 @@ impl RamSaver {
 
 /// The optional features of this migration: the XBZRLE cache size (with `xbzrle`) and the
 /// auto-converge settings (with `auto-converge`).
-fn features(state: &MigrationState) -> (Option<u64>, Option<ThrottleParams>) {
-    let s = state.lock();
+fn features(s: &Settings) -> (Option<u64>, Option<ThrottleParams>) {
     let p = &s.params;
     let xbzrle = s
         .caps
         .get(Capability::Xbzrle)
-        .then(|| p.int("xbzrle-cache-size"));
+        .then_some(p.xbzrle_cache_size);
     let throttle = s
         .caps
         .get(Capability::AutoConverge)
         .then(|| ThrottleParams {
-            trigger_threshold: p.int("throttle-trigger-threshold"),
-            initial: p.int("cpu-throttle-initial") as u8,
-            increment: p.int("cpu-throttle-increment") as u8,
-            tailslow: matches!(p.get("cpu-throttle-tailslow"), Some(ParamValue::Bool(true))),
-            max: p.int("max-cpu-throttle") as u8,
+            trigger_threshold: p.throttle_trigger_threshold.into(),
+            initial: p.cpu_throttle_initial,
+            increment: p.cpu_throttle_increment,
+            tailslow: p.cpu_throttle_tailslow,
+            max: p.max_cpu_throttle,
         });
     (xbzrle, throttle)
 }

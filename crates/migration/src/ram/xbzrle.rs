@@ -16,6 +16,8 @@
 
 use savevm::ram::{xbzrle, TARGET_PAGE_SIZE};
 
+use crate::error::MigrationError;
+
 const PAGE: usize = TARGET_PAGE_SIZE;
 const EMPTY: u64 = u64::MAX;
 
@@ -32,6 +34,14 @@ pub struct XbzrleCounters {
     pub overflow: u64,
     /// Page bytes that were sent as deltas (for the encoding rate).
     pub unencoded: u64,
+}
+
+/// `n` copies of `v`, or None when the memory cannot be had.
+fn filled<T: Clone>(n: usize, v: T) -> Option<Vec<T>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).ok()?;
+    out.resize(n, v);
+    Some(out)
 }
 
 /// What to send for a page.
@@ -58,17 +68,24 @@ pub struct XbzrleCache {
 
 impl XbzrleCache {
     /// A cache of `size` bytes (rounded down to a power of two number of pages, at least one).
-    pub fn new(size: u64) -> Self {
+    /// The size comes from the operator: memory that cannot be had is an error, never an abort.
+    pub fn new(size: u64) -> Result<Self, MigrationError> {
         let entries = (size / PAGE as u64).max(1);
-        let entries = 1usize << (63 - entries.leading_zeros());
-        Self {
-            addrs: vec![EMPTY; entries],
-            ages: vec![0; entries],
-            data: vec![0; entries * PAGE],
+        let entries = 1u64 << (63 - entries.leading_zeros());
+        let oom = || MigrationError::OutOfMemory {
+            what: "the XBZRLE cache",
+            bytes: entries.saturating_mul(PAGE as u64 + 16),
+        };
+        let entries = usize::try_from(entries).map_err(|_| oom())?;
+        let bytes = entries.checked_mul(PAGE).ok_or_else(oom)?;
+        Ok(Self {
+            addrs: filled(entries, EMPTY).ok_or_else(oom)?,
+            ages: filled(entries, 0).ok_or_else(oom)?,
+            data: filled(bytes, 0).ok_or_else(oom)?,
             new_page: vec![0; PAGE].into_boxed_slice(),
             encoded: vec![0; PAGE].into_boxed_slice(),
             counters: XbzrleCounters::default(),
-        }
+        })
     }
 
     /// Cache size in bytes.
@@ -149,7 +166,7 @@ mod tests {
 
     #[test]
     fn miss_then_delta_then_unchanged() {
-        let mut c = XbzrleCache::new(16 * 4096);
+        let mut c = XbzrleCache::new(16 * 4096).unwrap();
         assert_eq!(c.size(), 16 * 4096);
         let mut page = vec![7u8; PAGE];
         assert_eq!(c.encode(0x1000, &page, 1, false), Outcome::Raw(&page[..]));
@@ -167,7 +184,7 @@ mod tests {
 
     #[test]
     fn young_slot_is_not_evicted_and_last_stage_does_not_insert() {
-        let mut c = XbzrleCache::new(4096); // one slot
+        let mut c = XbzrleCache::new(4096).unwrap(); // one slot
         let a = vec![1u8; PAGE];
         let b = vec![2u8; PAGE];
         assert!(matches!(c.encode(0, &a, 5, false), Outcome::Raw(_)));
@@ -184,7 +201,7 @@ mod tests {
 
     #[test]
     fn overflow_sends_raw_and_zero_page_clears_the_copy() {
-        let mut c = XbzrleCache::new(4096);
+        let mut c = XbzrleCache::new(4096).unwrap();
         let a: Vec<u8> = (0..PAGE).map(|i| i as u8).collect();
         let b: Vec<u8> = (0..PAGE)
             .map(|i| (i as u8).wrapping_mul(3).wrapping_add(1))
@@ -195,5 +212,16 @@ mod tests {
         c.zero_page(0);
         let zero = vec![0u8; PAGE];
         assert_eq!(c.encode(0, &zero, 3, false), Outcome::Unchanged);
+    }
+
+    #[test]
+    fn an_absurd_cache_size_is_an_error_not_an_abort() {
+        for size in [1u64 << 62, u64::MAX] {
+            match XbzrleCache::new(size) {
+                Err(MigrationError::OutOfMemory { what, .. }) => assert!(what.contains("XBZRLE")),
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(_) => panic!("{size} bytes were allocated"),
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ pub use progress::migrate_with_progress;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -134,51 +134,10 @@ impl Write for Stream {
     }
 }
 
-/// Sends `data` with one `sendmsg` carrying `fd` as `SCM_RIGHTS` ancillary data.
+/// Sends `data` with one `sendmsg` carrying `fd` as `SCM_RIGHTS` ancillary data (the rest
+/// of `data`, if the socket took only part of it, follows with plain writes).
 pub fn send_with_fd(sock: &UnixStream, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
-    #[repr(C)]
-    struct Cmsg {
-        _align: [libc::cmsghdr; 0],
-        bytes: [u8; 64],
-    }
-    let mut cbuf = Cmsg {
-        _align: [],
-        bytes: [0; 64],
-    };
-    let raw = fd.as_raw_fd();
-    let fd_size = std::mem::size_of_val(&raw) as u32;
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.bytes.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE only computes a size (≤ 64 for one descriptor).
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(fd_size) } as _;
-    // SAFETY: msg_control points at a zeroed, aligned buffer of msg_controllen bytes, so the
-    // first header exists and has room for one descriptor.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(fd_size) as _;
-        libc::CMSG_DATA(c)
-            .cast::<libc::c_int>()
-            .write_unaligned(raw);
-    }
-    // SAFETY: `msg` references `iov` (over `data`) and `cbuf`, both alive for the call; the
-    // kernel only reads them.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if (n as usize) < data.len() {
-        (&*sock).write_all(data.get(n as usize..).unwrap_or(&[]))?;
-    }
-    Ok(())
+    transport::sys::send_with_fds(sock, data, &[fd])
 }
 
 /// A synchronous QMP client.

@@ -5,8 +5,9 @@
 
 use std::fmt::Write as _;
 
-use migration::params::{ParamKind, ParamValue, HMP_HIDDEN, PARAMS};
+use migration::params::{ParamKind, PARAMS};
 use migration::{Capabilities, MigrationInfo, MigrationParameters, MigrationStatus, RunState};
+use serde_json::Value;
 
 /// The fixed `globals:` block that starts `info migrate` (livemig always sends the global
 /// state, the configuration record and section footers, like QEMU's defaults).
@@ -139,15 +140,16 @@ pub fn migrate_capabilities(caps: &Capabilities) -> String {
 /// `info migrate_parameters`, in QEMU 7.2's order and formats.
 pub fn migrate_parameters(params: &MigrationParameters) -> String {
     let mut o = String::new();
-    for spec in PARAMS.iter().filter(|s| !HMP_HIDDEN.contains(&s.name)) {
-        let Some(v) = params.get(spec.name) else {
+    for spec in PARAMS {
+        let Some(unit) = spec.hmp_unit else {
             continue;
         };
-        let _ = match (v, spec.kind) {
-            (ParamValue::Int(n), _) => writeln!(o, "{}: {n}{}", spec.name, spec.hmp_unit),
-            (ParamValue::Bool(b), _) => writeln!(o, "{}: {}", spec.name, on_off(*b)),
-            (ParamValue::Str(s), ParamKind::Enum(_)) => writeln!(o, "{}: {s}", spec.name),
-            (ParamValue::Str(s), _) => writeln!(o, "{}: '{s}'", spec.name),
+        let name = spec.name;
+        let _ = match (spec.value(params), spec.kind) {
+            (Value::Bool(b), _) => writeln!(o, "{name}: {}", on_off(b)),
+            (Value::String(s), ParamKind::Enum(_)) => writeln!(o, "{name}: {s}"),
+            (Value::String(s), _) => writeln!(o, "{name}: '{s}'"),
+            (v, _) => writeln!(o, "{name}: {v}{unit}"),
         };
     }
     o
@@ -285,9 +287,10 @@ precopy ram: 517 kbytes
 
     #[test]
     fn info_migrate_parameters_default_text() {
-        let mut p = MigrationParameters::default();
-        p.apply_json(json!({"max-bandwidth": 134217728u64}).as_object().unwrap())
-            .unwrap();
+        let p = MigrationParameters {
+            max_bandwidth: 134217728,
+            ..Default::default()
+        };
         let expected = "announce-initial: 50 ms
 announce-max: 550 ms
 announce-rounds: 5
@@ -319,8 +322,7 @@ tls-authz: ''
     #[test]
     fn info_capabilities_lists_ram_verify() {
         let mut caps = Capabilities::default();
-        caps.apply(&[(migration::Capability::Events, true)])
-            .unwrap();
+        caps.set(migration::Capability::Events, true);
         let t = migrate_capabilities(&caps);
         assert!(t.starts_with("xbzrle: off\nrdma-pin-all: off\n"));
         assert!(t.contains("\nevents: on\n"));

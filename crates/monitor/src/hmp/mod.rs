@@ -15,6 +15,7 @@
 //! monitor does not echo input.
 
 pub mod args_type;
+pub mod command;
 pub mod help;
 pub mod info;
 pub mod set_param;
@@ -26,7 +27,8 @@ use std::sync::Arc;
 
 use crate::conn::{Input, LineError, SharedWriter};
 use crate::session::Session;
-use table::{find, HmpCommand, COMMANDS, INFO_COMMANDS};
+use command::{find, HmpCommand};
+use table::{COMMANDS, INFO_COMMANDS};
 
 /// The prompt written after every command.
 pub const PROMPT: &str = "(qemu) ";

@@ -9,33 +9,24 @@
 //! | booleans | `on`/`yes`/`true`/`y`, `off`/`no`/`false`/`n` |
 //! | strings, enums | as typed |
 //!
-//! An unknown name fails with `invalid parameter value: <name>`.
+//! An unknown name fails with `invalid parameter value: <name>`. The value's syntax follows
+//! the parameter's [`ParamKind`] in the table; the typed value then goes through the same
+//! parsing as a QMP member, so the result is the [`ParameterUpdate`] QMP would build.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::size::{parse_size, BYTE, MIB};
 use crate::backend::CommandError;
 use migration::params::{self, ParamKind};
-use migration::Capability;
-
-/// Parameters that QEMU's HMP parses as sizes (suffixes accepted).
-const SIZE_PARAMS: &[&str] = &[
-    "announce-initial",
-    "announce-max",
-    "announce-rounds",
-    "announce-step",
-    "downtime-limit",
-    "xbzrle-cache-size",
-    "max-postcopy-bandwidth",
-];
+use migration::{Capability, ParameterUpdate};
 
 /// `invalid parameter value: <name>`.
 fn invalid_name(name: &str) -> CommandError {
     CommandError::generic(format!("invalid parameter value: {name}"))
 }
 
-/// Converts `migrate_set_parameter NAME VALUE` into `migrate-set-parameters` arguments.
-pub fn parameter_args(name: &str, value: &str) -> Result<Map<String, Value>, CommandError> {
+/// Parses `migrate_set_parameter NAME VALUE` into a one-member update.
+pub fn parameter_update(name: &str, value: &str) -> Result<ParameterUpdate, CommandError> {
     if name == "block-bitmap-mapping" {
         return Err(CommandError::generic(
             "The block-bitmap-mapping parameter can only be set through QMP",
@@ -44,22 +35,19 @@ pub fn parameter_args(name: &str, value: &str) -> Result<Map<String, Value>, Com
     let spec = params::spec(name).ok_or_else(|| invalid_name(name))?;
     let expects = |what: &str| CommandError::generic(format!("Parameter '{name}' expects {what}"));
     let v = match spec.kind {
-        ParamKind::Size | ParamKind::Int { .. } if name == "max-bandwidth" => {
+        ParamKind::Size if name == "max-bandwidth" => {
             let n = parse_size(value, MIB)
                 .ok()
                 .filter(|n| *n <= i64::MAX as u64)
                 .ok_or_else(|| CommandError::generic(format!("Invalid size {value}")))?;
             Value::from(n)
         }
-        ParamKind::Size | ParamKind::Int { .. } if SIZE_PARAMS.contains(&name) => {
+        ParamKind::Size | ParamKind::Uint64 => {
             Value::from(parse_size(value, BYTE).map_err(|_| expects("a size value"))?)
         }
-        ParamKind::Size => {
-            Value::from(parse_size(value, BYTE).map_err(|_| expects("a size value"))?)
-        }
-        ParamKind::Int { max, .. } => {
+        ParamKind::Uint8 | ParamKind::Uint32 => {
             let n = parse_uint(value).ok_or_else(|| expects("an uint64 value"))?;
-            let (limit, ty) = if max <= u8::MAX as u64 {
+            let (limit, ty) = if spec.kind == ParamKind::Uint8 {
                 (u8::MAX as u64, "uint8_t")
             } else {
                 (u32::MAX as u64, "uint32_t")
@@ -72,9 +60,9 @@ pub fn parameter_args(name: &str, value: &str) -> Result<Map<String, Value>, Com
         ParamKind::Bool => Value::from(parse_bool(value).ok_or_else(|| expects("'on' or 'off'"))?),
         ParamKind::Str | ParamKind::Enum(_) => Value::from(value),
     };
-    let mut m = Map::new();
-    m.insert(name.to_string(), v);
-    Ok(m)
+    let mut update = ParameterUpdate::default();
+    spec.parse_into(&mut update, &v)?;
+    Ok(update)
 }
 
 /// Parses a capability name for `migrate_set_capability`.
@@ -109,9 +97,12 @@ mod tests {
     use serde_json::json;
 
     fn one(name: &str, value: &str) -> Result<Value, String> {
-        parameter_args(name, value)
-            .map(|m| Value::Object(m)[name].clone())
-            .map_err(|e| e.desc)
+        let update = parameter_update(name, value).map_err(|e| e.desc)?;
+        // Read the member back through the parameters it produces.
+        let mut p = migration::MigrationParameters::default();
+        p.apply(&update, &Default::default())
+            .map_err(|e| e.to_string())?;
+        Ok(params::spec(name).unwrap().value(&p))
     }
 
     #[test]
@@ -143,6 +134,10 @@ mod tests {
         );
         assert_eq!(one("tls-creds", "tls0"), Ok(json!("tls0")));
         assert_eq!(one("multifd-compression", "zstd"), Ok(json!("zstd")));
+        assert_eq!(
+            one("multifd-compression", "lz4"),
+            Err("Parameter 'multifd-compression' does not accept value 'lz4'".into())
+        );
         assert_eq!(
             one("bogus", "1"),
             Err("invalid parameter value: bogus".into())

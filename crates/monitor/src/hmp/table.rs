@@ -13,36 +13,11 @@ use std::time::Duration;
 use migration::MigrationStatus;
 
 use super::args_type::HmpArgs;
+pub use super::command::{find, Handler, HmpCommand};
 use super::{help, info, set_param};
 use crate::backend::{CommandError, MigrateOptions};
 use crate::cmd::{capabilities, fd, incoming, migrate, parameters, quit, run_state};
 use crate::session::Session;
-
-/// A handler: parsed arguments in, text appended to `out`, or an error printed as
-/// `Error: <desc>`.
-pub type Handler = fn(&mut Session, &HmpArgs, &mut String) -> Result<(), CommandError>;
-
-/// One HMP command.
-#[derive(Debug)]
-pub struct HmpCommand {
-    /// Name, with aliases after `|`.
-    pub name: &'static str,
-    /// Argument specs (the `args_type` mini-language).
-    pub args_type: &'static str,
-    /// Synopsis of the parameters for `help`.
-    pub params: &'static str,
-    /// One-line help.
-    pub help: &'static str,
-    /// What runs.
-    pub handler: Handler,
-}
-
-impl HmpCommand {
-    /// True if `name` is this command's name or one of its aliases.
-    pub fn matches(&self, name: &str) -> bool {
-        self.name.split('|').any(|n| n == name)
-    }
-}
 
 /// How often a synchronous HMP `migrate` polls the migration status.
 pub const SYNC_MIGRATE_POLL: Duration = Duration::from_millis(100);
@@ -154,18 +129,13 @@ pub static INFO_COMMANDS: &[HmpCommand] = &[
     ),
 ];
 
-/// Finds a command by name or alias.
-pub fn find<'a>(table: &'a [HmpCommand], name: &str) -> Option<&'a HmpCommand> {
-    table.iter().find(|c| c.matches(name))
-}
-
 fn hmp_help(_: &mut Session, a: &HmpArgs, out: &mut String) -> Result<(), CommandError> {
-    out.push_str(&help::help(a.str("name")));
+    out.push_str(&help::help(COMMANDS, INFO_COMMANDS, a.str("name")));
     Ok(())
 }
 
 fn hmp_info_help(_: &mut Session, _: &HmpArgs, out: &mut String) -> Result<(), CommandError> {
-    out.push_str(&help::help(Some("info")));
+    out.push_str(&help::help(COMMANDS, INFO_COMMANDS, Some("info")));
     Ok(())
 }
 
@@ -241,11 +211,11 @@ fn hmp_set_capability(s: &mut Session, a: &HmpArgs, _: &mut String) -> Result<()
 }
 
 fn hmp_set_parameter(s: &mut Session, a: &HmpArgs, _: &mut String) -> Result<(), CommandError> {
-    let args = set_param::parameter_args(
+    let update = set_param::parameter_update(
         a.str("parameter").unwrap_or_default(),
         a.str("value").unwrap_or_default(),
     )?;
-    parameters::SetParameters { args }.run(s)
+    parameters::SetParameters { update }.run(s)
 }
 
 fn hmp_stop(s: &mut Session, _: &HmpArgs, _: &mut String) -> Result<(), CommandError> {
@@ -322,5 +292,21 @@ mod tests {
         }
         assert!(find(COMMANDS, "s").is_some_and(|c| c.name == "stop|s"));
         assert!(find(COMMANDS, "nosuch").is_none());
+    }
+
+    #[test]
+    fn help_texts_of_the_table() {
+        let help = |name| help::help(COMMANDS, INFO_COMMANDS, name);
+        let all = help(None);
+        assert_eq!(all.lines().count(), COMMANDS.len());
+        assert!(all.contains("\nmigrate [-d] [-b] [-i] [-r] uri -- migrate to URI"));
+        assert!(all.contains("\nstop|s  -- stop emulation\n"));
+        assert_eq!(help(Some("cont")), "cont|c  -- resume emulation\n");
+        assert_eq!(help(Some("c")), "cont|c  -- resume emulation\n");
+        assert!(help(Some("info")).starts_with("info migrate  -- show migration status\n"));
+        assert_eq!(
+            help(Some("info status")),
+            "info status  -- show the current VM status (running|paused)\n"
+        );
     }
 }

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 
 use crate::backend::CommandError;
 use crate::cmd::{introspect, Command};
+pub use crate::conn::to_qmp_string;
 use crate::conn::{Input, SharedWriter, MAX_INPUT};
 use crate::session::Session;
 use stream::{JsonSplitter, SplitError};
@@ -40,13 +41,6 @@ const PUMP_POLL: Duration = Duration::from_millis(200);
 /// The greeting sent on connect.
 pub fn greeting() -> Value {
     json!({ "QMP": { "version": introspect::version_json(), "capabilities": [] } })
-}
-
-/// Serializes like QEMU: compact, with `", "` and `": "` separators and QEMU's string
-/// escaping — QMP and the migration stream's VMDESCRIPTION come from the same QEMU JSON writer,
-/// so they share one implementation.
-pub fn to_qmp_string(v: &Value) -> String {
-    savevm::vmdesc::to_qemu_json(v)
 }
 
 /// A success reply.

@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use migration::{
     Capabilities, Capability, Event, EventBus, MigrationInfo, MigrationParameters, MigrationStatus,
-    RamStats, RunState,
+    ParameterUpdate, RamStats, RunState,
 };
 use monitor::{CommandError, MigrateOptions, MonitorBackend};
 
@@ -235,18 +235,19 @@ impl MonitorBackend for MockBackend {
                 "There's a migration process in progress",
             ));
         }
-        Ok(s.caps.apply(changes)?)
+        let s = &mut *s;
+        Ok(s.caps.apply(changes, &s.params)?)
     }
 
     fn capabilities(&self) -> Capabilities {
         self.state().caps.clone()
     }
 
-    fn set_parameters(
-        &self,
-        args: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), CommandError> {
-        Ok(self.state().params.apply_json(args)?)
+    fn set_parameters(&self, update: &ParameterUpdate) -> Result<(), CommandError> {
+        let mut s = self.state();
+        // The mock VM has 1 GiB of RAM.
+        let limits = s.caps.param_limits(Some(1 << 30));
+        Ok(s.params.apply(update, &limits)?)
     }
 
     fn parameters(&self) -> MigrationParameters {

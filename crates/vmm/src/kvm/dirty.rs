@@ -52,10 +52,6 @@ impl KvmDirtyLog {
             .map(|b| b.idstr().to_owned())
             .unwrap_or_default()
     }
-
-    fn io_err(e: kvm_ioctls::Error) -> std::io::Error {
-        std::io::Error::from_raw_os_error(e.errno())
-    }
 }
 
 impl DirtyLog for KvmDirtyLog {
@@ -71,9 +67,10 @@ impl DirtyLog for KvmDirtyLog {
         }
         if let Err(e) = self.slot.set_flags(&self.vm, KVM_MEM_LOG_DIRTY_PAGES) {
             block.vmm_dirty().deactivate();
-            return Err(Error::WriteProtect {
+            return Err(Error::Hypervisor {
                 idstr: self.idstr(),
-                source: Self::io_err(e),
+                what: "start",
+                source: Box::new(e),
             });
         }
         self.started = true;
@@ -88,9 +85,10 @@ impl DirtyLog for KvmDirtyLog {
         let words = self
             .vm
             .get_dirty_log(self.slot.slot, self.slot.size as usize)
-            .map_err(|e| Error::WriteProtect {
+            .map_err(|e| Error::Hypervisor {
                 idstr: self.idstr(),
-                source: Self::io_err(e),
+                what: "sync",
+                source: Box::new(e),
             })?;
         let mut new = 0;
         if let Some(bm) = dirty.first_mut() {

@@ -51,7 +51,7 @@ use std::time::Duration;
 use guest_ram::{DirtyLog, GuestRam};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::Kvm;
-use migration::{DeviceState, Event, EventBus, RunState, VmControl};
+use migration::{DeviceState, Event, EventBus, RunState, VmControl, VmError};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use dirty::KvmDirtyLog;
@@ -479,9 +479,9 @@ impl VmControl for KvmVm {
         }
     }
 
-    fn vm_stop(&self, state: RunState) -> Result<bool, String> {
+    fn vm_stop(&self, state: RunState) -> Result<bool, VmError> {
         let was_running = lock(&self.shared.life).state == KvmState::Running;
-        self.pause().map_err(|e| migration::error_report(&e))?;
+        self.pause().map_err(|e| VmError::Stop(Box::new(e)))?;
         lock(&self.shared.life).run_state = state;
         if was_running {
             self.emit(Event::Stop);
@@ -489,8 +489,8 @@ impl VmControl for KvmVm {
         Ok(was_running)
     }
 
-    fn vm_start(&self) -> Result<(), String> {
-        self.start().map_err(|e| migration::error_report(&e))?;
+    fn vm_start(&self) -> Result<(), VmError> {
+        self.start().map_err(|e| VmError::Start(Box::new(e)))?;
         lock(&self.shared.life).run_state = RunState::Running;
         self.emit(Event::Resume);
         Ok(())

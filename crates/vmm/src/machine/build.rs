@@ -133,12 +133,8 @@ pub(super) fn build(cfg: &MachineConfig) -> Result<Parts, MachineError> {
         registry.register_device("timer", Some(0), Box::new(Timer::default()));
     }
     // Always present, so a destination accepts a `block` section; active only with `-b`/`-i`.
-    registry.register_live(Box::new(BlockHandler::new(disks.clone(), state.clone())));
-    registry.register_live(Box::new(RamHandler::new(
-        ram.clone(),
-        dirty_log,
-        state.clone(),
-    )));
+    registry.register_live(Box::new(BlockHandler::new(disks.clone())));
+    registry.register_live(Box::new(RamHandler::new(ram.clone(), dirty_log)));
     for (idstr, instance, dev) in devices {
         registry.register_device(&idstr, Some(instance), dev);
     }

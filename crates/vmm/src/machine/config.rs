@@ -143,9 +143,6 @@ pub enum MachineError {
     /// A disk could not be opened.
     #[error("cannot open the disks")]
     Block(#[from] block::BlockError),
-    /// `migrate -b/-i` refused.
-    #[error("{0}")]
-    BlockOptions(#[source] migration::block::BlockMigrationError),
     /// A migration is running.
     #[error("There's a migration process in progress")]
     InProgress,
@@ -171,6 +168,9 @@ pub enum MachineError {
     #[error(transparent)]
     Migration(#[from] MigrationError),
     /// vCPU control failed.
-    #[error("{0}")]
-    Vm(String),
+    #[error("VM control failed")]
+    Vm(#[from] migration::VmError),
+    /// A migration thread could not start.
+    #[error("cannot start the migration thread")]
+    Spawn(#[source] std::io::Error),
 }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use block::DiskWriter;
-use migration::{RunState, VmControl};
+use migration::{RunState, VmControl, VmError};
 
 use super::vcpus::Vcpus;
 use crate::kvm::KvmVm;
@@ -75,14 +75,14 @@ impl VmControl for GuestControl {
         self.guest.control().run_state()
     }
 
-    fn vm_stop(&self, state: RunState) -> Result<bool, String> {
+    fn vm_stop(&self, state: RunState) -> Result<bool, VmError> {
         for w in lock(&self.writers).iter() {
             w.pause();
         }
         self.guest.control().vm_stop(state)
     }
 
-    fn vm_start(&self) -> Result<(), String> {
+    fn vm_start(&self) -> Result<(), VmError> {
         self.guest.control().vm_start()?;
         for w in lock(&self.writers).iter() {
             w.resume();

@@ -2,9 +2,10 @@
 //! plus the operations the monitors expose (`migrate`, `migrate_cancel`, `migrate-incoming`,
 //! `stop`, `cont`, `quit`).
 //!
-//! The machine owns the registry between migrations; an outgoing migration thread takes it and
-//! hands it back at the end (see `migration::outgoing`). Errors keep QEMU's texts, which
-//! management software matches on.
+//! The machine owns the registry between migrations and hands it to each migration by value
+//! (`migration::outgoing::start`, `migration::incoming::start`); the migration's thread returns
+//! it when it ends, and the machine takes it back from the finished [`MigrationHandle`] before
+//! the next one. Errors keep QEMU's texts, which management software matches on.
 
 mod build;
 mod config;
@@ -14,19 +15,19 @@ mod vcpus;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use block::Disk;
 use guest_ram::GuestRam;
-use migration::block::{abort_incoming, clear_block_options, BlockMigrationOptions};
-use migration::incoming::IncomingJob;
-use migration::outgoing::{OutgoingJob, RegistrySlot};
+use migration::block::BlockMigrationOptions;
+use migration::incoming::Incoming;
+use migration::outgoing::Outgoing;
 use migration::{
-    Event, EventBus, GlobalState, MigrationError, MigrationState, MigrationStatus, RunState,
+    Capability, CapabilityError, Event, EventBus, GlobalState, MigrationError, MigrationHandle,
+    MigrationState, MigrationStatus, ParamError, ParameterUpdate, Registry, Rejected, RunState,
     VmControl,
 };
-use transport::{FdSource, MigrationUri, ShutdownHandle};
+use transport::{FdSource, MigrationUri};
 
 pub use config::{Accel, DiskWorkload, MachineConfig, MachineError, MachineType, SerialTarget};
 pub use guest::{Guest, GuestControl};
@@ -34,6 +35,31 @@ pub use timer::{Timer, TimerState};
 pub use vcpus::{SoftCpuDevice, Vcpus};
 
 use crate::kvm::KvmVm;
+
+/// Where the registry is: with the machine, or lent to a migration.
+enum Home {
+    Idle(Registry),
+    Outgoing(MigrationHandle),
+    Incoming(MigrationHandle),
+    /// A migration thread panicked and took the registry with it.
+    Lost,
+}
+
+/// What waiters wait for: `quit`, or the end of the incoming migration.
+#[derive(Default)]
+struct Waiters {
+    flags: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl Waiters {
+    fn set(&self, quit: bool, incoming_done: bool) {
+        let mut f = lock(&self.flags);
+        f.0 |= quit;
+        f.1 |= incoming_done;
+        self.cv.notify_all();
+    }
+}
 
 /// One VM.
 pub struct Machine {
@@ -43,14 +69,12 @@ pub struct Machine {
     disks: Vec<Arc<Disk>>,
     events: Arc<EventBus>,
     state: Arc<MigrationState>,
-    registry: RegistrySlot,
+    home: Mutex<Home>,
     global: GlobalState,
-    shutdown: Arc<Mutex<Option<ShutdownHandle>>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
     incoming_started: AtomicBool,
     incoming_result: Mutex<Option<Result<(), String>>>,
     incoming_uri: Mutex<Option<String>>,
-    quit: (Mutex<bool>, Condvar),
+    waiters: Arc<Waiters>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,17 +92,15 @@ impl Machine {
             disks: parts.disks,
             events: parts.events,
             state: parts.state,
-            registry: Arc::new(Mutex::new(Some(parts.registry))),
+            home: Mutex::new(Home::Idle(parts.registry)),
             global: parts.global,
-            shutdown: Arc::new(Mutex::new(None)),
-            threads: Mutex::new(Vec::new()),
             incoming_started: AtomicBool::new(false),
             incoming_result: Mutex::new(None),
             incoming_uri: Mutex::new(None),
-            quit: (Mutex::new(false), Condvar::new()),
+            waiters: Arc::default(),
         });
         if !m.cfg.incoming && !m.cfg.start_paused {
-            m.control.vm_start().map_err(MachineError::Vm)?;
+            m.control.vm_start()?;
         }
         if let Some(vm) = m.kvm().cloned() {
             m.watch_guest_stop(vm);
@@ -167,6 +189,44 @@ impl Machine {
         self.control.run_state()
     }
 
+    /// True while the migration holding the registry has not published its final status.
+    /// Once it has, its thread is about to return the registry and joining it is immediate.
+    fn busy(&self, h: &MigrationHandle) -> bool {
+        !h.is_finished() && self.state.status().is_running()
+    }
+
+    /// Takes the registry back from a finished migration (recording an incoming migration's
+    /// outcome); `InProgress` while one runs.
+    fn reclaim(&self, home: &mut Home) -> Result<Registry, MachineError> {
+        match std::mem::replace(home, Home::Lost) {
+            Home::Idle(r) => Ok(r),
+            Home::Outgoing(h) if self.busy(&h) => {
+                *home = Home::Outgoing(h);
+                Err(MachineError::InProgress)
+            }
+            Home::Incoming(h) if self.busy(&h) && !lock(&self.waiters.flags).1 => {
+                *home = Home::Incoming(h);
+                Err(MachineError::InProgress)
+            }
+            Home::Outgoing(h) => Ok(h.join()?.registry),
+            Home::Incoming(h) => {
+                let finished = h.join()?;
+                *lock(&self.incoming_result) = Some(finished.result.map_err(|e| e.report()));
+                Ok(finished.registry)
+            }
+            Home::Lost => Err(MigrationError::ThreadPanicked.into()),
+        }
+    }
+
+    /// Puts back what a migration that did not start returned.
+    fn rejected(&self, home: &mut Home, r: Rejected) -> MachineError {
+        *home = Home::Idle(r.registry);
+        match r.error {
+            MigrationError::InProgress => MachineError::InProgress,
+            e => MachineError::Migration(e),
+        }
+    }
+
     /// `migrate [-b|-i] URI`: starts an outgoing migration in the background. `block` asks for
     /// block migration of every disk (`-b`, full copy; `-i` with `incremental`, only what the
     /// top images hold).
@@ -195,103 +255,86 @@ impl Machine {
                 return Err(MachineError::BadUri(e));
             }
         };
-        let job = OutgoingJob {
+        let mut home = lock(&self.home);
+        let registry = self.reclaim(&mut home)?;
+        let job = Outgoing {
             uri,
             machine: self.cfg.machine.wire_name().into(),
-            registry: self.registry.clone(),
-            state: self.state.clone(),
+            registry,
             vm: self.control.clone(),
             global_state: self.global.clone(),
-            shutdown: self.shutdown.clone(),
+            block,
+            on_finished: None,
         };
-        if let Some(opts) = block {
-            opts.apply(&self.state)
-                .map_err(MachineError::BlockOptions)?;
-        }
-        let h = migration::outgoing::start(job, fds).map_err(|e| {
-            clear_block_options(&self.state);
-            match e {
-                MigrationError::InProgress => MachineError::InProgress,
-                e => MachineError::Migration(e),
+        match migration::outgoing::start(job, &self.state, fds) {
+            Ok(h) => {
+                *home = Home::Outgoing(h);
+                Ok(())
             }
-        })?;
-        self.reap_threads();
-        lock(&self.threads).push(h);
-        Ok(())
+            Err(r) => Err(self.rejected(&mut home, *r)),
+        }
+    }
+
+    /// `migrate-set-capabilities`: refused while a migration runs; otherwise the merged set
+    /// is checked against the current parameters and applied all or nothing.
+    pub fn set_capabilities(&self, changes: &[(Capability, bool)]) -> Result<(), CapabilityError> {
+        self.state.set_capabilities(changes)
+    }
+
+    /// `migrate-set-parameters`: the merged set is checked against this VM (its RAM size
+    /// bounds `xbzrle-cache-size`) and the capabilities, then applied all or nothing.
+    pub fn set_parameters(&self, update: &ParameterUpdate) -> Result<(), ParamError> {
+        self.state
+            .set_parameters(update, Some(self.ram.total_size()))
     }
 
     /// `migrate_cancel`: always succeeds.
     pub fn migrate_cancel(&self) {
-        if !self.state.status().is_running() {
-            return;
-        }
-        self.state.request_cancel();
-        self.state.set_status_from_any(MigrationStatus::Cancelling);
-        if let Some(h) = lock(&self.shutdown).as_ref() {
-            h.shutdown();
-        }
+        self.state.cancel();
     }
 
     /// `migrate-incoming URI` (or `--incoming URI`): listens and loads in the background.
-    pub fn migrate_incoming(
-        self: &Arc<Self>,
-        uri: &str,
-        fds: &dyn FdSource,
-    ) -> Result<(), MachineError> {
+    pub fn migrate_incoming(&self, uri: &str, fds: &dyn FdSource) -> Result<(), MachineError> {
         if !self.cfg.incoming {
             return Err(MachineError::NotIncoming);
         }
         if self.incoming_started.swap(true, Ordering::SeqCst) {
             return Err(MachineError::IncomingStarted);
         }
-        let parsed: MigrationUri = uri.parse().map_err(|_| {
+        let started = self.start_incoming(uri, fds);
+        if started.is_err() {
             self.incoming_started.store(false, Ordering::SeqCst);
-            MachineError::BadIncomingUri(uri.to_string())
-        })?;
-        let listener = transport::listen(&parsed, fds).map_err(|e| {
-            self.incoming_started.store(false, Ordering::SeqCst);
-            MachineError::Migration(e.into())
-        })?;
-        {
-            let mut s = self.state.lock();
-            s.incoming = true;
-            s.socket_address = listener.socket_address().map(|a| vec![a.to_qmp()]);
         }
-        self.state.set_status_from_any(MigrationStatus::Setup);
-        tracing::info!(
-            "waiting for an incoming migration on {}",
-            listener.local_description()
-        );
-        *lock(&self.incoming_uri) = Some(listener.local_description());
-        let job = IncomingJob {
+        started
+    }
+
+    fn start_incoming(&self, uri: &str, fds: &dyn FdSource) -> Result<(), MachineError> {
+        let parsed: MigrationUri = uri
+            .parse()
+            .map_err(|_| MachineError::BadIncomingUri(uri.to_string()))?;
+        let listener =
+            transport::listen(&parsed, fds).map_err(|e| MachineError::Migration(e.into()))?;
+        let local = listener.local_description();
+        let mut home = lock(&self.home);
+        let registry = self.reclaim(&mut home)?;
+        let waiters = self.waiters.clone();
+        let job = Incoming {
             listener,
             machine: self.cfg.machine.wire_name().into(),
-            state: self.state.clone(),
+            registry,
             vm: self.control.clone(),
             global_state: self.global.clone(),
             autostart: !self.cfg.start_paused,
+            on_finished: Some(Box::new(move || waiters.set(false, true))),
         };
-        let me = self.clone();
-        let h = std::thread::Builder::new()
-            .name("incoming".into())
-            .spawn(move || {
-                let taken = lock(&me.registry).take();
-                let Some(mut reg) = taken else { return };
-                let res = migration::incoming::run_incoming(job, &mut reg);
-                if res.is_err() {
-                    // Never leave half-written destination images behind.
-                    if let Err(e) = abort_incoming(&me.disks) {
-                        tracing::error!("could not discard the incoming disk images: {e}");
-                    }
-                }
-                *lock(&me.registry) = Some(reg);
-                me.state.lock().socket_address = None;
-                *lock(&me.incoming_result) = Some(res.map_err(|e| e.report()));
-                me.notify_quit_waiters();
-            })
-            .map_err(|e| MachineError::Vm(format!("cannot start the incoming thread: {e}")))?;
-        lock(&self.threads).push(h);
-        Ok(())
+        match migration::incoming::start(job, &self.state) {
+            Ok(h) => {
+                *home = Home::Incoming(h);
+                *lock(&self.incoming_uri) = Some(local);
+                Ok(())
+            }
+            Err(r) => Err(self.rejected(&mut home, *r)),
+        }
     }
 
     /// The URI the incoming migration listens on, with the real port (e.g. `tcp:127.0.0.1:41811`).
@@ -301,15 +344,25 @@ impl Machine {
 
     /// The outcome of the incoming migration, once it ended.
     pub fn incoming_result(&self) -> Option<Result<(), String>> {
+        if let Some(r) = lock(&self.incoming_result).clone() {
+            return Some(r);
+        }
+        let mut home = lock(&self.home);
+        let done = lock(&self.waiters.flags).1;
+        if matches!(&*home, Home::Incoming(h) if done || h.is_finished()) {
+            match self.reclaim(&mut home) {
+                Ok(registry) => *home = Home::Idle(registry),
+                Err(e) => tracing::error!("{}", migration::error_report(&e)),
+            }
+        }
+        drop(home);
         lock(&self.incoming_result).clone()
     }
 
     /// `stop`.
     pub fn stop(&self) -> Result<(), MachineError> {
         if self.run_state().is_running() {
-            self.control
-                .vm_stop(RunState::Paused)
-                .map_err(MachineError::Vm)?;
+            self.control.vm_stop(RunState::Paused)?;
         }
         Ok(())
     }
@@ -320,55 +373,60 @@ impl Machine {
             RunState::Running => Ok(()),
             RunState::Inmigrate => Err(MachineError::Inmigrate),
             _ if self.state.status().is_running() => Err(MachineError::InProgress),
-            _ => self.control.vm_start().map_err(MachineError::Vm),
+            _ => Ok(self.control.vm_start()?),
         }
     }
 
     /// Asks the process to quit (`quit`).
     pub fn request_quit(&self) {
-        *lock(&self.quit.0) = true;
-        self.quit.1.notify_all();
-    }
-
-    fn notify_quit_waiters(&self) {
-        let _g = lock(&self.quit.0);
-        self.quit.1.notify_all();
+        self.waiters.set(true, false);
     }
 
     /// Blocks until `quit`, or until the incoming migration ended if `until_incoming_done`.
     pub fn wait(&self, until_incoming_done: bool) {
-        let mut q = lock(&self.quit.0);
-        let done = |q: bool| q || (until_incoming_done && self.incoming_result().is_some());
-        while !done(*q) {
-            q = self.quit.1.wait(q).unwrap_or_else(|p| p.into_inner());
+        let mut f = lock(&self.waiters.flags);
+        while !(f.0 || (until_incoming_done && f.1)) {
+            f = self.waiters.cv.wait(f).unwrap_or_else(|p| p.into_inner());
         }
     }
 
     /// True once `quit` was requested.
     pub fn quit_requested(&self) -> bool {
-        *lock(&self.quit.0)
+        lock(&self.waiters.flags).0
     }
 
-    fn reap_threads(&self) {
-        let mut t = lock(&self.threads);
-        let (done, live): (Vec<_>, Vec<_>) = t.drain(..).partition(|h| h.is_finished());
-        *t = live;
-        for h in done {
-            let _ = h.join();
-        }
-    }
-
-    /// Cancels a running migration, stops the vCPUs and joins every thread.
+    /// Cancels a running migration (outgoing, or incoming still waiting or loading), joins
+    /// its thread and stops the vCPUs.
     pub fn shutdown(&self) {
-        self.migrate_cancel();
-        let threads: Vec<_> = lock(&self.threads).drain(..).collect();
-        for h in threads {
-            if !h.is_finished() && self.state.lock().incoming {
-                // An incoming thread may wait in accept(); it ends with the process.
-                continue;
-            }
-            let _ = h.join();
+        let mut home = lock(&self.home);
+        if let Home::Outgoing(h) | Home::Incoming(h) = &*home {
+            h.cancel();
         }
+        if let Home::Outgoing(_) | Home::Incoming(_) = &*home {
+            match self.reclaim_finished(&mut home) {
+                Ok(registry) => *home = Home::Idle(registry),
+                Err(e) => tracing::error!("{}", migration::error_report(&e)),
+            }
+        }
+        drop(home);
         self.control.shutdown();
+    }
+
+    /// Waits for the migration thread and takes the registry back.
+    fn reclaim_finished(&self, home: &mut Home) -> Result<Registry, MachineError> {
+        match std::mem::replace(home, Home::Lost) {
+            Home::Outgoing(h) | Home::Incoming(h) => {
+                let finished = h.join()?;
+                if self.incoming_started.load(Ordering::SeqCst) {
+                    lock(&self.incoming_result)
+                        .get_or_insert(finished.result.map_err(|e| e.report()));
+                }
+                Ok(finished.registry)
+            }
+            other => {
+                *home = other;
+                Err(MigrationError::ThreadPanicked.into())
+            }
+        }
     }
 }

@@ -8,7 +8,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use guest_ram::GuestRam;
-use migration::{Capabilities, DeviceState, Event, EventBus, MigrationError, RunState, VmControl};
+use migration::{
+    Capabilities, DeviceState, Event, EventBus, MigrationError, RunState, VmControl, VmError,
+};
 use savevm::vmstate::{FieldKind, Value, VmStateDescription, VmStateValue};
 
 use crate::soft::{SoftCpuState, SoftGuest, WorkloadConfig};
@@ -81,7 +83,7 @@ impl Vcpus {
         SoftCpuState::initial(self.workload.as_ref().map_or(0, |w| w.seed), i as u64)
     }
 
-    fn start_threads(&self, threads: &mut Threads) -> Result<(), String> {
+    fn start_threads(&self, threads: &mut Threads) -> Result<(), VmError> {
         let Some(cfg) = self.workload.clone() else {
             return Ok(());
         };
@@ -91,8 +93,8 @@ impl Vcpus {
                 .enumerate()
                 .map(|(i, s)| s.unwrap_or_else(|| self.initial_state(i)))
                 .collect();
-            let g =
-                SoftGuest::start_from(self.ram.clone(), cfg, states).map_err(|e| e.to_string())?;
+            let g = SoftGuest::start_from(self.ram.clone(), cfg, states)
+                .map_err(|e| VmError::Start(Box::new(e)))?;
             *threads = Threads::Started(g);
         }
         Ok(())
@@ -113,7 +115,7 @@ impl VmControl for Vcpus {
         *lock(&self.run_state)
     }
 
-    fn vm_stop(&self, state: RunState) -> Result<bool, String> {
+    fn vm_stop(&self, state: RunState) -> Result<bool, VmError> {
         let was_running = {
             let t = lock(&self.threads);
             if let Threads::Started(g) = &*t {
@@ -130,7 +132,7 @@ impl VmControl for Vcpus {
         Ok(was_running)
     }
 
-    fn vm_start(&self) -> Result<(), String> {
+    fn vm_start(&self) -> Result<(), VmError> {
         {
             let mut t = lock(&self.threads);
             self.start_threads(&mut t)?;

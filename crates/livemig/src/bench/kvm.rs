@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use vmm::machine::{Accel, MachineConfig};
 use vmm::soft::WorkloadConfig;
 
-use crate::bench::{machine_pair, migrate};
+use super::pair::{machine_pair, migrate};
 
 const MEMORY: &str = "256M";
 /// Guest parameters: fill 8 MiB, rewrite 1 MiB continuously.

@@ -6,7 +6,7 @@
 //! * (b) 4 GiB of never-touched RAM — total time (target ≤ 50 ms);
 //! * (c) 1 GiB with a running 64 MiB working-set writer — downtime (target ≤ 20 ms), at a
 //!   bounded write rate and at an unbounded one;
-//! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `bench_kvm`).
+//! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `kvm`).
 //!
 //! Source and destination are two VMs in this process connected by a real loopback TCP socket;
 //! each side has its own threads, as in a two-process migration.
@@ -14,17 +14,19 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use guest_ram::{Backing, RamBlock};
-use migration::{MigrationInfo, MigrationStatus};
 use vmm::machine::{Machine, MachineConfig};
 use vmm::soft::{Pattern, WorkloadConfig};
 
 use crate::size::human;
+use pair::{machines, migrate, Outcome};
+
+mod kvm;
+mod pair;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -43,24 +45,6 @@ pub struct BenchArgs {
     pub repeat: usize,
 }
 
-/// A finished migration: the source's `query-migrate` and the wall-clock time.
-pub(crate) struct Outcome {
-    pub(crate) info: MigrationInfo,
-    wall: Duration,
-}
-
-impl Outcome {
-    fn total_ms(&self) -> u64 {
-        self.info.total_time.unwrap_or(0)
-    }
-    fn passes(&self) -> u64 {
-        self.info.ram.as_ref().map_or(0, |r| r.dirty_sync_count)
-    }
-    fn transferred(&self) -> u64 {
-        self.info.ram.as_ref().map_or(0, |r| r.transferred)
-    }
-}
-
 fn fill_random(block: &RamBlock) -> anyhow::Result<()> {
     let mut buf = vec![0u8; MIB as usize];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -75,61 +59,6 @@ fn fill_random(block: &RamBlock) -> anyhow::Result<()> {
         block.write_range(off, &buf[..n])?;
     }
     Ok(())
-}
-
-/// Migrates `src` into `dst` over loopback TCP and waits until both sides are done.
-pub(crate) fn migrate(src: &Arc<Machine>, dst: &Arc<Machine>) -> anyhow::Result<Outcome> {
-    dst.migrate_incoming("tcp:127.0.0.1:0", &transport::NoFds)?;
-    let uri = dst
-        .incoming_uri()
-        .context("destination did not report its address")?;
-    let t = Instant::now();
-    src.migrate(&uri, &transport::NoFds, None)?;
-    loop {
-        let s = src.migration().status();
-        if !s.is_running() {
-            if s != MigrationStatus::Completed {
-                bail!(
-                    "migration ended in {s}: {:?}",
-                    src.migration().info().error_desc
-                );
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let wall = t.elapsed();
-    dst.wait(true);
-    if let Some(Err(e)) = dst.incoming_result() {
-        bail!("destination failed: {e}");
-    }
-    Ok(Outcome {
-        info: src.migration().info(),
-        wall,
-    })
-}
-
-fn machines(
-    memory: u64,
-    workload: Option<WorkloadConfig>,
-    paused: bool,
-) -> anyhow::Result<(Arc<Machine>, Arc<Machine>)> {
-    machine_pair(MachineConfig {
-        memory,
-        workload,
-        start_paused: paused,
-        ..Default::default()
-    })
-}
-
-/// A source built from `cfg` and a destination with the same configuration, waiting for it.
-pub(crate) fn machine_pair(cfg: MachineConfig) -> anyhow::Result<(Arc<Machine>, Arc<Machine>)> {
-    let src = Machine::new(cfg.clone())?;
-    let dst = Machine::new(MachineConfig {
-        incoming: true,
-        ..cfg
-    })?;
-    Ok((src, dst))
 }
 
 /// Copies a whole RAM block to another over loopback TCP with plain write/read calls.
@@ -313,7 +242,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         case_c(scale, None)?;
     }
     if want("d") {
-        crate::bench_kvm::case_d()?;
+        kvm::case_d()?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,83 @@
+//! The machinery every bench case shares: a source/destination pair of VMs in this process
+//! and one migration between them over loopback TCP, timed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use migration::{MigrationInfo, MigrationStatus};
+use vmm::machine::{Machine, MachineConfig};
+use vmm::soft::WorkloadConfig;
+
+/// A finished migration: the source's `query-migrate` and the wall-clock time.
+pub(super) struct Outcome {
+    pub(super) info: MigrationInfo,
+    pub(super) wall: Duration,
+}
+
+impl Outcome {
+    pub(super) fn total_ms(&self) -> u64 {
+        self.info.total_time.unwrap_or(0)
+    }
+    pub(super) fn passes(&self) -> u64 {
+        self.info.ram.as_ref().map_or(0, |r| r.dirty_sync_count)
+    }
+    pub(super) fn transferred(&self) -> u64 {
+        self.info.ram.as_ref().map_or(0, |r| r.transferred)
+    }
+}
+
+/// Migrates `src` into `dst` over loopback TCP and waits until both sides are done.
+pub(super) fn migrate(src: &Arc<Machine>, dst: &Arc<Machine>) -> anyhow::Result<Outcome> {
+    dst.migrate_incoming("tcp:127.0.0.1:0", &transport::NoFds)?;
+    let uri = dst
+        .incoming_uri()
+        .context("destination did not report its address")?;
+    let t = Instant::now();
+    src.migrate(&uri, &transport::NoFds, None)?;
+    loop {
+        let s = src.migration().status();
+        if !s.is_running() {
+            if s != MigrationStatus::Completed {
+                bail!(
+                    "migration ended in {s}: {:?}",
+                    src.migration().info().error_desc
+                );
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let wall = t.elapsed();
+    dst.wait(true);
+    if let Some(Err(e)) = dst.incoming_result() {
+        bail!("destination failed: {e}");
+    }
+    Ok(Outcome {
+        info: src.migration().info(),
+        wall,
+    })
+}
+
+pub(super) fn machines(
+    memory: u64,
+    workload: Option<WorkloadConfig>,
+    paused: bool,
+) -> anyhow::Result<(Arc<Machine>, Arc<Machine>)> {
+    machine_pair(MachineConfig {
+        memory,
+        workload,
+        start_paused: paused,
+        ..Default::default()
+    })
+}
+
+/// A source built from `cfg` and a destination with the same configuration, waiting for it.
+pub(super) fn machine_pair(cfg: MachineConfig) -> anyhow::Result<(Arc<Machine>, Arc<Machine>)> {
+    let src = Machine::new(cfg.clone())?;
+    let dst = Machine::new(MachineConfig {
+        incoming: true,
+        ..cfg
+    })?;
+    Ok((src, dst))
+}

@@ -1,0 +1,141 @@
+//! Loading one stream into the registry: every record is validated before it is applied —
+//! unknown sections, versions newer than ours, RAM blocks of another name or size, offsets
+//! outside a block, and footers that do not match are typed errors.
+//!
+//! ```text
+//! header ─ configuration (machine type check)
+//! loop: START/FULL id idstr instance version ─ find entry ─ check version ─ bind id ─ body ─ footer
+//!       PART/END id ─ entry bound to id ─ body ─ footer
+//!       COMMAND OPEN_RETURN_PATH | PING
+//!       EOF ─ VMDESCRIPTION (skipped)
+//! ```
+
+use std::io::Read;
+
+use savevm::qemu_file::QemuFileReader;
+use savevm::record::{self, Configuration, Record, RpMessage, SectionHeader};
+use savevm::vmstate;
+
+use super::ReturnPath;
+use crate::error::MigrationError;
+use crate::registry::{EntryKind, Registry, SaveStateEntry};
+use crate::session::IncomingSession;
+
+/// Loads a whole stream from `reader` into `registry`. `machine` is the local machine type.
+/// The caller runs the handlers' `load_cleanup` afterwards, whatever the outcome.
+pub fn load_stream(
+    reader: Box<dyn Read + Send>,
+    registry: &mut Registry,
+    machine: &str,
+    rp: &mut ReturnPath,
+    s: &mut IncomingSession,
+) -> Result<(), MigrationError> {
+    let mut f = QemuFileReader::with_capacity(reader, 1 << 20);
+    record::read_header(&mut f)?;
+    let offset = f.bytes_read();
+    let b = f.get_u8()?;
+    if b != record::QEMU_VM_CONFIGURATION {
+        return Err(savevm::Error::ConfigurationMissing { found: b, offset }.into());
+    }
+    let cfg = Configuration::read_from(&mut f)?;
+    if !machine.starts_with(&cfg.machine) || cfg.machine.is_empty() {
+        return Err(MigrationError::MachineMismatch {
+            remote: cfg.machine,
+            local: machine.into(),
+        });
+    }
+    if let Some(cap) = cfg.capabilities.first() {
+        return Err(MigrationError::CapabilityMismatch(cap.clone()));
+    }
+    registry.reset_load_ids();
+    for e in registry.entries_mut() {
+        if let EntryKind::Live(h) = &mut e.kind {
+            h.load_setup(s)?;
+        }
+    }
+    loop {
+        match record::read_record(&mut f)? {
+            Record::Section(h) => load_section(&mut f, registry, h, s)?,
+            Record::Command {
+                cmd: record::MIG_CMD_OPEN_RETURN_PATH,
+                ..
+            } => rp.open()?,
+            Record::Command {
+                cmd: record::MIG_CMD_PING,
+                data,
+            } => {
+                let v = <[u8; 4]>::try_from(data.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| MigrationError::BadPing)?;
+                rp.send(RpMessage::Pong(v))?;
+            }
+            Record::Command { cmd, .. } => return Err(MigrationError::UnsupportedCommand(cmd)),
+            Record::Eof => break,
+        }
+    }
+    if record::read_vmdesc(&mut f)?.is_none() {
+        tracing::info!("stream has no VMDESCRIPTION trailer");
+    }
+    for e in registry.entries_mut() {
+        if let EntryKind::Live(h) = &mut e.kind {
+            h.load_complete(s)?;
+        }
+    }
+    Ok(())
+}
+
+fn load_section(
+    f: &mut QemuFileReader,
+    registry: &mut Registry,
+    h: SectionHeader,
+    s: &mut IncomingSession,
+) -> Result<(), MigrationError> {
+    let (id, entry, version): (u32, &mut SaveStateEntry, u32) = match h {
+        SectionHeader::Start {
+            section_id,
+            idstr,
+            instance_id,
+            version_id,
+        }
+        | SectionHeader::Full {
+            section_id,
+            idstr,
+            instance_id,
+            version_id,
+        } => {
+            let e =
+                registry
+                    .find_mut(&idstr, instance_id)
+                    .ok_or(MigrationError::UnknownSection {
+                        idstr: idstr.clone(),
+                        instance_id,
+                    })?;
+            if version_id > e.version_id {
+                return Err(MigrationError::UnsupportedVersion {
+                    idstr,
+                    version: version_id,
+                    local: e.version_id,
+                });
+            }
+            e.load_section_id = Some(section_id);
+            (section_id, e, version_id)
+        }
+        SectionHeader::Part { section_id } | SectionHeader::End { section_id } => {
+            let e = registry
+                .find_by_load_id(section_id)
+                .ok_or(MigrationError::UnknownSectionId(section_id))?;
+            let v = e.version_id;
+            (section_id, e, v)
+        }
+    };
+    match &mut entry.kind {
+        EntryKind::Live(handler) => handler.load(f, version, s)?,
+        EntryKind::Device(dev) => {
+            let desc = dev.description();
+            let value = vmstate::load(&desc, version, f)?;
+            dev.load(&value, version)?;
+        }
+    }
+    record::read_footer(f, id)?;
+    Ok(())
+}

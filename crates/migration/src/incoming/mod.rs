@@ -1,0 +1,206 @@
+//! The destination side: accept the source's connections, load the stream into the registry,
+//! start the guest.
+//!
+//! ```text
+//! migrate-incoming ─▶ start() ─ [setup] thread: accept main (+ multifd channels, QEMU's order)
+//!   ─▶ [active] load_stream (load.rs) ─ return path: PONGs, then SHUT 0|1
+//!   ─▶ [completed] guest started if the source was running and no -S; else its run state
+//! any error ─▶ [failed] handlers' load_cleanup(failed) discards what must not survive
+//!              (staged disk images); the caller decides what to do with the process
+//! ```
+//!
+//! [`start`] takes everything by value, like [`crate::outgoing::start`], and the thread returns
+//! the registry in [`Finished`]. Cancelling (`migrate_cancel`, or dropping the
+//! VM) shuts the listener down, so a destination waiting for a source can always be stopped.
+
+mod load;
+mod return_path;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use transport::Listener;
+
+use crate::capabilities::Capability;
+use crate::error::MigrationError;
+use crate::global_state::GlobalState;
+use crate::handle::{self, Finished, MigrationHandle, OnFinished, Rejected};
+use crate::registry::{EntryKind, Registry};
+use crate::runtime::Runtime;
+use crate::session::IncomingSession;
+use crate::state::MigrationState;
+use crate::status::{MigrationStatus, RunState};
+use crate::vm::VmControl;
+
+pub use load::load_stream;
+pub use return_path::ReturnPath;
+
+/// Everything the destination needs, handed over by value.
+pub struct Incoming {
+    /// Bound listener for the migration URI.
+    pub listener: Listener,
+    /// Local machine type.
+    pub machine: String,
+    /// The VM's registry; it comes back in [`Finished`] (or [`Rejected`]).
+    pub registry: Registry,
+    /// The VM to start afterwards.
+    pub vm: Arc<dyn VmControl>,
+    /// Received `globalstate`.
+    pub global_state: GlobalState,
+    /// Start the guest after loading (no `-S`).
+    pub autostart: bool,
+    /// Run on the migration thread after the final status.
+    pub on_finished: Option<OnFinished>,
+}
+
+/// Starts listening for an incoming migration: status `setup` (with the listening addresses in
+/// `query-migrate`), then a thread accepts, loads and starts the guest. The settings
+/// (capabilities, parameters) are read when the source connects, as QEMU does.
+pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHandle, Box<Rejected>> {
+    let Incoming {
+        listener,
+        machine,
+        registry,
+        vm,
+        global_state,
+        autostart,
+        on_finished,
+    } = job;
+    let runtime = Arc::new(Runtime::new(state.settings()));
+    if runtime.settings().params.uses_tls() {
+        let error = MigrationError::TlsCredsNotFound(runtime.settings().params.tls_creds.clone());
+        return Err(Box::new(Rejected { registry, error }));
+    }
+    let addr = listener.socket_address().map(|a| vec![a.to_qmp()]);
+    if let Err(error) = state.begin_incoming(addr, runtime.clone()) {
+        return Err(Box::new(Rejected { registry, error }));
+    }
+    runtime.cancel_token().register(listener.shutdown_handle());
+    tracing::info!(
+        "waiting for an incoming migration on {}",
+        listener.local_description()
+    );
+    let state = state.clone();
+    let thread_runtime = runtime.clone();
+    let spawned = handle::spawn(
+        "incoming",
+        runtime.clone(),
+        registry,
+        move |mut registry| {
+            let job = Job {
+                runtime: thread_runtime,
+                machine,
+                vm,
+                global_state,
+                autostart,
+                state,
+            };
+            let result = job.accept_and_load(&listener, &mut registry);
+            for e in registry.entries_mut() {
+                if let EntryKind::Live(h) = &mut e.kind {
+                    h.load_cleanup(result.is_err());
+                }
+            }
+            job.state.end_incoming();
+            match &result {
+                Ok(()) => {
+                    job.state
+                        .set_status(MigrationStatus::Active, MigrationStatus::Completed);
+                }
+                Err(_) if job.runtime.cancel_token().is_cancelled() => {
+                    job.state.set_status_from_any(MigrationStatus::Cancelled);
+                }
+                Err(e) => {
+                    // QEMU's words on the destination.
+                    tracing::error!("load of migration failed: {}", e.report());
+                    job.state.fail(e);
+                }
+            }
+            if let Some(f) = on_finished {
+                f();
+            }
+            Finished { registry, result }
+        },
+    );
+    spawned.inspect_err(|r| {
+        state_after_reject(&r.error, &runtime);
+    })
+}
+
+/// A destination whose thread could not start listens no more.
+fn state_after_reject(e: &MigrationError, runtime: &Runtime) {
+    tracing::error!("cannot start the incoming migration: {}", e.report());
+    runtime.cancel_token().cancel();
+}
+
+struct Job {
+    runtime: Arc<Runtime>,
+    machine: String,
+    vm: Arc<dyn VmControl>,
+    global_state: GlobalState,
+    autostart: bool,
+    state: Arc<MigrationState>,
+}
+
+impl Job {
+    fn accept_and_load(
+        &self,
+        listener: &Listener,
+        registry: &mut Registry,
+    ) -> Result<(), MigrationError> {
+        let cancel = self.runtime.cancel_token();
+        let channel = listener.accept_next()?;
+        cancel.register(channel.shutdown_handle());
+        cancel.check()?;
+        // The settings in force when the source connects (a deferred destination may be
+        // configured after migrate-incoming).
+        let settings = self.state.settings();
+        let mut multifd = Vec::new();
+        if settings.has(Capability::Multifd) {
+            // QEMU 7.2: the first connection is the main stream, then one per multifd channel.
+            for _ in 0..settings.params.multifd_channels {
+                let c = listener.accept_next()?;
+                cancel.register(c.shutdown_handle());
+                multifd.push(c.into_split().0);
+            }
+            multifd = crate::ram::multifd::accept_channels(multifd)?;
+        }
+        let start = std::time::Instant::now();
+        self.state
+            .set_status(MigrationStatus::Setup, MigrationStatus::Active);
+        let bidirectional = channel.is_bidirectional();
+        let (reader, writer) = channel.into_split();
+        let rp_writer = bidirectional.then(|| Box::new(writer) as Box<dyn Write + Send>);
+        let mut rp = ReturnPath::new(rp_writer);
+        let mut session = IncomingSession::new(self.runtime.clone(), multifd);
+        let loaded = load_stream(
+            Box::new(reader),
+            registry,
+            &self.machine,
+            &mut rp,
+            &mut session,
+        )
+        .and_then(|()| cancel.check())
+        .and_then(|()| self.start_guest());
+        rp.shut(loaded.is_ok());
+        loaded?;
+        self.runtime.timings().total_time = Some(start.elapsed().as_millis() as u64);
+        Ok(())
+    }
+
+    /// Starts the guest if the source was running (and no `-S`), else adopts its run state.
+    fn start_guest(&self) -> Result<(), MigrationError> {
+        match self.global_state.get().as_deref() {
+            None | Some("running") if self.autostart => Ok(self.vm.vm_start()?),
+            None | Some("running") => {
+                self.vm.set_run_state(RunState::Paused);
+                Ok(())
+            }
+            Some(other) => {
+                self.vm
+                    .set_run_state(other.parse().unwrap_or(RunState::Paused));
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The source side: the migration thread.
+//!
+//! ```text
+//! migrate ─▶ start() ─ [setup] thread: connect (main, multifd) ─ header ─ configuration
+//!                       ─ START sections (RAM: block list)                      setup.rs
+//!        ─▶ [active] loop { pending = Σ handler.pending(threshold)
+//!                           decide(pending, threshold) ─Iterate─▶ PART sections
+//!                           every 100 ms: measure bandwidth, threshold, rate-limit window;
+//!                           apply the throttle a handler asked for }          precopy.rs
+//!        ─▶ [device] stop vCPUs ─ END sections ─ FULL device sections ─ EOF ─ VMDESCRIPTION
+//!                    ─ with return-path: wait for the destination's SHUT      switchover.rs
+//!        ─▶ [completed] run state postmigrate (the source stays paused; `cont` resumes it)
+//! any error ─▶ [failed]     the guest runs again if it was running; error kept for query-migrate
+//! cancel    ─▶ [cancelling] ─▶ [cancelled], same recovery
+//! ```
+//!
+//! [`start`] takes everything the migration needs by value; the thread owns it and returns the
+//! registry in [`Finished`] when the migration ended, after the final status is published.
+//! Dirty tracking restarts from the set of existing pages on every migration, so a retry sends
+//! everything needed.
+
+mod precopy;
+mod setup;
+mod switchover;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use transport::{Channel, FdSource, MigrationUri};
+
+use crate::block::BlockMigrationOptions;
+use crate::capabilities::Capability;
+use crate::counters::RamCounters;
+use crate::error::MigrationError;
+use crate::global_state::GlobalState;
+use crate::handle::{self, Finished, MigrationHandle, OnFinished, Rejected};
+use crate::registry::{EntryKind, Registry};
+use crate::runtime::Runtime;
+use crate::session::OutgoingSession;
+use crate::state::MigrationState;
+use crate::status::{MigrationStatus, RunState};
+use crate::vm::VmControl;
+
+/// Everything one outgoing migration needs, handed over by value.
+pub struct Outgoing {
+    /// Destination.
+    pub uri: MigrationUri,
+    /// Machine type name written in the configuration record.
+    pub machine: String,
+    /// The VM's registry; it comes back in [`Finished`] (or [`Rejected`]).
+    pub registry: Registry,
+    /// The VM.
+    pub vm: Arc<dyn VmControl>,
+    /// The `globalstate` cell.
+    pub global_state: GlobalState,
+    /// `migrate -b` / `-i`: block migration for this migration only.
+    pub block: Option<BlockMigrationOptions>,
+    /// Run on the migration thread after the final status.
+    pub on_finished: Option<OnFinished>,
+}
+
+/// What the migration thread works with besides the registry.
+struct Job {
+    uri: MigrationUri,
+    machine: String,
+    vm: Arc<dyn VmControl>,
+    global_state: GlobalState,
+    state: Arc<MigrationState>,
+    runtime: Arc<Runtime>,
+    block: bool,
+}
+
+/// Starts an outgoing migration: moves to `setup` and spawns the migration thread. `fds`
+/// resolves `fd:` URIs (on the caller's thread: the monitor connection owns the fd table).
+/// Fails with the registry back when another migration runs, the block options conflict with
+/// the capabilities, an `fd:` cannot be resolved or the thread cannot start.
+pub fn start(
+    job: Outgoing,
+    state: &Arc<MigrationState>,
+    fds: &dyn FdSource,
+) -> Result<MigrationHandle, Box<Rejected>> {
+    let Outgoing {
+        uri,
+        machine,
+        registry,
+        vm,
+        global_state,
+        block,
+        on_finished,
+    } = job;
+    let reject = |registry, error| Err(Box::new(Rejected { registry, error }));
+    let settings = match block {
+        Some(b) => match state.apply_block_options(b) {
+            Ok(s) => s,
+            Err(e) => return reject(registry, e),
+        },
+        None => state.settings(),
+    };
+    let runtime = Arc::new(Runtime::new(settings));
+    if let Err(e) = state.begin(runtime.clone()) {
+        if block.is_some() {
+            state.clear_block_options();
+        }
+        return reject(registry, e);
+    }
+    global_state.clear();
+    let job = Job {
+        uri,
+        machine,
+        vm,
+        global_state,
+        state: state.clone(),
+        runtime: runtime.clone(),
+        block: block.is_some(),
+    };
+    let abandon = |e: &MigrationError| {
+        if block.is_some() {
+            state.clear_block_options();
+        }
+        tracing::error!("migration failed: {}", e.report());
+        state.fail(e);
+    };
+    // fd: is resolved here; sockets and commands are opened by the migration thread.
+    let pre = match &job.uri {
+        MigrationUri::Fd(_) => match transport::connect(&job.uri, fds) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let e = MigrationError::from(e);
+                abandon(&e);
+                return reject(registry, e);
+            }
+        },
+        _ => None,
+    };
+    let spawned = handle::spawn("live_migration", runtime, registry, move |mut registry| {
+        let mut stopped = None;
+        let result = run(&job, &mut registry, pre, &mut stopped);
+        for e in registry.entries_mut() {
+            if let EntryKind::Live(h) = &mut e.kind {
+                h.save_cleanup();
+            }
+        }
+        job.finish(&result, stopped);
+        if let Some(f) = on_finished {
+            f();
+        }
+        Finished { registry, result }
+    });
+    spawned.inspect_err(|r| abandon(&r.error))
+}
+
+impl Job {
+    /// After the handlers cleaned up: end throttling, restart the guest after a failure, drop
+    /// the one-migration block options, publish the final status.
+    fn finish(&self, result: &Result<(), MigrationError>, stopped: Option<bool>) {
+        let throttle = &self.runtime.ram.cpu_throttle_percentage;
+        if RamCounters::get(throttle) != 0 {
+            self.vm.set_cpu_throttle(0);
+            RamCounters::set(throttle, 0);
+        }
+        let failed = result.is_err();
+        if failed && stopped == Some(true) {
+            if let Err(e) = self.vm.vm_start() {
+                tracing::error!(
+                    "could not restart the guest after a failed migration: {}",
+                    crate::error_report(&e)
+                );
+            }
+        } else if failed && stopped == Some(false) {
+            self.vm.set_run_state(RunState::Paused);
+        }
+        if self.block {
+            self.state.clear_block_options();
+        }
+        let state = &self.state;
+        match result {
+            Ok(()) => {
+                self.vm.set_run_state(RunState::Postmigrate);
+                state.set_status(MigrationStatus::Device, MigrationStatus::Completed);
+            }
+            Err(_) if self.runtime.cancel_token().is_cancelled() => {
+                if !state.set_status(MigrationStatus::Cancelling, MigrationStatus::Cancelled) {
+                    state.set_status_from_any(MigrationStatus::Cancelled);
+                }
+            }
+            Err(e) => {
+                tracing::error!("migration failed: {}", e.report());
+                state.fail(e);
+            }
+        }
+    }
+}
+
+/// The whole migration on the thread: channels, stream, the destination's verdict, figures.
+fn run(
+    job: &Job,
+    registry: &mut Registry,
+    pre: Option<Channel>,
+    stopped: &mut Option<bool>,
+) -> Result<(), MigrationError> {
+    let settings = job.runtime.settings();
+    let cancel = job.runtime.cancel_token();
+    if settings.params.uses_tls() {
+        return Err(MigrationError::TlsCredsNotFound(
+            settings.params.tls_creds.clone(),
+        ));
+    }
+    let channel = match pre {
+        Some(c) => c,
+        None => transport::connect(&job.uri, &transport::NoFds)?,
+    };
+    cancel.register(channel.shutdown_handle());
+    cancel.check()?;
+    let use_rp = settings.has(Capability::ReturnPath);
+    if use_rp && !channel.is_bidirectional() {
+        return Err(MigrationError::ReturnPathNeedsSocket(job.uri.to_string()));
+    }
+    let multifd = if settings.has(Capability::Multifd) {
+        setup::connect_multifd(&job.uri, settings, cancel)?
+    } else {
+        Vec::new()
+    };
+    let mut session =
+        OutgoingSession::new(job.runtime.clone(), job.state.events().clone(), multifd);
+    let (mut return_path, writer) = channel.into_split();
+    let streamed = switchover::stream(job, registry, &mut session, use_rp, writer, stopped);
+    let sent = match streamed {
+        Ok(sent) => sent,
+        // The destination may have said why on the return path before it went away: a failed
+        // load closes the connection, and that beats the broken pipe the source then sees.
+        Err(e @ (MigrationError::Stream(_) | MigrationError::Transport(_))) if use_rp => {
+            return Err(match switchover::await_shut(&mut return_path) {
+                Err(reported @ MigrationError::DestinationFailed(_)) => reported,
+                _ => e,
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    if use_rp {
+        switchover::await_shut(&mut return_path)?;
+    }
+    let mut t = job.runtime.timings();
+    let total = t.elapsed_ms();
+    let downtime = sent.downtime_start.elapsed();
+    tracing::info!(?downtime, "switchover done");
+    t.total_time = Some(total);
+    t.downtime = Some(downtime.as_millis() as u64);
+    let transfer_ms = total.saturating_sub(t.setup_time.unwrap_or(0)).max(1);
+    t.mbps = sent.bytes as f64 * 8.0 / transfer_ms as f64 / 1000.0;
+    Ok(())
+}
+
+/// What [`switchover::stream`] reports.
+struct Sent {
+    /// When the guest was stopped.
+    downtime_start: Instant,
+    /// Bytes written on the main channel.
+    bytes: u64,
+}

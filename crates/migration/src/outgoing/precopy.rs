@@ -1,0 +1,183 @@
+//! The pre-copy loop: iterate while the guest runs until [`convergence::decide`] says switch
+//! over. [`Pacing`] carries the loop's state between rounds: the 100 ms rate-limit window and
+//! its bandwidth measurement, the switchover bookkeeping, and the vCPU throttle in effect.
+
+use std::time::{Duration, Instant};
+
+use savevm::qemu_file::QemuFileWriter;
+use savevm::record::SectionHeader;
+
+use super::Job;
+use crate::convergence::{self, ConvergenceInput, Decision, WINDOW};
+use crate::counters::RamCounters;
+use crate::error::MigrationError;
+use crate::registry::{EntryKind, Registry};
+use crate::session::OutgoingSession;
+
+/// State of the pre-copy loop between rounds.
+struct Pacing {
+    /// Start of the current rate-limit window.
+    window_start: Instant,
+    /// Bytes sent when the window started.
+    bytes0: u64,
+    /// Pages sent when the window started.
+    pages0: u64,
+    /// Last measured bandwidth in bytes/ms (0 before the first window).
+    bandwidth: f64,
+    /// `bandwidth × downtime-limit`.
+    threshold: u64,
+    /// Pending bytes at the previous decision below the threshold.
+    previous_pending: Option<u64>,
+    /// Bytes sent at that decision.
+    sent_at_previous: u64,
+    /// Iterations made below the threshold.
+    extra_iterations: u32,
+}
+
+impl Pacing {
+    fn new(f: &QemuFileWriter, ram: &RamCounters) -> Self {
+        Self {
+            window_start: Instant::now(),
+            bytes0: f.total_transferred(),
+            pages0: ram.pages_sent(),
+            bandwidth: 0.0,
+            threshold: 0,
+            previous_pending: None,
+            sent_at_previous: 0,
+            extra_iterations: 0,
+        }
+    }
+
+    /// Decides on `pending` bytes; records an iteration below the threshold.
+    fn decide(&mut self, pending: u64, sent: u64) -> Decision {
+        let input = ConvergenceInput {
+            pending,
+            threshold: self.threshold,
+            bandwidth: self.bandwidth,
+            previous_pending: self.previous_pending,
+            sent_since_previous: sent - self.sent_at_previous,
+            extra_iterations: self.extra_iterations,
+        };
+        let decision = convergence::decide(input);
+        tracing::debug!(?input, ?decision, "convergence");
+        if decision == Decision::Iterate && pending < self.threshold {
+            self.extra_iterations += 1;
+            self.previous_pending = Some(pending);
+            self.sent_at_previous = sent;
+        }
+        decision
+    }
+}
+
+/// Runs pre-copy rounds until switchover; applies the rate limit and the throttle that the
+/// handlers ask for on the way. Throttling ends when the loop does.
+pub(super) fn precopy(
+    job: &Job,
+    registry: &mut Registry,
+    s: &mut OutgoingSession,
+    f: &mut QemuFileWriter,
+) -> Result<(), MigrationError> {
+    let rt = job.runtime.clone();
+    let mut pacing = Pacing::new(f, &rt.ram);
+    f.set_rate_limit(convergence::window_budget(rt.limits().max_bandwidth));
+    loop {
+        rt.cancel_token().check()?;
+        if !f.is_rate_limited() {
+            let pending = pending(registry, s, pacing.threshold)?;
+            if pacing.decide(pending, f.total_transferred()) == Decision::Complete {
+                return Ok(());
+            }
+            iterate_round(registry, s, f)?;
+        }
+        if let Some(e) = f.error() {
+            return Err(e.into());
+        }
+        rate_limit(job, f, &mut pacing)?;
+        if let Some(percent) = s.take_throttle_request() {
+            job.vm.set_cpu_throttle(percent);
+            RamCounters::set(&rt.ram.cpu_throttle_percentage, u64::from(percent));
+        }
+    }
+}
+
+/// Σ `pending` over the active live handlers.
+fn pending(
+    registry: &mut Registry,
+    s: &mut OutgoingSession,
+    threshold: u64,
+) -> Result<u64, MigrationError> {
+    let mut pending = 0;
+    for e in registry.entries_mut() {
+        if let EntryKind::Live(h) = &mut e.kind {
+            if h.is_active(&s.settings().caps) {
+                pending += h.pending(threshold, s)?;
+            }
+        }
+    }
+    Ok(pending)
+}
+
+/// One round of PART sections; stops at the first handler that is not finished (QEMU).
+fn iterate_round(
+    registry: &mut Registry,
+    s: &mut OutgoingSession,
+    f: &mut QemuFileWriter,
+) -> Result<(), MigrationError> {
+    for e in registry.entries_mut() {
+        let EntryKind::Live(h) = &mut e.kind else {
+            continue;
+        };
+        if !h.is_active(&s.settings().caps) {
+            continue;
+        }
+        if f.is_rate_limited() {
+            return Ok(());
+        }
+        SectionHeader::Part {
+            section_id: e.section_id,
+        }
+        .write_to(f);
+        let done = h.iterate(f, s)?;
+        savevm::record::write_footer(f, e.section_id);
+        if !done {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Measures the window when it is over, and sleeps out the window when the budget is spent.
+fn rate_limit(job: &Job, f: &mut QemuFileWriter, p: &mut Pacing) -> Result<(), MigrationError> {
+    let rt = &job.runtime;
+    let elapsed = p.window_start.elapsed();
+    if elapsed >= WINDOW {
+        let bytes = f.total_transferred() - p.bytes0;
+        let pages = rt.ram.pages_sent() - p.pages0;
+        let limits = rt.limits();
+        let m = convergence::measure_window(bytes, pages, elapsed, limits.downtime_limit_ms);
+        p.bandwidth = m.bandwidth;
+        p.threshold = m.threshold;
+        let remaining = RamCounters::get(&rt.ram.remaining);
+        {
+            let mut t = rt.timings();
+            t.mbps = m.mbps;
+            t.pages_per_second = m.pages_per_second;
+            if let Some(d) = convergence::expected_downtime_ms(remaining, m.bandwidth) {
+                t.expected_downtime = Some(d);
+            }
+        }
+        tracing::debug!(mbps = m.mbps, threshold = m.threshold, remaining, "window");
+        f.set_rate_limit(convergence::window_budget(limits.max_bandwidth));
+        f.reset_rate_limit();
+        p.window_start = Instant::now();
+        p.bytes0 = f.total_transferred();
+        p.pages0 = rt.ram.pages_sent();
+    } else if f.is_rate_limited() {
+        let end = p.window_start + WINDOW;
+        while Instant::now() < end {
+            rt.cancel_token().check()?;
+            std::thread::sleep((end - Instant::now()).min(Duration::from_millis(10)));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Setup: the multifd connections, then header, configuration, the return-path request and a
+//! START section per active live handler.
+
+use savevm::qemu_file::QemuFileWriter;
+use savevm::record::{self, Configuration, SectionHeader};
+use transport::{ChannelWriter, MigrationUri};
+
+use crate::cancel::CancelToken;
+use crate::error::MigrationError;
+use crate::params::MultifdCompression;
+use crate::registry::{EntryKind, Registry};
+use crate::session::OutgoingSession;
+use crate::settings::Settings;
+
+/// Connects the `multifd-channels` extra connections (after the main one, which a QEMU 7.2
+/// destination takes as the main stream); each is interrupted by a cancel.
+pub(super) fn connect_multifd(
+    uri: &MigrationUri,
+    settings: &Settings,
+    cancel: &CancelToken,
+) -> Result<Vec<ChannelWriter>, MigrationError> {
+    if !uri.supports_multiple_channels() {
+        return Err(MigrationError::MultifdTransport);
+    }
+    let compression = settings.params.multifd_compression;
+    if compression != MultifdCompression::None {
+        return Err(MigrationError::MultifdCompression(compression.to_string()));
+    }
+    let n = settings.params.multifd_channels;
+    let mut writers = Vec::new();
+    for _ in 0..n {
+        let c = transport::connect(uri, &transport::NoFds)?;
+        cancel.register(c.shutdown_handle());
+        cancel.check()?;
+        writers.push(c.into_split().1);
+    }
+    Ok(writers)
+}
+
+/// Header, configuration, the return-path request, and a START section per live handler.
+pub(super) fn write_setup(
+    machine: &str,
+    registry: &mut Registry,
+    s: &mut OutgoingSession,
+    use_rp: bool,
+    f: &mut QemuFileWriter,
+) -> Result<(), MigrationError> {
+    record::write_header(f);
+    Configuration {
+        machine: machine.to_string(),
+        ..Default::default()
+    }
+    .write_to(f);
+    if use_rp {
+        record::write_command(f, record::MIG_CMD_OPEN_RETURN_PATH, &[]);
+    }
+    for e in registry.entries_mut() {
+        let EntryKind::Live(h) = &mut e.kind else {
+            continue;
+        };
+        if !h.is_active(&s.settings().caps) {
+            continue;
+        }
+        SectionHeader::Start {
+            section_id: e.section_id,
+            idstr: e.idstr.clone(),
+            instance_id: e.instance_id,
+            version_id: e.version_id,
+        }
+        .write_to(f);
+        h.save_setup(f, s)?;
+        record::write_footer(f, e.section_id);
+    }
+    Ok(f.flush()?)
+}

@@ -1,0 +1,166 @@
+//! The stream from end to end, and switchover: stop the guest, send what is left and the
+//! device state, end the stream; with the return path, the destination's verdict.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use savevm::qemu_file::QemuFileWriter;
+use savevm::record::{self, RpMessage, SectionHeader};
+use savevm::{vmdesc, vmstate};
+use transport::{ChannelReader, ChannelWriter};
+
+use super::{precopy, setup, Job, Sent};
+use crate::error::MigrationError;
+use crate::registry::{EntryKind, Registry};
+use crate::session::OutgoingSession;
+use crate::status::{MigrationStatus, RunState};
+
+/// Everything the source writes: setup, pre-copy, switchover, then the end of the stream.
+/// `stopped` records whether the guest was stopped and was running before.
+pub(super) fn stream(
+    job: &Job,
+    registry: &mut Registry,
+    s: &mut OutgoingSession,
+    use_rp: bool,
+    writer: ChannelWriter,
+    stopped: &mut Option<bool>,
+) -> Result<Sent, MigrationError> {
+    let slot = Arc::new(Mutex::new(Some(writer)));
+    let mut f = QemuFileWriter::with_capacity(Box::new(SlotWriter(slot.clone())), 1 << 20);
+    setup::write_setup(&job.machine, registry, s, use_rp, &mut f)?;
+    {
+        let mut t = job.runtime.timings();
+        t.setup_time = Some(t.elapsed_ms());
+    }
+    if !job
+        .state
+        .set_status(MigrationStatus::Setup, MigrationStatus::Active)
+    {
+        return Err(MigrationError::Cancelled);
+    }
+    precopy::precopy(job, registry, s, &mut f)?;
+    let downtime_start = complete(job, registry, s, &mut f, stopped)?;
+    let bytes = f.total_transferred();
+    drop(f);
+    let writer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(w) = writer {
+        w.finish()?;
+    }
+    Ok(Sent {
+        downtime_start,
+        bytes,
+    })
+}
+
+/// Switchover: stop the guest, send what is left and the device state. Returns when the
+/// guest was stopped.
+fn complete(
+    job: &Job,
+    registry: &mut Registry,
+    s: &mut OutgoingSession,
+    f: &mut QemuFileWriter,
+    stopped: &mut Option<bool>,
+) -> Result<Instant, MigrationError> {
+    let downtime_start = Instant::now();
+    job.global_state.store(job.vm.run_state().as_str());
+    *stopped = Some(job.vm.vm_stop(RunState::FinishMigrate)?);
+    if !job
+        .state
+        .set_status(MigrationStatus::Active, MigrationStatus::Device)
+    {
+        return Err(MigrationError::Cancelled);
+    }
+    f.set_rate_limit(0);
+    for e in registry.entries_mut() {
+        if let EntryKind::Live(h) = &mut e.kind {
+            if h.is_active(&s.settings().caps) {
+                SectionHeader::End {
+                    section_id: e.section_id,
+                }
+                .write_to(f);
+                h.complete(f, s)?;
+                record::write_footer(f, e.section_id);
+            }
+        }
+    }
+    let ram_done = downtime_start.elapsed();
+    write_devices(registry, s, f)?;
+    f.flush()?;
+    job.runtime.cancel_token().check()?;
+    tracing::debug!(?ram_done, stream = ?downtime_start.elapsed(), "switchover: stream sent");
+    Ok(downtime_start)
+}
+
+/// FULL sections of the needed devices, EOF, and the VMDESCRIPTION trailer.
+fn write_devices(
+    registry: &mut Registry,
+    s: &OutgoingSession,
+    f: &mut QemuFileWriter,
+) -> Result<(), MigrationError> {
+    let mut desc = vmdesc::VmDescBuilder::new(savevm::ram::TARGET_PAGE_SIZE as u64);
+    for e in registry.entries_mut() {
+        let EntryKind::Device(d) = &mut e.kind else {
+            continue;
+        };
+        if !d.needed(&s.settings().caps) {
+            continue;
+        }
+        SectionHeader::Full {
+            section_id: e.section_id,
+            idstr: e.idstr.clone(),
+            instance_id: e.instance_id,
+            version_id: e.version_id,
+        }
+        .write_to(f);
+        let body = vmstate::save(&d.description(), &d.save(), f)?;
+        record::write_footer(f, e.section_id);
+        desc.add_device(&e.idstr, e.instance_id, body);
+    }
+    record::write_eof(f);
+    record::write_vmdesc(f, desc.to_qemu_json().as_bytes());
+    Ok(())
+}
+
+/// Waits for the destination's verdict on the return path.
+pub(super) fn await_shut(rp: &mut ChannelReader) -> Result<(), MigrationError> {
+    loop {
+        match record::read_rp(rp)? {
+            Some(RpMessage::Shut(0)) => return Ok(()),
+            Some(RpMessage::Shut(status)) => return Err(MigrationError::DestinationFailed(status)),
+            Some(other) => tracing::debug!(?other, "return-path message"),
+            None => return Err(MigrationError::ReturnPathClosed),
+        }
+    }
+}
+
+/// Lets the stream writer be taken back after the last flush, to finish the channel.
+struct SlotWriter(Arc<Mutex<Option<ChannelWriter>>>);
+
+impl SlotWriter {
+    fn with<R>(
+        &self,
+        closed: std::io::Result<R>,
+        f: impl FnOnce(&mut ChannelWriter) -> std::io::Result<R>,
+    ) -> std::io::Result<R> {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(w) => f(w),
+            None => closed,
+        }
+    }
+}
+
+impl std::io::Write for SlotWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.with(Err(std::io::ErrorKind::BrokenPipe.into()), |w| w.write(buf))
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        self.with(Err(std::io::ErrorKind::BrokenPipe.into()), |w| {
+            w.write_vectored(bufs)
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.with(Ok(()), |w| w.flush())
+    }
+}

@@ -1,0 +1,109 @@
+//! What the migration thread hands to the live handlers during one migration.
+//!
+//! ```text
+//! outgoing::start ─▶ thread owns: Registry, channels, OutgoingSession ─▶ handlers borrow &mut session
+//!                    handler takes its multifd channels  ◀─ session.take_multifd_channels()
+//!                    handler asks for a vCPU throttle    ─▶ session.request_throttle(p) ─▶ thread ─▶ VM
+//! thread ends ─▶ Finished { registry, result } returned by value
+//! ```
+//!
+//! A session lives exactly as long as one migration; nothing in it is parked in state shared
+//! with the monitors. The [`Runtime`] it holds is the shared, read-mostly part (settings,
+//! statistics, cancel).
+
+use std::sync::Arc;
+
+use transport::{ChannelReader, ChannelWriter};
+
+use crate::capabilities::Capability;
+use crate::events::{Event, EventBus};
+use crate::runtime::Runtime;
+use crate::settings::Settings;
+
+/// The source side's per-migration context.
+pub struct OutgoingSession {
+    runtime: Arc<Runtime>,
+    events: Option<Arc<EventBus>>,
+    multifd: Vec<ChannelWriter>,
+    throttle: Option<u8>,
+}
+
+impl OutgoingSession {
+    /// A session over `runtime`; `MIGRATION_PASS` goes to `events` with the `events`
+    /// capability; `multifd` are the extra channels already connected.
+    pub fn new(runtime: Arc<Runtime>, events: Arc<EventBus>, multifd: Vec<ChannelWriter>) -> Self {
+        let events = runtime.settings().has(Capability::Events).then_some(events);
+        Self {
+            runtime,
+            events,
+            multifd,
+            throttle: None,
+        }
+    }
+
+    /// The settings of this migration.
+    pub fn settings(&self) -> &Settings {
+        self.runtime.settings()
+    }
+
+    /// Statistics and cancel token.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The multifd channels (empty without `multifd`); the RAM handler takes them at setup.
+    pub fn take_multifd_channels(&mut self) -> Vec<ChannelWriter> {
+        std::mem::take(&mut self.multifd)
+    }
+
+    /// Asks the migration thread to throttle the vCPUs to `percent` (auto-converge).
+    pub fn request_throttle(&mut self, percent: u8) {
+        self.throttle = Some(percent);
+    }
+
+    /// The throttle asked for since the last call.
+    pub(crate) fn take_throttle_request(&mut self) -> Option<u8> {
+        self.throttle.take()
+    }
+
+    /// Emits `MIGRATION_PASS` with the `events` capability.
+    pub fn emit_pass(&self, pass: u64) {
+        if let Some(e) = &self.events {
+            e.emit(Event::MigrationPass { pass });
+        }
+    }
+}
+
+/// The destination side's per-migration context.
+pub struct IncomingSession {
+    runtime: Arc<Runtime>,
+    multifd: Vec<ChannelReader>,
+}
+
+impl IncomingSession {
+    /// A session over `runtime` with the multifd channels already accepted.
+    pub fn new(runtime: Arc<Runtime>, multifd: Vec<ChannelReader>) -> Self {
+        Self { runtime, multifd }
+    }
+
+    /// A session for loading one stream outside a migration thread (a file, a fuzzer, a
+    /// test): default settings, no multifd channels.
+    pub fn standalone() -> Self {
+        Self::new(Arc::new(Runtime::new(Settings::default())), Vec::new())
+    }
+
+    /// The settings of this migration.
+    pub fn settings(&self) -> &Settings {
+        self.runtime.settings()
+    }
+
+    /// Statistics and cancel token.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The multifd channels (empty without `multifd`); the RAM handler takes them at setup.
+    pub fn take_multifd_channels(&mut self) -> Vec<ChannelReader> {
+        std::mem::take(&mut self.multifd)
+    }
+}
