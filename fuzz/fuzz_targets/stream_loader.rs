@@ -1,17 +1,29 @@
-//! Feeds arbitrary bytes through the savevm loader: header, configuration, records, RAM and
-//! block section bodies, VMState bodies of a sample description, footers and the trailer.
-//! Any panic or unbounded allocation is a bug; errors are expected.
+//! Feeds arbitrary bytes to the destination's real loader, `migration::incoming::load_stream`,
+//! against a small registry like a VM's: the `ram` handler over one 64 KiB block (`pc.ram`),
+//! the `block` handler with no drives, `globalstate`, a `timer`-like device and `dev`, a
+//! device whose description uses every VMState codec (var-arrays, buffers, structs, queues,
+//! bitmaps, a subsection). So header, configuration, commands, section lookup and versions,
+//! RAM block names and offsets, XBZRLE, block records, VMState bodies, footers and the
+//! trailer are all parsed and validated as on a real destination. Any panic or unbounded
+//! allocation is a bug; errors are expected.
 
 #![no_main]
 
+use std::io::Cursor;
 use std::sync::Arc;
 
+use guest_ram::{Backing, FullDirtyLog, GuestRam, RamBlock};
 use libfuzzer_sys::fuzz_target;
-use savevm::qemu_file::{memory_reader, QemuFileReader};
-use savevm::ram::{xbzrle, RamDecoder, RamRecord, TARGET_PAGE_SIZE};
-use savevm::record::{self, Record, SectionHeader};
-use savevm::vmstate::{self, FieldKind, VmStateDescription};
-use savevm::{block, Error};
+use migration::block::BlockHandler;
+use migration::incoming::{load_stream, ReturnPath};
+use migration::ram::RamHandler;
+use migration::{DeviceState, GlobalState, IncomingSession, MigrationError, Registry};
+use savevm::vmstate::{FieldKind, VmStateDescription, VmStateValue};
+
+/// Machine type the streams must name (a prefix of it, as QEMU's check).
+const MACHINE: &str = "pc-i440fx-7.2";
+/// Size of the only RAM block.
+const RAM_SIZE: u64 = 64 << 10;
 
 fn sample_description() -> VmStateDescription {
     let inner = Arc::new(
@@ -51,105 +63,94 @@ fn sample_description() -> VmStateDescription {
         .subsection(VmStateDescription::new("dev/extra", 1).field("x", FieldKind::I64))
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Ram,
-    Block,
-    Device,
+/// A device that keeps whatever loads under its description.
+struct Sample(VmStateValue);
+
+impl DeviceState for Sample {
+    fn description(&self) -> VmStateDescription {
+        sample_description()
+    }
+
+    fn save(&self) -> VmStateValue {
+        self.0.clone()
+    }
+
+    fn load(&mut self, value: &VmStateValue, _version: u32) -> Result<(), MigrationError> {
+        self.0 = value.clone();
+        Ok(())
+    }
 }
 
-fn ram_body(r: &mut QemuFileReader, dec: &mut RamDecoder, page: &mut [u8]) -> Result<(), Error> {
-    for _ in 0..4096 {
-        match dec.read_record(r)? {
-            RamRecord::Eos => return Ok(()),
-            RamRecord::Page { .. } => r.get_buffer(page)?,
-            RamRecord::Xbzrle { len, .. } => {
-                let mut enc = vec![0u8; usize::from(len)];
-                r.get_buffer(&mut enc)?;
-                xbzrle::decode(&enc, page)?;
-            }
-            RamRecord::MemSize { .. } | RamRecord::Zero { .. } | RamRecord::Hook => {}
-        }
-    }
-    Ok(())
+/// QEMU's `timer` section (as the `vmm` crate's `Timer`): two clock offsets, one of them
+/// from version 2 on, an unused gap and an optional subsection.
+#[derive(Default)]
+struct Clock {
+    ticks: i64,
+    clock: i64,
 }
 
-fn block_body(r: &mut QemuFileReader) -> Result<(), Error> {
-    for _ in 0..64 {
-        match block::read_record(r)? {
-            block::BlockRecord::Eos => return Ok(()),
-            block::BlockRecord::Data { .. } => r.skip(block::BLK_MIG_CHUNK_SIZE as u64)?,
-            _ => {}
-        }
+impl DeviceState for Clock {
+    fn description(&self) -> VmStateDescription {
+        VmStateDescription::new("timer", 2)
+            .minimum_version(1)
+            .field("cpu_ticks_offset", FieldKind::I64)
+            .field("unused", FieldKind::Unused(8))
+            .field_since("cpu_clock_offset", FieldKind::I64, 2)
+            .subsection(
+                VmStateDescription::new("timer/icount", 1)
+                    .field("qemu_icount_bias", FieldKind::I64)
+                    .field("qemu_icount", FieldKind::I64),
+            )
     }
-    Ok(())
-}
 
-fn run(data: &[u8]) -> Result<(), Error> {
-    let desc = sample_description();
-    let mut r = memory_reader(data.to_vec());
-    record::read_header(&mut r)?;
-    if r.peek_u8()? == record::QEMU_VM_CONFIGURATION {
-        record::read_configuration(&mut r)?;
+    fn save(&self) -> VmStateValue {
+        VmStateValue::new()
+            .with("cpu_ticks_offset", savevm::vmstate::Value::Int(self.ticks))
+            .with("cpu_clock_offset", savevm::vmstate::Value::Int(self.clock))
     }
-    let mut sections: Vec<(u32, Kind)> = Vec::new();
-    let mut dec = RamDecoder::new();
-    let mut page = vec![0u8; TARGET_PAGE_SIZE];
-    for _ in 0..256 {
-        let rec = record::read_record(&mut r)?;
-        let (id, kind, version) = match rec {
-            Record::Eof => {
-                let _ = record::read_vmdesc(&mut r)?;
-                return Ok(());
-            }
-            Record::Command { .. } => {
-                if let Some(n) = rec.packaged_len() {
-                    r.skip(u64::from(n))?;
-                }
-                continue;
-            }
-            Record::Section(SectionHeader::Start {
-                section_id,
-                idstr,
-                version_id,
-                ..
-            })
-            | Record::Section(SectionHeader::Full {
-                section_id,
-                idstr,
-                version_id,
-                ..
-            }) => {
-                let kind = match idstr.as_str() {
-                    "ram" => Kind::Ram,
-                    "block" => Kind::Block,
-                    _ => Kind::Device,
-                };
-                sections.push((section_id, kind));
-                (section_id, kind, version_id)
-            }
-            Record::Section(h) => {
-                let id = h.section_id();
-                let kind = sections
-                    .iter()
-                    .find(|(s, _)| *s == id)
-                    .map(|(_, k)| *k)
-                    .unwrap_or(Kind::Device);
-                (id, kind, desc.version_id)
-            }
+
+    fn load(&mut self, v: &VmStateValue, _version: u32) -> Result<(), MigrationError> {
+        let err = |e: savevm::Error| MigrationError::DeviceLoad {
+            idstr: "timer".into(),
+            reason: e.to_string(),
         };
-        match kind {
-            Kind::Ram => ram_body(&mut r, &mut dec, &mut page)?,
-            Kind::Block => block_body(&mut r)?,
-            Kind::Device => {
-                vmstate::load(&desc, version, &mut r)?;
-            }
-        }
-        record::read_footer(&mut r, id)?;
+        self.ticks = v.get_i64("cpu_ticks_offset").map_err(err)?;
+        self.clock = match v.get("cpu_clock_offset") {
+            Some(_) => v.get_i64("cpu_clock_offset").map_err(err)?,
+            None => 0,
+        };
+        Ok(())
     }
-    Ok(())
+}
+
+fn registry() -> Registry {
+    let block = RamBlock::new("pc.ram", RAM_SIZE, Backing::Anonymous).expect("small RAM block");
+    let ram = Arc::new(GuestRam::new(vec![block]));
+    let mut registry = Registry::new();
+    registry.register_live(Box::new(RamHandler::new(
+        ram.clone(),
+        Box::new(FullDirtyLog::new(ram)),
+    )));
+    registry.register_live(Box::new(BlockHandler::new(Vec::new())));
+    registry.register_device("globalstate", Some(0), Box::new(GlobalState::new()));
+    registry.register_device("timer", Some(0), Box::new(Clock::default()));
+    registry.register_device("dev", Some(0), Box::new(Sample(VmStateValue::new())));
+    registry
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = run(data);
+    let mut registry = registry();
+    // A return path that accepts everything, so OPEN_RETURN_PATH and PING are exercised.
+    let mut rp = ReturnPath::new(Some(Box::new(std::io::sink())));
+    let r = load_stream(
+        Box::new(Cursor::new(data.to_vec())),
+        &mut registry,
+        MACHINE,
+        &mut rp,
+        &mut IncomingSession::standalone(),
+    );
+    // For checking seeds: how far does this input get?
+    if std::env::var_os("STREAM_LOADER_VERBOSE").is_some() {
+        eprintln!("load_stream: {:?}", r.map_err(|e| e.report()));
+    }
 });

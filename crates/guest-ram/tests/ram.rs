@@ -38,7 +38,7 @@ fn start_or_skip(log: &mut UffdDirtyLog, what: &str) -> bool {
     match log.start() {
         Ok(()) => true,
         Err(e @ (Error::UffdUnavailable { .. } | Error::UffdFeatures { .. })) => {
-            print_skip(&format!("{what}: {e}"));
+            testkit::print_skip(&format!("{what}: {e}"));
             false
         }
         Err(e) => panic!("{what}: start failed: {e}"),
@@ -471,11 +471,4 @@ fn assert_covers(populated: &Bitmap, written: &[u64], backing: &Backing) {
             "{backing}: page {p} reported"
         );
     }
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }

@@ -17,15 +17,8 @@ fn qemu_img(args: &[&str]) -> std::process::Output {
         .expect("run qemu-img")
 }
 
-fn have_qemu_img() -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        print_skip("qemu-img not installed (apt-get install qemu-utils)");
-    }
-    ok
+fn have_qemu_img(test: &str) -> bool {
+    testkit::require_qemu_img(test).is_some()
 }
 
 fn create(path: &Path, args: &[&str], size: &str) {
@@ -115,7 +108,7 @@ fn assert_check_clean(p: &Path) {
 
 #[test]
 fn full_copy_of_a_qcow2_disk_being_written() {
-    if !have_qemu_img() {
+    if !have_qemu_img("full_copy_of_a_qcow2_disk_being_written") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -132,7 +125,7 @@ fn full_copy_of_a_qcow2_disk_being_written() {
 
 #[test]
 fn incremental_copy_over_a_shared_base() {
-    if !have_qemu_img() {
+    if !have_qemu_img("incremental_copy_over_a_shared_base") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -174,11 +167,4 @@ fn incremental_copy_over_a_shared_base() {
         "the guest wrote nothing to its overlay"
     );
     assert_eq!(src_map, dst_map);
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }

@@ -11,8 +11,7 @@ use serde_json::{json, Value};
 
 #[test]
 fn kvm_guest_keeps_running_across_processes() {
-    if !vmm::kvm::kvm_available() {
-        print_skip("/dev/kvm not available");
+    if !testkit::require_kvm("kvm_guest_keeps_running_across_processes") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -82,17 +81,9 @@ fn kvm_guest_keeps_running_across_processes() {
     let _ = dst.cmd("quit", Value::Null);
 }
 
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
-}
-
 #[test]
 fn guest_power_off_ends_the_process() {
-    if !vmm::kvm::kvm_available() {
-        print_skip("/dev/kvm not available");
+    if !testkit::require_kvm("guest_power_off_ends_the_process") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -120,8 +111,7 @@ fn guest_power_off_ends_the_process() {
 
 #[test]
 fn serial_port_on_a_unix_socket() {
-    if !vmm::kvm::kvm_available() {
-        print_skip("/dev/kvm not available");
+    if !testkit::require_kvm("serial_port_on_a_unix_socket") {
         return;
     }
     use std::io::Read;

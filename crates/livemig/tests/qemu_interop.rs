@@ -15,17 +15,8 @@ use serde_json::{json, Value};
 const RAM: u64 = 64 << 20;
 const QEMU: &str = "qemu-system-x86_64";
 
-fn have_qemu() -> bool {
-    let ok = Command::new(QEMU)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        print_skip(&format!(
-            "{QEMU} not installed (apt-get install qemu-system-x86)"
-        ));
-    }
-    ok
+fn have_qemu(test: &str) -> bool {
+    testkit::require_qemu_system(test).is_some()
 }
 
 struct Qemu {
@@ -113,14 +104,6 @@ fn set_caps(qmp: &mut QmpClient, caps: &[&str]) {
     .unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn assert_same_file(a: &Path, b: &Path) {
     let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     assert_eq!(x.len(), y.len());
@@ -146,7 +129,7 @@ fn qemu_to_livemig_with_return_path() {
 }
 
 fn qemu_to_livemig_with(caps: &[&str]) {
-    if !have_qemu() {
+    if !have_qemu(&format!("QEMU to livemig with {caps:?}")) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -215,7 +198,7 @@ fn livemig_to_qemu_with_xbzrle() {
 /// livemig (`--machine none`, running writer) into QEMU 7.2 with `caps` on; returns livemig's
 /// final query-migrate, or None when QEMU is not installed (SKIP).
 fn livemig_to_qemu_with(caps: &[&str]) -> Option<Value> {
-    if !have_qemu() {
+    if !have_qemu(&format!("livemig to QEMU with {caps:?}")) {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -223,7 +206,7 @@ fn livemig_to_qemu_with(caps: &[&str]) -> Option<Value> {
     std::fs::write(&qemu_ram, vec![0u8; RAM as usize]).unwrap();
     let our_ram = dir.path().join("livemig.ram");
     let backing = format!("file:{}", our_ram.display());
-    let port = free_port();
+    let port = testkit::free_tcp_port();
     let incoming = ["-incoming".to_string(), "defer".to_string()];
     let mut qemu = Qemu::start(dir.path(), &qemu_ram, &incoming);
     // The destination needs the same capabilities (multifd) before it listens.
@@ -276,11 +259,4 @@ fn livemig_to_qemu_with(caps: &[&str]) -> Option<Value> {
     assert_eq!(src.status(), "postmigrate");
     assert_same_file(&our_ram, &qemu_ram);
     Some(info)
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }

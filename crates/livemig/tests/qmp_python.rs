@@ -7,20 +7,9 @@ use std::process::Command;
 
 use common::{destination, Vm, SMALL};
 
-fn have_qemu_qmp() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import qemu.qmp"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        print_skip("python3 with the qemu.qmp package is not available (pip install qemu.qmp)");
-    }
-    ok
-}
-
 #[test]
 fn qemu_qmp_library_drives_migrations() {
-    if !have_qemu_qmp() {
+    if !testkit::require_python_qmp("qemu_qmp_library_drives_migrations") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -51,11 +40,4 @@ fn qemu_qmp_library_drives_migrations() {
         src.stderr()
     );
     dst.wait_status("running");
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }

@@ -533,18 +533,6 @@ fn loader_rejects_unknown_drives_and_out_of_range_chunks_before_writing() {
 // ---------------------------------------------------------------------------------------------
 // Wire compatibility: a stream made by QEMU 7.2 (`migrate -b`) loads into our drives
 
-/// Returns qemu-system-x86_64 when installed; otherwise prints a visible SKIP line.
-fn qemu_system_or_skip(test: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .map(|d| d.join("qemu-system-x86_64"))
-        .find(|c| c.is_file());
-    if found.is_none() {
-        print_skip(&format!("qemu-system-x86_64 not installed ({test})"));
-    }
-    found
-}
-
 /// Runs QEMU paused with `image` as drive `drv0` and saves a `migrate -b` stream to `out`.
 fn qemu_block_stream(qemu: &Path, image: &Path, out: &Path) {
     use std::io::Write;
@@ -651,7 +639,8 @@ fn load_block_sections(stream: &Path, handler: &mut BlockHandler) -> usize {
 
 #[test]
 fn qemu_7_2_block_stream_loads_into_our_drive() {
-    let Some(qemu) = qemu_system_or_skip("qemu_7_2_block_stream_loads_into_our_drive") else {
+    let Some(qemu) = testkit::require_qemu_system("qemu_7_2_block_stream_loads_into_our_drive")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -804,7 +793,7 @@ fn qemu_load_block_stream(qemu: &Path, image: &Path, stream: &Path) -> String {
 
 #[test]
 fn our_block_stream_loads_into_qemu_7_2() {
-    let Some(qemu) = qemu_system_or_skip("our_block_stream_loads_into_qemu_7_2") else {
+    let Some(qemu) = testkit::require_qemu_system("our_block_stream_loads_into_qemu_7_2") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -883,11 +872,4 @@ fn loader_survives_garbage() {
         back.iter().all(|&b| b == 0),
         "garbage never reached the image"
     );
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }

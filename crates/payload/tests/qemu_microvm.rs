@@ -10,15 +10,6 @@ use std::time::{Duration, Instant};
 
 use payload::{Output, Params, SelfCheck, PAYLOAD_ELF};
 
-fn qemu_available() -> bool {
-    Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Kills the QEMU child when the test ends, also on a failed assertion.
 struct Qemu(Child);
 
@@ -58,8 +49,7 @@ fn boot(elf: &Path, serial: &Path, params: &Params) -> Qemu {
 
 #[test]
 fn payload_boots_under_qemu_microvm() {
-    if !qemu_available() {
-        print_skip("qemu-system-x86_64 not available");
+    if testkit::require_qemu_system("payload_boots_under_qemu_microvm").is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -97,11 +87,4 @@ fn payload_boots_under_qemu_microvm() {
         vec![SelfCheck::Ok { count: 3 }, SelfCheck::Ok { count: 6 }]
     );
     assert_eq!(out.poweroff, Some(6));
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }

@@ -104,9 +104,8 @@ pub fn check_round_trip(
     );
     let bytes = save_bytes(populated);
     if load_applies {
-        assert_ne!(
-            save_bytes(fresh),
-            bytes,
+        assert!(
+            save_bytes(fresh) != bytes,
             "{name}: the fresh instance already saves the populated state"
         );
     }
@@ -121,11 +120,21 @@ pub fn check_round_trip(
     if let Err(e) = fresh.load(&value, desc.version_id) {
         panic!("{name}: its own state is refused: {}", e.report());
     }
-    assert_eq!(
-        save_bytes(fresh),
-        bytes,
-        "{name}: save → load → save differs"
-    );
+    let again = save_bytes(fresh);
+    if let Some(at) = first_difference(&again, &bytes) {
+        panic!(
+            "{name}: save → load → save differs at byte {at} ({} bytes, first save {})",
+            again.len(),
+            bytes.len()
+        );
+    }
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())))
 }
 
 /// At most this many cut points are tried per body (all of them for shorter bodies).
@@ -241,7 +250,6 @@ macro_rules! device_state_conformance {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            use $crate::conformance::DeviceState as _;
 
             #[test]
             fn save_load_save_is_identical() {
@@ -270,4 +278,88 @@ macro_rules! device_state_conformance {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use savevm::vmstate::{FieldKind, Value, VmStateDescription};
+
+    /// Two registers; `forget_b` loads only `a`, `lenient` takes missing fields as 0.
+    #[derive(Default)]
+    struct Pair {
+        a: u32,
+        b: u32,
+        forget_b: bool,
+        lenient: bool,
+    }
+
+    impl DeviceState for Pair {
+        fn description(&self) -> VmStateDescription {
+            VmStateDescription::new("pair", 2)
+                .minimum_version(1)
+                .field("a", FieldKind::U32)
+                .field("b", FieldKind::U32)
+        }
+
+        fn save(&self) -> VmStateValue {
+            VmStateValue::new()
+                .with("a", Value::Uint(self.a.into()))
+                .with("b", Value::Uint(self.b.into()))
+        }
+
+        fn load(&mut self, v: &VmStateValue, _version: u32) -> Result<(), MigrationError> {
+            let get = |name: &str| match v.get_u32(name) {
+                Err(_) if self.lenient => Ok(0),
+                r => r.map_err(|e| MigrationError::DeviceLoad {
+                    idstr: "pair".into(),
+                    reason: e.to_string(),
+                }),
+            };
+            self.a = get("a")?;
+            if !self.forget_b {
+                self.b = get("b")?;
+            }
+            Ok(())
+        }
+    }
+
+    fn populated() -> Pair {
+        Pair {
+            a: 1,
+            b: 2,
+            ..Pair::default()
+        }
+    }
+
+    crate::device_state_conformance!(correct_device {
+        populated: boxed(populated()),
+        fresh: boxed(Pair::default()),
+    });
+
+    #[test]
+    #[should_panic(expected = "pair: save → load → save differs at byte 7")]
+    fn a_device_that_drops_state_fails() {
+        let mut fresh = Pair {
+            forget_b: true,
+            ..Pair::default()
+        };
+        check_round_trip(&populated(), &mut fresh, true);
+    }
+
+    #[test]
+    #[should_panic(expected = "pair: the fresh instance already saves the populated state")]
+    fn a_fixture_that_proves_nothing_fails() {
+        check_round_trip(&populated(), &mut populated(), true);
+    }
+
+    #[test]
+    #[should_panic(expected = "pair: a value without fields was accepted")]
+    fn a_device_that_accepts_missing_fields_fails() {
+        let fresh = Pair {
+            lenient: true,
+            ..Pair::default()
+        };
+        check_truncated(&populated(), boxed(fresh));
+    }
 }

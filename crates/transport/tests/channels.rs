@@ -132,7 +132,7 @@ fn tcp_listener_from_bound_socket_reports_address() {
 #[test]
 fn tcp_ipv6_loopback_roundtrip() {
     let Ok(bound) = TcpListener::bind("[::1]:0") else {
-        print_skip("no IPv6 loopback");
+        testkit::print_skip("no IPv6 loopback");
         return;
     };
     let listener = Listener::from_tcp(bound).unwrap();
@@ -697,11 +697,4 @@ fn shutdown_interrupts_finish_waiting_for_exec_command() {
     handle.shutdown();
     let err = within("finish", move || finisher.join().unwrap()).unwrap_err();
     assert!(err.is_cancelled(), "{err:?}");
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }

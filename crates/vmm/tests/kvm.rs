@@ -14,18 +14,12 @@ use migration::verify::RamVerify;
 use migration::{Capability, GlobalState, MigrationStatus, Registry, RunState, VmControl};
 use payload::{Output, Params, SelfCheck};
 use testkit::Side;
-use vmm::kvm::{
-    kvm_available, KernelImage, KvmConfig, KvmError, KvmState, KvmVm, SerialSink, StopReason,
-};
+use vmm::kvm::{KernelImage, KvmConfig, KvmError, KvmState, KvmVm, SerialSink, StopReason};
 
 const MIB: u64 = 1 << 20;
 
 fn skip() -> bool {
-    if kvm_available() {
-        return false;
-    }
-    print_skip("/dev/kvm not available");
-    true
+    !testkit::require_kvm("vmm kvm tests")
 }
 
 fn ram(size: u64) -> Arc<GuestRam> {
@@ -462,7 +456,7 @@ const CHILD_ENV: &str = "LIVEMIG_KVM_DEST_DIR";
 #[ignore = "destination process of running_guest_migrates_to_another_process"]
 fn kvm_destination_process() {
     let Some(dir) = std::env::var_os(CHILD_ENV).map(std::path::PathBuf::from) else {
-        print_skip("runs only as the child of running_guest_migrates_to_another_process");
+        testkit::print_skip("runs only as the child of running_guest_migrates_to_another_process");
         return;
     };
     let dst = side(SerialSink::File(dir.join("serial")));
@@ -544,11 +538,4 @@ fn running_guest_migrates_to_another_process() {
         "destination process died"
     );
     assert_continues(&before, &read());
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }

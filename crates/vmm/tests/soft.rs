@@ -32,15 +32,9 @@ fn cfg(vcpus: usize, working_set: u64) -> WorkloadConfig {
 }
 
 /// Polls `f` until true; panics after a very generous 20 s (a liveness check, not a timing one).
-fn wait_until(mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "condition never became true"
-        );
-        sleep(Duration::from_millis(1));
-    }
+#[track_caller]
+fn wait_until(f: impl FnMut() -> bool) {
+    testkit::wait_for(Duration::from_secs(20), "the guest's writes", f);
 }
 
 fn read_u64(ram: &GuestRam, offset: u64) -> u64 {
@@ -78,7 +72,7 @@ fn writes_stay_in_the_working_set_and_a_paused_guest_is_fully_synced() {
     match log.start() {
         Ok(()) => {}
         Err(e @ (RamError::UffdUnavailable { .. } | RamError::UffdFeatures { .. })) => {
-            print_skip(&format!("{e}"));
+            testkit::print_skip(&format!("{e}"));
             return;
         }
         Err(e) => panic!("{e}"),
@@ -332,7 +326,7 @@ fn precopy_with_uffd_log_loses_no_writes() {
         match log.start() {
             Ok(()) => {}
             Err(e @ (RamError::UffdUnavailable { .. } | RamError::UffdFeatures { .. })) => {
-                print_skip(&format!("{e}"));
+                testkit::print_skip(&format!("{e}"));
                 return;
             }
             Err(e) => panic!("{e}"),
@@ -360,11 +354,4 @@ fn precopy_with_uffd_log_loses_no_writes() {
         assert!(g.total_writes() > 0);
         assert_eq!(d.digest(), s.digest(), "{backing}");
     }
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }

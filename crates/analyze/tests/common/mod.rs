@@ -11,20 +11,9 @@ use serde_json::json;
 
 use qmp::Qmp;
 
-/// Path of the QEMU binary used to make streams.
-pub const QEMU: &str = "qemu-system-x86_64";
-
 /// Returns the QEMU binary when installed; otherwise prints a visible SKIP line.
 pub fn qemu_or_skip(test: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join(QEMU);
-        if candidate.is_file() {
-            return Some(candidate);
-        }
-    }
-    print_skip(&format!("{QEMU} not installed ({test})"));
-    None
+    testkit::require_qemu_system(test)
 }
 
 /// Deterministic pseudo-random guest RAM content of `size` bytes: every third page is zero,
@@ -194,11 +183,4 @@ pub fn base_args(machine: &str, mem_id: &str, mem_file: &Path, mib: usize) -> Ve
         "-machine".into(),
         format!("{machine},memory-backend={mem_id}"),
     ]
-}
-
-/// Prints a SKIP line straight to stderr: the test harness hides what passing tests print.
-#[allow(dead_code)]
-fn print_skip(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {msg}");
 }

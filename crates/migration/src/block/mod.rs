@@ -28,8 +28,9 @@
 //! * **Failure on the destination.** Nothing is written to a destination image during the
 //!   load: the first record of a drive switches it to a sparse staging copy next to the image,
 //!   `load_complete` renames the copies over the images. If the load fails the images are
-//!   untouched; the copies are removed by the next `load_setup`, by [`abort_incoming`] (which
-//!   the VMM calls when the load failed), or when the drives are dropped.
+//!   untouched; the copies are removed by the next `load_setup`, by
+//!   [`abort_incoming`](block::Disk::abort_incoming) (which the VMM calls when the load
+//!   failed), or when the drives are dropped.
 //! * **`-i` allocation.** The destination skips clusters whose content it already has (see
 //!   [`BlockLoader`]), so its overlay holds the clusters the source's overlay holds rather than whole
 //!   1 MiB chunks.

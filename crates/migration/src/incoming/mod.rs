@@ -10,7 +10,7 @@
 //! ```
 //!
 //! [`start`] takes everything by value, like [`crate::outgoing::start`], and the thread returns
-//! the registry in [`Finished`](crate::Finished). Cancelling (`migrate_cancel`, or dropping the
+//! the registry in [`Finished`]. Cancelling (`migrate_cancel`, or dropping the
 //! VM) shuts the listener down, so a destination waiting for a source can always be stopped.
 
 mod accept;

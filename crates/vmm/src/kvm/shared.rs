@@ -85,21 +85,29 @@ impl Shared {
         Ok(Snapshot { vcpus, vm })
     }
 
-    /// vCPU `index`'s state: the pause-time capture if there is one, else read now.
+    /// vCPU `index`'s state: state loaded from a stream and not applied yet (it replaces
+    /// KVM's at start), else the pause-time capture, else read now. Loaded state comes first
+    /// so that a destination that never ran (`-S`) migrates on what it received, not the
+    /// reset state of its vCPUs.
     pub(crate) fn vcpu_state(&self, index: usize) -> Result<VcpuState, KvmError> {
-        if let Some(s) = lock(&self.life)
-            .snapshot
-            .as_ref()
-            .and_then(|s| s.vcpus.get(index))
-        {
+        let life = lock(&self.life);
+        if let Some(s) = life.pending.vcpus.get(index).and_then(Option::as_ref) {
             return Ok(s.clone());
         }
+        if let Some(s) = life.snapshot.as_ref().and_then(|s| s.vcpus.get(index)) {
+            return Ok(s.clone());
+        }
+        drop(life);
         self.capture_vcpu(index)
     }
 
-    /// A VM-wide section's state: the pause-time capture if there is one, else read now.
+    /// A VM-wide section's state: loaded and not applied yet, else the pause-time capture,
+    /// else read now (see [`Shared::vcpu_state`]).
     pub(crate) fn vm_state(&self, section: VmSection) -> Result<VmSectionState, KvmError> {
         let life = lock(&self.life);
+        if let Some((_, s)) = life.pending.vm.iter().find(|(k, _)| *k == section) {
+            return Ok(s.clone());
+        }
         if let Some(snap) = &life.snapshot {
             if let Some((_, s)) = snap.vm.iter().find(|(k, _)| *k == section) {
                 return Ok(s.clone());
