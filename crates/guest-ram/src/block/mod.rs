@@ -256,6 +256,31 @@ impl RamBlock {
         Ok(r)
     }
 
+    /// Like [`fill_page`](Self::fill_page) over `len` bytes at `offset` (whole pages are
+    /// marked written): a bulk receive straight into guest RAM.
+    pub fn fill_range<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, Error> {
+        let out_of_range = || Error::RangeOutOfBounds {
+            idstr: self.idstr.clone(),
+            offset,
+            len: len as u64,
+            size: self.len(),
+        };
+        let start = usize::try_from(offset).map_err(|_| out_of_range())?;
+        let r = self
+            .memory
+            .fill_with(start, len, fill)
+            .ok_or_else(out_of_range)?;
+        let end = offset + len as u64;
+        self.vmm_dirty
+            .mark_pages(offset / PAGE_SIZE, end.div_ceil(PAGE_SIZE));
+        Ok(r)
+    }
+
     /// True if page `page` is all zero bytes. Reads 512-byte chunks and stops at the first
     /// non-zero word, so a typical data page costs one chunk.
     pub fn is_zero_page(&self, page: u64) -> Result<bool, Error> {

@@ -66,14 +66,8 @@ fn raw_tcp_copy(src: &RamBlock, dst: &RamBlock) -> anyhow::Result<Duration> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let len = src.len() as usize;
-    // SAFETY: both mappings are `len` bytes long and live for the whole function; no guest
-    // runs, so nothing else touches them while the copy runs.
-    let (from, to) = unsafe {
-        (
-            std::slice::from_raw_parts(src.host_ptr(), len),
-            std::slice::from_raw_parts_mut(dst.host_ptr(), len),
-        )
-    };
+    // No guest runs on either block while the copy runs.
+    let from: &[u8] = (**src.memory()).as_ref();
     let t = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let sender = s.spawn(move || -> std::io::Result<()> {
@@ -84,7 +78,7 @@ fn raw_tcp_copy(src: &RamBlock, dst: &RamBlock) -> anyhow::Result<Duration> {
             Ok(())
         });
         let (mut conn, _) = listener.accept()?;
-        conn.read_exact(to)?;
+        dst.fill_range(0, len, |to| conn.read_exact(to))??;
         sender
             .join()
             .map_err(|_| anyhow::anyhow!("sender panicked"))??;
