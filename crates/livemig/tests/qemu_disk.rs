@@ -118,8 +118,9 @@ fn source_image(dir: &Path, size_mib: u64, data_mib: u64) -> std::path::PathBuf 
     img
 }
 
-/// QEMU migrates a `size_mib` drive (`data_mib` of data) into livemig at full speed.
-fn qemu_to_livemig_disk(test: &str, size_mib: u64, data_mib: u64) {
+/// QEMU migrates a `size_mib` drive (`data_mib` of data) into livemig at full speed, with
+/// capabilities `caps` on in QEMU.
+fn qemu_to_livemig_disk(test: &str, size_mib: u64, data_mib: u64, caps: &[&str]) {
     let Some(qemu) = testkit::require_qemu_system(test) else {
         return;
     };
@@ -138,6 +139,13 @@ fn qemu_to_livemig_disk(test: &str, size_mib: u64, data_mib: u64) {
     let args = ["--machine", "none", "-m", "64M", "--drive", &drive];
     let (mut dst_vm, uri) = destination(dir.path(), "dst", &args, "tcp:127.0.0.1:0");
     let mut q = Qemu::start(&qemu, dir.path(), &src);
+    if !caps.is_empty() {
+        let list: Vec<Value> = caps
+            .iter()
+            .map(|c| json!({"capability": c, "state": true}))
+            .collect();
+        q.cmd("migrate-set-capabilities", json!({ "capabilities": list }));
+    }
     q.cmd("migrate", json!({ "uri": uri, "blk": true }));
     let info = common::wait_final_migration(|| q.cmd("query-migrate", Value::Null));
     assert_eq!(info["status"], "completed", "{info}\n{}", dst_vm.stderr());
@@ -165,15 +173,25 @@ fn qemu_to_livemig_disk(test: &str, size_mib: u64, data_mib: u64) {
 
 #[test]
 fn qemu_block_migration_8m_drive() {
-    qemu_to_livemig_disk("qemu_block_migration_8m_drive", 8, 5);
+    qemu_to_livemig_disk("qemu_block_migration_8m_drive", 8, 5, &[]);
 }
 
 #[test]
 fn qemu_block_migration_64m_drive_21m_data() {
-    qemu_to_livemig_disk("qemu_block_migration_64m_drive_21m_data", 64, 21);
+    qemu_to_livemig_disk("qemu_block_migration_64m_drive_21m_data", 64, 21, &[]);
 }
 
 #[test]
 fn qemu_block_migration_96m_drive_full() {
-    qemu_to_livemig_disk("qemu_block_migration_96m_drive_full", 96, 96);
+    qemu_to_livemig_disk("qemu_block_migration_96m_drive_full", 96, 96, &[]);
+}
+
+#[test]
+fn qemu_block_migration_zero_blocks() {
+    qemu_to_livemig_disk("qemu_block_migration_zero_blocks", 64, 21, &["zero-blocks"]);
+}
+
+#[test]
+fn qemu_block_migration_return_path() {
+    qemu_to_livemig_disk("qemu_block_migration_return_path", 64, 21, &["return-path"]);
 }
