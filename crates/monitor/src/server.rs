@@ -290,6 +290,10 @@ impl MonitorServer {
                             continue;
                         }
                     };
+                    if server.protocol == Protocol::Hmp {
+                        // Before admission, so the negotiation sweep never sees it otherwise.
+                        conn.activity.set_negotiated();
+                    }
                     let kick = conn.kick.take().unwrap_or_else(|| Box::new(|| ()));
                     let admitted =
                         clients.admit(&limits, conn.activity.clone(), kick, conn.peer.clone());

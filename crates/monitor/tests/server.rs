@@ -225,9 +225,16 @@ fn garbage_input_never_breaks_the_server() {
 
 /// A QMP server on a temporary socket with the given limits.
 fn limited(limits: ClientLimits) -> (ServerHandle, String, tempfile::TempDir) {
+    limited_as(Protocol::Qmp, limits)
+}
+
+fn limited_as(
+    protocol: Protocol,
+    limits: ClientLimits,
+) -> (ServerHandle, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mon.sock");
-    let handle = MonitorServer::new(Arc::new(MockBackend::new()), Protocol::Qmp)
+    let handle = MonitorServer::new(Arc::new(MockBackend::new()), protocol)
         .with_limits(limits)
         .serve_unix(bind_unix(&path).unwrap())
         .unwrap();
@@ -299,4 +306,19 @@ fn a_full_listener_evicts_the_longest_idle_negotiated_client() {
         true
     );
     assert!(old.execute("query-status", None).is_err());
+}
+
+#[test]
+fn hmp_has_no_negotiation_to_time_out() {
+    let (_h, target, _dir) = limited_as(
+        Protocol::Hmp,
+        ClientLimits {
+            negotiation_timeout: Duration::from_millis(100),
+            ..ClientLimits::default()
+        },
+    );
+    let mut hmp = Raw::new(UnixStream::connect(&target).unwrap());
+    hmp.until_prompt();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(hmp.hmp("info status").contains("VM status: running"));
 }
