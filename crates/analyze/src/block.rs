@@ -8,7 +8,10 @@
 //! ```
 //!
 //! Headers are parsed by `savevm::block::read_record`; the 1 MiB payloads are skipped
-//! without being buffered.
+//! without being buffered. Drives beyond [`crate::Limits::drives`] are only counted
+//! (`untracked_chunks`), progress records beyond [`crate::Limits::progress`] too.
+
+use std::collections::HashMap;
 
 use savevm::block::{BlockRecord, BLK_MIG_CHUNK_SIZE, BLK_MIG_SECTORS_PER_CHUNK};
 
@@ -17,29 +20,48 @@ use crate::report::{BlockDeviceReport, BlockReport};
 use crate::source::Source;
 
 /// Walks `block` section bodies and accumulates a [`BlockReport`].
-#[derive(Default)]
 pub struct BlockWalker {
     report: BlockReport,
+    index: HashMap<String, usize>,
+    max_drives: usize,
+    max_progress: usize,
 }
 
 impl BlockWalker {
+    /// A walker keeping at most `max_drives` drives and `max_progress` progress records.
+    pub fn new(max_drives: usize, max_progress: usize) -> BlockWalker {
+        BlockWalker {
+            report: BlockReport::default(),
+            index: HashMap::new(),
+            max_drives,
+            max_progress,
+        }
+    }
+
     /// The statistics so far.
     pub fn finish(self) -> BlockReport {
         self.report
     }
 
-    fn device(&mut self, name: String) -> &mut BlockDeviceReport {
-        let i = match self.report.devices.iter().position(|d| d.name == name) {
-            Some(i) => i,
-            None => {
+    /// The drive's statistics; `None` (and counted as untracked) past the drive limit.
+    fn device(&mut self, name: String) -> Option<&mut BlockDeviceReport> {
+        let i = match self.index.get(&name) {
+            Some(&i) => i,
+            None if self.report.devices.len() < self.max_drives => {
+                let i = self.report.devices.len();
+                self.index.insert(name.clone(), i);
                 self.report.devices.push(BlockDeviceReport {
                     name,
                     ..Default::default()
                 });
-                self.report.devices.len() - 1
+                i
+            }
+            None => {
+                self.report.untracked_chunks += 1;
+                return None;
             }
         };
-        &mut self.report.devices[i]
+        self.report.devices.get_mut(i)
     }
 
     /// Reads one section body up to and including its EOS record.
@@ -53,12 +75,20 @@ impl BlockWalker {
                     self.report.eos += 1;
                     return Ok(());
                 }
-                BlockRecord::Progress(p) => self.report.progress.push(p),
+                BlockRecord::Progress(p) => {
+                    if self.report.progress.len() < self.max_progress {
+                        self.report.progress.push(p);
+                    } else {
+                        self.report.progress_omitted += 1;
+                    }
+                }
                 BlockRecord::Data { sector, device } => {
                     src.r
                         .skip(BLK_MIG_CHUNK_SIZE as u64)
                         .map_err(|e| AnalyzeError::stream(at, e))?;
-                    let d = self.device(device);
+                    let Some(d) = self.device(device) else {
+                        continue;
+                    };
                     d.data_chunks += 1;
                     d.data_bytes += BLK_MIG_CHUNK_SIZE as u64;
                     d.sectors_covered = d
@@ -66,7 +96,9 @@ impl BlockWalker {
                         .max(sector.saturating_add(BLK_MIG_SECTORS_PER_CHUNK));
                 }
                 BlockRecord::Zero { sector, device } => {
-                    let d = self.device(device);
+                    let Some(d) = self.device(device) else {
+                        continue;
+                    };
                     d.zero_chunks += 1;
                     d.sectors_covered = d
                         .sectors_covered

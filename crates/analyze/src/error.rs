@@ -83,6 +83,16 @@ pub enum AnalyzeError {
         /// Cap in bytes.
         max: u64,
     },
+    /// More distinct live section ids were started than [`crate::Limits::section_ids`].
+    #[error("section id {section_id} at offset {offset} exceeds the limit of {max} distinct live section ids")]
+    TooManySectionIds {
+        /// The id that did not fit.
+        section_id: u32,
+        /// Offset of its header.
+        offset: u64,
+        /// The limit.
+        max: usize,
+    },
     /// The end of a FULL section could be found neither with the description nor by its
     /// footer.
     #[error("cannot find the end of device section \"{idstr}\" (body at offset {offset})")]

@@ -55,20 +55,25 @@ struct BlockFile {
 /// Writes RAM blocks into a directory as the records stream by.
 pub struct Extractor {
     dir: PathBuf,
+    max_chunks: usize,
     files: Vec<BlockFile>,
     paths: HashSet<PathBuf>,
     page: Vec<u8>,
 }
 
 impl Extractor {
-    /// Prepares extraction into `dir` (created if missing).
-    pub fn new(dir: &Path) -> Result<Extractor, AnalyzeError> {
+    /// Prepares extraction into `dir` (created if missing). Each block remembers which pages
+    /// hold data in at most `max_chunks` chunks of 512 pages ([`crate::Limits::page_chunks`]);
+    /// past that, zero pages are written out instead of being left as holes, so the files
+    /// stay exact.
+    pub fn new(dir: &Path, max_chunks: usize) -> Result<Extractor, AnalyzeError> {
         std::fs::create_dir_all(dir).map_err(|source| AnalyzeError::Extract {
             path: dir.to_path_buf(),
             source,
         })?;
         Ok(Extractor {
             dir: dir.to_path_buf(),
+            max_chunks,
             files: Vec::new(),
             paths: HashSet::new(),
             page: vec![0u8; TARGET_PAGE_SIZE],
@@ -104,7 +109,7 @@ impl Extractor {
         self.files.push(BlockFile {
             path,
             file,
-            written: PageSet::default(),
+            written: PageSet::new(self.max_chunks),
         });
         Ok(self.files.len() - 1)
     }
@@ -129,7 +134,7 @@ impl Extractor {
     /// Applies a ZERO record.
     pub fn zero(&mut self, index: usize, offset: u64, fill: u8) -> Result<(), AnalyzeError> {
         let page_no = offset / TARGET_PAGE_SIZE as u64;
-        if fill == 0 && !self.block(index).written.contains(page_no) {
+        if fill == 0 && !self.block(index).written.may_contain(page_no) {
             return Ok(()); // still a hole: reads back as zero
         }
         self.page.fill(fill);
@@ -197,7 +202,7 @@ mod tests {
     #[test]
     fn applies_records_in_order_and_keeps_holes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut x = Extractor::new(dir.path()).unwrap();
+        let mut x = Extractor::new(dir.path(), 16).unwrap();
         let b = x.add_block("/rom@etc/t", 4 * 4096).unwrap();
         x.page(b, 4096, &[7u8; 4096]).unwrap();
         x.zero(b, 4096, 0).unwrap(); // page written before: must become zero

@@ -9,15 +9,17 @@
 //! * decodes device sections with the stream's own vmdescription JSON, checking that each
 //!   decode ends exactly at the section footer ([`devices`]);
 //! * treats the stream and the JSON as hostile: typed errors with offsets, capped sizes,
-//!   no panics.
+//!   no panics;
+//! * runs in bounded memory on streams of any length: past the [`Limits`] records are
+//!   summarised instead of listed (see [`limits`]).
 //!
 //! ```no_run
 //! use analyze::{analyze, AnalyzeOptions};
 //!
 //! let file = std::fs::File::open("vm.mig").unwrap();
-//! let opts = AnalyzeOptions { json: false, desc: false, extract_dir: None };
+//! let opts = AnalyzeOptions::default();
 //! let report = analyze(Box::new(file), &opts, &mut std::io::stdout()).unwrap();
-//! println!("{} sections", report.sections.len());
+//! println!("{} sections", report.section_count());
 //! ```
 
 #![deny(missing_docs)]
@@ -29,6 +31,7 @@ mod block;
 pub mod devices;
 mod error;
 pub mod extract;
+pub mod limits;
 mod pages;
 mod ram;
 pub mod report;
@@ -38,6 +41,7 @@ mod tail;
 pub mod text;
 
 pub use error::AnalyzeError;
+pub use limits::Limits;
 pub use report::Report;
 
 /// What to print and whether to extract RAM.
@@ -49,6 +53,8 @@ pub struct AnalyzeOptions {
     pub desc: bool,
     /// Write each RAM block's final content to `DIR/<idstr>`.
     pub extract_dir: Option<PathBuf>,
+    /// How much is kept in detail.
+    pub limits: Limits,
 }
 
 /// Parses the whole stream from `input`, writes the requested output to `out` and returns
@@ -58,7 +64,7 @@ pub fn analyze(
     opts: &AnalyzeOptions,
     out: &mut dyn Write,
 ) -> Result<Report, AnalyzeError> {
-    let walked = stream::walk(input, opts.extract_dir.as_deref())?;
+    let walked = stream::walk(input, opts.extract_dir.as_deref(), &opts.limits)?;
     let report = walked.report;
     if opts.desc {
         let raw = walked.vmdesc.ok_or(AnalyzeError::NoVmdesc)?;

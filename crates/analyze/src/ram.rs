@@ -28,6 +28,7 @@ use savevm::ram::{
 
 use crate::error::AnalyzeError;
 use crate::extract::Extractor;
+use crate::limits::Capped;
 use crate::pages::PageSet;
 use crate::report::{RamBlockReport, RamReport};
 use crate::source::Source;
@@ -41,6 +42,7 @@ pub struct RamWalker {
     index: HashMap<String, usize>,
     current: Option<usize>,
     distinct: Vec<PageSet>,
+    max_chunks: usize,
     ignore_shared: bool,
     have_list: bool,
     page: Vec<u8>,
@@ -55,14 +57,16 @@ enum Kind {
 }
 
 impl RamWalker {
-    /// A walker; `ignore_shared` when the configuration announced `x-ignore-shared`.
-    pub fn new(ignore_shared: bool) -> RamWalker {
+    /// A walker; `ignore_shared` when the configuration announced `x-ignore-shared`;
+    /// distinct pages are counted in at most `max_chunks` chunks per block.
+    pub fn new(ignore_shared: bool, max_chunks: usize) -> RamWalker {
         RamWalker {
             decoder: RamDecoder::new(),
             report: RamReport::default(),
             index: HashMap::new(),
             current: None,
             distinct: Vec::new(),
+            max_chunks,
             ignore_shared,
             have_list: false,
             page: vec![0u8; TARGET_PAGE_SIZE],
@@ -74,6 +78,7 @@ impl RamWalker {
     pub fn finish(mut self) -> RamReport {
         for (b, d) in self.report.blocks.iter_mut().zip(&self.distinct) {
             b.distinct_pages = d.len();
+            b.distinct_pages_lower_bound = d.saturated();
         }
         self.report
     }
@@ -83,7 +88,7 @@ impl RamWalker {
         &mut self,
         src: &mut Source,
         mut extract: Option<&mut Extractor>,
-        warnings: &mut Vec<String>,
+        warnings: &mut Capped<String>,
     ) -> Result<(), AnalyzeError> {
         let body_start = src.offset();
         loop {
@@ -193,7 +198,7 @@ impl RamWalker {
         &mut self,
         (total, list): MemSizeList,
         extract: Option<&mut Extractor>,
-        warnings: &mut Vec<String>,
+        warnings: &mut Capped<String>,
     ) -> Result<(), AnalyzeError> {
         if self.have_list {
             warnings.push("a second MEM_SIZE block list was ignored".to_string());
@@ -213,7 +218,7 @@ impl RamWalker {
                 mr_addr,
                 ..Default::default()
             });
-            self.distinct.push(PageSet::default());
+            self.distinct.push(PageSet::new(self.max_chunks));
         }
         Ok(())
     }

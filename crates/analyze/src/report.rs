@@ -11,9 +11,10 @@ use crate::devices::StructValue;
 pub struct Report {
     /// Magic, version and configuration record.
     pub header: HeaderInfo,
-    /// Every section record in stream order.
+    /// Section records in stream order, up to [`crate::Limits::sections`]; the rest are
+    /// summarised in [`Report::truncated`].
     pub sections: Vec<SectionInfo>,
-    /// Every command record in stream order.
+    /// Command records in stream order, up to [`crate::Limits::commands`].
     pub commands: Vec<CommandInfo>,
     /// The `ram` live section, when present.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -28,6 +29,53 @@ pub struct Report {
     /// Oddities that did not stop the analysis.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What the [`crate::Limits`] cut from the detail; absent when nothing was cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncated>,
+}
+
+impl Report {
+    /// Section records in the stream, listed or summarised.
+    pub fn section_count(&self) -> u64 {
+        self.sections.len() as u64 + self.truncated.as_ref().map_or(0, |t| t.sections)
+    }
+}
+
+/// Records seen but not kept in detail because a [`crate::Limits`] was reached.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Truncated {
+    /// Section records not listed in [`Report::sections`].
+    pub sections: u64,
+    /// Those sections per idstr, in order of first appearance.
+    pub section_summary: Vec<IdstrSummary>,
+    /// Sections whose idstr did not fit in `section_summary`.
+    #[serde(skip_serializing_if = "IdstrSummary::is_empty")]
+    pub other_sections: IdstrSummary,
+    /// Command records not listed.
+    pub commands: u64,
+    /// FULL sections not decoded into [`Report::devices`].
+    pub devices: u64,
+    /// Warnings not listed.
+    pub warnings: u64,
+}
+
+/// How many sections of one idstr were summarised and their body bytes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IdstrSummary {
+    /// Entry name (empty for the "other" bucket).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub idstr: String,
+    /// Section records.
+    pub sections: u64,
+    /// Bytes of their bodies.
+    pub body_bytes: u64,
+}
+
+impl IdstrSummary {
+    /// True when it counts nothing.
+    pub fn is_empty(&self) -> bool {
+        self.sections == 0
+    }
 }
 
 /// Stream header and configuration record.
@@ -163,6 +211,10 @@ pub struct RamBlockReport {
     pub wire_bytes: u64,
     /// Distinct pages that received at least one record.
     pub distinct_pages: u64,
+    /// `distinct_pages` is only a lower bound: the page set reached
+    /// [`crate::Limits::page_chunks`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub distinct_pages_lower_bound: bool,
 }
 
 impl RamBlockReport {
@@ -177,10 +229,20 @@ impl RamBlockReport {
 pub struct BlockReport {
     /// Per drive statistics, in order of first appearance.
     pub devices: Vec<BlockDeviceReport>,
-    /// Progress percentages in stream order.
+    /// Progress percentages in stream order, up to [`crate::Limits::progress`].
     pub progress: Vec<u64>,
+    /// Progress records beyond the limit.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub progress_omitted: u64,
+    /// Chunks of drives beyond [`crate::Limits::drives`] (not in `devices`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub untracked_chunks: u64,
     /// EOS records.
     pub eos: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Block-migration records of one drive.

@@ -28,11 +28,15 @@ use serde_json::Value as Json;
 use crate::block::BlockWalker;
 use crate::error::AnalyzeError;
 use crate::extract::Extractor;
+use crate::limits::{Capped, Limits, SectionSummary};
 use crate::ram::RamWalker;
-use crate::report::{CommandInfo, ConfigurationInfo, Report, SectionInfo, SectionKind};
+use crate::report::{
+    CommandInfo, ConfigurationInfo, DeviceReport, Report, SectionInfo, SectionKind, Truncated,
+};
 use crate::source::Source;
 
-/// Most bytes buffered from the first FULL section to the end of the stream.
+/// Most bytes buffered from the first FULL section to the end of the stream (the default of
+/// [`Limits::tail`]).
 pub const MAX_TAIL: u64 = 256 * 1024 * 1024;
 
 /// Result of a walk: the report and the raw vmdescription JSON, if any.
@@ -51,9 +55,16 @@ pub(crate) struct Entry {
     pub version: u32,
 }
 
-/// State of one walk.
+/// State of one walk. Everything that grows with the input is a [`Capped`] list or a
+/// summary bounded by [`Limits`].
 pub(crate) struct Walker {
     pub report: Report,
+    pub limits: Limits,
+    pub sections: Capped<SectionInfo>,
+    pub summary: SectionSummary,
+    pub commands: Capped<CommandInfo>,
+    pub devices: Capped<DeviceReport>,
+    pub warnings: Capped<String>,
     pub ids: HashMap<u32, Entry>,
     pub ram: Option<RamWalker>,
     pub block: Option<BlockWalker>,
@@ -72,10 +83,19 @@ pub(crate) struct Walker {
 pub fn walk(
     input: Box<dyn Read + Send>,
     extract_dir: Option<&Path>,
+    limits: &Limits,
 ) -> Result<Walked, AnalyzeError> {
-    let extract = extract_dir.map(Extractor::new).transpose()?;
+    let extract = extract_dir
+        .map(|d| Extractor::new(d, limits.page_chunks))
+        .transpose()?;
     let mut w = Walker {
         report: Report::default(),
+        limits: limits.clone(),
+        sections: Capped::new(limits.sections),
+        summary: SectionSummary::new(limits.idstrs),
+        commands: Capped::new(limits.commands),
+        devices: Capped::new(limits.devices),
+        warnings: Capped::new(limits.warnings),
         ids: HashMap::new(),
         ram: None,
         block: None,
@@ -89,7 +109,22 @@ pub fn walk(
     };
     let mut src = Source::stream(input);
     w.run(&mut src)?;
+    let truncated = Truncated {
+        sections: w.sections.omitted,
+        section_summary: w.summary.by_idstr,
+        other_sections: w.summary.other,
+        commands: w.commands.omitted,
+        devices: w.devices.omitted,
+        warnings: w.warnings.omitted,
+    };
     let mut report = w.report;
+    report.sections = w.sections.items;
+    report.commands = w.commands.items;
+    report.devices = w.devices.items;
+    report.warnings = w.warnings.items;
+    if truncated.sections + truncated.commands + truncated.devices + truncated.warnings > 0 {
+        report.truncated = Some(truncated);
+    }
     if let Some(ram) = w.ram {
         report.ram = Some(ram.finish());
     }
@@ -146,7 +181,7 @@ impl Walker {
                         instance_id,
                         version: version_id,
                     };
-                    self.ids.insert(section_id, entry.clone());
+                    self.remember(section_id, &entry, at)?;
                     if tail_src.is_none() {
                         tail_src = Some(self.enter_tail(src)?);
                     }
@@ -166,7 +201,7 @@ impl Walker {
                         instance_id,
                         version: version_id,
                     };
-                    self.ids.insert(section_id, entry.clone());
+                    self.remember(section_id, &entry, at)?;
                     let info = (SectionKind::Start, section_id, at, header_bytes);
                     self.live_section(cur, info, &entry)?;
                 }
@@ -199,15 +234,18 @@ impl Walker {
         match entry.idstr.as_str() {
             "ram" => {
                 let ignore_shared = self.ignore_shared;
+                let chunks = self.limits.page_chunks;
                 let ram = self
                     .ram
-                    .get_or_insert_with(|| RamWalker::new(ignore_shared));
-                ram.read_body(src, self.extract.as_mut(), &mut self.report.warnings)?;
+                    .get_or_insert_with(|| RamWalker::new(ignore_shared, chunks));
+                ram.read_body(src, self.extract.as_mut(), &mut self.warnings)?;
             }
-            "block" => self
-                .block
-                .get_or_insert_with(Default::default)
-                .read_body(src)?,
+            "block" => {
+                let limits = &self.limits;
+                self.block
+                    .get_or_insert_with(|| BlockWalker::new(limits.drives, limits.progress))
+                    .read_body(src)?
+            }
             other => {
                 return Err(AnalyzeError::UnsupportedSection {
                     idstr: other.to_string(),
@@ -229,6 +267,20 @@ impl Walker {
         Ok(())
     }
 
+    /// Records the entry of a START/FULL header, within [`Limits::section_ids`].
+    fn remember(&mut self, section_id: u32, entry: &Entry, at: u64) -> Result<(), AnalyzeError> {
+        if self.ids.len() >= self.limits.section_ids && !self.ids.contains_key(&section_id) {
+            return Err(AnalyzeError::TooManySectionIds {
+                section_id,
+                offset: at,
+                max: self.limits.section_ids,
+            });
+        }
+        self.ids.insert(section_id, entry.clone());
+        Ok(())
+    }
+
+    /// Lists a section record, or counts it in the summary once the list is full.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn push_section(
         &mut self,
@@ -240,7 +292,12 @@ impl Walker {
         body_bytes: u64,
         footer: bool,
     ) {
-        self.report.sections.push(SectionInfo {
+        if self.sections.items.len() >= self.limits.sections {
+            self.sections.omitted += 1;
+            self.summary.add(&entry.idstr, body_bytes);
+            return;
+        }
+        self.sections.push(SectionInfo {
             kind,
             section_id,
             idstr: entry.idstr.clone(),
@@ -270,8 +327,7 @@ impl Walker {
             }
             (None, false) => {
                 self.footers = Some(false);
-                self.report
-                    .warnings
+                self.warnings
                     .push("sections have no footers (send-section-footer=off)".into());
                 Ok(false)
             }
@@ -329,11 +385,11 @@ impl Walker {
                 .skip(u64::from(n))
                 .map_err(|e| AnalyzeError::stream(at, e))?;
             detail = Some(format!("{n} bytes of nested stream (not analysed)"));
-            self.report.warnings.push(format!(
+            self.warnings.push(format!(
                 "PACKAGED command at offset {at}: nested stream skipped"
             ));
         }
-        self.report.commands.push(CommandInfo {
+        self.commands.push(CommandInfo {
             offset: at,
             cmd,
             name: name.to_string(),
@@ -356,7 +412,7 @@ impl Walker {
             }
             None => {
                 if !at_eof(src, at)? {
-                    self.report.warnings.push(format!(
+                    self.warnings.push(format!(
                         "byte after EOF at offset {at} is not a vmdescription"
                     ));
                 }
@@ -375,8 +431,7 @@ impl Walker {
             trailing += chunk as u64;
         }
         if trailing > 0 {
-            self.report
-                .warnings
+            self.warnings
                 .push(format!("{trailing} bytes after the end of the stream"));
         }
         self.report.totals.trailing_bytes = trailing;
@@ -399,16 +454,15 @@ impl Walker {
                         }
                     }
                 } else {
-                    self.report
-                        .warnings
+                    self.warnings
                         .push("vmdescription has no \"devices\" array".into());
                 }
                 self.desc = Some(json);
             }
-            Err(e) => self
-                .report
-                .warnings
-                .push(format!("vmdescription is not valid JSON: {e}")),
+            Err(e) => {
+                self.warnings
+                    .push(format!("vmdescription is not valid JSON: {e}"));
+            }
         }
         self.vmdesc = Some(bytes);
     }

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! [`Walker::enter_tail`] buffers everything from the first FULL body to the end of the
-//! input (capped by [`MAX_TAIL`]) and locates the trailer by its shape: a `0x00 0x06` pair
+//! input (capped by [`Limits::tail`](crate::Limits::tail), allocated fallibly) and locates the trailer by its shape: a `0x00 0x06` pair
 //! whose be32 length reaches exactly the end of the stream and whose JSON starts with `{`.
 //! Each FULL body is then decoded with its description ([`crate::devices`]); the decode
 //! tells where the body ends, and the footer (`0x7e` + the section id) must follow.
@@ -29,7 +29,7 @@ use crate::devices::{decode_device, hex};
 use crate::error::AnalyzeError;
 use crate::report::{DeviceReport, SectionKind};
 use crate::source::Source;
-use crate::stream::{at_eof, Entry, Walker, MAX_TAIL};
+use crate::stream::{at_eof, Entry, Walker};
 
 /// Bytes copied per step while buffering the tail (must not exceed the reader's buffer).
 const CHUNK: usize = 32 * 1024;
@@ -41,17 +41,16 @@ impl Walker {
     pub(crate) fn enter_tail(&mut self, src: &mut Source) -> Result<Source, AnalyzeError> {
         let base = src.offset();
         let mut buf: Vec<u8> = Vec::new();
-        let too_large = || AnalyzeError::TailTooLarge {
-            offset: base,
-            max: MAX_TAIL,
-        };
+        let max = self.limits.tail;
+        let too_large = || AnalyzeError::TailTooLarge { offset: base, max };
         loop {
             let at = src.offset();
             match src.r.peek(CHUNK) {
                 Ok(bytes) => {
-                    if (buf.len() + bytes.len()) as u64 > MAX_TAIL {
+                    if (buf.len() + bytes.len()) as u64 > max {
                         return Err(too_large());
                     }
+                    buf.try_reserve(bytes.len()).map_err(|_| too_large())?;
                     buf.extend_from_slice(bytes);
                     src.r
                         .skip(CHUNK as u64)
@@ -61,10 +60,11 @@ impl Walker {
                     // Fewer than CHUNK bytes left: take them one by one.
                     while !at_eof(src, src.offset())? {
                         let at = src.offset();
+                        if buf.len() as u64 >= max {
+                            return Err(too_large());
+                        }
+                        buf.try_reserve(1).map_err(|_| too_large())?;
                         buf.push(src.r.get_u8().map_err(|e| AnalyzeError::stream(at, e))?);
-                    }
-                    if buf.len() as u64 > MAX_TAIL {
-                        return Err(too_large());
                     }
                     break;
                 }
@@ -168,7 +168,7 @@ impl Walker {
             len as u64,
             footer,
         );
-        self.report.devices.push(device);
+        self.devices.push(device);
         Ok(())
     }
 

@@ -4,7 +4,8 @@
 //! offset, type, id, idstr, instance, version and body size), commands, RAM blocks with page
 //! counts, block-migration drives, and the devices with their decoded fields in a compact
 //! one-line-per-field form (`name: value`, nested structs as `{a=1, b=2}`, long buffers
-//! abbreviated).
+//! abbreviated). Records beyond the [`crate::Limits`] are said to be summarised, with their
+//! per-idstr counts.
 
 use std::io::{self, Write};
 
@@ -31,6 +32,7 @@ pub fn render(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         for w in &r.warnings {
             writeln!(out, "  {w}")?;
         }
+        more(out, omitted(r, |t| t.warnings), "warnings")?;
     }
     Ok(())
 }
@@ -65,7 +67,7 @@ fn header(r: &Report, out: &mut dyn Write) -> io::Result<()> {
 }
 
 fn sections(r: &Report, out: &mut dyn Write) -> io::Result<()> {
-    writeln!(out, "\nSections ({}):", r.sections.len())?;
+    writeln!(out, "\nSections ({}):", r.section_count())?;
     writeln!(
         out,
         "  {:>10}  {:<5} {:>4}  {:<32} {:>4} {:>4} {:>10}",
@@ -105,7 +107,41 @@ fn sections(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             i += 1;
         }
     }
+    if let Some(t) = r.truncated.as_ref().filter(|t| t.sections > 0) {
+        writeln!(
+            out,
+            "  … {} more sections summarised (detail limit reached):",
+            t.sections
+        )?;
+        for s in t.section_summary.iter().chain(Some(&t.other_sections)) {
+            if s.is_empty() {
+                continue;
+            }
+            let name = if s.idstr.is_empty() {
+                "(other idstrs)"
+            } else {
+                &s.idstr
+            };
+            writeln!(
+                out,
+                "  {:>10}  {:<32} x{}, {} body bytes",
+                "...", name, s.sections, s.body_bytes
+            )?;
+        }
+    }
     Ok(())
+}
+
+/// "… N more X summarised" after a cut list.
+fn more(out: &mut dyn Write, n: u64, what: &str) -> io::Result<()> {
+    if n > 0 {
+        writeln!(out, "  … {n} more {what} summarised (detail limit reached)")?;
+    }
+    Ok(())
+}
+
+fn omitted(r: &Report, pick: fn(&crate::report::Truncated) -> u64) -> u64 {
+    r.truncated.as_ref().map_or(0, pick)
 }
 
 fn section_line(s: &SectionInfo, out: &mut dyn Write) -> io::Result<()> {
@@ -124,10 +160,11 @@ fn section_line(s: &SectionInfo, out: &mut dyn Write) -> io::Result<()> {
 }
 
 fn commands(r: &Report, out: &mut dyn Write) -> io::Result<()> {
-    if r.commands.is_empty() {
+    let extra = omitted(r, |t| t.commands);
+    if r.commands.is_empty() && extra == 0 {
         return Ok(());
     }
-    writeln!(out, "\nCommands ({}):", r.commands.len())?;
+    writeln!(out, "\nCommands ({}):", r.commands.len() as u64 + extra)?;
     for c in &r.commands {
         write!(
             out,
@@ -139,7 +176,7 @@ fn commands(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             None => writeln!(out)?,
         }
     }
-    Ok(())
+    more(out, extra, "commands")
 }
 
 fn ram(r: &Report, out: &mut dyn Write) -> io::Result<()> {
@@ -174,7 +211,15 @@ fn ram(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             b.zero_pages,
             b.xbzrle_pages,
             b.xbzrle_bytes,
-            b.distinct_pages,
+            format!(
+                "{}{}",
+                if b.distinct_pages_lower_bound {
+                    ">="
+                } else {
+                    ""
+                },
+                b.distinct_pages
+            ),
             b.wire_bytes,
             b.mr_addr.map(|a| format!("  @ {a:#x}")).unwrap_or_default()
         )?;
@@ -186,7 +231,10 @@ fn block(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     let Some(b) = &r.block else {
         return Ok(());
     };
-    let progress: Vec<String> = b.progress.iter().map(|p| format!("{p}%")).collect();
+    let mut progress: Vec<String> = b.progress.iter().map(|p| format!("{p}%")).collect();
+    if b.progress_omitted > 0 {
+        progress.push(format!("… {} more", b.progress_omitted));
+    }
     writeln!(
         out,
         "\nBlock migration: {} drives, {} EOS, progress [{}]",
@@ -201,11 +249,19 @@ fn block(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             d.name, d.data_chunks, d.data_bytes, d.zero_chunks, d.sectors_covered
         )?;
     }
+    if b.untracked_chunks > 0 {
+        writeln!(
+            out,
+            "  … {} chunks of further drives summarised (drive limit reached)",
+            b.untracked_chunks
+        )?;
+    }
     Ok(())
 }
 
 fn devices(r: &Report, out: &mut dyn Write) -> io::Result<()> {
-    writeln!(out, "\nDevices ({}):", r.devices.len())?;
+    let extra = omitted(r, |t| t.devices);
+    writeln!(out, "\nDevices ({}):", r.devices.len() as u64 + extra)?;
     for d in &r.devices {
         write!(
             out,
@@ -226,7 +282,11 @@ fn devices(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             struct_lines(s, 4, out)?;
         }
     }
-    Ok(())
+    more(
+        out,
+        extra,
+        "devices (their sections are in the summary above)",
+    )
 }
 
 fn struct_lines(s: &StructValue, indent: usize, out: &mut dyn Write) -> io::Result<()> {

@@ -20,6 +20,10 @@ pub struct AnalyzeArgs {
     /// Write each RAM block's final content to `DIR/IDSTR`.
     #[arg(long, value_name = "DIR")]
     pub extract: Option<PathBuf>,
+    /// Section records listed one by one; further ones are summarised per idstr (memory
+    /// stays bounded on endless input).
+    #[arg(long, value_name = "N", default_value_t = analyze::Limits::default().sections)]
+    pub max_sections: usize,
 }
 
 /// Runs the analysis.
@@ -33,6 +37,10 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         json: a.json,
         desc: a.desc,
         extract_dir: a.extract,
+        limits: analyze::Limits {
+            sections: a.max_sections,
+            ..Default::default()
+        },
     };
     let mut out = std::io::stdout().lock();
     analyze::analyze(input, &opts, &mut out)

@@ -17,6 +17,7 @@
 //! | [`qmp`] | greeting, negotiation, dispatch, events |
 //! | [`hmp`] | the command table, the `args_type` parser, `info` texts, `help` |
 //! | [`server`] | [`MonitorServer`] on unix/TCP listeners and stdio |
+//! | [`clients`] | per-listener client limit, eviction of the longest idle, negotiation timeout |
 //! | [`endpoint`] | `unix:PATH,server=on` style specs |
 //! | [`client`] | [`QmpClient`], the operator console and `migrate` with a progress bar |
 //! | [`fds`] | the per-connection `getfd` table |
@@ -32,6 +33,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod clients;
 pub mod cmd;
 pub mod conn;
 pub mod endpoint;
@@ -43,6 +45,7 @@ pub mod session;
 
 pub use backend::{CommandError, ErrorClass, MigrateOptions, MonitorBackend};
 pub use client::{interactive, migrate_with_progress, send_with_fd, ClientError, QmpClient};
+pub use clients::ClientLimits;
 pub use cmd::Command;
 pub use endpoint::{parse_endpoint, EndpointError, EndpointSpec};
 pub use fds::FdTable;

@@ -3,7 +3,10 @@
 //! Servers take already-bound listeners ([`bind_unix`], [`bind_tcp`], or the caller's own),
 //! so tests bind port 0 or a temporary path. Each client gets its own thread and
 //! [`Session`]; a QMP client additionally gets an event thread after negotiation. The accept
-//! loop polls a stop flag so [`ServerHandle::shutdown`] ends it promptly.
+//! loop polls a stop flag so [`ServerHandle::shutdown`] ends it promptly. Each listener
+//! serves at most [`ClientLimits::max_clients`] clients; a newcomer beyond that evicts the
+//! longest idle client and QMP clients that never negotiate are closed — the rules are in
+//! [`crate::clients`].
 //!
 //! ```text
 //!  accept thread ──▶ client thread (Session, Input, SharedWriter) ──▶ qmp::serve / hmp::serve
@@ -17,7 +20,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -25,9 +28,10 @@ use std::time::Duration;
 use transport::sys::{poll, Interest, PollFd};
 
 use crate::backend::MonitorBackend;
+use crate::clients::{ClientLimits, ClientTable};
 use crate::conn::{Input, Plain, RecvFds, SharedWriter};
 use crate::endpoint::EndpointSpec;
-use crate::session::Session;
+use crate::session::{Activity, Session};
 
 /// Which protocol a monitor speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +42,8 @@ pub enum Protocol {
     Hmp,
 }
 
-/// Clients served at once per listener; more are refused.
+/// Clients served at once per listener by default; a newcomer beyond it evicts the
+/// longest idle client ([`crate::clients`]).
 pub const MAX_CLIENTS: usize = 64;
 /// A client that does not read its replies for this long is disconnected.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,12 +54,14 @@ const ACCEPT_POLL: Duration = Duration::from_millis(200);
 pub struct MonitorServer {
     backend: Arc<dyn MonitorBackend>,
     protocol: Protocol,
+    limits: ClientLimits,
 }
 
 impl std::fmt::Debug for MonitorServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MonitorServer")
             .field("protocol", &self.protocol)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -142,8 +149,11 @@ pub(crate) struct Connection {
     reader: Box<dyn RecvFds>,
     writer: Box<dyn Write + Send>,
     closer: Option<Box<dyn FnOnce() + Send>>,
+    /// Closes the connection from another thread (eviction, negotiation timeout).
+    kick: Option<Box<dyn Fn() + Send>>,
     peer_fd: Option<OwnedFd>,
     peer: String,
+    activity: Arc<Activity>,
 }
 
 impl Connection {
@@ -152,6 +162,7 @@ impl Connection {
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         let reader = stream.try_clone()?;
         let closer = stream.try_clone()?;
+        let kicker = stream.try_clone()?;
         let peer_fd = Some(OwnedFd::from(stream.try_clone()?));
         Ok(Self {
             peer_fd,
@@ -160,7 +171,11 @@ impl Connection {
             closer: Some(Box::new(move || {
                 let _ = closer.shutdown(Shutdown::Both);
             })),
+            kick: Some(Box::new(move || {
+                let _ = kicker.shutdown(Shutdown::Both);
+            })),
             peer: "unix".into(),
+            activity: Arc::new(Activity::new()),
         })
     }
 
@@ -174,6 +189,7 @@ impl Connection {
             .unwrap_or_default();
         let reader = stream.try_clone()?;
         let closer = stream.try_clone()?;
+        let kicker = stream.try_clone()?;
         let peer_fd = Some(OwnedFd::from(stream.try_clone()?));
         Ok(Self {
             peer_fd,
@@ -182,7 +198,11 @@ impl Connection {
             closer: Some(Box::new(move || {
                 let _ = closer.shutdown(Shutdown::Both);
             })),
+            kick: Some(Box::new(move || {
+                let _ = kicker.shutdown(Shutdown::Both);
+            })),
             peer,
+            activity: Arc::new(Activity::new()),
         })
     }
 }
@@ -202,7 +222,22 @@ impl Accept for TcpListener {
 impl MonitorServer {
     /// A server of `protocol` for `backend`.
     pub fn new(backend: Arc<dyn MonitorBackend>, protocol: Protocol) -> Self {
-        Self { backend, protocol }
+        Self {
+            backend,
+            protocol,
+            limits: ClientLimits::default(),
+        }
+    }
+
+    /// The same server with other client limits for its listeners.
+    pub fn with_limits(mut self, limits: ClientLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The client limits of its listeners.
+    pub fn limits(&self) -> ClientLimits {
+        self.limits
     }
 
     /// The protocol served.
@@ -237,15 +272,17 @@ impl MonitorServer {
         let stop = Arc::new(AtomicBool::new(false));
         let server = self.clone();
         let stop2 = stop.clone();
-        let clients = Arc::new(AtomicUsize::new(0));
+        let clients = Arc::new(ClientTable::default());
+        let limits = self.limits;
         let thread = thread::Builder::new()
             .name("monitor-accept".into())
             .spawn(move || {
                 while !stop2.load(Ordering::SeqCst) {
+                    clients.sweep(&limits);
                     if !poll_readable(listener.as_fd(), ACCEPT_POLL) {
                         continue;
                     }
-                    let conn = match listener.accept_one() {
+                    let mut conn = match listener.accept_one() {
                         Ok(c) => c,
                         Err(e) => {
                             tracing::warn!(error = %e, "monitor accept failed");
@@ -253,22 +290,28 @@ impl MonitorServer {
                             continue;
                         }
                     };
-                    if clients.load(Ordering::SeqCst) >= MAX_CLIENTS {
-                        tracing::warn!("too many monitor clients; refusing one");
-                        continue;
+                    if server.protocol == Protocol::Hmp {
+                        // Before admission, so the negotiation sweep never sees it otherwise.
+                        conn.activity.set_negotiated();
                     }
-                    clients.fetch_add(1, Ordering::SeqCst);
-                    let counter = clients.clone();
+                    let kick = conn.kick.take().unwrap_or_else(|| Box::new(|| ()));
+                    let admitted =
+                        clients.admit(&limits, conn.activity.clone(), kick, conn.peer.clone());
+                    let Some(id) = admitted else {
+                        tracing::warn!("every monitor client is busy; refusing a new one");
+                        continue;
+                    };
+                    let table = clients.clone();
                     let s = server.clone();
                     let spawned =
                         thread::Builder::new()
                             .name("monitor-client".into())
                             .spawn(move || {
                                 s.serve_connection(conn);
-                                counter.fetch_sub(1, Ordering::SeqCst);
+                                table.remove(id);
                             });
                     if let Err(e) = spawned {
-                        clients.fetch_sub(1, Ordering::SeqCst);
+                        clients.remove(id);
                         tracing::warn!(error = %e, "cannot start a monitor client thread");
                     }
                 }
@@ -307,8 +350,10 @@ impl MonitorServer {
             reader: Box::new(Plain(reader)),
             writer: Box::new(writer),
             closer: None,
+            kick: None,
             peer_fd: None,
             peer: "stream".into(),
+            activity: Arc::new(Activity::new()),
         })
     }
 
@@ -324,6 +369,10 @@ impl MonitorServer {
         tracing::debug!(peer = %conn.peer, protocol = ?self.protocol, "monitor client connected");
         let mut session = Session::new(self.backend.clone());
         session.peer = conn.peer_fd.take();
+        session.activity = conn.activity.clone();
+        if self.protocol == Protocol::Hmp {
+            session.activity.set_negotiated(); // HMP has no negotiation
+        }
         let input = Input::new(conn.reader, session.fds.clone());
         let writer = Arc::new(SharedWriter::new(conn.writer));
         let r = match self.protocol {

@@ -3,10 +3,15 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{mock::MockBackend, Raw, TestServer};
-use monitor::{bind_tcp, parse_endpoint, MonitorServer, Protocol, QmpClient, Running};
+use monitor::{
+    bind_tcp, bind_unix, parse_endpoint, ClientLimits, MonitorServer, Protocol, QmpClient, Running,
+    ServerHandle,
+};
 use serde_json::json;
 
 #[test]
@@ -216,4 +221,104 @@ fn garbage_input_never_breaks_the_server() {
             }
         }
     }
+}
+
+/// A QMP server on a temporary socket with the given limits.
+fn limited(limits: ClientLimits) -> (ServerHandle, String, tempfile::TempDir) {
+    limited_as(Protocol::Qmp, limits)
+}
+
+fn limited_as(
+    protocol: Protocol,
+    limits: ClientLimits,
+) -> (ServerHandle, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mon.sock");
+    let handle = MonitorServer::new(Arc::new(MockBackend::new()), protocol)
+        .with_limits(limits)
+        .serve_unix(bind_unix(&path).unwrap())
+        .unwrap();
+    (handle, path.display().to_string(), dir)
+}
+
+#[test]
+fn idle_connections_never_lock_management_out() {
+    // Default limits: 64 clients, a negotiation timeout far longer than this test.
+    let srv = TestServer::start(Protocol::Qmp);
+    let max = ClientLimits::default().max_clients;
+    let mut idle: Vec<Raw> = (0..max + 6).map(|_| srv.connect()).collect();
+    // A negotiated client that only waits for events, connected after the idle ones.
+    let mut listener = QmpClient::connect(&srv.target()).unwrap();
+    let mut c = QmpClient::connect(&srv.target()).unwrap();
+    assert_eq!(c.execute("query-status", None).unwrap()["running"], true);
+    // The silent, never-negotiated connections were the ones evicted.
+    assert_eq!(
+        listener.execute("query-status", None).unwrap()["running"],
+        true
+    );
+    // Evictions happen when a newcomer is admitted, so they are done by now.
+    let mut closed = 0;
+    for r in &mut idle {
+        r.stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        closed += usize::from(r.closed());
+    }
+    assert_eq!(closed, idle.len() + 2 - max, "idle connections closed");
+}
+
+#[test]
+fn a_client_that_never_negotiates_is_closed() {
+    let (_h, target, _dir) = limited(ClientLimits {
+        negotiation_timeout: Duration::from_millis(300),
+        ..ClientLimits::default()
+    });
+    let mut silent = Raw::new(UnixStream::connect(&target).unwrap());
+    assert!(silent.line().contains("\"QMP\""));
+    // Raw's read timeout (20 s) is the generous bound: closed means EOF, not a timeout.
+    assert!(silent.closed());
+    // A negotiated client that stays quiet for longer than the timeout is kept.
+    let mut quiet = QmpClient::connect(&target).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        quiet.execute("query-status", None).unwrap()["running"],
+        true
+    );
+}
+
+#[test]
+fn a_full_listener_evicts_the_longest_idle_negotiated_client() {
+    let (_h, target, _dir) = limited(ClientLimits {
+        max_clients: 2,
+        ..ClientLimits::default()
+    });
+    let mut old = QmpClient::connect(&target).unwrap();
+    let mut recent = QmpClient::connect(&target).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    recent.execute("query-status", None).unwrap();
+    let mut newcomer = QmpClient::connect(&target).unwrap();
+    assert_eq!(
+        newcomer.execute("query-status", None).unwrap()["running"],
+        true
+    );
+    assert_eq!(
+        recent.execute("query-status", None).unwrap()["running"],
+        true
+    );
+    assert!(old.execute("query-status", None).is_err());
+}
+
+#[test]
+fn hmp_has_no_negotiation_to_time_out() {
+    let (_h, target, _dir) = limited_as(
+        Protocol::Hmp,
+        ClientLimits {
+            negotiation_timeout: Duration::from_millis(100),
+            ..ClientLimits::default()
+        },
+    );
+    let mut hmp = Raw::new(UnixStream::connect(&target).unwrap());
+    hmp.until_prompt();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(hmp.hmp("info status").contains("VM status: running"));
 }

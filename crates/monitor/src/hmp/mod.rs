@@ -124,6 +124,7 @@ pub fn serve(session: &mut Session, mut input: Input, writer: Arc<SharedWriter>)
             }
             Err(LineError::Io(e)) => break Err(e),
         };
+        session.activity.command_started();
         let out = to_wire_text(&run_line(session, &line));
         if session.quit_requested {
             let _ = writer.write_raw(&out);
@@ -133,6 +134,7 @@ pub fn serve(session: &mut Session, mut input: Input, writer: Arc<SharedWriter>)
         if let Err(e) = writer.write_raw(&format!("{out}{PROMPT}")) {
             break Err(e);
         }
+        session.activity.command_finished();
     };
     writer.close();
     result

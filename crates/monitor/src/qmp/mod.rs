@@ -95,7 +95,9 @@ pub fn serve(session: &mut Session, mut input: Input, writer: Arc<SharedWriter>)
                     return Ok(());
                 }
             };
+            session.activity.command_started();
             handle(session, &writer, &bytes, &mut negotiated)?;
+            session.activity.command_finished();
             if session.quit_requested {
                 writer.wait_shutdown_sent(QUIT_EVENT_WAIT);
                 session.backend.quit();
@@ -154,6 +156,7 @@ fn handle(
         match r {
             Ok(()) => {
                 *negotiated = true;
+                session.activity.set_negotiated();
                 start_event_pump(session, writer.clone());
                 reply_ok(json!({}), req.id)
             }
