@@ -23,10 +23,11 @@ use std::sync::{RwLock, RwLockReadGuard};
 use imago::file::File;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
-use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, ShallowMapping};
+use imago::{FormatAccess, FormatDriverBuilder, ShallowMapping};
 
 use crate::dirty::DirtyBitmap;
 use crate::error::BlockError;
+use crate::lock::{ImageLock, LockingGate};
 use crate::spec::{DiskFormat, DriveSpec};
 use crate::staging;
 
@@ -38,6 +39,8 @@ const RAW_GRANULARITY: u64 = 64 << 10;
 
 struct Active {
     access: FormatAccess<File>,
+    /// QEMU-compatible locks on the image and its backing chain (and the staging copy).
+    locks: Vec<ImageLock>,
     /// Staging file in use while an incoming migration writes the disk.
     staging: Option<PathBuf>,
 }
@@ -62,28 +65,29 @@ impl std::fmt::Debug for Disk {
     }
 }
 
-fn open_access(path: &Path, format: DiskFormat) -> Result<FormatAccess<File>, BlockError> {
-    let err = |source| BlockError::Open {
-        path: path.to_path_buf(),
-        format: format.as_str(),
-        source,
+/// Opens the image read-write (its backing chain read-only), locking every file as QEMU does.
+fn open_access(
+    path: &Path,
+    format: DiskFormat,
+) -> Result<(FormatAccess<File>, Vec<ImageLock>), BlockError> {
+    let gate = LockingGate::default();
+    let opened = match format {
+        DiskFormat::Qcow2 => Qcow2::<File>::builder_path(path)
+            .write(true)
+            .open(gate.clone())
+            .map(FormatAccess::new),
+        DiskFormat::Raw => Raw::<File>::builder_path(path)
+            .write(true)
+            .open(gate.clone())
+            .map(FormatAccess::new),
     };
-    let gate = PermissiveImplicitOpenGate::default();
-    match format {
-        DiskFormat::Qcow2 => {
-            let q = Qcow2::<File>::builder_path(path)
-                .write(true)
-                .open(gate)
-                .map_err(err)?;
-            Ok(FormatAccess::new(q))
-        }
-        DiskFormat::Raw => {
-            let r = Raw::<File>::builder_path(path)
-                .write(true)
-                .open(gate)
-                .map_err(err)?;
-            Ok(FormatAccess::new(r))
-        }
+    match opened {
+        Ok(access) => Ok((access, gate.into_locks())),
+        Err(source) => Err(gate.take_error().unwrap_or(BlockError::Open {
+            path: path.to_path_buf(),
+            format: format.as_str(),
+            source,
+        })),
     }
 }
 
@@ -130,7 +134,7 @@ impl Disk {
     /// Opens the image of `spec` read-write (a qcow2 backing chain is opened read-only).
     pub fn open(spec: &DriveSpec) -> Result<Self, BlockError> {
         let cluster_size = probe(&spec.path, spec.format)?;
-        let access = open_access(&spec.path, spec.format)?;
+        let (access, locks) = open_access(&spec.path, spec.format)?;
         let size = access.size();
         Ok(Self {
             spec: spec.clone(),
@@ -138,6 +142,7 @@ impl Disk {
             cluster_size,
             image: RwLock::new(Active {
                 access,
+                locks,
                 staging: None,
             }),
             dirty: DirtyBitmap::new(size),
@@ -316,7 +321,7 @@ impl Disk {
         active.access.flush().map_err(self.io_err("flush"))?;
         let tmp = self.staging_path();
         staging::sparse_copy(&self.spec.path, &tmp).map_err(self.io_err("create staging copy"))?;
-        let access = match open_access(&tmp, self.spec.format) {
+        let (access, locks) = match open_access(&tmp, self.spec.format) {
             Ok(a) => a,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -331,6 +336,7 @@ impl Disk {
             });
         }
         active.access = access;
+        active.locks.extend(locks);
         active.staging = Some(tmp);
         Ok(())
     }
@@ -360,10 +366,15 @@ impl Disk {
         let Some(tmp) = active.staging.take() else {
             return Ok(());
         };
+        // Our own locks on the image would make the reopen conflict with ourselves.
+        active.locks.clear();
         let reopened = open_access(&self.spec.path, self.spec.format);
         let removed = fs::remove_file(&tmp);
         match reopened {
-            Ok(access) => active.access = access,
+            Ok((access, locks)) => {
+                active.access = access;
+                active.locks = locks;
+            }
             Err(e) => {
                 tracing::error!(drive = %self.spec.id, "cannot reopen the image after a failed incoming migration");
                 // The staging handle stays open (its file is unlinked): I/O keeps working, but

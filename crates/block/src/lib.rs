@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | [`spec`] | [`DriveSpec`]: `--drive file=PATH,format=raw\|qcow2[,id=NAME]` |
 //! | [`disk`] | [`Disk`]: an image opened with `imago` (raw, qcow2 with backing chains): I/O, top-layer allocation, staging for incoming migrations |
+//! | [`lock`] | [`ImageLock`]: QEMU-compatible OFD locks on every image file a [`Disk`] opens |
 //! | [`dirty`] | [`DirtyBitmap`]: 1 MiB dirty chunks recorded while block migration runs |
 //! | [`writer`] | [`DiskWriter`]: the software guest's disk workload, pausable like a vCPU |
 //!
@@ -28,6 +29,7 @@
 pub mod dirty;
 pub mod disk;
 mod error;
+pub mod lock;
 pub mod spec;
 mod staging;
 pub mod writer;
@@ -35,5 +37,6 @@ pub mod writer;
 pub use dirty::{DirtyBitmap, CHUNK_SIZE};
 pub use disk::Disk;
 pub use error::BlockError;
+pub use lock::{ImageLock, Perms};
 pub use spec::{DiskFormat, DriveSpec};
 pub use writer::{DiskWriter, DiskWriterConfig, WritePattern, WriterStats, WRITE_BLOCK};

@@ -11,6 +11,8 @@ use block::{
 
 const MIB: u64 = 1 << 20;
 
+mod locking;
+
 fn qemu_img(args: &[&str]) -> String {
     let out = Command::new("qemu-img")
         .args(args)
