@@ -6,14 +6,17 @@
 //!   reached the image (see `dirty` for why that order).
 //! * Allocation: [`Disk::block_status`] / [`Disk::is_allocated`] look at the *top* image only —
 //!   data that lives in a qcow2 backing file is not allocated here (what `migrate -i` needs).
-//! * Incoming migration: [`Disk::begin_incoming`] switches the disk to a staging copy next to
-//!   the image (`.<name>.livemig-incoming`), [`Disk::commit_incoming`] renames it over the image
-//!   once the whole stream loaded, [`Disk::abort_incoming`] deletes it and reopens the original.
-//!   The user's image is never half-written; a crash leaves at worst a stale staging file, which
-//!   the next `begin_incoming` removes.
+//! * Locking: every file of the chain is locked as QEMU locks it (see `lock`) for as long as
+//!   the `Disk` lives.
+//! * Incoming migration: [`Disk::begin_incoming`] journals the image (see `undo`) and the
+//!   migration then writes the image in place, so it keeps its inode, owner, mode, xattrs and
+//!   hard links; [`Disk::commit_incoming`] drops the journal once the whole stream loaded,
+//!   [`Disk::abort_incoming`] (or dropping the disk) replays it, so a failed migration leaves
+//!   the image as it was. A journal left by a killed process is replayed by the next
+//!   [`Disk::open`].
 //!
 //! The image handle sits behind a `RwLock` that I/O takes shared (imago's `FormatAccess` is
-//! `Sync` and does its own locking); only the staging switches take it exclusively.
+//! `Sync` and does its own locking); only the incoming-migration switches take it exclusively.
 
 use std::fs;
 use std::io::Read;
@@ -27,9 +30,9 @@ use imago::{FormatAccess, FormatDriverBuilder, ShallowMapping};
 
 use crate::dirty::DirtyBitmap;
 use crate::error::BlockError;
-use crate::lock::{ImageLock, LockingGate};
+use crate::lock::{ImageLock, LockingGate, Perms};
 use crate::spec::{DiskFormat, DriveSpec};
-use crate::staging;
+use crate::undo;
 
 /// qcow2 magic: `QFI\xfb`.
 const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
@@ -39,10 +42,10 @@ const RAW_GRANULARITY: u64 = 64 << 10;
 
 struct Active {
     access: FormatAccess<File>,
-    /// QEMU-compatible locks on the image and its backing chain (and the staging copy).
+    /// QEMU-compatible locks on the image and its backing chain.
     locks: Vec<ImageLock>,
-    /// Staging file in use while an incoming migration writes the disk.
-    staging: Option<PathBuf>,
+    /// An incoming migration is writing the image; its undo journal exists.
+    incoming: bool,
 }
 
 /// One drive.
@@ -52,6 +55,8 @@ pub struct Disk {
     cluster_size: u64,
     image: RwLock<Active>,
     dirty: DirtyBitmap,
+    /// The undo journal's path (see `undo`).
+    journal: PathBuf,
 }
 
 impl std::fmt::Debug for Disk {
@@ -66,11 +71,13 @@ impl std::fmt::Debug for Disk {
 }
 
 /// Opens the image read-write (its backing chain read-only), locking every file as QEMU does.
+/// `held` is a writer lock the caller already holds on `path`.
 fn open_access(
     path: &Path,
     format: DiskFormat,
+    held: ImageLock,
 ) -> Result<(FormatAccess<File>, Vec<ImageLock>), BlockError> {
-    let gate = LockingGate::default();
+    let gate = LockingGate::with_lock(held);
     let opened = match format {
         DiskFormat::Qcow2 => Qcow2::<File>::builder_path(path)
             .write(true)
@@ -131,10 +138,25 @@ fn probe(path: &Path, format: DiskFormat) -> Result<u64, BlockError> {
 }
 
 impl Disk {
-    /// Opens the image of `spec` read-write (a qcow2 backing chain is opened read-only).
+    /// Opens the image of `spec` read-write (a qcow2 backing chain is opened read-only),
+    /// locking every file as QEMU does. An undo journal left by an incoming migration that was
+    /// killed is replayed first, so the image is as it was before that migration.
     pub fn open(spec: &DriveSpec) -> Result<Self, BlockError> {
+        let lock = ImageLock::acquire(&spec.path, Perms::WRITER)?;
+        let journal = undo::journal_path(&spec.path).map_err(|source| BlockError::Open {
+            path: spec.path.clone(),
+            format: spec.format.as_str(),
+            source,
+        })?;
+        let journal_err = |source| BlockError::Journal {
+            path: journal.clone(),
+            source,
+        };
+        if undo::replay(&spec.path, &journal).map_err(journal_err)? {
+            tracing::warn!(drive = %spec.id, "replayed the undo journal of an interrupted incoming migration");
+        }
         let cluster_size = probe(&spec.path, spec.format)?;
-        let (access, locks) = open_access(&spec.path, spec.format)?;
+        let (access, locks) = open_access(&spec.path, spec.format, lock)?;
         let size = access.size();
         Ok(Self {
             spec: spec.clone(),
@@ -143,9 +165,10 @@ impl Disk {
             image: RwLock::new(Active {
                 access,
                 locks,
-                staging: None,
+                incoming: false,
             }),
             dirty: DirtyBitmap::new(size),
+            journal,
         })
     }
 
@@ -296,102 +319,96 @@ impl Disk {
         active.access.sync().map_err(self.io_err("sync"))
     }
 
-    /// Whether an incoming migration is writing to a staging copy.
+    /// Whether an incoming migration is writing the image.
     pub fn is_incoming(&self) -> bool {
-        self.active().staging.is_some()
+        self.active().incoming
     }
 
-    /// The staging path used for incoming migrations: `.<file name>.livemig-incoming` next to
-    /// the image (same directory, so a relative qcow2 backing file name resolves the same).
-    pub fn staging_path(&self) -> PathBuf {
-        staging::staging_path(&self.spec.path)
+    /// The undo journal's path: `.<file name>.livemig-undo` next to the image file (symlinks
+    /// resolved). It exists only while an incoming migration writes the image.
+    pub fn journal_path(&self) -> &Path {
+        &self.journal
     }
 
-    /// Starts an incoming migration: copies the image (sparsely) to the staging path and
-    /// directs all I/O there. The image itself is not modified until
-    /// [`commit_incoming`](Self::commit_incoming).
+    fn journal_err(&self) -> impl FnOnce(std::io::Error) -> BlockError + '_ {
+        move |source| BlockError::Journal {
+            path: self.journal.clone(),
+            source,
+        }
+    }
+
+    /// Starts an incoming migration: writes the undo journal (a sparse copy of the image file)
+    /// and syncs it; from then on writes go to the image in place. A file or symlink already at
+    /// the journal path is refused and left alone.
     pub fn begin_incoming(&self) -> Result<(), BlockError> {
         let mut active = self.image.write().unwrap_or_else(|p| p.into_inner());
-        if active.staging.is_some() {
+        if active.incoming {
             return Err(BlockError::Staging {
                 id: self.spec.id.clone(),
                 what: "an incoming migration is already writing this drive",
             });
         }
         active.access.flush().map_err(self.io_err("flush"))?;
-        let tmp = self.staging_path();
-        staging::sparse_copy(&self.spec.path, &tmp).map_err(self.io_err("create staging copy"))?;
-        let (access, locks) = match open_access(&tmp, self.spec.format) {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        if access.size() != self.size {
-            let _ = fs::remove_file(&tmp);
-            return Err(BlockError::Staging {
-                id: self.spec.id.clone(),
-                what: "the staging copy has another size than the image",
-            });
-        }
-        active.access = access;
-        active.locks.extend(locks);
-        active.staging = Some(tmp);
+        active.access.sync().map_err(self.io_err("sync"))?;
+        undo::create(&self.spec.path, &self.journal).map_err(self.journal_err())?;
+        active.incoming = true;
         Ok(())
     }
 
-    /// Finishes an incoming migration: flushes the staging copy and atomically renames it over
-    /// the image. I/O continues on the same (now renamed) file.
+    /// Finishes an incoming migration: syncs the image and removes the undo journal.
     pub fn commit_incoming(&self) -> Result<(), BlockError> {
         let mut active = self.image.write().unwrap_or_else(|p| p.into_inner());
-        let Some(tmp) = active.staging.clone() else {
+        if !active.incoming {
             return Err(BlockError::Staging {
                 id: self.spec.id.clone(),
                 what: "no incoming migration to commit",
             });
-        };
+        }
         active.access.flush().map_err(self.io_err("flush"))?;
         active.access.sync().map_err(self.io_err("sync"))?;
-        fs::rename(&tmp, &self.spec.path).map_err(self.io_err("rename staging copy"))?;
-        staging::sync_parent(&self.spec.path);
-        active.staging = None;
+        undo::discard(&self.journal).map_err(self.journal_err())?;
+        active.incoming = false;
         Ok(())
     }
 
-    /// Abandons an incoming migration: deletes the staging copy and reopens the untouched
-    /// image. Does nothing when no incoming migration is active.
+    /// Abandons an incoming migration: replays the undo journal (the image is as it was before
+    /// [`begin_incoming`](Self::begin_incoming)) and reopens the image, whose cached metadata
+    /// is stale. Does nothing when no incoming migration is active.
     pub fn abort_incoming(&self) -> Result<(), BlockError> {
         let mut active = self.image.write().unwrap_or_else(|p| p.into_inner());
-        let Some(tmp) = active.staging.take() else {
+        if !active.incoming {
             return Ok(());
-        };
-        // Our own locks on the image would make the reopen conflict with ourselves.
-        active.locks.clear();
-        let reopened = open_access(&self.spec.path, self.spec.format);
-        let removed = fs::remove_file(&tmp);
-        match reopened {
-            Ok((access, locks)) => {
-                active.access = access;
-                active.locks = locks;
-            }
-            Err(e) => {
-                tracing::error!(drive = %self.spec.id, "cannot reopen the image after a failed incoming migration");
-                // The staging handle stays open (its file is unlinked): I/O keeps working, but
-                // nothing reaches the image.
-                removed.map_err(self.io_err("remove staging copy"))?;
-                return Err(e);
-            }
         }
-        removed.map_err(self.io_err("remove staging copy"))
+        // Nothing imago caches may reach the file after the replay.
+        if let Err(e) = active.access.flush() {
+            tracing::warn!(drive = %self.spec.id, error = %e, "flush before replaying the undo journal failed");
+        }
+        undo::replay(&self.spec.path, &self.journal).map_err(self.journal_err())?;
+        active.incoming = false;
+        // Reopen with the image's own lock, so nobody can slip in between.
+        let position = active
+            .locks
+            .iter()
+            .position(|l| l.path() == self.spec.path && l.perms() == Perms::WRITER);
+        let held = match position {
+            Some(i) => active.locks.swap_remove(i),
+            None => ImageLock::acquire(&self.spec.path, Perms::WRITER)?,
+        };
+        let (access, locks) = open_access(&self.spec.path, self.spec.format, held)?;
+        active.access = access;
+        active.locks = locks;
+        Ok(())
     }
 }
 
 impl Drop for Disk {
     fn drop(&mut self) {
         let active = self.image.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(tmp) = active.staging.take() {
-            let _ = fs::remove_file(tmp);
+        if active.incoming {
+            let _ = active.access.flush();
+            if let Err(e) = undo::replay(&self.spec.path, &self.journal) {
+                tracing::error!(drive = %self.spec.id, error = %e, "cannot undo an unfinished incoming migration; the next open retries");
+            }
         }
     }
 }

@@ -45,6 +45,15 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    /// The undo journal of an incoming migration could not be written, replayed or removed.
+    #[error("undo journal '{path}' failed")]
+    Journal {
+        /// The journal file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// `format=raw` was given for a file that carries a qcow2 header.
     #[error("'{0}' is a qcow2 image but format=raw was given")]
     FormatMismatch(PathBuf),
@@ -71,7 +80,7 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
-    /// An incoming-migration staging operation was used in the wrong order.
+    /// An incoming-migration operation was used in the wrong order.
     #[error("drive '{id}': {what}")]
     Staging {
         /// Drive id.

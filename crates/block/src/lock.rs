@@ -187,12 +187,22 @@ pub(crate) struct LockingGate {
 
 #[derive(Default)]
 struct GateState {
+    /// A lock the caller already holds on one of the files (the image): used instead of
+    /// taking a second one, which would conflict with the first.
+    held: Option<ImageLock>,
     locks: Vec<ImageLock>,
     /// The first lock failure, typed (imago only carries `io::Error`s).
     error: Option<BlockError>,
 }
 
 impl LockingGate {
+    /// A gate that uses `held` for its file instead of locking it again.
+    pub(crate) fn with_lock(held: ImageLock) -> LockingGate {
+        let gate = LockingGate::default();
+        gate.state.lock().unwrap_or_else(|p| p.into_inner()).held = Some(held);
+        gate
+    }
+
     /// The locks taken by an open that succeeded.
     pub(crate) fn into_locks(self) -> Vec<ImageLock> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -222,6 +232,13 @@ impl<S: Storage + 'static> ImplicitOpenGate<S> for LockingGate {
                 Perms::READER
             };
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(lock) = state
+                .held
+                .take_if(|l| l.path() == path && l.perms() == perms)
+            {
+                state.locks.push(lock);
+                return S::open(opts);
+            }
             match ImageLock::acquire(path, perms) {
                 Ok(lock) => state.locks.push(lock),
                 Err(e) => {

@@ -249,7 +249,7 @@ fn quiesce(src: &Vm, dst: &Vm) {
     }
     for d in src.disks.iter().chain(dst.disks.iter()) {
         d.flush().unwrap();
-        assert!(!d.staging_path().exists());
+        assert!(!d.journal_path().exists());
         assert!(!d.is_incoming());
     }
 }
@@ -387,7 +387,7 @@ fn failed_load_leaves_the_destination_image_untouched() {
     assert!(err.report().contains("outside drive"), "{}", err.report());
     assert_eq!(dst.state.status(), MigrationStatus::Failed);
     // The source keeps running, the destination image is as it was, and the engine's cleanup
-    // removed the staging copy.
+    // replayed and removed the undo journal.
     assert_eq!(src.wait_final(), MigrationStatus::Failed);
     assert_eq!(src.vm.run_state(), RunState::Running);
     quiesce(&src, &dst);
@@ -522,8 +522,8 @@ fn loader_rejects_unknown_drives_and_out_of_range_chunks_before_writing() {
         .is_err());
     drop(h);
     assert!(
-        !disk.staging_path().exists(),
-        "dropping the handler discards the staging copy"
+        !disk.journal_path().exists(),
+        "dropping the handler replays and removes the undo journal"
     );
     let mut back = vec![1u8; 4096];
     disk.read(0, &mut back).unwrap();
@@ -876,7 +876,7 @@ fn loader_survives_garbage() {
         );
     }
     drop(h);
-    assert!(!disk.staging_path().exists());
+    assert!(!disk.journal_path().exists());
     let mut back = vec![1u8; (2 * MIB) as usize];
     disk.read(0, &mut back).unwrap();
     assert!(
