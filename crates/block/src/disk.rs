@@ -46,6 +46,8 @@ struct Active {
     locks: Vec<ImageLock>,
     /// An incoming migration is writing the image; its undo journal exists.
     incoming: bool,
+    /// The image is inactive: it holds no locks and refuses writes (see [`Disk::inactivate`]).
+    inactive: bool,
 }
 
 /// One drive.
@@ -71,13 +73,15 @@ impl std::fmt::Debug for Disk {
 }
 
 /// Opens the image read-write (its backing chain read-only), locking every file as QEMU does.
-/// `held` is a writer lock the caller already holds on `path`.
+/// `held` are locks the caller already holds on files of the chain; with `inactive` the other
+/// files are opened without taking their locks yet.
 fn open_access(
     path: &Path,
     format: DiskFormat,
-    held: ImageLock,
+    held: Vec<ImageLock>,
+    inactive: bool,
 ) -> Result<(FormatAccess<File>, Vec<ImageLock>), BlockError> {
-    let gate = LockingGate::with_lock(held);
+    let gate = LockingGate::new(held, inactive);
     let opened = match format {
         DiskFormat::Qcow2 => Qcow2::<File>::builder_path(path)
             .write(true)
@@ -155,8 +159,30 @@ impl Disk {
         if undo::replay(&spec.path, &journal).map_err(journal_err)? {
             tracing::warn!(drive = %spec.id, "replayed the undo journal of an interrupted incoming migration");
         }
+        Self::open_with(spec, vec![lock], false, journal)
+    }
+
+    /// Opens the image of `spec` *inactive*, as QEMU opens the images of an incoming migration
+    /// on shared storage: no lock is taken (the source still writes the image) and writes are
+    /// refused until [`activate`](Self::activate). No undo journal is replayed: one next to the
+    /// image belongs to whoever has it active.
+    pub fn open_inactive(spec: &DriveSpec) -> Result<Self, BlockError> {
+        let journal = undo::journal_path(&spec.path).map_err(|source| BlockError::Open {
+            path: spec.path.clone(),
+            format: spec.format.as_str(),
+            source,
+        })?;
+        Self::open_with(spec, Vec::new(), true, journal)
+    }
+
+    fn open_with(
+        spec: &DriveSpec,
+        held: Vec<ImageLock>,
+        inactive: bool,
+        journal: PathBuf,
+    ) -> Result<Self, BlockError> {
         let cluster_size = probe(&spec.path, spec.format)?;
-        let (access, locks) = open_access(&spec.path, spec.format, lock)?;
+        let (access, locks) = open_access(&spec.path, spec.format, held, inactive)?;
         let size = access.size();
         Ok(Self {
             spec: spec.clone(),
@@ -166,6 +192,7 @@ impl Disk {
                 access,
                 locks,
                 incoming: false,
+                inactive,
             }),
             dirty: DirtyBitmap::new(size),
             journal,
@@ -211,6 +238,18 @@ impl Disk {
         self.image.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The image for a write: refused while inactive.
+    fn writable(&self) -> Result<RwLockReadGuard<'_, Active>, BlockError> {
+        let active = self.active();
+        if active.inactive {
+            return Err(BlockError::Staging {
+                id: self.spec.id.clone(),
+                what: "the drive is inactive (migrated away, or not yet migrated in)",
+            });
+        }
+        Ok(active)
+    }
+
     fn check(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         if offset <= self.size && len <= self.size - offset {
             Ok(())
@@ -250,10 +289,12 @@ impl Disk {
         if data.is_empty() {
             return Ok(());
         }
-        self.active()
+        let active = self.writable()?;
+        active
             .access
             .write(data, offset)
             .map_err(self.io_err("write"))?;
+        drop(active);
         self.dirty.mark(offset, data.len() as u64);
         Ok(())
     }
@@ -265,10 +306,12 @@ impl Disk {
         if len == 0 {
             return Ok(());
         }
-        self.active()
+        let active = self.writable()?;
+        active
             .access
             .write_zeroes(offset, len)
             .map_err(self.io_err("write zeroes"))?;
+        drop(active);
         self.dirty.mark(offset, len);
         Ok(())
     }
@@ -385,18 +428,64 @@ impl Disk {
         }
         undo::replay(&self.spec.path, &self.journal).map_err(self.journal_err())?;
         active.incoming = false;
-        // Reopen with the image's own lock, so nobody can slip in between.
-        let position = active
-            .locks
-            .iter()
-            .position(|l| l.path() == self.spec.path && l.perms() == Perms::WRITER);
-        let held = match position {
-            Some(i) => active.locks.swap_remove(i),
-            None => ImageLock::acquire(&self.spec.path, Perms::WRITER)?,
-        };
-        let (access, locks) = open_access(&self.spec.path, self.spec.format, held)?;
+        // Reopen with the locks we hold, so nobody can slip in between.
+        let held = std::mem::take(&mut active.locks);
+        let (access, locks) = open_access(&self.spec.path, self.spec.format, held, false)?;
         active.access = access;
         active.locks = locks;
+        Ok(())
+    }
+
+    /// Whether the image is inactive (see [`inactivate`](Self::inactivate)).
+    pub fn is_inactive(&self) -> bool {
+        self.active().inactive
+    }
+
+    /// Gives the image up at a migration's switchover on shared storage (QEMU's
+    /// `bdrv_inactivate_all` on the source): flushes and syncs it, then drops every lock, so the
+    /// destination can [`activate`](Self::activate) it. Writes are refused from then on.
+    pub fn inactivate(&self) -> Result<(), BlockError> {
+        let mut active = self.image.write().unwrap_or_else(|p| p.into_inner());
+        if active.inactive {
+            return Ok(());
+        }
+        active.access.flush().map_err(self.io_err("flush"))?;
+        active.access.sync().map_err(self.io_err("sync"))?;
+        for lock in &mut active.locks {
+            lock.set(Perms::INACTIVE)?;
+        }
+        active.inactive = true;
+        Ok(())
+    }
+
+    /// Takes the image (back) over (QEMU's `bdrv_activate_all`: the destination after the
+    /// switchover, or the source after a failed migration): takes the locks of every file of
+    /// the chain — failing with [`BlockError::Locked`] while another process still holds it —
+    /// and reopens the image, since the other side may have changed it.
+    pub fn activate(&self) -> Result<(), BlockError> {
+        let mut active = self.image.write().unwrap_or_else(|p| p.into_inner());
+        if !active.inactive {
+            return Ok(());
+        }
+        for i in 0..active.locks.len() {
+            if let Err(e) = active.locks[i].activate() {
+                for lock in &mut active.locks[..i] {
+                    let _ = lock.set(Perms::INACTIVE);
+                }
+                return Err(e);
+            }
+        }
+        let held = std::mem::take(&mut active.locks);
+        let (access, locks) = open_access(&self.spec.path, self.spec.format, held, false)?;
+        if access.size() != self.size {
+            return Err(BlockError::Staging {
+                id: self.spec.id.clone(),
+                what: "the image changed size while it was inactive",
+            });
+        }
+        active.access = access;
+        active.locks = locks;
+        active.inactive = false;
         Ok(())
     }
 }

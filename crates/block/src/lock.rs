@@ -27,7 +27,16 @@
 //! never both succeed. The locks live as long as the [`ImageLock`]'s descriptor; closing it (also
 //! by a crash) releases them.
 //!
-//! This is the only module of the crate with `unsafe`: the two `fcntl` calls.
+//! Migration on shared storage hands the locks over as QEMU does: the destination opens the
+//! image *inactive* (an [`ImageLock`] holding nothing), the source [inactivates] its image at
+//! the switchover (flush, then drop every lock) and the destination [activates] it (take the
+//! locks, failing while the source still holds them); after a failed migration the source
+//! activates again.
+//!
+//! [inactivates]: crate::Disk::inactivate
+//! [activates]: crate::Disk::activate
+//!
+//! The module's only `unsafe` are the two `fcntl` calls.
 
 use std::fs::File;
 use std::io;
@@ -88,6 +97,8 @@ impl Perms {
 pub struct ImageLock {
     file: File,
     path: PathBuf,
+    /// What this user is (writer or reader): the permissions it holds when active.
+    role: Perms,
     perms: Perms,
 }
 
@@ -95,17 +106,34 @@ impl ImageLock {
     /// Opens `path` (following symlinks: the locks belong to the file) and takes the locks of
     /// `perms`; fails with [`BlockError::Locked`] when another user conflicts.
     pub fn acquire(path: &Path, perms: Perms) -> Result<ImageLock, BlockError> {
+        let mut lock = ImageLock::acquire_inactive(path, perms)?;
+        lock.set(perms)?;
+        Ok(lock)
+    }
+
+    /// Opens `path` for a user whose permissions will be `role` once [activated](Self::activate)
+    /// and locks nothing yet (QEMU's inactive image on an incoming migration's destination).
+    pub fn acquire_inactive(path: &Path, role: Perms) -> Result<ImageLock, BlockError> {
         let file = File::open(path).map_err(|source| BlockError::Lock {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut lock = ImageLock {
+        Ok(ImageLock {
             file,
             path: path.to_path_buf(),
+            role,
             perms: Perms::INACTIVE,
-        };
-        lock.set(perms)?;
-        Ok(lock)
+        })
+    }
+
+    /// The permissions this user holds when active.
+    pub fn role(&self) -> Perms {
+        self.role
+    }
+
+    /// Takes the permissions of the role; fails (holding nothing) on a conflict.
+    pub fn activate(&mut self) -> Result<(), BlockError> {
+        self.set(self.role)
     }
 
     /// The locked file's path as it was given.
@@ -187,19 +215,26 @@ pub(crate) struct LockingGate {
 
 #[derive(Default)]
 struct GateState {
-    /// A lock the caller already holds on one of the files (the image): used instead of
-    /// taking a second one, which would conflict with the first.
-    held: Option<ImageLock>,
+    /// Locks the caller already holds on files of the chain: used instead of taking a second
+    /// one, which would conflict with the first.
+    held: Vec<ImageLock>,
+    /// Open every file inactive (see [`ImageLock::acquire_inactive`]).
+    inactive: bool,
     locks: Vec<ImageLock>,
     /// The first lock failure, typed (imago only carries `io::Error`s).
     error: Option<BlockError>,
 }
 
 impl LockingGate {
-    /// A gate that uses `held` for its file instead of locking it again.
-    pub(crate) fn with_lock(held: ImageLock) -> LockingGate {
+    /// A gate that reuses the `held` locks for their files instead of locking them again and
+    /// opens every other file inactive if `inactive`.
+    pub(crate) fn new(held: Vec<ImageLock>, inactive: bool) -> LockingGate {
         let gate = LockingGate::default();
-        gate.state.lock().unwrap_or_else(|p| p.into_inner()).held = Some(held);
+        {
+            let mut state = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.held = held;
+            state.inactive = inactive;
+        }
         gate
     }
 
@@ -232,14 +267,16 @@ impl<S: Storage + 'static> ImplicitOpenGate<S> for LockingGate {
                 Perms::READER
             };
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(lock) = state
+            let reuse = state
                 .held
-                .take_if(|l| l.path() == path && l.perms() == perms)
-            {
-                state.locks.push(lock);
-                return S::open(opts);
-            }
-            match ImageLock::acquire(path, perms) {
+                .iter()
+                .position(|l| l.path() == path && l.role() == perms);
+            let lock = match reuse {
+                Some(i) => Ok(state.held.swap_remove(i)),
+                None if state.inactive => ImageLock::acquire_inactive(path, perms),
+                None => ImageLock::acquire(path, perms),
+            };
+            match lock {
                 Ok(lock) => state.locks.push(lock),
                 Err(e) => {
                     let msg = e.to_string();

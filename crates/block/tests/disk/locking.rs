@@ -178,3 +178,47 @@ fn livemig_refuses_images_qemu_io_holds() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn switchover_on_shared_storage_hands_the_locks_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_base, top) = overlay(dir.path());
+    let spec = DriveSpec {
+        id: "d".into(),
+        path: top.clone(),
+        format: DiskFormat::Qcow2,
+    };
+    let src = Disk::open(&spec).unwrap();
+    // The destination opens the shared image inactive: no lock, no writes.
+    let dst = Disk::open_inactive(&spec).unwrap();
+    assert!(dst.is_inactive());
+    assert!(dst.write(0, &[1u8; 512]).is_err());
+    match dst.activate() {
+        Err(BlockError::Locked { lock, .. }) => assert_eq!(lock, "\"write\""),
+        other => panic!("activated an image the source holds: {other:?}"),
+    }
+    assert!(dst.is_inactive());
+
+    // Switchover: the source writes, gives the image up, the destination takes it and sees the
+    // data (it reopened the image).
+    src.write(MIB, &[7u8; 4096]).unwrap();
+    src.inactivate().unwrap();
+    assert!(src.write(0, &[1u8; 512]).is_err(), "inactive source writes");
+    dst.activate().unwrap();
+    let mut buf = [0u8; 4];
+    dst.read(MIB, &mut buf).unwrap();
+    assert_eq!(buf, [7u8; 4]);
+    dst.write(2 * MIB, &[8u8; 4096]).unwrap();
+    // Now the source cannot come back, nor can anyone else write.
+    assert!(matches!(src.activate(), Err(BlockError::Locked { .. })));
+    if let Some(out) = qemu_io(&["-f", "qcow2", "-c", "write 0 4k", s(&top)]) {
+        assert!(!out.status.success());
+    }
+    drop(dst);
+    // A failed migration: the source takes its image back.
+    src.activate().unwrap();
+    src.write(0, &[9u8; 4096]).unwrap();
+    src.flush().unwrap();
+    drop(src);
+    qemu_img(&["check", "-q", s(&top)]);
+}
