@@ -6,14 +6,17 @@
 //!   reached the image (see `dirty` for why that order).
 //! * Allocation: [`Disk::block_status`] / [`Disk::is_allocated`] look at the *top* image only —
 //!   data that lives in a qcow2 backing file is not allocated here (what `migrate -i` needs).
-//! * Incoming migration: [`Disk::begin_incoming`] switches the disk to a staging copy next to
-//!   the image (`.<name>.livemig-incoming`), [`Disk::commit_incoming`] renames it over the image
-//!   once the whole stream loaded, [`Disk::abort_incoming`] deletes it and reopens the original.
-//!   The user's image is never half-written; a crash leaves at worst a stale staging file, which
-//!   the next `begin_incoming` removes.
+//! * Locking: every file of the chain is locked as QEMU locks it (see `lock`) for as long as
+//!   the `Disk` lives.
+//! * Incoming migration: [`Disk::begin_incoming`] journals the image (see `undo`) and the
+//!   migration then writes the image in place, so it keeps its inode, owner, mode, xattrs and
+//!   hard links; [`Disk::commit_incoming`] drops the journal once the whole stream loaded,
+//!   [`Disk::abort_incoming`] (or dropping the disk) replays it, so a failed migration leaves
+//!   the image as it was. A journal left by a killed process is replayed by the next
+//!   [`Disk::open`].
 //!
 //! The image handle sits behind a `RwLock` that I/O takes shared (imago's `FormatAccess` is
-//! `Sync` and does its own locking); only the staging switches take it exclusively.
+//! `Sync` and does its own locking); only the incoming-migration switches take it exclusively.
 
 use std::fs;
 use std::io::Read;
@@ -23,12 +26,13 @@ use std::sync::{RwLock, RwLockReadGuard};
 use imago::file::File;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
-use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, ShallowMapping};
+use imago::{FormatAccess, FormatDriverBuilder, ShallowMapping};
 
 use crate::dirty::DirtyBitmap;
 use crate::error::BlockError;
+use crate::lock::{ImageLock, LockingGate, Perms};
 use crate::spec::{DiskFormat, DriveSpec};
-use crate::staging;
+use crate::undo;
 
 /// qcow2 magic: `QFI\xfb`.
 const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
@@ -38,8 +42,12 @@ const RAW_GRANULARITY: u64 = 64 << 10;
 
 struct Active {
     access: FormatAccess<File>,
-    /// Staging file in use while an incoming migration writes the disk.
-    staging: Option<PathBuf>,
+    /// QEMU-compatible locks on the image and its backing chain.
+    locks: Vec<ImageLock>,
+    /// An incoming migration is writing the image; its undo journal exists.
+    incoming: bool,
+    /// The image is inactive: it holds no locks and refuses writes (see [`Disk::inactivate`]).
+    inactive: bool,
 }
 
 /// One drive.
@@ -49,6 +57,8 @@ pub struct Disk {
     cluster_size: u64,
     image: RwLock<Active>,
     dirty: DirtyBitmap,
+    /// The undo journal's path (see `undo`).
+    journal: PathBuf,
 }
 
 impl std::fmt::Debug for Disk {
@@ -62,28 +72,33 @@ impl std::fmt::Debug for Disk {
     }
 }
 
-fn open_access(path: &Path, format: DiskFormat) -> Result<FormatAccess<File>, BlockError> {
-    let err = |source| BlockError::Open {
-        path: path.to_path_buf(),
-        format: format.as_str(),
-        source,
+/// Opens the image read-write (its backing chain read-only), locking every file as QEMU does.
+/// `held` are locks the caller already holds on files of the chain; with `inactive` the other
+/// files are opened without taking their locks yet.
+fn open_access(
+    path: &Path,
+    format: DiskFormat,
+    held: Vec<ImageLock>,
+    inactive: bool,
+) -> Result<(FormatAccess<File>, Vec<ImageLock>), BlockError> {
+    let gate = LockingGate::new(held, inactive);
+    let opened = match format {
+        DiskFormat::Qcow2 => Qcow2::<File>::builder_path(path)
+            .write(true)
+            .open(gate.clone())
+            .map(FormatAccess::new),
+        DiskFormat::Raw => Raw::<File>::builder_path(path)
+            .write(true)
+            .open(gate.clone())
+            .map(FormatAccess::new),
     };
-    let gate = PermissiveImplicitOpenGate::default();
-    match format {
-        DiskFormat::Qcow2 => {
-            let q = Qcow2::<File>::builder_path(path)
-                .write(true)
-                .open(gate)
-                .map_err(err)?;
-            Ok(FormatAccess::new(q))
-        }
-        DiskFormat::Raw => {
-            let r = Raw::<File>::builder_path(path)
-                .write(true)
-                .open(gate)
-                .map_err(err)?;
-            Ok(FormatAccess::new(r))
-        }
+    match opened {
+        Ok(access) => Ok((access, gate.into_locks())),
+        Err(source) => Err(gate.take_error().unwrap_or(BlockError::Open {
+            path: path.to_path_buf(),
+            format: format.as_str(),
+            source,
+        })),
     }
 }
 
@@ -127,10 +142,47 @@ fn probe(path: &Path, format: DiskFormat) -> Result<u64, BlockError> {
 }
 
 impl Disk {
-    /// Opens the image of `spec` read-write (a qcow2 backing chain is opened read-only).
+    /// Opens the image of `spec` read-write (a qcow2 backing chain is opened read-only),
+    /// locking every file as QEMU does. An undo journal left by an incoming migration that was
+    /// killed is replayed first, so the image is as it was before that migration.
     pub fn open(spec: &DriveSpec) -> Result<Self, BlockError> {
+        let lock = ImageLock::acquire(&spec.path, Perms::WRITER)?;
+        let journal = undo::journal_path(&spec.path).map_err(|source| BlockError::Open {
+            path: spec.path.clone(),
+            format: spec.format.as_str(),
+            source,
+        })?;
+        let journal_err = |source| BlockError::Journal {
+            path: journal.clone(),
+            source,
+        };
+        if undo::replay(&spec.path, &journal).map_err(journal_err)? {
+            tracing::warn!(drive = %spec.id, "replayed the undo journal of an interrupted incoming migration");
+        }
+        Self::open_with(spec, vec![lock], false, journal)
+    }
+
+    /// Opens the image of `spec` *inactive*, as QEMU opens the images of an incoming migration
+    /// on shared storage: no lock is taken (the source still writes the image) and writes are
+    /// refused until [`activate`](Self::activate). No undo journal is replayed: one next to the
+    /// image belongs to whoever has it active.
+    pub fn open_inactive(spec: &DriveSpec) -> Result<Self, BlockError> {
+        let journal = undo::journal_path(&spec.path).map_err(|source| BlockError::Open {
+            path: spec.path.clone(),
+            format: spec.format.as_str(),
+            source,
+        })?;
+        Self::open_with(spec, Vec::new(), true, journal)
+    }
+
+    fn open_with(
+        spec: &DriveSpec,
+        held: Vec<ImageLock>,
+        inactive: bool,
+        journal: PathBuf,
+    ) -> Result<Self, BlockError> {
         let cluster_size = probe(&spec.path, spec.format)?;
-        let access = open_access(&spec.path, spec.format)?;
+        let (access, locks) = open_access(&spec.path, spec.format, held, inactive)?;
         let size = access.size();
         Ok(Self {
             spec: spec.clone(),
@@ -138,9 +190,12 @@ impl Disk {
             cluster_size,
             image: RwLock::new(Active {
                 access,
-                staging: None,
+                locks,
+                incoming: false,
+                inactive,
             }),
             dirty: DirtyBitmap::new(size),
+            journal,
         })
     }
 
@@ -183,6 +238,18 @@ impl Disk {
         self.image.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The image for a write: refused while inactive.
+    fn writable(&self) -> Result<RwLockReadGuard<'_, Active>, BlockError> {
+        let active = self.active();
+        if active.inactive {
+            return Err(BlockError::Staging {
+                id: self.spec.id.clone(),
+                what: "the drive is inactive (migrated away, or not yet migrated in)",
+            });
+        }
+        Ok(active)
+    }
+
     fn check(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         if offset <= self.size && len <= self.size - offset {
             Ok(())
@@ -222,10 +289,12 @@ impl Disk {
         if data.is_empty() {
             return Ok(());
         }
-        self.active()
+        let active = self.writable()?;
+        active
             .access
             .write(data, offset)
             .map_err(self.io_err("write"))?;
+        drop(active);
         self.dirty.mark(offset, data.len() as u64);
         Ok(())
     }
@@ -237,10 +306,12 @@ impl Disk {
         if len == 0 {
             return Ok(());
         }
-        self.active()
+        let active = self.writable()?;
+        active
             .access
             .write_zeroes(offset, len)
             .map_err(self.io_err("write zeroes"))?;
+        drop(active);
         self.dirty.mark(offset, len);
         Ok(())
     }
@@ -291,96 +362,142 @@ impl Disk {
         active.access.sync().map_err(self.io_err("sync"))
     }
 
-    /// Whether an incoming migration is writing to a staging copy.
+    /// Whether an incoming migration is writing the image.
     pub fn is_incoming(&self) -> bool {
-        self.active().staging.is_some()
+        self.active().incoming
     }
 
-    /// The staging path used for incoming migrations: `.<file name>.livemig-incoming` next to
-    /// the image (same directory, so a relative qcow2 backing file name resolves the same).
-    pub fn staging_path(&self) -> PathBuf {
-        staging::staging_path(&self.spec.path)
+    /// The undo journal's path: `.<file name>.livemig-undo` next to the image file (symlinks
+    /// resolved). It exists only while an incoming migration writes the image.
+    pub fn journal_path(&self) -> &Path {
+        &self.journal
     }
 
-    /// Starts an incoming migration: copies the image (sparsely) to the staging path and
-    /// directs all I/O there. The image itself is not modified until
-    /// [`commit_incoming`](Self::commit_incoming).
+    fn journal_err(&self) -> impl FnOnce(std::io::Error) -> BlockError + '_ {
+        move |source| BlockError::Journal {
+            path: self.journal.clone(),
+            source,
+        }
+    }
+
+    /// Starts an incoming migration: writes the undo journal (a sparse copy of the image file)
+    /// and syncs it; from then on writes go to the image in place. A file or symlink already at
+    /// the journal path is refused and left alone.
     pub fn begin_incoming(&self) -> Result<(), BlockError> {
         let mut active = self.image.write().unwrap_or_else(|p| p.into_inner());
-        if active.staging.is_some() {
+        if active.incoming {
             return Err(BlockError::Staging {
                 id: self.spec.id.clone(),
                 what: "an incoming migration is already writing this drive",
             });
         }
         active.access.flush().map_err(self.io_err("flush"))?;
-        let tmp = self.staging_path();
-        staging::sparse_copy(&self.spec.path, &tmp).map_err(self.io_err("create staging copy"))?;
-        let access = match open_access(&tmp, self.spec.format) {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        if access.size() != self.size {
-            let _ = fs::remove_file(&tmp);
-            return Err(BlockError::Staging {
-                id: self.spec.id.clone(),
-                what: "the staging copy has another size than the image",
-            });
-        }
-        active.access = access;
-        active.staging = Some(tmp);
+        active.access.sync().map_err(self.io_err("sync"))?;
+        undo::create(&self.spec.path, &self.journal).map_err(self.journal_err())?;
+        active.incoming = true;
         Ok(())
     }
 
-    /// Finishes an incoming migration: flushes the staging copy and atomically renames it over
-    /// the image. I/O continues on the same (now renamed) file.
+    /// Finishes an incoming migration: syncs the image and removes the undo journal.
     pub fn commit_incoming(&self) -> Result<(), BlockError> {
         let mut active = self.image.write().unwrap_or_else(|p| p.into_inner());
-        let Some(tmp) = active.staging.clone() else {
+        if !active.incoming {
             return Err(BlockError::Staging {
                 id: self.spec.id.clone(),
                 what: "no incoming migration to commit",
             });
-        };
+        }
         active.access.flush().map_err(self.io_err("flush"))?;
         active.access.sync().map_err(self.io_err("sync"))?;
-        fs::rename(&tmp, &self.spec.path).map_err(self.io_err("rename staging copy"))?;
-        staging::sync_parent(&self.spec.path);
-        active.staging = None;
+        undo::discard(&self.journal).map_err(self.journal_err())?;
+        active.incoming = false;
         Ok(())
     }
 
-    /// Abandons an incoming migration: deletes the staging copy and reopens the untouched
-    /// image. Does nothing when no incoming migration is active.
+    /// Abandons an incoming migration: replays the undo journal (the image is as it was before
+    /// [`begin_incoming`](Self::begin_incoming)) and reopens the image, whose cached metadata
+    /// is stale. Does nothing when no incoming migration is active.
     pub fn abort_incoming(&self) -> Result<(), BlockError> {
         let mut active = self.image.write().unwrap_or_else(|p| p.into_inner());
-        let Some(tmp) = active.staging.take() else {
+        if !active.incoming {
             return Ok(());
-        };
-        let reopened = open_access(&self.spec.path, self.spec.format);
-        let removed = fs::remove_file(&tmp);
-        match reopened {
-            Ok(access) => active.access = access,
-            Err(e) => {
-                tracing::error!(drive = %self.spec.id, "cannot reopen the image after a failed incoming migration");
-                // The staging handle stays open (its file is unlinked): I/O keeps working, but
-                // nothing reaches the image.
-                removed.map_err(self.io_err("remove staging copy"))?;
+        }
+        // Nothing imago caches may reach the file after the replay.
+        if let Err(e) = active.access.flush() {
+            tracing::warn!(drive = %self.spec.id, error = %e, "flush before replaying the undo journal failed");
+        }
+        undo::replay(&self.spec.path, &self.journal).map_err(self.journal_err())?;
+        active.incoming = false;
+        // Reopen with the locks we hold, so nobody can slip in between.
+        let held = std::mem::take(&mut active.locks);
+        let (access, locks) = open_access(&self.spec.path, self.spec.format, held, false)?;
+        active.access = access;
+        active.locks = locks;
+        Ok(())
+    }
+
+    /// Whether the image is inactive (see [`inactivate`](Self::inactivate)).
+    pub fn is_inactive(&self) -> bool {
+        self.active().inactive
+    }
+
+    /// Gives the image up at a migration's switchover on shared storage (QEMU's
+    /// `bdrv_inactivate_all` on the source): flushes and syncs it, then drops every lock, so the
+    /// destination can [`activate`](Self::activate) it. Writes are refused from then on.
+    pub fn inactivate(&self) -> Result<(), BlockError> {
+        let mut active = self.image.write().unwrap_or_else(|p| p.into_inner());
+        if active.inactive {
+            return Ok(());
+        }
+        active.access.flush().map_err(self.io_err("flush"))?;
+        active.access.sync().map_err(self.io_err("sync"))?;
+        for lock in &mut active.locks {
+            lock.set(Perms::INACTIVE)?;
+        }
+        active.inactive = true;
+        Ok(())
+    }
+
+    /// Takes the image (back) over (QEMU's `bdrv_activate_all`: the destination after the
+    /// switchover, or the source after a failed migration): takes the locks of every file of
+    /// the chain — failing with [`BlockError::Locked`] while another process still holds it —
+    /// and reopens the image, since the other side may have changed it.
+    pub fn activate(&self) -> Result<(), BlockError> {
+        let mut active = self.image.write().unwrap_or_else(|p| p.into_inner());
+        if !active.inactive {
+            return Ok(());
+        }
+        for i in 0..active.locks.len() {
+            if let Err(e) = active.locks[i].activate() {
+                for lock in &mut active.locks[..i] {
+                    let _ = lock.set(Perms::INACTIVE);
+                }
                 return Err(e);
             }
         }
-        removed.map_err(self.io_err("remove staging copy"))
+        let held = std::mem::take(&mut active.locks);
+        let (access, locks) = open_access(&self.spec.path, self.spec.format, held, false)?;
+        if access.size() != self.size {
+            return Err(BlockError::Staging {
+                id: self.spec.id.clone(),
+                what: "the image changed size while it was inactive",
+            });
+        }
+        active.access = access;
+        active.locks = locks;
+        active.inactive = false;
+        Ok(())
     }
 }
 
 impl Drop for Disk {
     fn drop(&mut self) {
         let active = self.image.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(tmp) = active.staging.take() {
-            let _ = fs::remove_file(tmp);
+        if active.incoming {
+            let _ = active.access.flush();
+            if let Err(e) = undo::replay(&self.spec.path, &self.journal) {
+                tracing::error!(drive = %self.spec.id, error = %e, "cannot undo an unfinished incoming migration; the next open retries");
+            }
         }
     }
 }

@@ -27,6 +27,33 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process uses the image in a way that conflicts with ours (QEMU's image locking,
+    /// see `lock`): a QEMU VM, `qemu-io`, `qemu-img` or another livemig has it open.
+    #[error("failed to get {lock} lock on '{path}': is another process using the image?")]
+    Locked {
+        /// The image (or backing) file.
+        path: PathBuf,
+        /// The lock QEMU would name: `"write"`, `shared "write"`, ...
+        lock: String,
+    },
+    /// The image's locks could not be taken or changed (not a conflict: the system call failed).
+    #[error("cannot lock '{path}'")]
+    Lock {
+        /// The image (or backing) file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The undo journal of an incoming migration could not be written, replayed or removed.
+    #[error("undo journal '{path}' failed")]
+    Journal {
+        /// The journal file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// `format=raw` was given for a file that carries a qcow2 header.
     #[error("'{0}' is a qcow2 image but format=raw was given")]
     FormatMismatch(PathBuf),
@@ -53,7 +80,7 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
-    /// An incoming-migration staging operation was used in the wrong order.
+    /// An incoming-migration operation was used in the wrong order.
     #[error("drive '{id}': {what}")]
     Staging {
         /// Drive id.

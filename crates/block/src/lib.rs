@@ -3,7 +3,8 @@
 //! | module | what |
 //! | --- | --- |
 //! | [`spec`] | [`DriveSpec`]: `--drive file=PATH,format=raw\|qcow2[,id=NAME]` |
-//! | [`disk`] | [`Disk`]: an image opened with `imago` (raw, qcow2 with backing chains): I/O, top-layer allocation, staging for incoming migrations |
+//! | [`disk`] | [`Disk`]: an image opened with `imago` (raw, qcow2 with backing chains): I/O, top-layer allocation, in-place incoming migrations with an undo journal |
+//! | [`lock`] | [`ImageLock`]: QEMU-compatible OFD locks on every image file a [`Disk`] opens |
 //! | [`dirty`] | [`DirtyBitmap`]: 1 MiB dirty chunks recorded while block migration runs |
 //! | [`writer`] | [`DiskWriter`]: the software guest's disk workload, pausable like a vCPU |
 //!
@@ -28,12 +29,14 @@
 pub mod dirty;
 pub mod disk;
 mod error;
+pub mod lock;
 pub mod spec;
-mod staging;
+mod undo;
 pub mod writer;
 
 pub use dirty::{DirtyBitmap, CHUNK_SIZE};
 pub use disk::Disk;
 pub use error::BlockError;
+pub use lock::{ImageLock, Perms};
 pub use spec::{DiskFormat, DriveSpec};
 pub use writer::{DiskWriter, DiskWriterConfig, WritePattern, WriterStats, WRITE_BLOCK};

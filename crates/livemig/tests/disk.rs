@@ -168,3 +168,105 @@ fn incremental_copy_over_a_shared_base() {
     );
     assert_eq!(src_map, dst_map);
 }
+
+#[test]
+fn full_copy_writes_the_destination_file_in_place() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !have_qemu_img("full_copy_writes_the_destination_file_in_place") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src.qcow2"), dir.path().join("dst.qcow2"));
+    create(&src, &["-f", "qcow2"], "16M");
+    create(&dst, &["-f", "qcow2"], "16M");
+    // The destination's image: reached through a symlink, hard-linked, mode 0640, owned by
+    // nobody when we may chown.
+    let (link, sym) = (
+        dir.path().join("dst-link.qcow2"),
+        dir.path().join("vm.qcow2"),
+    );
+    std::fs::hard_link(&dst, &link).unwrap();
+    std::os::unix::fs::symlink("dst.qcow2", &sym).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let chowned = std::os::unix::fs::chown(&dst, Some(65534), Some(65534)).is_ok();
+    let before = std::fs::metadata(&dst).unwrap();
+    let src_spec = format!("file={},format=qcow2", src.display());
+    let dst_spec = format!("file={},format=qcow2", sym.display());
+    migrate_disk(dir.path(), &src_spec, &dst_spec, "blk");
+    assert_identical(&src, &sym);
+    assert_check_clean(&dst);
+    let after = std::fs::metadata(&dst).unwrap();
+    assert_eq!(after.ino(), before.ino(), "the image file was replaced");
+    assert_eq!(after.nlink(), 2);
+    assert_eq!(after.mode() & 0o7777, 0o640);
+    if chowned {
+        assert_eq!(after.uid(), 65534);
+    }
+    assert!(std::fs::symlink_metadata(&sym)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_identical(&src, &link);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("livemig-undo"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_running_vm_locks_its_image_against_qemu_io() {
+    if !have_qemu_img("a_running_vm_locks_its_image_against_qemu_io") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.qcow2");
+    create(&img, &["-f", "qcow2"], "16M");
+    let drive = format!("file={},format=qcow2", img.display());
+    let mut vm = Vm::start(
+        dir.path(),
+        "vm",
+        &["-m", "64M", "--smp", "1", "--drive", &drive],
+    );
+    vm.wait_status("running");
+    let before = std::fs::read(&img).unwrap();
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xaa 0 4k",
+            img.to_str().unwrap(),
+        ])
+        .output();
+    let _ = vm.qmp().execute("quit", None);
+    vm.wait_exit();
+    let Ok(out) = out else {
+        testkit::print_skip("qemu-io not installed");
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "qemu-io wrote an image livemig runs on"
+    );
+    assert!(stderr.contains("Failed to get \"write\" lock"), "{stderr}");
+    assert!(std::fs::read(&img).unwrap() == before, "the image changed");
+}
+
+#[test]
+fn shared_storage_migration_hands_the_image_over() {
+    if !have_qemu_img("shared_storage_migration_hands_the_image_over") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("shared.qcow2");
+    create(&img, &["-f", "qcow2"], "16M");
+    // Both sides name the same image (shared storage, no -b): the destination opens it
+    // inactive, the source gives it up at the switchover, the destination takes it over.
+    let drive = format!("file={},format=qcow2", img.display());
+    let info = migrate_disk(dir.path(), &drive, &drive, "detach");
+    assert!(info.get("disk").is_none(), "{info}");
+    assert_check_clean(&img);
+}

@@ -68,7 +68,7 @@ fn create_overlay(path: &Path, base: &Path) {
 
 /// Ranges `[start, end)` allocated in the top layer, merged.
 fn top_allocation(path: &Path) -> Vec<(u64, u64)> {
-    let json = qemu_img_ok(&["map", "--output=json", p(path)]);
+    let json = qemu_img_ok(&["map", "-U", "--output=json", p(path)]);
     let entries: Vec<Value> = serde_json::from_str(&json).unwrap();
     let mut out: Vec<(u64, u64)> = Vec::new();
     for e in entries {
@@ -249,13 +249,13 @@ fn quiesce(src: &Vm, dst: &Vm) {
     }
     for d in src.disks.iter().chain(dst.disks.iter()) {
         d.flush().unwrap();
-        assert!(!d.staging_path().exists());
+        assert!(!d.journal_path().exists());
         assert!(!d.is_incoming());
     }
 }
 
 fn assert_identical(a: &Path, fa: &str, b: &Path, fb: &str) {
-    let out = qemu_img(&["compare", "-f", fa, "-F", fb, p(a), p(b)]);
+    let out = qemu_img(&["compare", "-U", "-f", fa, "-F", fb, p(a), p(b)]);
     assert!(
         out.status.success(),
         "qemu-img compare: {}{}",
@@ -319,8 +319,8 @@ fn full_copy_of_a_qcow2_disk_while_the_guest_writes() {
     migrate(&src, &dst, false).expect("destination load");
     quiesce(&src, &dst);
     assert_identical(&s, "qcow2", &d, "qcow2");
-    qemu_img_ok(&["check", "-q", p(&s)]);
-    qemu_img_ok(&["check", "-q", p(&d)]);
+    qemu_img_ok(&["check", "-U", "-q", p(&s)]);
+    qemu_img_ok(&["check", "-U", "-q", p(&d)]);
     // Zero regions were not copied: the destination stays sparse where the source is zero.
     let alloc = top_allocation(&d);
     assert!(
@@ -358,8 +358,8 @@ fn incremental_copy_of_an_overlay_over_a_shared_base() {
     migrate(&src, &dst, true).expect("destination load");
     quiesce(&src, &dst);
     assert_identical(&s, "qcow2", &d, "qcow2");
-    qemu_img_ok(&["check", "-q", p(&s)]);
-    qemu_img_ok(&["check", "-q", p(&d)]);
+    qemu_img_ok(&["check", "-U", "-q", p(&s)]);
+    qemu_img_ok(&["check", "-U", "-q", p(&d)]);
     let (sa, da) = (top_allocation(&s), top_allocation(&d));
     assert!(!sa.is_empty());
     assert_eq!(
@@ -387,13 +387,13 @@ fn failed_load_leaves_the_destination_image_untouched() {
     assert!(err.report().contains("outside drive"), "{}", err.report());
     assert_eq!(dst.state.status(), MigrationStatus::Failed);
     // The source keeps running, the destination image is as it was, and the engine's cleanup
-    // removed the staging copy.
+    // replayed and removed the undo journal.
     assert_eq!(src.wait_final(), MigrationStatus::Failed);
     assert_eq!(src.vm.run_state(), RunState::Running);
     quiesce(&src, &dst);
     drop(dst);
     assert_eq!(std::fs::read(&d).unwrap(), before);
-    qemu_img_ok(&["check", "-q", p(&s)]);
+    qemu_img_ok(&["check", "-U", "-q", p(&s)]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -522,8 +522,8 @@ fn loader_rejects_unknown_drives_and_out_of_range_chunks_before_writing() {
         .is_err());
     drop(h);
     assert!(
-        !disk.staging_path().exists(),
-        "dropping the handler discards the staging copy"
+        !disk.journal_path().exists(),
+        "dropping the handler replays and removes the undo journal"
     );
     let mut back = vec![1u8; 4096];
     disk.read(0, &mut back).unwrap();
@@ -673,7 +673,7 @@ fn qemu_7_2_block_stream_loads_into_our_drive() {
     disk.flush().unwrap();
     drop(disk);
     assert_identical(&s, "qcow2", &d, "qcow2");
-    qemu_img_ok(&["check", "-q", p(&d)]);
+    qemu_img_ok(&["check", "-U", "-q", p(&d)]);
 }
 
 /// Writes a stream holding only the configuration and our `block` sections (no RAM, no
@@ -828,7 +828,7 @@ fn our_block_stream_loads_into_qemu_7_2() {
     let status = qemu_load_block_stream(&qemu, &d, &stream);
     assert!(status.contains("completed"), "{status}");
     assert_identical(&s, "qcow2", &d, "qcow2");
-    qemu_img_ok(&["check", "-q", p(&d)]);
+    qemu_img_ok(&["check", "-U", "-q", p(&d)]);
 }
 
 #[test]
@@ -865,7 +865,7 @@ fn loader_survives_garbage() {
         );
     }
     drop(h);
-    assert!(!disk.staging_path().exists());
+    assert!(!disk.journal_path().exists());
     let mut back = vec![1u8; (2 * MIB) as usize];
     disk.read(0, &mut back).unwrap();
     assert!(

@@ -1,14 +1,14 @@
 //! Destination side of block migration: validates each record against the local drives, then
-//! writes the chunk into the drive's staging copy.
+//! writes the chunk into the drive's image, in place.
 //!
 //! Per DATA/ZERO record, before anything is written:
 //! 1. the device name must be a local drive ("Unknown block device"),
 //! 2. the chunk must start inside the drive (sector × 512 < size, no overflow).
 //!
-//! On the first record of a drive, the drive is switched to a staging copy
-//! ([`Disk::begin_incoming`]); all writes go there, and [`BlockLoader::commit`] (at
-//! `load_complete`) renames the copies over the images. A failed load leaves every image as it
-//! was ([`BlockLoader::abort`] deletes the copies).
+//! On the first record of a drive, the drive's image is journalled ([`Disk::begin_incoming`]:
+//! an undo journal next to the image), then written in place; [`BlockLoader::commit`] (at
+//! `load_complete`) drops the journals. A failed load leaves every image as it was
+//! ([`BlockLoader::abort`] replays the journals).
 //!
 //! The chunk is applied cluster by cluster (the drive's cluster size, or 1 MiB if larger): a
 //! cluster whose received content equals what the drive reads there already is skipped, an
@@ -77,6 +77,8 @@ impl BlockLoader {
         if !self.staged[idx] {
             let disk = &self.disks[idx];
             tracing::info!(drive = disk.id(), "receiving block device image");
+            // A destination opens its images inactive; a copied image is its own to write.
+            disk.activate()?;
             disk.begin_incoming()?;
             self.staged[idx] = true;
         }
@@ -142,7 +144,7 @@ impl BlockLoader {
         }
     }
 
-    /// The whole stream loaded: renames every staging copy over its image.
+    /// The whole stream loaded: drops every drive's undo journal.
     pub fn commit(&mut self) -> Result<(), BlockMigrationError> {
         for (disk, staged) in self.disks.iter().zip(self.staged.iter_mut()) {
             if *staged {
@@ -154,7 +156,7 @@ impl BlockLoader {
         Ok(())
     }
 
-    /// Deletes every staging copy; the images stay as they were before the stream.
+    /// Replays every drive's undo journal; the images are as they were before the stream.
     pub fn abort(&mut self) -> Result<(), BlockMigrationError> {
         let mut first = None;
         for (disk, staged) in self.disks.iter().zip(self.staged.iter_mut()) {

@@ -25,12 +25,12 @@
 //!   writes: known drive name, chunk inside the local drive. Formats are local (`--drive
 //!   format=`) and checked when the image is opened (a qcow2 header given as raw is refused).
 //!   A destination drive *larger* than the source's cannot be detected from the stream.
-//! * **Failure on the destination.** Nothing is written to a destination image during the
-//!   load: the first record of a drive switches it to a sparse staging copy next to the image,
-//!   `load_complete` renames the copies over the images. If the load fails the images are
-//!   untouched; the copies are removed by the next `load_setup`, by
-//!   [`abort_incoming`](block::Disk::abort_incoming) (which the VMM calls when the load
-//!   failed), or when the drives are dropped.
+//! * **Failure on the destination.** The first record of a drive journals its image (an undo
+//!   journal next to it) and the load then writes the image in place, so it keeps its inode,
+//!   owner, mode and links; `load_complete` drops the journals. If the load fails the images
+//!   are put back as they were by the handler's `load_cleanup` (the engine calls it when the
+//!   load failed), when the drives are dropped, or by the next open of a killed destination's
+//!   image.
 //! * **`-i` allocation.** The destination skips clusters whose content it already has (see
 //!   [`BlockLoader`]), so its overlay holds the clusters the source's overlay holds rather than whole
 //!   1 MiB chunks.

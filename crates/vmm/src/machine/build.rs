@@ -107,7 +107,16 @@ pub(super) fn build(cfg: &MachineConfig) -> Result<Parts, MachineError> {
     let disks = cfg
         .drives
         .iter()
-        .map(|d| Disk::open(d).map(Arc::new))
+        .map(|d| {
+            // A destination opens its images inactive, as QEMU does: on shared storage the
+            // source still holds them until the switchover (see `GuestControl`).
+            let disk = if cfg.incoming {
+                Disk::open_inactive(d)
+            } else {
+                Disk::open(d)
+            };
+            disk.map(Arc::new)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut writers = Vec::new();
     if let (Some(w), false) = (cfg.disk_workload, cfg.incoming) {
@@ -144,7 +153,7 @@ pub(super) fn build(cfg: &MachineConfig) -> Result<Parts, MachineError> {
         Some(0),
         Box::new(RamVerify::new(ram.clone())),
     );
-    let control = Arc::new(GuestControl::new(guest, writers));
+    let control = Arc::new(GuestControl::new(guest, writers, disks.clone()));
     Ok(Parts {
         ram,
         control,

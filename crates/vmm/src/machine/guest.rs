@@ -1,10 +1,15 @@
 //! What runs inside a machine: software vCPUs or a KVM VM, plus the disk writers that stand in
 //! for the guest's disk I/O. [`GuestControl`] is the machine's [`VmControl`]: stopping the guest
 //! stops its vCPUs *and* its disk writers, so neither RAM nor disks change during switchover.
+//!
+//! Images on shared storage change hands at the switchover, as in QEMU: stopping the guest for
+//! `finish-migrate` flushes the disks and drops their locks (`Disk::inactivate`); starting the
+//! guest takes them (back) first (`Disk::activate`) — on the destination after the migration,
+//! or on the source after a failed one — and fails while the other side still holds them.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use block::DiskWriter;
+use block::{Disk, DiskWriter};
 use migration::{RunState, VmControl, VmError};
 
 use super::vcpus::Vcpus;
@@ -31,6 +36,7 @@ impl Guest {
 pub struct GuestControl {
     guest: Guest,
     writers: Mutex<Vec<DiskWriter>>,
+    disks: Vec<Arc<Disk>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -38,11 +44,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl GuestControl {
-    /// Controls `guest` and `writers` (which must start paused).
-    pub fn new(guest: Guest, writers: Vec<DiskWriter>) -> Self {
+    /// Controls `guest`, `writers` (which must start paused) and the locks of `disks`.
+    pub fn new(guest: Guest, writers: Vec<DiskWriter>, disks: Vec<Arc<Disk>>) -> Self {
         Self {
             guest,
             writers: Mutex::new(writers),
+            disks,
         }
     }
 
@@ -79,10 +86,26 @@ impl VmControl for GuestControl {
         for w in lock(&self.writers).iter() {
             w.pause();
         }
-        self.guest.control().vm_stop(state)
+        let was_running = self.guest.control().vm_stop(state)?;
+        if state == RunState::FinishMigrate {
+            let given_up = self.disks.iter().try_for_each(|d| d.inactivate());
+            if let Err(e) = given_up {
+                // The migration fails here: the guest keeps its disks and runs on.
+                if was_running {
+                    if let Err(restart) = self.vm_start() {
+                        tracing::error!("{}", migration::error_report(&restart));
+                    }
+                }
+                return Err(VmError::Stop(Box::new(e)));
+            }
+        }
+        Ok(was_running)
     }
 
     fn vm_start(&self) -> Result<(), VmError> {
+        for d in &self.disks {
+            d.activate().map_err(|e| VmError::Start(Box::new(e)))?;
+        }
         self.guest.control().vm_start()?;
         for w in lock(&self.writers).iter() {
             w.resume();

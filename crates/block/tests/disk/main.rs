@@ -11,6 +11,9 @@ use block::{
 
 const MIB: u64 = 1 << 20;
 
+mod identity;
+mod locking;
+
 fn qemu_img(args: &[&str]) -> String {
     let out = Command::new("qemu-img")
         .args(args)
@@ -241,7 +244,7 @@ fn writer_pauses_with_no_write_in_flight() {
 }
 
 #[test]
-fn incoming_staging_commits_or_leaves_the_image_untouched() {
+fn incoming_migration_commits_or_leaves_the_image_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let base = create(dir.path(), "base.qcow2", "qcow2", 4 * MIB);
     {
@@ -263,9 +266,9 @@ fn incoming_staging_commits_or_leaves_the_image_untouched() {
     let before = std::fs::read(&top).unwrap();
     let disk = open(&top, DiskFormat::Qcow2);
 
-    // Failed migration: the image is byte-identical afterwards and the staging file is gone.
+    // Failed migration: the image is byte-identical afterwards and the journal is gone.
     disk.begin_incoming().unwrap();
-    assert!(disk.staging_path().exists());
+    assert!(disk.journal_path().exists());
     assert!(matches!(
         disk.begin_incoming(),
         Err(BlockError::Staging { .. })
@@ -273,9 +276,9 @@ fn incoming_staging_commits_or_leaves_the_image_untouched() {
     disk.write(MIB, &[7u8; 4096]).unwrap();
     let mut buf = [0u8; 4];
     disk.read(0, &mut buf).unwrap();
-    assert_eq!(buf, [5u8; 4], "the staging copy sees the backing file");
+    assert_eq!(buf, [5u8; 4], "the image still sees the backing file");
     disk.abort_incoming().unwrap();
-    assert!(!disk.staging_path().exists());
+    assert!(!disk.journal_path().exists());
     assert_eq!(std::fs::read(&top).unwrap(), before);
     disk.read(MIB, &mut buf).unwrap();
     assert_eq!(buf, [0u8; 4]);
@@ -284,7 +287,7 @@ fn incoming_staging_commits_or_leaves_the_image_untouched() {
     disk.begin_incoming().unwrap();
     disk.write(MIB, &[7u8; 4096]).unwrap();
     disk.commit_incoming().unwrap();
-    assert!(!disk.staging_path().exists());
+    assert!(!disk.journal_path().exists());
     disk.write(2 * MIB, &[8u8; 4096]).unwrap();
     disk.flush().unwrap();
     drop(disk);
