@@ -21,6 +21,10 @@ use std::collections::HashMap;
 
 use crate::report::IdstrSummary;
 
+/// Most bytes buffered from the first FULL section to the end of the stream (the default of
+/// [`Limits::tail`]).
+pub const MAX_TAIL: u64 = 256 * 1024 * 1024;
+
 /// Limits on what an analysis keeps in detail. The defaults keep a whole real migration
 /// (a PC with a few hundred devices and thousands of RAM passes) in detail and stay within
 /// a few tens of MiB on any input.
@@ -61,7 +65,7 @@ impl Default for Limits {
             progress: 1_000,
             page_chunks: 1 << 16,
             section_ids: 65_536,
-            tail: crate::stream::MAX_TAIL,
+            tail: MAX_TAIL,
         }
     }
 }

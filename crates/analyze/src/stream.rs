@@ -35,9 +35,7 @@ use crate::report::{
 };
 use crate::source::Source;
 
-/// Most bytes buffered from the first FULL section to the end of the stream (the default of
-/// [`Limits::tail`]).
-pub const MAX_TAIL: u64 = 256 * 1024 * 1024;
+pub use crate::limits::MAX_TAIL;
 
 /// Result of a walk: the report and the raw vmdescription JSON, if any.
 pub struct Walked {

@@ -32,6 +32,10 @@ use std::time::Duration;
 
 use crate::session::Activity;
 
+/// Clients served at once per listener by default; a newcomer beyond it evicts the
+/// longest idle client.
+pub const MAX_CLIENTS: usize = 64;
+
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientLimits {
@@ -44,7 +48,7 @@ pub struct ClientLimits {
 impl Default for ClientLimits {
     fn default() -> Self {
         Self {
-            max_clients: crate::server::MAX_CLIENTS,
+            max_clients: MAX_CLIENTS,
             negotiation_timeout: Duration::from_secs(30),
         }
     }

@@ -42,9 +42,7 @@ pub enum Protocol {
     Hmp,
 }
 
-/// Clients served at once per listener by default; a newcomer beyond it evicts the
-/// longest idle client ([`crate::clients`]).
-pub const MAX_CLIENTS: usize = 64;
+pub use crate::clients::MAX_CLIENTS;
 /// A client that does not read its replies for this long is disconnected.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const ACCEPT_POLL: Duration = Duration::from_millis(200);
