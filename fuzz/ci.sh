@@ -51,7 +51,7 @@ for t in $targets; do
     max_len=16384
     [ "$t" = analyze ] && max_len=65536
     cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$secs" -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=512 \
+        -max_total_time="$secs" -timeout=25 -rss_limit_mb=1024 -malloc_limit_mb=512 \
         -max_len="$max_len" -print_final_stats=1 >"$log_dir/$t.log" 2>&1
     rc=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log_dir/$t.log" | tail -1)

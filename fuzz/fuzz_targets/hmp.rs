@@ -3,8 +3,9 @@
 //! Byte 0 selects what is fuzzed:
 //! * even: a whole HMP connection (`hmp::serve`) against the mock backend of the monitor's
 //!   tests, reading the rest of the input in pieces of `(byte 0 >> 1) & 0x3f` bytes (0 = all
-//!   at once): line framing, command table lookup, `info` subcommands, the `args_type`
-//!   parser of each command and the handlers;
+//!   at once), padded with blanks past the 1 MiB line cap when bit 7 is set: line framing,
+//!   command table lookup, `info` subcommands, the `args_type` parser of each command and
+//!   the handlers;
 //! * odd: the `args_type` mini-language itself: the rest up to the first newline is an
 //!   `args_type` string, the remainder a command line parsed against it.
 //!
@@ -21,7 +22,7 @@ use std::io;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use monitor::conn::{Input, Plain, SharedWriter};
+use monitor::conn::{Input, Plain, SharedWriter, MAX_INPUT};
 use monitor::hmp::{self, args_type};
 use monitor::Session;
 
@@ -32,7 +33,8 @@ fuzz_target!(|data: &[u8]| {
     if mode & 1 == 0 {
         let mut session = Session::new(Arc::new(mock::MockBackend::new()));
         session.can_suspend = false;
-        let reader = common::Chunked::new(input, usize::from((mode >> 1) & 0x3f));
+        let huge = common::padded(input, mode & 0x80 != 0, MAX_INPUT);
+        let reader = common::Chunked::new(&huge, usize::from((mode >> 1) & 0x3f));
         let input = Input::new(Box::new(Plain(reader)), session.fds.clone());
         let writer = Arc::new(SharedWriter::new(Box::new(io::sink())));
         let _ = hmp::serve(&mut session, input, writer);

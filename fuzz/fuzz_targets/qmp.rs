@@ -3,10 +3,11 @@
 //! argument parsing of every command and dispatch against the mock backend of the monitor's
 //! tests, then QEMU-style serialization of each reply.
 //!
-//! Input: byte 0 chooses the read size (low 6 bits, 0 = all at once) and whether the
-//! session starts negotiated (bit 7); the rest is what the client sends. The loop is
-//! `qmp::serve`'s without the socket and the event thread. Any panic, hang or unbounded
-//! allocation is a bug; error replies are expected.
+//! Input: byte 0 chooses the read size (low 6 bits, 0 = all at once), whether the rest is
+//! padded with blanks past the 1 MiB request cap (bit 6: huge input) and whether the session
+//! starts negotiated (bit 7); the rest is what the client sends. The loop is `qmp::serve`'s
+//! without the socket and the event thread. Any panic, hang or unbounded allocation is a bug;
+//! error replies are expected.
 
 #![no_main]
 
@@ -28,7 +29,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut session = Session::new(Arc::new(mock::MockBackend::new()));
     let mut negotiated = mode & 0x80 != 0;
-    let mut reader = common::Chunked::new(input, usize::from(mode & 0x3f));
+    let huge = common::padded(input, mode & 0x40 != 0, MAX_INPUT);
+    let mut reader = common::Chunked::new(&huge, usize::from(mode & 0x3f));
     let mut splitter = JsonSplitter::new();
     while let Some(piece) = reader.next_chunk() {
         splitter.push(piece);

@@ -3,8 +3,10 @@
 support (the tables in crates/monitor/src/cmd/mod.rs and crates/monitor/src/hmp/table.rs),
 with typical arguments, plus whole sessions and framing corner cases.
 
-qmp seeds: byte 0 = read size (low 6 bits, 0 = all at once) | 0x80 to start negotiated.
-hmp seeds: byte 0 even = a connection read in pieces of (byte 0 >> 1) & 0x3f bytes;
+qmp seeds: byte 0 = read size (low 6 bits, 0 = all at once) | 0x40 to pad the rest with blanks
+           past the 1 MiB cap | 0x80 to start negotiated.
+hmp seeds: byte 0 even = a connection read in pieces of (byte 0 >> 1) & 0x3f bytes, | 0x80 to
+           pad it with blanks past the 1 MiB cap;
            byte 0 odd  = an args_type string, a newline, then a command line."""
 import json, os
 
@@ -109,10 +111,15 @@ write("qmp", "negotiated-garbage.json",
       b"\x80" + b'{"execute":"stop"} [1,{"a":"\\u00e9\\"}"}] "str" 42 true } {"id":1} '
       + b'{"execute":5} {"execute":"x","arguments":[]} {"exec-oob":"stop"} {"bad"')
 write("qmp", "deep.json", b"\x00" + b"[" * 1030)
+write("qmp", "huge-value.json", b"\x40" + NEG.encode() + b'{"execute":"migrate","arguments":{"uri":"')
 
 for name, lines in HMP.items():
     write("hmp", name + ".txt", b"\x00" + "\r\n".join(lines).encode() + b"\n")
 every = [l for lines in HMP.values() for l in lines if l != "quit"]
 write("hmp", "session-split5.txt", bytes([5 << 1]) + "\n".join(every).encode())
+write("hmp", "huge-line.txt", b"\x80" + b"info status\nhelp migrate")
+# A 1 MiB line read a byte at a time: was quadratic (minutes) before conn::Input kept its
+# newline search position.
+write("hmp", "slow-line.txt", b"\x82x")
 for i, (spec, line) in enumerate(SPECS):
     write("hmp", "args_type-%d.txt" % i, b"\x01" + (spec + "\n" + line).encode())

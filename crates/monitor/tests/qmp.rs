@@ -555,7 +555,7 @@ fn respond_runs_the_request_path_without_a_socket() {
     let r = monitor::qmp::respond(&mut s, br#"{"execute": "stop"}"#, &mut negotiated);
     assert_eq!(r, json!({"return": {}}));
     assert_eq!(backend.state().run_state, RunState::Paused);
-    let r = monitor::qmp::respond(&mut s, b"{\"execute\": ", &mut negotiated);
+    let r = monitor::qmp::respond(&mut s, br#"{"execute": }"#, &mut negotiated);
     assert_eq!(err(&r).1, "JSON parse error, expecting value");
     let r = monitor::qmp::respond(&mut s, br#"{"execute": "quit"}"#, &mut negotiated);
     assert_eq!(r, json!({"return": {}}));

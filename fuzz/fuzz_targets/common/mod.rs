@@ -1,7 +1,20 @@
 //! Helpers shared by the monitor targets: a reader that hands out its bytes in chunks of a
-//! chosen size, so requests and lines arrive split across reads as they do on a socket.
+//! chosen size, so requests and lines arrive split across reads as they do on a socket, and
+//! input blown up past the monitors' size caps.
 
 use std::io::{self, Read};
+
+/// `input` as it is, or (when `pad`) followed by more than `cap` blanks, so that a request
+/// or line the input leaves open grows past the size cap that the fuzzer's small inputs never
+/// reach (blanks, not repetitions of the input: thousands of complete commands would only be
+/// slow).
+pub fn padded(input: &[u8], pad: bool, cap: usize) -> Vec<u8> {
+    let mut v = input.to_vec();
+    if pad {
+        v.resize(input.len() + cap + 1, b' ');
+    }
+    v
+}
 
 /// Serves `data` in reads of at most `chunk` bytes (0 = everything at once).
 pub struct Chunked {
