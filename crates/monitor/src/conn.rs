@@ -51,6 +51,9 @@ pub struct Input {
     /// Bytes read and not consumed yet.
     pub buf: Vec<u8>,
     fds: Arc<FdTable>,
+    /// How much of `buf` [`read_line`](Self::read_line) already searched for a newline, so
+    /// a line arriving a byte per read costs linear, not quadratic, time.
+    scanned: usize,
 }
 
 /// Why no line could be read.
@@ -69,6 +72,7 @@ impl Input {
             src,
             buf: Vec::new(),
             fds,
+            scanned: 0,
         }
     }
 
@@ -94,7 +98,14 @@ impl Input {
     /// a newline is returned too.
     pub fn read_line(&mut self) -> Result<Option<String>, LineError> {
         loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+            let from = self.scanned.min(self.buf.len());
+            let newline = self
+                .buf
+                .get(from..)
+                .and_then(|r| r.iter().position(|&b| b == b'\n'));
+            self.scanned = self.buf.len();
+            if let Some(i) = newline.map(|i| from + i) {
+                self.scanned = 0;
                 let mut line: Vec<u8> = self.buf.drain(..=i).collect();
                 line.pop();
                 if line.last() == Some(&b'\r') {
@@ -109,6 +120,7 @@ impl Input {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
+                self.scanned = 0;
                 let line = mem::take(&mut self.buf);
                 return Ok(Some(String::from_utf8_lossy(&line).trim_end().to_string()));
             }
@@ -216,6 +228,48 @@ mod tests {
             Arc::new(FdTable::new()),
         );
         assert!(matches!(input.read_line(), Err(LineError::TooLong)));
+    }
+
+    /// A reader that returns one byte per read, like a client sending a byte at a time.
+    struct Dribble(io::Cursor<Vec<u8>>);
+
+    impl Read for Dribble {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    #[test]
+    fn a_line_sent_a_byte_at_a_time_is_scanned_once() {
+        // Found by the hmp fuzz target: each one-byte read searched the whole buffer again
+        // for a newline, so a 1 MiB line sent byte by byte took minutes.
+        let mut data = b"a\n".to_vec();
+        data.resize(MAX_INPUT + 10, b' ');
+        let mut input = Input::new(
+            Box::new(Plain(Dribble(io::Cursor::new(data)))),
+            Arc::new(FdTable::new()),
+        );
+        let start = std::time::Instant::now();
+        assert_eq!(input.read_line().unwrap().as_deref(), Some("a"));
+        assert!(matches!(input.read_line(), Err(LineError::TooLong)));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "took {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn lines_split_across_reads() {
+        let mut input = Input::new(
+            Box::new(Plain(Dribble(io::Cursor::new(b"info\r\nst\nx".to_vec())))),
+            Arc::new(FdTable::new()),
+        );
+        assert_eq!(input.read_line().unwrap().as_deref(), Some("info"));
+        assert_eq!(input.read_line().unwrap().as_deref(), Some("st"));
+        assert_eq!(input.read_line().unwrap().as_deref(), Some("x"));
+        assert!(input.read_line().unwrap().is_none());
     }
 
     #[test]

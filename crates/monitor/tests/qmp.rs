@@ -536,3 +536,29 @@ fn client_vanishing_mid_request_does_not_stick_the_server() {
         "running"
     );
 }
+
+#[test]
+fn respond_runs_the_request_path_without_a_socket() {
+    let backend = std::sync::Arc::new(common::mock::MockBackend::new());
+    let mut s = monitor::Session::new(backend.clone());
+    let mut negotiated = false;
+    let r = monitor::qmp::respond(&mut s, br#"{"execute": "stop", "id": 1}"#, &mut negotiated);
+    assert_eq!(err(&r).0, "CommandNotFound");
+    assert_eq!(r["id"], json!(1));
+    let r = monitor::qmp::respond(
+        &mut s,
+        br#"{"execute": "qmp_capabilities"}"#,
+        &mut negotiated,
+    );
+    assert_eq!(r, json!({"return": {}}));
+    assert!(negotiated);
+    let r = monitor::qmp::respond(&mut s, br#"{"execute": "stop"}"#, &mut negotiated);
+    assert_eq!(r, json!({"return": {}}));
+    assert_eq!(backend.state().run_state, RunState::Paused);
+    let r = monitor::qmp::respond(&mut s, br#"{"execute": }"#, &mut negotiated);
+    assert_eq!(err(&r).1, "JSON parse error, expecting value");
+    let r = monitor::qmp::respond(&mut s, br#"{"execute": "quit"}"#, &mut negotiated);
+    assert_eq!(r, json!({"return": {}}));
+    assert!(s.quit_requested);
+    assert_eq!(backend.state().quits, 0, "the connection loop calls quit");
+}

@@ -131,19 +131,34 @@ fn handle(
     bytes: &[u8],
     negotiated: &mut bool,
 ) -> io::Result<()> {
+    let was_negotiated = *negotiated;
+    let reply = respond(session, bytes, negotiated);
+    if *negotiated && !was_negotiated {
+        start_event_pump(session, writer.clone());
+    }
+    writer.write_json(&reply)
+}
+
+/// The reply to one complete JSON value from the client (the bytes of one value of the
+/// [`stream::JsonSplitter`]): parse, validate, and — once `negotiated` — run the command.
+///
+/// A successful `qmp_capabilities` sets `negotiated`; the caller then starts forwarding
+/// events. `quit` only marks the session ([`Session::quit_requested`]). This is the whole
+/// request path of [`serve`] without the socket, so tests and fuzzers can drive it on bytes.
+pub fn respond(session: &mut Session, bytes: &[u8], negotiated: &mut bool) -> Value {
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
             let err = CommandError::generic(parse_error_text(&e));
-            return writer.write_json(&reply_err(&err, None));
+            return reply_err(&err, None);
         }
     };
     let req = match request::parse(value) {
         Ok(r) => r,
-        Err(rej) => return writer.write_json(&reply_err(&rej.error, rej.id)),
+        Err(rej) => return reply_err(&rej.error, rej.id),
     };
     tracing::debug!(command = %req.name, "qmp");
-    let reply = if *negotiated {
+    if *negotiated {
         match Command::parse(&req.name, req.arguments).and_then(|c| c.run(session)) {
             Ok(v) => reply_ok(v, req.id),
             Err(e) => reply_err(&e, req.id),
@@ -157,7 +172,6 @@ fn handle(
             Ok(()) => {
                 *negotiated = true;
                 session.activity.set_negotiated();
-                start_event_pump(session, writer.clone());
                 reply_ok(json!({}), req.id)
             }
             Err(e) => reply_err(&e, req.id),
@@ -166,8 +180,7 @@ fn handle(
         let e =
             CommandError::not_found("Expecting capabilities negotiation with 'qmp_capabilities'");
         reply_err(&e, req.id)
-    };
-    writer.write_json(&reply)
+    }
 }
 
 /// Forwards backend events to this connection until it closes.

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Brief fuzzing for CI: runs every target of this directory for FUZZ_SECONDS (default 30)
+# from its committed seeds and prints executions, coverage and findings.
+#
+#   LIVEMIG_FUZZ=0   skip
+#   LIVEMIG_FUZZ=1   also install cargo-fuzz when it is missing (a few minutes of compiling)
+#   (unset)          run when cargo-fuzz is installed, otherwise say so and skip
+#
+# Exits 0 when the tool is missing or cannot build instrumented binaries on this toolchain,
+# non-zero when a target crashes, hangs, leaks memory past the limits or does not build.
+set -uo pipefail
+cd "$(dirname "$0")"
+
+secs=${FUZZ_SECONDS:-30}
+case "${LIVEMIG_FUZZ:-}" in
+    0) echo "fuzz: skipped (LIVEMIG_FUZZ=0)"; exit 0 ;;
+esac
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    if [ "${LIVEMIG_FUZZ:-}" = 1 ]; then
+        echo "fuzz: installing cargo-fuzz"
+        if ! cargo install -q --locked cargo-fuzz; then
+            echo "fuzz: SKIP: cargo-fuzz did not install"
+            exit 0
+        fi
+    else
+        echo "fuzz: SKIP: cargo-fuzz is not installed (LIVEMIG_FUZZ=1 installs it)"
+        exit 0
+    fi
+fi
+
+# cargo-fuzz passes nightly-only flags (sanitizer, coverage); stable accepts them this way.
+export RUSTC_BOOTSTRAP=1
+targets=$(cargo fuzz list)
+log_dir=$(mktemp -d)
+trap 'rm -rf "$log_dir"' EXIT
+echo "fuzz: building $(echo $targets | wc -w) targets with coverage and AddressSanitizer"
+if ! cargo fuzz build -O >"$log_dir/build.log" 2>&1; then
+    if grep -q "error\[E" "$log_dir/build.log"; then
+        tail -40 "$log_dir/build.log"
+        echo "fuzz: FAILED: the targets do not build"
+        exit 1
+    fi
+    tail -20 "$log_dir/build.log"
+    echo "fuzz: SKIP: this toolchain cannot build instrumented binaries"
+    exit 0
+fi
+
+status=0
+for t in $targets; do
+    mkdir -p "corpus/$t"
+    max_len=16384
+    [ "$t" = analyze ] && max_len=65536
+    cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
+        -max_total_time="$secs" -timeout=25 -rss_limit_mb=1024 -malloc_limit_mb=512 \
+        -max_len="$max_len" -print_final_stats=1 >"$log_dir/$t.log" 2>&1
+    rc=$?
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log_dir/$t.log" | tail -1)
+    last=$(grep -E '^#[0-9]+' "$log_dir/$t.log" | tail -1)
+    cov=$(echo "$last" | grep -o 'cov: [0-9]*' | cut -d' ' -f2)
+    ft=$(echo "$last" | grep -o 'ft: [0-9]*' | cut -d' ' -f2)
+    if [ $rc -eq 0 ]; then
+        echo "fuzz: $t: ${runs:-?} executions in ${secs}s, coverage ${cov:-?} edges / ${ft:-?} features, corpus $(ls "corpus/$t" | wc -l) inputs, no findings"
+    else
+        echo "fuzz: $t: FINDING after ${runs:-?} executions (exit $rc):"
+        grep -E -A40 'ERROR: libFuzzer|ERROR: AddressSanitizer|panicked at|==ERROR' "$log_dir/$t.log" | head -80
+        ls artifacts/"$t"/ 2>/dev/null | sed "s|^|fuzz: artifact: fuzz/artifacts/$t/|"
+        status=1
+    fi
+done
+exit $status
