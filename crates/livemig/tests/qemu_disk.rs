@@ -9,72 +9,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::destination;
-use monitor::QmpClient;
+use common::qemu::{Qemu, RAM};
 use serde_json::{json, Value};
 
-const RAM: u64 = 64 << 20;
-
 /// QEMU `-M none` with one drive; killed on drop.
-struct Qemu {
-    child: Child,
-    qmp: QmpClient,
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Qemu {
-    fn start(qemu: &Path, dir: &Path, drive: &Path) -> Qemu {
-        let sock = dir.join("qemu.qmp");
-        let ram = dir.join("qemu.ram");
-        std::fs::File::create(&ram).unwrap().set_len(RAM).unwrap();
-        let child = Command::new(qemu)
-            .args(["-nodefaults", "-display", "none", "-accel", "tcg"])
-            .arg("-object")
-            .arg(format!(
-                "memory-backend-file,id=ram,size={RAM},mem-path={},share=on",
-                ram.display()
-            ))
-            .args(["-machine", "none,memory-backend=ram"])
-            .arg("-drive")
-            .arg(format!(
-                "if=none,id=drive0,format=qcow2,file={}",
-                drive.display()
-            ))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start qemu");
-        let t = Instant::now();
-        while !sock.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "QEMU did not create its QMP socket"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let qmp = common::retry_connect(|| QmpClient::connect_unix(&sock));
-        Qemu { child, qmp }
-    }
-
-    fn cmd(&mut self, name: &str, args: Value) -> Value {
-        let args = if args.is_null() { None } else { Some(args) };
-        self.qmp
-            .execute(name, args)
-            .unwrap_or_else(|e| panic!("QEMU {name}: {e}"))
-    }
-}
-
 fn run(program: &str, args: &[&str]) {
     let out = Command::new(program)
         .args(args)
@@ -138,7 +79,10 @@ fn qemu_to_livemig_disk(test: &str, size_mib: u64, data_mib: u64, caps: &[&str])
     let drive = format!("file={d},format=qcow2,id=drive0");
     let args = ["--machine", "none", "-m", "64M", "--drive", &drive];
     let (mut dst_vm, uri) = destination(dir.path(), "dst", &args, "tcp:127.0.0.1:0");
-    let mut q = Qemu::start(&qemu, dir.path(), &src);
+    let drive_arg = format!("if=none,id=drive0,format=qcow2,file={}", src.display());
+    let ram = dir.path().join("qemu.ram");
+    std::fs::File::create(&ram).unwrap().set_len(RAM).unwrap();
+    let mut q = Qemu::start(&qemu, dir.path(), &ram, &["-drive".into(), drive_arg]);
     if !caps.is_empty() {
         let list: Vec<Value> = caps
             .iter()
@@ -147,7 +91,7 @@ fn qemu_to_livemig_disk(test: &str, size_mib: u64, data_mib: u64, caps: &[&str])
         q.cmd("migrate-set-capabilities", json!({ "capabilities": list }));
     }
     q.cmd("migrate", json!({ "uri": uri, "blk": true }));
-    let info = common::wait_final_migration(|| q.cmd("query-migrate", Value::Null));
+    let info = q.wait_migration();
     assert_eq!(info["status"], "completed", "{info}\n{}", dst_vm.stderr());
     let dinfo = common::wait_final_migration(|| dst_vm.cmd("query-migrate", Value::Null));
     assert_eq!(dinfo["status"], "completed", "{dinfo}\n{}", dst_vm.stderr());

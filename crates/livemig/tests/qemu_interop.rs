@@ -5,73 +5,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::qemu::{Qemu, RAM};
 use common::Vm;
 use monitor::QmpClient;
 use serde_json::{json, Value};
 
-const RAM: u64 = 64 << 20;
 const QEMU: &str = "qemu-system-x86_64";
 
 fn have_qemu(test: &str) -> bool {
     testkit::require_qemu_system(test).is_some()
-}
-
-struct Qemu {
-    child: Child,
-    qmp: QmpClient,
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Qemu {
-    /// QEMU 7.2 `-M none` with its RAM in `ram_file` (shared), plus `extra` arguments.
-    fn start(dir: &Path, ram_file: &Path, extra: &[String]) -> Qemu {
-        let sock = dir.join("qemu.qmp");
-        let child = Command::new(QEMU)
-            .args(["-nodefaults", "-display", "none", "-accel", "tcg"])
-            .arg("-object")
-            .arg(format!(
-                "memory-backend-file,id=ram,size={RAM},mem-path={},share=on",
-                ram_file.display()
-            ))
-            .args(["-machine", "none,memory-backend=ram"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start qemu");
-        let t = Instant::now();
-        while !sock.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "QEMU did not create its QMP socket"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let qmp = common::retry_connect(|| QmpClient::connect_unix(&sock));
-        Qemu { child, qmp }
-    }
-
-    fn cmd(&mut self, name: &str, args: Value) -> Value {
-        let args = if args.is_null() { None } else { Some(args) };
-        self.qmp
-            .execute(name, args)
-            .unwrap_or_else(|e| panic!("QEMU {name}: {e}"))
-    }
-
-    fn wait_migration(&mut self) -> Value {
-        common::wait_final_migration(|| self.cmd("query-migrate", Value::Null))
-    }
 }
 
 /// Random data in the first half with every fourth page zero; the second half zero.
@@ -148,7 +92,7 @@ fn qemu_to_livemig_with(caps: &[&str]) {
         &backing,
     ];
     let (mut dst, uri) = common::deferred_destination(dir.path(), "dst", &args, caps, Value::Null);
-    let mut qemu = Qemu::start(dir.path(), &qemu_ram, &[]);
+    let mut qemu = Qemu::start(Path::new(QEMU), dir.path(), &qemu_ram, &[]);
     set_caps(&mut qemu.qmp, caps);
     qemu.cmd("migrate", json!({ "uri": uri }));
     let info = qemu.wait_migration();
@@ -208,7 +152,7 @@ fn livemig_to_qemu_with(caps: &[&str]) -> Option<Value> {
     let backing = format!("file:{}", our_ram.display());
     let port = testkit::free_tcp_port();
     let incoming = ["-incoming".to_string(), "defer".to_string()];
-    let mut qemu = Qemu::start(dir.path(), &qemu_ram, &incoming);
+    let mut qemu = Qemu::start(Path::new(QEMU), dir.path(), &qemu_ram, &incoming);
     // The destination needs the same capabilities (multifd) before it listens.
     set_caps(&mut qemu.qmp, caps);
     qemu.cmd(

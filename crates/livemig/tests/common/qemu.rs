@@ -1,0 +1,72 @@
+//! QEMU 7.2 as the other side of an end-to-end test: `-M none` with its RAM in a shared file
+//! (so tests can compare it byte for byte), driven over QMP, killed on drop.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use monitor::QmpClient;
+use serde_json::Value;
+
+/// Guest RAM of the QEMU side.
+pub const RAM: u64 = 64 << 20;
+
+/// A running `qemu-system-x86_64 -M none`.
+pub struct Qemu {
+    child: Child,
+    /// Its QMP connection.
+    pub qmp: QmpClient,
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Qemu {
+    /// Starts `qemu` (the binary) with its RAM in `ram_file` (shared) and `extra` arguments;
+    /// returns once its QMP socket in `dir` answers.
+    pub fn start(qemu: &Path, dir: &Path, ram_file: &Path, extra: &[String]) -> Qemu {
+        let sock = dir.join("qemu.qmp");
+        let child = Command::new(qemu)
+            .args(["-nodefaults", "-display", "none", "-accel", "tcg"])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-file,id=ram,size={RAM},mem-path={},share=on",
+                ram_file.display()
+            ))
+            .args(["-machine", "none,memory-backend=ram"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start qemu");
+        let t = Instant::now();
+        while !sock.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "QEMU did not create its QMP socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let qmp = super::retry_connect(|| QmpClient::connect_unix(&sock));
+        Qemu { child, qmp }
+    }
+
+    /// Runs a QMP command; panics on an error reply.
+    pub fn cmd(&mut self, name: &str, args: Value) -> Value {
+        let args = if args.is_null() { None } else { Some(args) };
+        self.qmp
+            .execute(name, args)
+            .unwrap_or_else(|e| panic!("QEMU {name}: {e}"))
+    }
+
+    /// Waits until `query-migrate` reports a final status; returns it.
+    pub fn wait_migration(&mut self) -> Value {
+        super::wait_final_migration(|| self.cmd("query-migrate", Value::Null))
+    }
+}
