@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(j.file_name().unwrap(), ".a.img.livemig-undo");
         create(&img, &j).unwrap();
         assert!(create(&img, &j).is_err(), "a second journal is refused");
-        f.write_all_at(b"XXXXX", 3 << 20).unwrap();
+        f.write_all_at(b"dirty", 3 << 20).unwrap();
         f.write_all_at(b"new", 1 << 20).unwrap();
         f.set_len(10 << 20).unwrap();
         f.write_all_at(b"tail", (10 << 20) - 4).unwrap();
