@@ -26,6 +26,7 @@
 
 #![deny(missing_docs)]
 
+mod digest;
 pub mod dirty;
 pub mod disk;
 mod error;
@@ -34,6 +35,7 @@ pub mod spec;
 mod undo;
 pub mod writer;
 
+pub use digest::DIGEST_CHUNK;
 pub use dirty::{DirtyBitmap, CHUNK_SIZE};
 pub use disk::Disk;
 pub use error::BlockError;

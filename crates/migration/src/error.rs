@@ -90,6 +90,12 @@ pub enum MigrationError {
     /// `ram-verify`: a RAM block's digest differs after loading.
     #[error("RAM block '{0}' differs from the source after migration (ram-verify)")]
     VerifyMismatch(String),
+    /// `ram-verify` with block migration: a drive's digest differs after loading.
+    #[error("drive '{0}' differs from the source after migration (ram-verify)")]
+    DiskVerifyMismatch(String),
+    /// `ram-verify` is on and disks were migrated, but the stream carried no disk digest.
+    #[error("the stream copied disks without a disk-verify section, but ram-verify is on: disks cannot be checked")]
+    DiskVerifyMissing,
     /// A device rejected its incoming state.
     #[error("device '{idstr}' rejected its state: {reason}")]
     DeviceLoad {

@@ -94,6 +94,12 @@ pub trait DeviceState: Send {
         true
     }
 
+    /// Prepares [`save`](Self::save) with the guest stopped, for state whose capture can fail
+    /// (QEMU's `pre_save`): an error fails the migration on the source, which resumes.
+    fn pre_save(&mut self) -> Result<(), MigrationError> {
+        Ok(())
+    }
+
     /// Captures the current state (guest stopped). Cannot fail.
     fn save(&self) -> VmStateValue;
 

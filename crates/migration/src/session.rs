@@ -77,24 +77,35 @@ impl OutgoingSession {
 /// The destination side's per-migration context.
 pub struct IncomingSession {
     runtime: Arc<Runtime>,
+    settings: Settings,
     multifd: Vec<ChannelReader>,
 }
 
 impl IncomingSession {
-    /// A session over `runtime` with the multifd channels already accepted.
-    pub fn new(runtime: Arc<Runtime>, multifd: Vec<ChannelReader>) -> Self {
-        Self { runtime, multifd }
+    /// A session over `runtime` with the multifd channels already accepted. `settings` are
+    /// those in force when the source connected (a deferred destination may be configured
+    /// after `migrate-incoming`, as in QEMU).
+    pub fn new(runtime: Arc<Runtime>, settings: Settings, multifd: Vec<ChannelReader>) -> Self {
+        Self {
+            runtime,
+            settings,
+            multifd,
+        }
     }
 
     /// A session for loading one stream outside a migration thread (a file, a fuzzer, a
     /// test): default settings, no multifd channels.
     pub fn standalone() -> Self {
-        Self::new(Arc::new(Runtime::new(Settings::default())), Vec::new())
+        Self::new(
+            Arc::new(Runtime::new(Settings::default())),
+            Settings::default(),
+            Vec::new(),
+        )
     }
 
     /// The settings of this migration.
     pub fn settings(&self) -> &Settings {
-        self.runtime.settings()
+        &self.settings
     }
 
     /// Statistics and cancel token.

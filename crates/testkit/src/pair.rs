@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use block::Disk;
 use guest_ram::{GuestRam, UffdDirtyLog};
-use migration::block::{BlockHandler, BlockMigrationOptions};
+use migration::block::verify as block_verify;
+use migration::block::{BlockHandler, BlockMigrationOptions, DiskVerify};
 use migration::incoming::Incoming;
 use migration::outgoing::Outgoing;
 use migration::ram::RamHandler;
@@ -195,10 +196,10 @@ impl<V: VmControl + 'static> Side<V> {
 }
 
 /// The registry of a RAM-only VM, in QEMU's order: `block` (over `disks`, active only with
-/// `-b`/`-i`), `ram` with the kernel's dirty log, `globalstate`, `ram-verify`.
+/// `-b`/`-i`), `ram` with the kernel's dirty log, `globalstate`, `ram-verify`, `disk-verify`.
 pub fn ram_registry(ram: &Arc<GuestRam>, disks: Vec<Arc<Disk>>, global: &GlobalState) -> Registry {
     let mut reg = Registry::new();
-    reg.register_live(Box::new(BlockHandler::new(disks)));
+    reg.register_live(Box::new(BlockHandler::new(disks.clone())));
     let log = Box::new(UffdDirtyLog::new(ram.clone()));
     reg.register_live(Box::new(RamHandler::new(ram.clone(), log)));
     reg.register_device("globalstate", Some(0), Box::new(global.clone()));
@@ -206,6 +207,11 @@ pub fn ram_registry(ram: &Arc<GuestRam>, disks: Vec<Arc<Disk>>, global: &GlobalS
         verify::IDSTR,
         Some(0),
         Box::new(RamVerify::new(ram.clone())),
+    );
+    reg.register_device(
+        block_verify::IDSTR,
+        Some(0),
+        Box::new(DiskVerify::new(disks)),
     );
     reg
 }

@@ -44,6 +44,7 @@
 pub(crate) mod error;
 mod load;
 mod save;
+pub mod verify;
 
 use std::sync::Arc;
 
@@ -59,6 +60,7 @@ use crate::settings::Settings;
 pub use error::BlockMigrationError;
 pub use load::BlockLoader;
 pub use save::BlockSaver;
+pub use verify::DiskVerify;
 
 /// Section idstr.
 pub const IDSTR: &str = "block";

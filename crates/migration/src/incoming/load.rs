@@ -17,9 +17,11 @@ use savevm::record::{self, Configuration, Record, RpMessage, SectionHeader};
 use savevm::vmstate;
 
 use super::ReturnPath;
+use crate::capabilities::Capability;
 use crate::error::MigrationError;
 use crate::registry::{EntryKind, Registry, SaveStateEntry};
 use crate::session::IncomingSession;
+use crate::settings::Settings;
 
 /// Loads a whole stream from `reader` into `registry`. `machine` is the local machine type.
 /// The caller runs the handlers' `load_cleanup` afterwards, whatever the outcome.
@@ -76,6 +78,8 @@ pub fn load_stream(
     if record::read_vmdesc(&mut f)?.is_none() {
         tracing::info!("stream has no VMDESCRIPTION trailer");
     }
+    // Before load_complete commits anything (disk images).
+    require_verify(s.settings(), registry)?;
     for e in registry.entries_mut() {
         if let EntryKind::Live(h) = &mut e.kind {
             h.load_complete(s)?;
@@ -137,5 +141,26 @@ fn load_section(
         }
     }
     record::read_footer(f, id)?;
+    Ok(())
+}
+
+/// With `ram-verify` on, the destination refuses a stream that did not prove its RAM (and, when
+/// it copied disks, its disks): a source that leaves a digest out cannot slip a change through.
+fn require_verify(settings: &Settings, registry: &Registry) -> Result<(), MigrationError> {
+    if !settings.has(Capability::RamVerify) {
+        return Ok(());
+    }
+    let loaded = |idstr: &str| {
+        registry
+            .entries()
+            .iter()
+            .any(|e| e.idstr == idstr && e.load_section_id.is_some())
+    };
+    if !loaded(crate::verify::IDSTR) {
+        return Err(MigrationError::VerifyMissing);
+    }
+    if loaded(crate::block::IDSTR) && !loaded(crate::block::verify::IDSTR) {
+        return Err(MigrationError::DiskVerifyMissing);
+    }
     Ok(())
 }

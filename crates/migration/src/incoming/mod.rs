@@ -29,7 +29,6 @@ use crate::handle::{self, Finished, MigrationHandle, OnFinished, Rejected};
 use crate::registry::{EntryKind, Registry};
 use crate::runtime::Runtime;
 use crate::session::IncomingSession;
-use crate::settings::Settings;
 use crate::state::MigrationState;
 use crate::status::{MigrationStatus, RunState};
 use crate::vm::VmControl;
@@ -172,9 +171,8 @@ impl Job {
             .bidirectional
             .then(|| Box::new(writer) as Box<dyn Write + Send>);
         let mut rp = ReturnPath::new(rp_writer);
-        let mut session = IncomingSession::new(self.runtime.clone(), multifd);
+        let mut session = IncomingSession::new(self.runtime.clone(), settings, multifd);
         let loaded = load_stream(main.reader, registry, &self.machine, &mut rp, &mut session)
-            .and_then(|()| require_verify(&settings, registry))
             .and_then(|()| cancel.check());
         if let Err(e) = loaded {
             let _ = rp.shut(false);
@@ -201,17 +199,4 @@ impl Job {
             }
         }
     }
-}
-
-/// With `ram-verify` on, the destination refuses a stream that did not prove its RAM: a source
-/// that leaves the digest out cannot slip a changed page through.
-fn require_verify(settings: &Settings, registry: &Registry) -> Result<(), MigrationError> {
-    let proved = registry
-        .entries()
-        .iter()
-        .any(|e| e.idstr == crate::verify::IDSTR && e.load_section_id.is_some());
-    if settings.has(Capability::RamVerify) && !proved {
-        return Err(MigrationError::VerifyMissing);
-    }
-    Ok(())
 }

@@ -105,6 +105,7 @@ fn write_devices(
         if !d.needed(&s.settings().caps) {
             continue;
         }
+        d.pre_save()?;
         SectionHeader::Full {
             section_id: e.section_id,
             idstr: e.idstr.clone(),

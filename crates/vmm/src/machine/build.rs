@@ -153,6 +153,11 @@ pub(super) fn build(cfg: &MachineConfig) -> Result<Parts, MachineError> {
         Some(0),
         Box::new(RamVerify::new(ram.clone())),
     );
+    registry.register_device(
+        migration::block::verify::IDSTR,
+        Some(0),
+        Box::new(migration::block::DiskVerify::new(disks.clone())),
+    );
     let control = Arc::new(GuestControl::new(guest, writers, disks.clone()));
     Ok(Parts {
         ram,
