@@ -84,6 +84,11 @@ pub enum MigrationError {
     /// An XBZRLE record arrived (this receiver does not decode them yet in this position).
     #[error("received an unexpected RAM record type: {0}")]
     UnexpectedRamRecord(&'static str),
+    /// The destination reported success but the source closed without its switchover commit:
+    /// the source kept the guest (it cancelled or lost the connection), so it is not started
+    /// here.
+    #[error("the source did not confirm the switchover (it cancelled or lost the connection): the guest stays with the source")]
+    NoSwitchoverCommit,
     /// `ram-verify` is on here, but the stream carried no digest to check RAM against.
     #[error("the stream has no ram-verify section, but ram-verify is on: RAM cannot be checked")]
     VerifyMissing,

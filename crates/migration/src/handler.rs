@@ -78,6 +78,13 @@ pub trait LiveHandler: Send {
         Ok(())
     }
 
+    /// The destination is about to start the guest (after `load_complete`, the report to the
+    /// source and, from a livemig source, its switchover commit): make what the load wrote
+    /// permanent (e.g. drop disk undo journals). An error leaves the guest stopped here.
+    fn load_commit(&mut self) -> Result<(), MigrationError> {
+        Ok(())
+    }
+
     /// Called once after every incoming stream, loaded or not: release what the load held and,
     /// when `failed`, discard what it wrote that must not survive (e.g. staged disk images).
     fn load_cleanup(&mut self, _failed: bool) {}

@@ -421,9 +421,12 @@ fn qemu_7_2_block_stream_loads_into_our_drive() {
     assert!(load_block_sections(&stream, &mut h) >= 3);
     assert!(
         disk.is_incoming(),
-        "nothing reaches the image before load_complete"
+        "the image stays journalled until the switchover commits"
     );
     h.load_complete(&mut IncomingSession::standalone()).unwrap();
+    assert!(disk.is_incoming(), "load_complete only syncs");
+    h.load_commit().unwrap();
+    assert!(!disk.journal_path().exists());
     drop(h);
     disk.flush().unwrap();
     drop(disk);

@@ -324,8 +324,9 @@ fn tls_creds_never_fall_back_to_plain_text() {
     );
 }
 
-/// A destination that reads the whole stream and then either vanishes without reporting
-/// (`hold` None: closes the connection) or never answers (holds it open until `hold` is set).
+/// A destination that reads the whole stream (up to the end of the trailer, which announces
+/// the source's switchover commit) and then either vanishes without reporting (`hold` None:
+/// closes the connection) or never answers (holds it open until `hold` is set).
 fn silent_destination(hold: Option<Arc<AtomicBool>>) -> (String, thread::JoinHandle<u64>) {
     use std::io::Read;
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -334,10 +335,20 @@ fn silent_destination(hold: Option<Arc<AtomicBool>>) -> (String, thread::JoinHan
         let (mut s, _) = l.accept().unwrap();
         let mut n = 0u64;
         let mut buf = vec![0u8; 1 << 16];
+        let end = br#"{"switchover-commit": true}}"#;
+        let mut tail = Vec::new();
         loop {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(k) => n += k as u64,
+                Ok(k) => {
+                    n += k as u64;
+                    tail.extend_from_slice(&buf[..k]);
+                    let keep = tail.len().saturating_sub(end.len());
+                    tail.drain(..keep);
+                    if tail == end {
+                        break;
+                    }
+                }
             }
         }
         if let Some(release) = hold {

@@ -127,6 +127,12 @@ pub enum Error {
         /// Offset of the be32 id.
         offset: u64,
     },
+    /// After the destination's report, something other than livemig's switchover commit.
+    #[error("expected the source's switchover commit at offset {offset}")]
+    BadCommit {
+        /// Offset of the bytes read instead.
+        offset: u64,
+    },
     /// A command record with an invalid command number.
     #[error("MIG_CMD {cmd:#x} unknown (offset {offset})")]
     InvalidCommand {

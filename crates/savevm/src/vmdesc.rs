@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 pub struct VmDescBuilder {
     page_size: u64,
     devices: Vec<Value>,
+    commit: bool,
 }
 
 impl VmDescBuilder {
@@ -25,6 +26,7 @@ impl VmDescBuilder {
         VmDescBuilder {
             page_size,
             devices: Vec::new(),
+            commit: false,
         }
     }
 
@@ -53,9 +55,18 @@ impl VmDescBuilder {
         self.devices.is_empty()
     }
 
-    /// The JSON value `{"page_size": .., "devices": [..]}`.
+    /// Announces livemig's switchover commit (see [`crate::record::write_commit`]).
+    pub fn announce_commit(&mut self) {
+        self.commit = true;
+    }
+
+    /// The JSON value `{"page_size": .., "devices": [..]}` (and livemig's announcement).
     pub fn to_json(&self) -> Value {
-        json!({ "page_size": self.page_size, "devices": self.devices.clone() })
+        let mut v = json!({ "page_size": self.page_size, "devices": self.devices.clone() });
+        if self.commit {
+            v[crate::record::COMMIT_ANNOUNCEMENT] = json!({ "switchover-commit": true });
+        }
+        v
     }
 
     /// The trailer text in QEMU's formatting.

@@ -144,7 +144,19 @@ impl BlockLoader {
         }
     }
 
-    /// The whole stream loaded: drops every drive's undo journal.
+    /// The whole stream loaded: writes every received image to stable storage, so a full or
+    /// failing disk shows before the destination reports success. The journals stay until
+    /// [`commit`](Self::commit).
+    pub fn prepare(&mut self) -> Result<(), BlockMigrationError> {
+        for (disk, staged) in self.disks.iter().zip(&self.staged) {
+            if *staged {
+                disk.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The guest starts here: drops every drive's undo journal.
     pub fn commit(&mut self) -> Result<(), BlockMigrationError> {
         for (disk, staged) in self.disks.iter().zip(self.staged.iter_mut()) {
             if *staged {

@@ -199,6 +199,10 @@ impl LiveHandler for BlockHandler {
     }
 
     fn load_complete(&mut self, _s: &mut IncomingSession) -> Result<(), MigrationError> {
+        self.loader.prepare().map_err(MigrationError::BlockLoad)
+    }
+
+    fn load_commit(&mut self) -> Result<(), MigrationError> {
         self.loader.commit().map_err(MigrationError::BlockLoad)
     }
 

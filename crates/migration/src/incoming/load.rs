@@ -33,13 +33,42 @@ pub fn load_stream(
     s: &mut IncomingSession,
 ) -> Result<(), MigrationError> {
     let mut f = QemuFileReader::with_capacity(reader, 1 << 20);
-    record::read_header(&mut f)?;
+    load_from(&mut f, registry, machine, rp, s)?;
+    commit_load(registry)
+}
+
+/// Every handler's [`LiveHandler::load_commit`](crate::LiveHandler::load_commit).
+pub(super) fn commit_load(registry: &mut Registry) -> Result<(), MigrationError> {
+    for e in registry.entries_mut() {
+        if let EntryKind::Live(h) = &mut e.kind {
+            h.load_commit()?;
+        }
+    }
+    Ok(())
+}
+
+/// What the end of a loaded stream said.
+pub(super) struct Loaded {
+    /// The source announced its switchover commit (`savevm::record::write_commit`).
+    pub commit_announced: bool,
+}
+
+/// [`load_stream`] on a reader the caller keeps (to read the source's commit afterwards).
+pub(super) fn load_from(
+    f: &mut QemuFileReader,
+    registry: &mut Registry,
+    machine: &str,
+    rp: &mut ReturnPath,
+    s: &mut IncomingSession,
+) -> Result<Loaded, MigrationError> {
+    let f = &mut *f;
+    record::read_header(f)?;
     let offset = f.bytes_read();
     let b = f.get_u8()?;
     if b != record::QEMU_VM_CONFIGURATION {
         return Err(savevm::Error::ConfigurationMissing { found: b, offset }.into());
     }
-    let cfg = Configuration::read_from(&mut f)?;
+    let cfg = Configuration::read_from(f)?;
     if !machine.starts_with(&cfg.machine) || cfg.machine.is_empty() {
         return Err(MigrationError::MachineMismatch {
             remote: cfg.machine,
@@ -56,8 +85,8 @@ pub fn load_stream(
         }
     }
     loop {
-        match record::read_record(&mut f)? {
-            Record::Section(h) => load_section(&mut f, registry, h, s)?,
+        match record::read_record(f)? {
+            Record::Section(h) => load_section(f, registry, h, s)?,
             Record::Command {
                 cmd: record::MIG_CMD_OPEN_RETURN_PATH,
                 ..
@@ -75,7 +104,8 @@ pub fn load_stream(
             Record::Eof => break,
         }
     }
-    if record::read_vmdesc(&mut f)?.is_none() {
+    let vmdesc = record::read_vmdesc(f)?;
+    if vmdesc.is_none() {
         tracing::info!("stream has no VMDESCRIPTION trailer");
     }
     // Before load_complete commits anything (disk images).
@@ -85,7 +115,9 @@ pub fn load_stream(
             h.load_complete(s)?;
         }
     }
-    Ok(())
+    Ok(Loaded {
+        commit_announced: vmdesc.is_some_and(|d| record::announces_commit(&d)),
+    })
 }
 
 fn load_section(

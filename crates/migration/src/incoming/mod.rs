@@ -20,6 +20,8 @@ mod return_path;
 use std::io::Write;
 use std::sync::Arc;
 
+use savevm::qemu_file::QemuFileReader;
+use savevm::record;
 use transport::Listener;
 
 use crate::capabilities::Capability;
@@ -172,13 +174,25 @@ impl Job {
             .then(|| Box::new(writer) as Box<dyn Write + Send>);
         let mut rp = ReturnPath::new(rp_writer);
         let mut session = IncomingSession::new(self.runtime.clone(), settings, multifd);
-        let loaded = load_stream(main.reader, registry, &self.machine, &mut rp, &mut session)
-            .and_then(|()| cancel.check());
-        if let Err(e) = loaded {
-            let _ = rp.shut(false);
-            return Err(e);
-        }
+        let mut f = QemuFileReader::with_capacity(main.reader, 1 << 20);
+        let loaded = load::load_from(&mut f, registry, &self.machine, &mut rp, &mut session)
+            .and_then(|l| cancel.check().map(|()| l));
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = rp.shut(false);
+                return Err(e);
+            }
+        };
         rp.shut(true)?;
+        if loaded.commit_announced {
+            // A livemig source confirms after it heard us; without that it kept the guest.
+            tracing::debug!("waiting for the source's switchover commit");
+            if !record::read_commit(&mut f)? {
+                return Err(MigrationError::NoSwitchoverCommit);
+            }
+        }
+        load::commit_load(registry)?;
         self.start_guest()?;
         self.runtime.timings().total_time = Some(start.elapsed().as_millis() as u64);
         Ok(())

@@ -26,7 +26,7 @@ mod switchover;
 use std::sync::Arc;
 use std::time::Instant;
 
-use transport::{Channel, FdSource, MigrationUri};
+use transport::{Channel, ChannelWriter, FdSource, MigrationUri};
 
 use crate::block::BlockMigrationOptions;
 use crate::capabilities::Capability;
@@ -239,6 +239,8 @@ fn run(
         let verdict = switchover::await_shut(&mut return_path);
         job.runtime.set_awaiting_destination(false);
         verdict?;
+        job.runtime.cancel_token().check()?;
+        switchover::commit(sent.writer);
     }
     let mut t = job.runtime.timings();
     let total = t.elapsed_ms();
@@ -257,4 +259,6 @@ struct Sent {
     downtime_start: Instant,
     /// Bytes written on the main channel.
     bytes: u64,
+    /// The main channel, still open when the destination reports back (for the commit).
+    writer: Option<ChannelWriter>,
 }

@@ -39,16 +39,19 @@ pub(super) fn stream(
         return Err(MigrationError::Cancelled);
     }
     precopy::precopy(job, registry, s, &mut f)?;
-    let downtime_start = complete(job, registry, s, &mut f, stopped)?;
+    let downtime_start = complete(job, registry, s, &mut f, use_rp, stopped)?;
     let bytes = f.total_transferred();
     drop(f);
-    let writer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(w) = writer {
-        w.finish()?;
+    let mut writer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if !use_rp {
+        if let Some(w) = writer.take() {
+            w.finish()?;
+        }
     }
     Ok(Sent {
         downtime_start,
         bytes,
+        writer,
     })
 }
 
@@ -59,6 +62,7 @@ fn complete(
     registry: &mut Registry,
     s: &mut OutgoingSession,
     f: &mut QemuFileWriter,
+    use_rp: bool,
     stopped: &mut Option<bool>,
 ) -> Result<Instant, MigrationError> {
     let downtime_start = Instant::now();
@@ -84,20 +88,25 @@ fn complete(
         }
     }
     let ram_done = downtime_start.elapsed();
-    write_devices(registry, s, f)?;
+    write_devices(registry, s, f, use_rp)?;
     f.flush()?;
     job.runtime.cancel_token().check()?;
     tracing::debug!(?ram_done, stream = ?downtime_start.elapsed(), "switchover: stream sent");
     Ok(downtime_start)
 }
 
-/// FULL sections of the needed devices, EOF, and the VMDESCRIPTION trailer.
+/// FULL sections of the needed devices, EOF, and the VMDESCRIPTION trailer (announcing the
+/// switchover commit when the destination can report back, see [`commit`]).
 fn write_devices(
     registry: &mut Registry,
     s: &OutgoingSession,
     f: &mut QemuFileWriter,
+    use_rp: bool,
 ) -> Result<(), MigrationError> {
     let mut desc = vmdesc::VmDescBuilder::new(savevm::ram::TARGET_PAGE_SIZE as u64);
+    if use_rp {
+        desc.announce_commit();
+    }
     for e in registry.entries_mut() {
         let EntryKind::Device(d) = &mut e.kind else {
             continue;
@@ -120,6 +129,22 @@ fn write_devices(
     record::write_eof(f);
     record::write_vmdesc(f, desc.to_qemu_json().as_bytes());
     Ok(())
+}
+
+/// Confirms the switchover after the destination's `SHUT 0`: from now on the guest is the
+/// destination's. A failure to write is logged, not returned: the destination then keeps the
+/// guest stopped and so does the source (`cont` resumes it here) — see
+/// [`savevm::record::write_commit`].
+pub(super) fn commit(writer: Option<ChannelWriter>) {
+    let Some(w) = writer else { return };
+    let mut f = QemuFileWriter::new(Box::new(w));
+    record::write_commit(&mut f);
+    if let Err(e) = f.flush() {
+        tracing::warn!(
+            "the switchover commit did not go out ({e}): the guest is paused here and not \
+             started there; `cont` resumes it here"
+        );
+    }
 }
 
 /// Waits for the destination's verdict on the return path.

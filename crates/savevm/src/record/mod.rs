@@ -18,10 +18,14 @@
 //! only, and the caller parses the body with the handler that owns the section, then checks the
 //! footer with [`read_footer`].
 
+mod commit;
 mod configuration;
 mod return_path;
 mod section;
 
+pub use commit::{
+    announces_commit, read_commit, write_commit, COMMIT_ANNOUNCEMENT, LIVEMIG_CMD_COMMIT,
+};
 pub(crate) use configuration::peek_subsection_name;
 pub use configuration::{read_configuration, Configuration, MAX_CAPABILITIES, MAX_MACHINE_NAME};
 pub use return_path::{read_rp, write_rp, RpMessage, RP_MAX_LEN, RP_PONG, RP_SHUT};
