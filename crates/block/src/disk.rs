@@ -429,6 +429,24 @@ impl Disk {
         undo::replay(&self.spec.path, &self.journal).map_err(self.journal_err())?;
         active.incoming = false;
         // Reopen with the locks we hold, so nobody can slip in between.
+        // With the write lock held no live process owns a journal next to the image: one left
+        // by a killed incoming migration is replayed, as `open` does.
+        match undo::replay(&self.spec.path, &self.journal) {
+            Ok(true) => tracing::warn!(
+                drive = %self.spec.id,
+                "replayed the undo journal of an interrupted incoming migration"
+            ),
+            Ok(false) => {}
+            Err(source) => {
+                for lock in &mut active.locks {
+                    let _ = lock.set(Perms::INACTIVE);
+                }
+                return Err(BlockError::Journal {
+                    path: self.journal.clone(),
+                    source,
+                });
+            }
+        }
         let held = std::mem::take(&mut active.locks);
         let (access, locks) = open_access(&self.spec.path, self.spec.format, held, false)?;
         active.access = access;
@@ -461,7 +479,8 @@ impl Disk {
     /// Takes the image (back) over (QEMU's `bdrv_activate_all`: the destination after the
     /// switchover, or the source after a failed migration): takes the locks of every file of
     /// the chain — failing with [`BlockError::Locked`] while another process still holds it —
-    /// and reopens the image, since the other side may have changed it.
+    /// replays an undo journal a killed incoming migration left, and reopens the image, since
+    /// the other side may have changed it.
     pub fn activate(&self) -> Result<(), BlockError> {
         let mut active = self.image.write().unwrap_or_else(|p| p.into_inner());
         if !active.inactive {
@@ -473,6 +492,24 @@ impl Disk {
                     let _ = lock.set(Perms::INACTIVE);
                 }
                 return Err(e);
+            }
+        }
+        // With the write lock held no live process owns a journal next to the image: one left
+        // by a killed incoming migration is replayed, as `open` does.
+        match undo::replay(&self.spec.path, &self.journal) {
+            Ok(true) => tracing::warn!(
+                drive = %self.spec.id,
+                "replayed the undo journal of an interrupted incoming migration"
+            ),
+            Ok(false) => {}
+            Err(source) => {
+                for lock in &mut active.locks {
+                    let _ = lock.set(Perms::INACTIVE);
+                }
+                return Err(BlockError::Journal {
+                    path: self.journal.clone(),
+                    source,
+                });
             }
         }
         let held = std::mem::take(&mut active.locks);

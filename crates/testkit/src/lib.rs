@@ -8,6 +8,7 @@
 //! | [`net`] | temporary Unix socket paths and TCP ports for tests |
 //! | [`fake_vm`] | [`FakeVm`], a [`migration::VmControl`] without a guest |
 //! | [`pair`] | [`Side`]: one end of an in-process migration driven through the engine's public API |
+//! | [`relay`] | [`FaultRelay`]: a TCP relay that stops a migration stream at a byte count or a pattern, for kills, cancels and cuts in one chosen phase |
 //! | [`conformance`] | the checks every [`migration::DeviceState`] must pass, stamped onto a type by [`device_state_conformance!`] |
 //!
 //! The three test tiers (STYLE practice 16) meet here: unit tests need nothing, tests that
@@ -27,12 +28,14 @@ pub mod conformance;
 pub mod fake_vm;
 pub mod net;
 pub mod pair;
+pub mod relay;
 pub mod skip;
 pub mod wait;
 
 pub use fake_vm::FakeVm;
 pub use net::{bound_tcp_listener, free_tcp_port, TempSocket};
 pub use pair::{ram_registry, Side, MACHINE};
+pub use relay::{FaultRelay, Trigger};
 pub use skip::{
     find_program, kvm_usable, print_skip, python_qmp_available, require_kvm, require_python_qmp,
     require_qemu_img, require_qemu_system, QEMU_IMG, QEMU_SYSTEM,

@@ -17,6 +17,7 @@ pub struct Vm {
     pub qmp_path: PathBuf,
     pub qmp: Option<QmpClient>,
     pub stderr_path: PathBuf,
+    incoming: bool,
 }
 
 pub const SMALL: &[&str] = &[
@@ -45,10 +46,29 @@ impl Vm {
         args: &[&str],
         configure: impl FnOnce(&mut Command),
     ) -> Vm {
+        Self::start_wrapped(dir, name, &[], args, configure)
+    }
+
+    /// Like [`Vm::start_with`], run through `wrapper` (e.g. `ip netns exec NS`).
+    pub fn start_wrapped(
+        dir: &Path,
+        name: &str,
+        wrapper: &[&str],
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Vm {
         let qmp_path = dir.join(format!("{name}.qmp"));
         let stderr_path = dir.join(format!("{name}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_livemig"));
+        let bin = env!("CARGO_BIN_EXE_livemig");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("run").args(args);
         // The software guest unless a test asks for KVM (`auto` would pick KVM where usable).
         if !args.contains(&"--accel") {
@@ -66,6 +86,7 @@ impl Vm {
             qmp_path,
             qmp: None,
             stderr_path,
+            incoming: args.contains(&"--incoming"),
         };
         let t = Instant::now();
         while !vm.qmp_path.exists() {
@@ -179,6 +200,11 @@ impl Vm {
             stdout: out.stdout,
             stderr: self.stderr().into_bytes(),
         }
+    }
+
+    /// Whether this VM was started as a migration destination.
+    pub fn is_incoming(&self) -> bool {
+        self.incoming
     }
 
     pub fn kill(&mut self) {
