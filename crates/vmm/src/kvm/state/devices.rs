@@ -47,6 +47,8 @@ impl DeviceState for CpuDevice {
     fn load(&mut self, v: &VmStateValue, _version: u32) -> Result<(), MigrationError> {
         let state =
             VcpuState::from_value(v, self.index as u32).map_err(|r| load_err("kvm-cpu", r))?;
+        cpu::msrs_known(&state.msrs, &self.shared.msr_indices)
+            .map_err(|r| load_err("kvm-cpu", r))?;
         self.shared
             .set_pending_vcpu(self.index, state)
             .map_err(|r| load_err("kvm-cpu", r))
