@@ -194,6 +194,19 @@ impl SerialPort {
 /// The `kvm-serial` device section.
 pub(crate) struct SerialDevice(pub(crate) Arc<SerialPort>);
 
+/// A `kvm-serial` section over a UART of its own that no VM is attached to (its interrupt
+/// goes to an eventfd nobody reads): the section's save and load paths without /dev/kvm,
+/// for tests and fuzzing.
+pub fn detached_serial_device(sink: SerialSink) -> Result<Box<dyn DeviceState>, KvmError> {
+    let irq = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(|e| KvmError::Kvm {
+        op: "eventfd",
+        source: super::io_to_kvm(e),
+    })?;
+    Ok(Box::new(SerialDevice(Arc::new(SerialPort::new(
+        sink, irq,
+    )?))))
+}
+
 const REGS: [&str; 9] = [
     "dll", "dlm", "ier", "iir", "lcr", "lsr", "mcr", "msr", "scr",
 ];
