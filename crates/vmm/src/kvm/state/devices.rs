@@ -3,7 +3,9 @@
 //! Source side: `save()` returns the state captured when the VM was paused (pause captures
 //! everything, so a capture failure surfaces as a `vm_stop` error instead of a bad section);
 //! if there is no capture it reads KVM directly. Destination side: `load()` validates the value
-//! and stores it; [`super::super::KvmVm::start`] applies all stored state before any vCPU runs.
+//! ([`super::check`]), writes a vCPU's state into its vCPU once so that KVM refuses what it
+//! would refuse at start while the migration can still fail, and stores it;
+//! [`super::super::KvmVm::start`] applies all stored state before any vCPU runs.
 
 use std::sync::Arc;
 
