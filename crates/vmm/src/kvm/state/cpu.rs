@@ -315,7 +315,7 @@ impl VcpuState {
             .with("lapic", Value::Bytes(to_bytes(&self.lapic)))
     }
 
-    /// Builds and validates a state loaded for vCPU `index` (see [`check`](super::check) for
+    /// Builds and validates a state loaded for vCPU `index` (see [`check`] for
     /// what is checked and why).
     pub fn from_value(v: &VmStateValue, index: u32) -> Result<VcpuState, String> {
         let e = |x: savevm::Error| x.to_string();

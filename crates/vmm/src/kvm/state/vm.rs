@@ -114,7 +114,7 @@ impl VmSection {
         }
     }
 
-    /// Validates a loaded value (see [`check`](super::check)).
+    /// Validates a loaded value (see [`check`]).
     pub fn from_value(self, v: &VmStateValue) -> Result<VmSectionState, String> {
         let e = |x: savevm::Error| x.to_string();
         Ok(match self {
