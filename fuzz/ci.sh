@@ -12,6 +12,11 @@ set -uo pipefail
 cd "$(dirname "$0")"
 
 secs=${FUZZ_SECONDS:-30}
+# No single allocation may exceed this many MiB: every buffer sized by the input is capped or
+# grows only as data arrives. The largest legitimate allocations are the 1 MiB stream reader
+# buffer and block-chunk buffers (see README.md, "Allocation limit"), so 64 MiB leaves room
+# while catching any allocation a length field in the input can inflate.
+malloc_mb=${FUZZ_MALLOC_LIMIT_MB:-64}
 case "${LIVEMIG_FUZZ:-}" in
     0) echo "fuzz: skipped (LIVEMIG_FUZZ=0)"; exit 0 ;;
 esac
@@ -51,7 +56,7 @@ for t in $targets; do
     max_len=16384
     [ "$t" = analyze ] && max_len=65536
     cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$secs" -timeout=25 -rss_limit_mb=1024 -malloc_limit_mb=512 \
+        -max_total_time="$secs" -timeout=25 -rss_limit_mb=1024 -malloc_limit_mb="$malloc_mb" \
         -max_len="$max_len" -print_final_stats=1 >"$log_dir/$t.log" 2>&1
     rc=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log_dir/$t.log" | tail -1)

@@ -9,7 +9,11 @@
 //!    ([`migration::incoming::load_stream`]) a stream with a truncated section fails while the
 //!    whole one loads;
 //! 3. [`check_newer_version`]: a section whose version is newer than
-//!    `description().version_id` is refused, by the VMState loader and by the stream loader.
+//!    `description().version_id` is refused, by the VMState loader and by the stream loader;
+//! 4. [`check_hostile_values`]: every integer field (in structs and lists too) and sampled
+//!    bytes of every buffer, set to boundary values (0, 1, each width's maximum and top bit),
+//!    load without panicking; a refusal is a `DeviceLoad` error naming the
+//!    device; an accepted value is kept (what the device saves next loads again).
 //!
 //! The checks assume a description with at least one field (a device with nothing to
 //! migrate needs no section).
@@ -21,7 +25,7 @@ use migration::incoming::{load_stream, ReturnPath};
 use migration::{IncomingSession, MigrationError, Registry};
 use savevm::qemu_file::{memory_reader, memory_writer};
 use savevm::record::{self, Configuration, SectionHeader};
-use savevm::vmstate::{self, VmStateValue};
+use savevm::vmstate::{self, Value, VmStateValue};
 
 pub use migration::DeviceState;
 
@@ -212,6 +216,148 @@ pub fn check_newer_version(populated: &dyn DeviceState, fresh: Box<dyn DeviceSta
     }
 }
 
+/// Boundary values of every integer width (those out of a field's range do not save and are
+/// skipped), and of a byte.
+const HOSTILE_INTS: [u64; 14] = [
+    0,
+    1,
+    0x7f,
+    0x80,
+    0xff,
+    0x7fff,
+    0x8000,
+    0xffff,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    0x7fff_ffff_ffff_ffff,
+    0x8000_0000_0000_0000,
+    u64::MAX,
+];
+const HOSTILE_BYTES: [u64; 5] = [0, 1, 0x7f, 0x80, 0xff];
+
+fn hostile_ints(bits: u32) -> &'static [u64] {
+    if bits == 8 {
+        &HOSTILE_BYTES
+    } else {
+        &HOSTILE_INTS
+    }
+}
+
+/// Every place of `v` worth a hostile value: (path, 8 for bytes and bools else 64). Lists give
+/// their first two and last elements, buffers their first 64 bytes and every 61st after.
+fn hostile_targets(v: &Value, path: &mut Vec<Step>, out: &mut Vec<(Vec<Step>, u32)>) {
+    match v {
+        Value::Uint(_) | Value::Int(_) => out.push((path.clone(), 64)),
+        Value::Bool(_) => out.push((path.clone(), 8)),
+        Value::Bytes(b) => {
+            for i in (0..b.len()).filter(|&i| i < 64 || i % 61 == 0) {
+                path.push(Step::Byte(i));
+                out.push((path.clone(), 8));
+                path.pop();
+            }
+        }
+        Value::List(l) => {
+            let mut idx: Vec<usize> = (0..l.len().min(2)).collect();
+            idx.extend(l.len().checked_sub(1).filter(|&i| i >= 2));
+            for i in idx {
+                path.push(Step::Item(i));
+                hostile_targets(&l[i], path, out);
+                path.pop();
+            }
+        }
+        Value::Struct(s) => {
+            for (name, f) in &s.fields {
+                path.push(Step::Field(name.clone()));
+                hostile_targets(f, path, out);
+                path.pop();
+            }
+        }
+    }
+}
+
+/// One step of a path into a value.
+#[derive(Clone, Debug)]
+enum Step {
+    Field(String),
+    Item(usize),
+    Byte(usize),
+}
+
+/// `v` with the integer at `path` set to `x` (same variant; bytes and bools truncated).
+fn with_value(v: &VmStateValue, path: &[Step], x: u64) -> VmStateValue {
+    fn set(v: &mut Value, path: &[Step], x: u64) {
+        match (v, path) {
+            (Value::Uint(u), []) => *u = x,
+            (Value::Int(i), []) => *i = x as i64,
+            (Value::Bool(b), []) => *b = x & 1 != 0,
+            (Value::Bytes(b), [Step::Byte(i)]) => b[*i] = x as u8,
+            (Value::List(l), [Step::Item(i), rest @ ..]) => set(&mut l[*i], rest, x),
+            (Value::Struct(s), [Step::Field(n), rest @ ..]) => {
+                if let Some((_, f)) = s.fields.iter_mut().find(|(k, _)| k == n) {
+                    set(f, rest, x);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = v.clone();
+    let mut root = Value::Struct(std::mem::take(&mut out));
+    set(&mut root, path, x);
+    match root {
+        Value::Struct(s) => s,
+        _ => unreachable!("the root stays a struct"),
+    }
+}
+
+/// Check 4: hostile field values; see the [module docs](self). Length fields are tried too:
+/// a value that no longer saves (its list has another length) is skipped.
+pub fn check_hostile_values(populated: &dyn DeviceState, mut fresh: Box<dyn DeviceState>) {
+    let desc = fresh.description();
+    let name = desc.name.clone();
+    let bytes = save_bytes(populated);
+    let value = vmstate::load(&desc, desc.version_id, &mut memory_reader(bytes))
+        .unwrap_or_else(|e| panic!("{name}: its own body does not load: {e}"));
+    let mut targets = Vec::new();
+    hostile_targets(&Value::Struct(value.clone()), &mut Vec::new(), &mut targets);
+    let (mut tried, mut refused) = (0, 0);
+    for (path, bits) in targets {
+        for &x in hostile_ints(bits) {
+            let hostile = with_value(&value, &path, x);
+            let (mut w, buf) = memory_writer();
+            if vmstate::save(&desc, &hostile, &mut w).is_err() || w.flush().is_err() {
+                continue;
+            }
+            let Ok(loaded) =
+                vmstate::load(&desc, desc.version_id, &mut memory_reader(buf.contents()))
+            else {
+                continue;
+            };
+            tried += 1;
+            let r = catch_unwind(AssertUnwindSafe(|| fresh.load(&loaded, desc.version_id)));
+            match r {
+                Err(_) => panic!("{name}: {path:?} = {x:#x} panicked"),
+                Ok(Err(MigrationError::DeviceLoad { idstr, .. })) if idstr == name => refused += 1,
+                Ok(Err(MigrationError::VerifyMismatch(_))) => refused += 1,
+                Ok(Err(e)) => panic!(
+                    "{name}: {path:?} = {x:#x} refused without naming the device: {}",
+                    e.report()
+                ),
+                Ok(Ok(())) => {
+                    let kept = save_bytes(&*fresh);
+                    let again = vmstate::load(&desc, desc.version_id, &mut memory_reader(kept));
+                    let reload = again.map(|v| fresh.load(&v, desc.version_id));
+                    if !matches!(reload, Ok(Ok(()))) {
+                        panic!("{name}: {path:?} = {x:#x} was accepted but not kept");
+                    }
+                }
+            }
+        }
+    }
+    assert!(tried > 0, "{name}: no field could be given a hostile value");
+    eprintln!("{name}: {tried} hostile values, {refused} refused");
+}
+
 /// Stamps the [conformance checks](crate::conformance) onto a device type: a module `$name`
 /// with one `#[test]` per check. Each test evaluates the expressions anew:
 ///
@@ -270,6 +416,14 @@ macro_rules! device_state_conformance {
             }
 
             #[test]
+            fn hostile_values_are_refused_or_kept() {
+                $(if !$requires { return; })?
+                let populated: ::std::boxed::Box<dyn $crate::conformance::DeviceState> =
+                    $populated;
+                $crate::conformance::check_hostile_values(&*populated, $fresh);
+            }
+
+            #[test]
             fn newer_version_is_rejected() {
                 $(if !$requires { return; })?
                 let populated: ::std::boxed::Box<dyn $crate::conformance::DeviceState> =
@@ -283,15 +437,17 @@ macro_rules! device_state_conformance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use savevm::vmstate::{FieldKind, Value, VmStateDescription};
+    use savevm::vmstate::{FieldKind, VmStateDescription};
 
-    /// Two registers; `forget_b` loads only `a`, `lenient` takes missing fields as 0.
+    /// Two registers; `forget_b` loads only `a`, `lenient` takes missing fields as 0,
+    /// `trusting` indexes a 4-entry table with `b`.
     #[derive(Default)]
     struct Pair {
         a: u32,
         b: u32,
         forget_b: bool,
         lenient: bool,
+        trusting: bool,
     }
 
     impl DeviceState for Pair {
@@ -319,6 +475,10 @@ mod tests {
             self.a = get("a")?;
             if !self.forget_b {
                 self.b = get("b")?;
+            }
+            if self.trusting {
+                let table = [1u8, 2, 3, 4];
+                std::hint::black_box(table[self.b as usize]);
             }
             Ok(())
         }
@@ -351,6 +511,16 @@ mod tests {
     #[should_panic(expected = "pair: the fresh instance already saves the populated state")]
     fn a_fixture_that_proves_nothing_fails() {
         check_round_trip(&populated(), &mut populated(), true);
+    }
+
+    #[test]
+    #[should_panic(expected = "pair: [Field(\"b\")] = 0x7f panicked")]
+    fn a_device_that_trusts_an_index_fails() {
+        let fresh = Pair {
+            trusting: true,
+            ..Pair::default()
+        };
+        check_hostile_values(&populated(), boxed(fresh));
     }
 
     #[test]

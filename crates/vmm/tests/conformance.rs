@@ -136,7 +136,7 @@ fn kvm_serial_populated() -> Box<dyn DeviceState> {
         ("dll", 0x0c),
         ("dlm", 0x00),
         ("ier", 0x01),
-        ("iir", 0xc4),
+        ("iir", 0x04),
         ("lcr", 0x03),
         ("lsr", 0x61),
         ("mcr", 0x0b),

@@ -308,6 +308,50 @@ fn a_booted_vm_refuses_migrated_state() {
     fresh.pause().unwrap();
 }
 
+/// MSR values this host's KVM refuses (each MSR in turn set to all ones: reserved bits) are
+/// refused when loaded, with KVM's word, instead of when the destination starts (after the
+/// source was told the migration succeeded); the unmodified state loads.
+#[test]
+fn vcpu_states_kvm_refuses_are_refused_at_load() {
+    use savevm::vmstate::Value;
+    if skip() {
+        return;
+    }
+    let src = KvmVm::new(ram(16 * MIB), KvmConfig::default()).unwrap();
+    src.boot().unwrap();
+    let (_, _, cpu) = src
+        .devices()
+        .into_iter()
+        .find(|(id, _, _)| id == "kvm-cpu")
+        .unwrap();
+    let good = cpu.save();
+    let dst = KvmVm::new(ram(16 * MIB), KvmConfig::default()).unwrap();
+    let (_, _, mut dev) = dst
+        .devices()
+        .into_iter()
+        .find(|(id, _, _)| id == "kvm-cpu")
+        .unwrap();
+    let n = good.get_list("msr_value").unwrap().len();
+    let mut refused = Vec::new();
+    for i in 0..n {
+        let mut values = good.get_list("msr_value").unwrap().to_vec();
+        values[i] = Value::Uint(u64::MAX);
+        let mut bad = good.clone();
+        bad.set("msr_value", Value::List(values));
+        if let Err(e) = dev.load(&bad, 1) {
+            let e = e.to_string();
+            assert!(e.contains("KVM refuses it") && e.contains("MSRs"), "{e}");
+            refused.push(good.get_list("msr_index").unwrap()[i].as_u64().unwrap());
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "KVM accepted all ones in each of {n} MSRs"
+    );
+    eprintln!("all ones refused at load in MSRs {refused:x?}");
+    dev.load(&good, 1).unwrap();
+}
+
 // ---- live migration between two VMs ----
 
 const MIGRATION_RAM: u64 = 16 * MIB;

@@ -56,7 +56,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use dirty::KvmDirtyLog;
 pub use error::KvmError;
-pub use serial::{SerialSink, BUFFER_CAP, SERIAL_BASE, SERIAL_GSI};
+pub use serial::{detached_serial_device, SerialSink, BUFFER_CAP, SERIAL_BASE, SERIAL_GSI};
 pub use vcpu::{StopReason, POWEROFF_PORT, POWEROFF_VALUE};
 
 use error::kvm;
@@ -509,7 +509,7 @@ impl Drop for KvmVm {
     }
 }
 
-fn io_to_kvm(e: std::io::Error) -> kvm_ioctls::Error {
+pub(crate) fn io_to_kvm(e: std::io::Error) -> kvm_ioctls::Error {
     kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EIO))
 }
 

@@ -194,6 +194,19 @@ impl SerialPort {
 /// The `kvm-serial` device section.
 pub(crate) struct SerialDevice(pub(crate) Arc<SerialPort>);
 
+/// A `kvm-serial` section over a UART of its own that no VM is attached to (its interrupt
+/// goes to an eventfd nobody reads): the section's save and load paths without /dev/kvm,
+/// for tests and fuzzing.
+pub fn detached_serial_device(sink: SerialSink) -> Result<Box<dyn DeviceState>, KvmError> {
+    let irq = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(|e| KvmError::Kvm {
+        op: "eventfd",
+        source: super::io_to_kvm(e),
+    })?;
+    Ok(Box::new(SerialDevice(Arc::new(SerialPort::new(
+        sink, irq,
+    )?))))
+}
+
 const REGS: [&str; 9] = [
     "dll", "dlm", "ier", "iir", "lcr", "lsr", "mcr", "msr", "scr",
 ];
@@ -258,8 +271,56 @@ impl DeviceState for SerialDevice {
             scratch: r("scr")?,
             in_buffer: rx.to_vec(),
         };
+        check_registers(&state).map_err(err)?;
         self.0.restore(&state).map_err(err)
     }
+}
+
+/// IER bits of a 16550 (the model keeps no others).
+const IER_BITS: u8 = 0x0f;
+/// IIR values the model holds: no interrupt, or THR empty and/or data available pending (the
+/// FIFO bits 7:6 are added when the guest reads IIR, never stored).
+const IIR_VALUES: [u8; 4] = [0x01, 0x02, 0x04, 0x06];
+/// LSR: THR empty and transmitter idle always set (a virtual UART sends at once), data ready
+/// as the receive FIFO; the error bits (overrun, parity, framing, break) never occur.
+const LSR_IDLE: u8 = 0x60;
+const LSR_DATA_READY: u8 = 0x01;
+/// MSR: CTS, DSR and DCD asserted, no delta bits; the model never changes it.
+const MSR_VALUE: u8 = 0xb0;
+
+/// Registers the UART model would misread: it derives its interrupt and line state from IIR
+/// and LSR bits and never recomputes them, so e.g. an IIR without the "no interrupt" bit and
+/// without a cause keeps the guest's driver in its interrupt handler. DLL, DLM, LCR, MCR and
+/// SCR hold whatever the guest wrote, every value of them is valid.
+fn check_registers(s: &SerialState) -> Result<(), String> {
+    use crate::kvm::state::check::invalid;
+    if s.interrupt_enable & !IER_BITS != 0 {
+        return Err(invalid("ier", s.interrupt_enable, "bits 3:0"));
+    }
+    if !IIR_VALUES.contains(&s.interrupt_identification) {
+        return Err(invalid(
+            "iir",
+            s.interrupt_identification,
+            "0x1, 0x2, 0x4, 0x6",
+        ));
+    }
+    let lsr = LSR_IDLE
+        | if s.in_buffer.is_empty() {
+            0
+        } else {
+            LSR_DATA_READY
+        };
+    if s.line_status != lsr {
+        return Err(invalid(
+            "lsr",
+            s.line_status,
+            &format!("{lsr:#x} with {} bytes received", s.in_buffer.len()),
+        ));
+    }
+    if s.modem_status != MSR_VALUE {
+        return Err(invalid("msr", s.modem_status, "0xb0"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -303,6 +364,39 @@ mod tests {
         assert_eq!(b.read(7), 0x5a);
         assert_eq!(b.read(3), 0x03);
         assert!(vmstate::load(&desc, 1, &mut memory_reader(saved[..5].to_vec())).is_err());
+    }
+
+    /// Register values the model would misread are refused, naming the register; the port
+    /// keeps its state.
+    #[test]
+    fn hostile_registers_are_rejected() {
+        let a = port();
+        a.write(7, 0x5a);
+        let mut dev = SerialDevice(a.clone());
+        let good = dev.save();
+        let cases: [(&str, u64); 7] = [
+            ("ier", 0x10),
+            ("iir", 0x00), // no "no interrupt" bit and no cause
+            ("iir", 0xc1), // FIFO bits are never stored
+            ("iir", 0x07),
+            ("lsr", 0x61), // data ready with an empty FIFO
+            ("lsr", 0x62), // overrun
+            ("msr", 0xb1),
+        ];
+        for (reg, x) in cases {
+            let mut v = good.clone();
+            v.set(reg, Value::Uint(x));
+            let e = dev.load(&v, 1).unwrap_err().to_string();
+            assert!(e.contains(&format!("for {reg} ")), "{reg}={x:#x}: {e}");
+        }
+        let mut data = good.clone();
+        data.set("rx_len", Value::Uint(1));
+        data.set("rx", Value::Bytes(vec![b'x']));
+        let e = dev.load(&data, 1).unwrap_err().to_string();
+        assert!(e.contains("for lsr "), "{e}");
+        data.set("lsr", Value::Uint(0x61));
+        dev.load(&data, 1).unwrap();
+        assert_eq!((a.read(5), a.read(0), a.read(7)), (0x61, b'x', 0x5a));
     }
 
     #[test]

@@ -126,9 +126,21 @@ impl Shared {
         }
     }
 
+    /// Stores vCPU `index`'s loaded state, after writing it into the vCPU once: KVM itself
+    /// then checks what only this host knows (MSR values, CR4 and XCR0 bits of this CPU)
+    /// while the migration can still fail. The vCPU has never run (the VM is loadable only
+    /// before it boots), and `start` writes the same state again before it runs.
     pub(crate) fn set_pending_vcpu(&self, index: usize, state: VcpuState) -> Result<(), String> {
         let mut life = lock(&self.life);
         Self::check_loadable(&life)?;
+        let fd = self
+            .vcpus
+            .get(index)
+            .ok_or_else(|| format!("no vCPU {index}"))?;
+        state.apply(&lock(fd)).map_err(|e| match &e {
+            KvmError::Restore { source, .. } => format!("KVM refuses it: {e}: {source}"),
+            _ => format!("KVM refuses it: {e}"),
+        })?;
         let slot = life
             .pending
             .vcpus

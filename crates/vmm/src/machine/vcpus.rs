@@ -215,6 +215,18 @@ impl DeviceState for SoftCpuDevice {
                 s.vcpu, self.index
             )));
         }
+        // The next page written is `position` within the vCPU's slice of the working set:
+        // the vCPU threads refuse to start from anything else, too late for the source.
+        if let Some(w) = &self.vcpus.workload {
+            let slice = w.slice_of(self.index);
+            let pages = slice.end - slice.start;
+            if s.position >= pages {
+                return Err(err(format!(
+                    "invalid value {} for position (vCPU {} writes {pages} pages)",
+                    s.position, self.index
+                )));
+            }
+        }
         match &mut *lock(&self.vcpus.threads) {
             Threads::NotStarted(states) => match states.get_mut(self.index) {
                 Some(slot) => *slot = Some(s),
@@ -223,5 +235,46 @@ impl DeviceState for SoftCpuDevice {
             Threads::Started(_) => return Err(err("the vCPUs are already running".into())),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use guest_ram::{Backing, RamBlock};
+
+    use super::*;
+
+    /// A position outside the vCPU's slice is refused when loaded, not when the vCPU threads
+    /// start (after the source was told the migration succeeded).
+    #[test]
+    fn a_position_outside_the_slice_is_refused_at_load() {
+        let ram = GuestRam::new(vec![
+            RamBlock::new("pc.ram", 1 << 20, Backing::Anonymous).unwrap()
+        ]);
+        let workload = WorkloadConfig {
+            vcpus: 2,
+            working_set: 256 << 10,
+            ..WorkloadConfig::default()
+        };
+        let vcpus = Arc::new(Vcpus::new(
+            Arc::new(ram),
+            Some(workload),
+            RunState::Paused,
+            Arc::new(EventBus::new()),
+        ));
+        let mut dev = SoftCpuDevice::new(vcpus.clone(), 1);
+        let state = |position: u64| {
+            VmStateValue::new()
+                .with("vcpu", Value::Uint(1))
+                .with("generation", Value::Uint(7))
+                .with("rng", Value::Uint(99))
+                .with("position", Value::Uint(position))
+        };
+        // 64 pages, 32 per vCPU.
+        let e = dev.load(&state(32), 1).unwrap_err().to_string();
+        assert!(e.contains("invalid value 32 for position"), "{e}");
+        assert!(dev.load(&state(u64::MAX), 1).is_err());
+        dev.load(&state(31), 1).unwrap();
+        assert_eq!(vcpus.states()[1].position, 31);
     }
 }

@@ -26,7 +26,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use savevm::vmstate::{FieldKind, Value, VmStateDescription, VmStateValue};
 
-use super::x86;
+use super::{check, x86};
 use crate::kvm::error::{kvm, KvmError};
 use crate::kvm::pod::{from_bytes, size, to_bytes};
 
@@ -190,6 +190,21 @@ pub(crate) fn readable_msrs(vcpu: &VcpuFd, candidates: &[u32]) -> Vec<u32> {
         .collect()
 }
 
+/// Every MSR of `msrs` is one this host saves (`known`, the destination's
+/// `KVM_GET_MSR_INDEX_LIST` minus what it cannot read): `KVM_SET_MSRS` would stop at any other
+/// when the vCPU starts, after the source was told the migration succeeded.
+pub fn msrs_known(msrs: &[(u32, u64)], known: &[u32]) -> Result<(), String> {
+    let mut sorted = known.to_vec();
+    sorted.sort_unstable();
+    match msrs.iter().find(|(i, _)| sorted.binary_search(i).is_err()) {
+        Some((i, _)) => Err(format!(
+            "MSR {i:#x} is not one KVM saves on this host ({} MSRs)",
+            known.len()
+        )),
+        None => Ok(()),
+    }
+}
+
 impl VcpuState {
     /// Captures vCPU `index` (which must not be in `KVM_RUN`).
     pub fn capture(vcpu: &VcpuFd, index: u32, msr_indices: &[u32]) -> Result<VcpuState, KvmError> {
@@ -300,7 +315,8 @@ impl VcpuState {
             .with("lapic", Value::Bytes(to_bytes(&self.lapic)))
     }
 
-    /// Builds and validates a state loaded for vCPU `index`.
+    /// Builds and validates a state loaded for vCPU `index` (see [`check`] for
+    /// what is checked and why).
     pub fn from_value(v: &VmStateValue, index: u32) -> Result<VcpuState, String> {
         let e = |x: savevm::Error| x.to_string();
         let got = v.get_u32("index").map_err(e)?;
@@ -332,10 +348,9 @@ impl VcpuState {
             slot.value = val;
         }
         let msrs = pairs(v, "msr", MAX_MSRS)?;
+        check::msrs_unique(&msrs)?;
         let mp_state = v.get_u32("mp_state").map_err(e)?;
-        if mp_state > 9 {
-            return Err(format!("unknown MP state {mp_state}"));
-        }
+        check::mp_state(mp_state)?;
         let xsave = v.get_bytes("xsave").map_err(e)?;
         if xsave.len() != XSAVE_BYTES {
             return Err(format!(
@@ -343,11 +358,18 @@ impl VcpuState {
                 xsave.len()
             ));
         }
+        check::xsave(xsave)?;
+        let fpu: kvm_fpu = buf(v, "fpu")?;
+        check::fpu_mxcsr(fpu.mxcsr)?;
+        check::sregs(&sregs)?;
+        check::events(&events, mp_state)?;
+        check::debugregs(&debugregs)?;
+        check::xcrs(&kx)?;
         Ok(VcpuState {
             index,
             regs: set_gprs(r),
             sregs,
-            fpu: buf(v, "fpu")?,
+            fpu,
             xsave: xsave.to_vec(),
             xcrs: kx,
             msrs,

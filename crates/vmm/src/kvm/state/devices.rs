@@ -3,7 +3,9 @@
 //! Source side: `save()` returns the state captured when the VM was paused (pause captures
 //! everything, so a capture failure surfaces as a `vm_stop` error instead of a bad section);
 //! if there is no capture it reads KVM directly. Destination side: `load()` validates the value
-//! and stores it; [`super::super::KvmVm::start`] applies all stored state before any vCPU runs.
+//! ([`super::check`]), writes a vCPU's state into its vCPU once so that KVM refuses what it
+//! would refuse at start while the migration can still fail, and stores it;
+//! [`super::super::KvmVm::start`] applies all stored state before any vCPU runs.
 
 use std::sync::Arc;
 
@@ -47,6 +49,8 @@ impl DeviceState for CpuDevice {
     fn load(&mut self, v: &VmStateValue, _version: u32) -> Result<(), MigrationError> {
         let state =
             VcpuState::from_value(v, self.index as u32).map_err(|r| load_err("kvm-cpu", r))?;
+        cpu::msrs_known(&state.msrs, &self.shared.msr_indices)
+            .map_err(|r| load_err("kvm-cpu", r))?;
         self.shared
             .set_pending_vcpu(self.index, state)
             .map_err(|r| load_err("kvm-cpu", r))

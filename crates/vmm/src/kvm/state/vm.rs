@@ -17,6 +17,7 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use savevm::vmstate::{FieldKind, Value, VmStateDescription, VmStateValue};
 
+use super::check;
 use crate::kvm::error::{kvm, KvmError};
 use crate::kvm::pod::{from_bytes, size, to_bytes};
 
@@ -113,7 +114,7 @@ impl VmSection {
         }
     }
 
-    /// Validates a loaded value.
+    /// Validates a loaded value (see [`check`]).
     pub fn from_value(self, v: &VmStateValue) -> Result<VmSectionState, String> {
         let e = |x: savevm::Error| x.to_string();
         Ok(match self {
@@ -129,13 +130,20 @@ impl VmSection {
                     }
                     *slot = b.to_vec();
                 }
+                for (name, chip, mask) in [
+                    ("pic_master", &out[0], check::PIC_ELCR_MASKS[0]),
+                    ("pic_slave", &out[1], check::PIC_ELCR_MASKS[1]),
+                ] {
+                    check::pic(name, chip, mask)?;
+                }
+                check::ioapic(&out[2])?;
                 VmSectionState::Irqchip(out)
             }
             VmSection::Pit => {
                 let b = v.get_bytes("pit").map_err(e)?;
-                VmSectionState::Pit(
-                    from_bytes(b).ok_or_else(|| format!("pit is {} bytes", b.len()))?,
-                )
+                let pit = from_bytes(b).ok_or_else(|| format!("pit is {} bytes", b.len()))?;
+                check::pit(&pit)?;
+                VmSectionState::Pit(pit)
             }
             VmSection::Clock => VmSectionState::Clock(v.get_u64("clock").map_err(e)?),
         })
