@@ -209,7 +209,8 @@ fn cancel_mid_migration_then_retry_succeeds() {
     });
     thread::sleep(Duration::from_millis(300));
     src.cancel();
-    assert_eq!(src.wait_final(), MigrationStatus::Cancelled);
+    let status = src.wait_final();
+    assert_eq!(status, MigrationStatus::Cancelled, "{:?}", src.state.info());
     assert!(matches!(src.finish(), Err(MigrationError::Cancelled)));
     assert_eq!(src.vm.run_state(), RunState::Running);
     assert!(dst1.finish().is_err(), "destination saw a truncated stream");

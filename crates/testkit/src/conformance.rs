@@ -338,7 +338,9 @@ pub fn check_hostile_values(populated: &dyn DeviceState, mut fresh: Box<dyn Devi
             match r {
                 Err(_) => panic!("{name}: {path:?} = {x:#x} panicked"),
                 Ok(Err(MigrationError::DeviceLoad { idstr, .. })) if idstr == name => refused += 1,
-                Ok(Err(MigrationError::VerifyMismatch(_))) => refused += 1,
+                Ok(Err(
+                    MigrationError::VerifyMismatch(_) | MigrationError::DiskVerifyMismatch(_),
+                )) => refused += 1,
                 Ok(Err(e)) => panic!(
                     "{name}: {path:?} = {x:#x} refused without naming the device: {}",
                     e.report()
