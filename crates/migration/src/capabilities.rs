@@ -144,6 +144,7 @@ impl Capability {
                 | Self::Multifd
                 | Self::Block
                 | Self::ZeroBlocks
+                | Self::XIgnoreShared
         )
     }
 }

@@ -51,9 +51,37 @@ pub enum MigrationError {
         /// Our machine type.
         local: String,
     },
-    /// The configuration record lists a capability this side does not have on.
-    #[error("Capability {0} is off, but received capability is on")]
-    CapabilityMismatch(String),
+    /// A validated capability (`x-ignore-shared`) is on on one side only (QEMU's wording,
+    /// from the local side's point of view).
+    #[error("Capability {name} is {}, but received capability is {}", on_off(*.local), on_off(*.remote))]
+    CapabilityMismatch {
+        /// Capability name.
+        name: String,
+        /// On here.
+        local: bool,
+        /// On in the stream's configuration record.
+        remote: bool,
+    },
+    /// The configuration record lists a capability name this side does not know.
+    #[error("Received unknown capability {0}")]
+    UnknownCapability(String),
+    /// `x-ignore-shared`: a block both sides skip is at another guest physical address.
+    #[error("Mismatched GPAs for block {block}: {remote:#x} in:{local:#x}")]
+    SharedBlockAddress {
+        /// Block name.
+        block: String,
+        /// Address in the stream.
+        remote: u64,
+        /// Our address.
+        local: u64,
+    },
+    /// `x-ignore-shared`: the stream sent a page of a block this side maps shared and skips.
+    #[error("block {0} should not be migrated (x-ignore-shared: it is shared memory here)")]
+    IgnoredBlockPage(String),
+    /// `x-ignore-shared`: this side's block is a memfd of its own, which no other process
+    /// maps; skipping it would start the guest on zeroed memory.
+    #[error("block {0} is a memfd of this process: x-ignore-shared needs a file both processes map (--backing file:PATH) or the memfd handed over")]
+    SharedBlockNotReachable(String),
     /// The stream names a RAM block this VM does not have.
     #[error("Unknown ramblock \"{0}\", cannot accept migration")]
     UnknownRamBlock(String),
@@ -184,5 +212,13 @@ impl MigrationError {
     /// The full message with its chain of causes, as shown to operators.
     pub fn report(&self) -> String {
         crate::report::error_report(self)
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
     }
 }

@@ -152,6 +152,23 @@ impl RamBlock {
         &self.backing
     }
 
+    /// Whether another process can map the same memory: a memfd, or a file mapped shared
+    /// (QEMU's `qemu_ram_is_shared`). The `x-ignore-shared` capability skips such blocks.
+    pub fn is_shared(&self) -> bool {
+        match &self.backing {
+            Backing::Anonymous => false,
+            Backing::Memfd => true,
+            Backing::File { share, .. } => *share,
+        }
+    }
+
+    /// Whether this block can be the very memory another process (a migration source) wrote:
+    /// a file mapped shared, which the other process opened by the same path. A memfd this
+    /// process created is reachable by nobody else.
+    pub fn is_reachable_from_other_processes(&self) -> bool {
+        matches!(self.backing, Backing::File { share: true, .. })
+    }
+
     /// Size in bytes.
     pub fn len(&self) -> u64 {
         self.memory.len() as u64
