@@ -78,6 +78,30 @@ pub enum MigrationError {
     /// `x-ignore-shared`: the stream sent a page of a block this side maps shared and skips.
     #[error("block {0} should not be migrated (x-ignore-shared: it is shared memory here)")]
     IgnoredBlockPage(String),
+    /// `x-local-handover` on a channel that cannot carry descriptors.
+    #[error(
+        "x-local-handover needs a unix: migration channel (descriptors cannot travel on this one)"
+    )]
+    HandoverTransport,
+    /// `x-local-handover`: the source could not duplicate a RAM descriptor.
+    #[error("cannot hand the RAM descriptors over")]
+    Handover(#[source] std::io::Error),
+    /// `x-local-handover` without `x-ignore-shared`.
+    #[error(
+        "x-local-handover needs x-ignore-shared on (the handed-over RAM must not be sent too)"
+    )]
+    HandoverNeedsIgnoreShared,
+    /// The source handed over another number of memory descriptors than this VM has memfd
+    /// RAM blocks (0 expected with `x-local-handover` off).
+    #[error("the source handed over {received} memory descriptor(s), this VM expects {expected} (x-local-handover is {})", on_off(*.handover))]
+    HandoverCount {
+        /// Memfd blocks here (0 with the capability off).
+        expected: usize,
+        /// Descriptors that came with the stream.
+        received: usize,
+        /// The capability is on here.
+        handover: bool,
+    },
     /// `x-ignore-shared`: this side's block is a memfd of its own, which no other process
     /// maps; skipping it would start the guest on zeroed memory.
     #[error("block {0} is a memfd of this process: x-ignore-shared needs a file both processes map (--backing file:PATH) or the memfd handed over")]

@@ -313,7 +313,8 @@ pub fn deferred_destination(
     (vm, format!("tcp:127.0.0.1:{port}"))
 }
 
-/// Like [`deferred_destination`], listening on `uri` as given (e.g. `unix:PATH`).
+/// Like [`deferred_destination`], listening on `uri` as given (e.g. `unix:PATH`); the
+/// engine's informational messages go to its stderr too (`LIVEMIG_LOG=migration=info`).
 pub fn deferred_destination_on(
     dir: &Path,
     name: &str,
@@ -323,7 +324,9 @@ pub fn deferred_destination_on(
 ) -> Vm {
     let mut all = args.to_vec();
     all.extend(["--incoming", "defer"]);
-    let mut vm = Vm::start(dir, name, &all);
+    let mut vm = Vm::start_with(dir, name, &all, |c| {
+        c.env("LIVEMIG_LOG", "migration=info");
+    });
     configure(&mut vm, caps, Value::Null);
     vm.cmd("migrate-incoming", json!({ "uri": uri }));
     vm

@@ -42,6 +42,7 @@ impl RamLoader {
     /// Prepares for a new stream: forgets the previous block and starts the multifd receivers
     /// if the incoming side accepted multifd channels.
     pub fn setup(&mut self, s: &mut IncomingSession) -> Result<(), MigrationError> {
+        super::handover::take_over(&self.ram, s)?;
         self.decoder = RamDecoder::new();
         self.ignore_shared = s.settings().has(Capability::XIgnoreShared);
         self.decoder.set_mem_size_layout(MemSizeLayout {

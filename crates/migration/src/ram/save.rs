@@ -109,6 +109,7 @@ impl RamSaver {
         s: &mut OutgoingSession,
     ) -> Result<(), MigrationError> {
         self.counters = s.runtime().ram.clone();
+        super::handover::hand_over(&self.ram, s)?;
         let ignore_shared = s.settings().has(Capability::XIgnoreShared);
         self.ignored = self
             .ram
