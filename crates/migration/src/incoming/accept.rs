@@ -80,6 +80,10 @@ pub(super) fn accept_source(
     }
 }
 
+/// What a new connection sent first: the magic (`None` if it sent fewer than 4 bytes in time),
+/// the descriptors that came with it, and the reader to go on with.
+type Hello = (Option<[u8; 4]>, Vec<OwnedFd>, ChannelReader);
+
 /// Reads 4 bytes within `timeout`, with the descriptors that came with them on a unix socket
 /// (a source handing its RAM over attaches them to its first bytes); past the timeout,
 /// `interrupt` unblocks the read and the result is `None` (as for a peer that closed early).
@@ -87,7 +91,7 @@ fn first_bytes(
     mut reader: ChannelReader,
     timeout: Duration,
     interrupt: impl FnOnce(),
-) -> Result<(Option<[u8; 4]>, Vec<OwnedFd>, ChannelReader), MigrationError> {
+) -> Result<Hello, MigrationError> {
     let (tx, rx) = mpsc::channel();
     let t = std::thread::Builder::new()
         .name("incoming-hello".into())
