@@ -19,6 +19,18 @@ pub enum Error {
         /// The rejected name.
         idstr: String,
     },
+    /// A memfd handed over by another process cannot back this block (see
+    /// [`RamBlock::adopt_memfd`](crate::RamBlock::adopt_memfd)).
+    #[error("RAM block `{idstr}` cannot take the handed-over memory: {reason}")]
+    Adopt {
+        /// The block.
+        idstr: String,
+        /// Why (not a memfd block, already adopted, size differs, not a regular file).
+        reason: String,
+        /// The OS error, if a system call failed.
+        #[source]
+        source: Option<io::Error>,
+    },
     /// Creating the memfd backing failed.
     #[error("could not create a memfd for RAM block `{idstr}`")]
     Memfd {

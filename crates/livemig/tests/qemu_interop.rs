@@ -204,3 +204,90 @@ fn livemig_to_qemu_with(caps: &[&str]) -> Option<Value> {
     assert_same_file(&our_ram, &qemu_ram);
     Some(info)
 }
+
+/// `x-ignore-shared` with both processes on one RAM file: no page crosses the socket, and the
+/// file keeps the source's RAM.
+#[test]
+fn qemu_to_livemig_ignoring_shared_ram() {
+    if !have_qemu("QEMU to livemig with x-ignore-shared") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ram = dir.path().join("shared.ram");
+    let image = ram_image();
+    std::fs::write(&ram, &image).unwrap();
+    let backing = format!("file:{}", ram.display());
+    let args = [
+        "--machine",
+        "none",
+        "-m",
+        "64M",
+        "--smp",
+        "0",
+        "--backing",
+        &backing,
+    ];
+    let caps = ["x-ignore-shared"];
+    let (mut dst, uri) = common::deferred_destination(dir.path(), "dst", &args, &caps, Value::Null);
+    let mut qemu = Qemu::start(Path::new(QEMU), dir.path(), &ram, &[]);
+    set_caps(&mut qemu.qmp, &caps);
+    qemu.cmd("migrate", json!({ "uri": uri }));
+    let info = qemu.wait_migration();
+    assert_eq!(info["status"], "completed", "{info}\n{}", dst.stderr());
+    assert_eq!(info["ram"]["normal"], 0, "{info}");
+    dst.wait_status("running");
+    assert_eq!(dst.cmd("query-migrate", Value::Null)["status"], "completed");
+    assert!(
+        std::fs::read(&ram).unwrap() == image,
+        "the shared RAM changed"
+    );
+}
+
+#[test]
+fn livemig_to_qemu_ignoring_shared_ram() {
+    if !have_qemu("livemig to QEMU with x-ignore-shared") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ram = dir.path().join("shared.ram");
+    std::fs::write(&ram, vec![0u8; RAM as usize]).unwrap();
+    let backing = format!("file:{}", ram.display());
+    let port = testkit::free_tcp_port();
+    let incoming = ["-incoming".to_string(), "defer".to_string()];
+    let mut qemu = Qemu::start(Path::new(QEMU), dir.path(), &ram, &incoming);
+    let caps = ["x-ignore-shared"];
+    set_caps(&mut qemu.qmp, &caps);
+    let uri = format!("tcp:127.0.0.1:{port}");
+    qemu.cmd("migrate-incoming", json!({ "uri": uri }));
+    let args = [
+        "--machine",
+        "none",
+        "-m",
+        "64M",
+        "--backing",
+        &backing,
+        "--fill",
+        "32M",
+        "--smp",
+        "1",
+        "--working-set",
+        "4M",
+        "--write-rate",
+        "16M",
+    ];
+    let mut src = Vm::start(dir.path(), "src", &args);
+    src.wait_status("running");
+    common::configure(&mut src, &caps, Value::Null);
+    std::thread::sleep(Duration::from_millis(100));
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "completed", "{info}\n{}", src.stderr());
+    assert_eq!(info["ram"]["normal"], 0, "{info}");
+    let qinfo = qemu.wait_migration();
+    assert_eq!(qinfo["status"], "completed", "{qinfo}");
+    assert_eq!(qemu.cmd("query-status", Value::Null)["status"], "running");
+    assert_eq!(src.status(), "postmigrate");
+    // QEMU took the file as it was: the source's data is still there.
+    let data = std::fs::read(&ram).unwrap();
+    assert!(data[..(RAM / 2) as usize].iter().any(|&b| b != 0));
+}

@@ -1,5 +1,5 @@
 //! Migration capabilities (QEMU's `MigrationCapability`), in QEMU 7.2's enum order, plus
-//! livemig's own `ram-verify`.
+//! livemig's own `x-local-handover` and `ram-verify`.
 //!
 //! Every QEMU 7.2 capability is listed by `query-migrate-capabilities` so management software
 //! sees the familiar set; the ones livemig does not implement can be queried and switched off
@@ -73,13 +73,16 @@ pub enum Capability {
     ZeroCopySend,
     /// Post-copy preempt channel.
     PostcopyPreempt,
+    /// livemig: over a `unix:` channel, memfd RAM is handed to the destination as
+    /// descriptors instead of copied (with `x-ignore-shared`; see `ram::handover`).
+    XLocalHandover,
     /// livemig: digest of every RAM block checked by the destination after loading.
     RamVerify,
 }
 
 impl Capability {
     /// Every capability, in query order.
-    pub const ALL: [Capability; 22] = [
+    pub const ALL: [Capability; 23] = [
         Self::Xbzrle,
         Self::RdmaPinAll,
         Self::AutoConverge,
@@ -101,6 +104,7 @@ impl Capability {
         Self::BackgroundSnapshot,
         Self::ZeroCopySend,
         Self::PostcopyPreempt,
+        Self::XLocalHandover,
         Self::RamVerify,
     ];
 
@@ -129,6 +133,7 @@ impl Capability {
             Self::ZeroCopySend => "zero-copy-send",
             Self::PostcopyPreempt => "postcopy-preempt",
             Self::RamVerify => "ram-verify",
+            Self::XLocalHandover => "x-local-handover",
         }
     }
 
@@ -144,6 +149,8 @@ impl Capability {
                 | Self::Multifd
                 | Self::Block
                 | Self::ZeroBlocks
+                | Self::XIgnoreShared
+                | Self::XLocalHandover
         )
     }
 }
@@ -365,7 +372,7 @@ mod tests {
         caps.apply(&[(C::Events, true), (C::PostcopyRam, false)], &p)
             .unwrap();
         assert!(caps.get(C::Events));
-        assert_eq!(caps.list().len(), 22);
+        assert_eq!(caps.list().len(), 23);
         caps.apply(&[(C::Events, false), (C::Multifd, true)], &p)
             .unwrap();
         assert_eq!(set(&[C::Multifd]), caps);

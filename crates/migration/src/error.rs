@@ -51,9 +51,61 @@ pub enum MigrationError {
         /// Our machine type.
         local: String,
     },
-    /// The configuration record lists a capability this side does not have on.
-    #[error("Capability {0} is off, but received capability is on")]
-    CapabilityMismatch(String),
+    /// A validated capability (`x-ignore-shared`) is on on one side only (QEMU's wording,
+    /// from the local side's point of view).
+    #[error("Capability {name} is {}, but received capability is {}", on_off(*.local), on_off(*.remote))]
+    CapabilityMismatch {
+        /// Capability name.
+        name: String,
+        /// On here.
+        local: bool,
+        /// On in the stream's configuration record.
+        remote: bool,
+    },
+    /// The configuration record lists a capability name this side does not know.
+    #[error("Received unknown capability {0}")]
+    UnknownCapability(String),
+    /// `x-ignore-shared`: a block both sides skip is at another guest physical address.
+    #[error("Mismatched GPAs for block {block}: {remote:#x} in:{local:#x}")]
+    SharedBlockAddress {
+        /// Block name.
+        block: String,
+        /// Address in the stream.
+        remote: u64,
+        /// Our address.
+        local: u64,
+    },
+    /// `x-ignore-shared`: the stream sent a page of a block this side maps shared and skips.
+    #[error("block {0} should not be migrated (x-ignore-shared: it is shared memory here)")]
+    IgnoredBlockPage(String),
+    /// `x-local-handover` on a channel that cannot carry descriptors.
+    #[error(
+        "x-local-handover needs a unix: migration channel (descriptors cannot travel on this one)"
+    )]
+    HandoverTransport,
+    /// `x-local-handover`: the source could not duplicate a RAM descriptor.
+    #[error("cannot hand the RAM descriptors over")]
+    Handover(#[source] std::io::Error),
+    /// `x-local-handover` without `x-ignore-shared`.
+    #[error(
+        "x-local-handover needs x-ignore-shared on (the handed-over RAM must not be sent too)"
+    )]
+    HandoverNeedsIgnoreShared,
+    /// The source handed over another number of memory descriptors than this VM has memfd
+    /// RAM blocks (0 expected with `x-local-handover` off).
+    #[error("the source handed over {received} memory descriptor(s), this VM expects {expected} (x-local-handover is {})", on_off(*.handover))]
+    HandoverCount {
+        /// Memfd blocks here (0 with the capability off).
+        expected: usize,
+        /// Descriptors that came with the stream.
+        received: usize,
+        /// The capability is on here.
+        handover: bool,
+    },
+    /// `x-ignore-shared`: this side's block is a memfd of its own, which no other process
+    /// maps; skipping it would start the guest on zeroed memory.
+    #[error("block {0} is a memfd of this process: x-ignore-shared needs a file both processes map (--backing file:PATH) or the memfd handed over")]
+    SharedBlockNotReachable(String),
     /// The stream names a RAM block this VM does not have.
     #[error("Unknown ramblock \"{0}\", cannot accept migration")]
     UnknownRamBlock(String),
@@ -184,5 +236,13 @@ impl MigrationError {
     /// The full message with its chain of causes, as shown to operators.
     pub fn report(&self) -> String {
         crate::report::error_report(self)
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
     }
 }

@@ -11,9 +11,10 @@
 //! with the monitors. The [`Runtime`] it holds is the shared, read-mostly part (settings,
 //! statistics, cancel).
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use transport::{ChannelReader, ChannelWriter};
+use transport::{ChannelReader, ChannelWriter, FdSlot};
 
 use crate::capabilities::Capability;
 use crate::events::{Event, EventBus};
@@ -26,6 +27,7 @@ pub struct OutgoingSession {
     events: Option<Arc<EventBus>>,
     multifd: Vec<ChannelWriter>,
     throttle: Option<u8>,
+    fd_slot: Option<FdSlot>,
 }
 
 impl OutgoingSession {
@@ -38,12 +40,24 @@ impl OutgoingSession {
             events,
             multifd,
             throttle: None,
+            fd_slot: None,
         }
     }
 
     /// The settings of this migration.
     pub fn settings(&self) -> &Settings {
         self.runtime.settings()
+    }
+
+    /// Sets where descriptors for the destination go (the main channel's, on a unix socket).
+    pub fn set_fd_slot(&mut self, slot: Option<FdSlot>) {
+        self.fd_slot = slot;
+    }
+
+    /// Where descriptors for the destination go; `None` unless the main channel is a unix
+    /// socket. They travel with the stream's first bytes (`x-local-handover`).
+    pub fn fd_slot(&self) -> Option<&FdSlot> {
+        self.fd_slot.as_ref()
     }
 
     /// Statistics and cancel token.
@@ -79,6 +93,7 @@ pub struct IncomingSession {
     runtime: Arc<Runtime>,
     settings: Settings,
     multifd: Vec<ChannelReader>,
+    handover_fds: Vec<OwnedFd>,
 }
 
 impl IncomingSession {
@@ -90,6 +105,7 @@ impl IncomingSession {
             runtime,
             settings,
             multifd,
+            handover_fds: Vec::new(),
         }
     }
 
@@ -116,5 +132,16 @@ impl IncomingSession {
     /// The multifd channels (empty without `multifd`); the RAM handler takes them at setup.
     pub fn take_multifd_channels(&mut self) -> Vec<ChannelReader> {
         std::mem::take(&mut self.multifd)
+    }
+
+    /// Sets the descriptors that came with the stream's first bytes.
+    pub fn set_handover_fds(&mut self, fds: Vec<OwnedFd>) {
+        self.handover_fds = fds;
+    }
+
+    /// The descriptors that came with the stream's first bytes (`x-local-handover`); the RAM
+    /// handler takes them at setup.
+    pub fn take_handover_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.handover_fds)
     }
 }

@@ -15,7 +15,8 @@
 //! | `file:` outgoing / incoming | unsupported / file | file / unsupported | – (no fsync) |
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 
 use crate::endpoint::Endpoint;
 use crate::exec::ChildSlot;
@@ -27,6 +28,28 @@ struct Shared {
     description: String,
     cancel: Arc<Cancel>,
     child: Option<Arc<ChildSlot>>,
+    /// Descriptors to pass with the next bytes written ([`FdSlot`]).
+    pending_fds: Arc<Mutex<Vec<OwnedFd>>>,
+}
+
+/// Descriptors waiting to travel with the next bytes a [`ChannelWriter`] writes, as
+/// `SCM_RIGHTS` on a unix-domain socket (a same-host handover of guest RAM). Whoever prepares
+/// the stream attaches them; the writer sends them with its next write, so they arrive with
+/// a known byte of the stream.
+#[derive(Clone)]
+pub struct FdSlot(Arc<Mutex<Vec<OwnedFd>>>);
+
+impl FdSlot {
+    /// Adds `fds` to those sent with the next write.
+    pub fn attach(&self, fds: Vec<OwnedFd>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend(fds);
+    }
+}
+
+impl std::fmt::Debug for FdSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FdSlot")
+    }
 }
 
 /// An open migration connection. See the module documentation for what each half does.
@@ -68,6 +91,7 @@ impl Channel {
             description,
             cancel,
             child,
+            pending_fds: Arc::default(),
         });
         Channel {
             reader: ChannelReader {
@@ -128,6 +152,16 @@ impl ChannelReader {
         &self.shared.description
     }
 
+    /// Reads like `read`, keeping descriptors that came with the bytes (`SCM_RIGHTS`) in
+    /// `fds`. On anything but a unix-domain socket it is a plain read. Blocking; a shutdown of
+    /// the channel ends it.
+    pub fn read_with_fds(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        match &self.half {
+            Some(ep) if ep.is_unix_socket() => ep.recv_with_fds(buf, fds),
+            _ => self.read(buf),
+        }
+    }
+
     /// A handle that interrupts the whole channel (both halves).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle::new(self.shared.cancel.clone())
@@ -146,6 +180,25 @@ impl ChannelWriter {
     /// The URI of the channel.
     pub fn description(&self) -> &str {
         &self.shared.description
+    }
+
+    /// Where to attach descriptors for the peer; `None` unless this is a unix-domain socket.
+    pub fn fd_slot(&self) -> Option<FdSlot> {
+        self.half
+            .as_ref()
+            .filter(|ep| ep.is_unix_socket())
+            .map(|_| FdSlot(self.shared.pending_fds.clone()))
+    }
+
+    /// Takes the descriptors waiting in the [`FdSlot`].
+    fn take_pending_fds(&self) -> Vec<OwnedFd> {
+        std::mem::take(
+            &mut *self
+                .shared
+                .pending_fds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// A handle that interrupts the whole channel (both halves).
@@ -217,6 +270,16 @@ impl Read for ChannelReader {
 impl Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &self.half {
+            Some(ep) if !buf.is_empty() => {
+                let fds = self.take_pending_fds();
+                if fds.is_empty() {
+                    return ep.write(buf);
+                }
+                let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+                ep.send_with_fds(buf, &borrowed)?;
+                // Our copies close here; the peer holds its own once sendmsg returned.
+                Ok(buf.len())
+            }
             Some(ep) => ep.write(buf),
             None => Err(unsupported(&self.shared, "written to")),
         }
@@ -224,7 +287,14 @@ impl Write for ChannelWriter {
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match &self.half {
-            Some(ep) => ep.write_vectored(bufs),
+            Some(ep) if self.shared.pending_fds.lock().is_ok_and(|p| p.is_empty()) => {
+                ep.write_vectored(bufs)
+            }
+            // Descriptors wait: they go with the first non-empty buffer, alone.
+            Some(_) => match bufs.iter().find(|b| !b.is_empty()) {
+                Some(b) => self.write(b),
+                None => Ok(0),
+            },
             None => Err(unsupported(&self.shared, "written to")),
         }
     }

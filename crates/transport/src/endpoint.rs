@@ -24,7 +24,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::shutdown::{shutdown_error, Cancel, CancelHook};
@@ -181,6 +181,37 @@ impl Endpoint {
             io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Ok(None),
             _ => Err(e),
         }
+    }
+
+    /// Whether this is a unix-domain socket (descriptors can travel on it).
+    pub(crate) fn is_unix_socket(&self) -> bool {
+        self.kind == FdKind::Socket && socket::is_unix_socket(self.file.as_fd())
+    }
+
+    /// Writes all of `buf` with `fds` attached to its first bytes (`SCM_RIGHTS`); blocking
+    /// (the socket's own flags; a shutdown ends it). Unix sockets only.
+    pub(crate) fn send_with_fds(&self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        self.cancel.check()?;
+        let r = sys::send_with_fds_on(self.file.as_fd(), buf, fds);
+        if r.is_err() && self.cancel.is_set() {
+            return Err(shutdown_error());
+        }
+        r
+    }
+
+    /// Reads like [`read`](Self::read); descriptors that came with the bytes are appended
+    /// to `fds`. Blocking (a shutdown ends it). Unix sockets only.
+    pub(crate) fn recv_with_fds(
+        &self,
+        buf: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+    ) -> io::Result<usize> {
+        self.cancel.check()?;
+        let r = sys::recv_with_fds(self.file.as_fd(), buf, fds);
+        if matches!(r, Err(_) | Ok(0)) && self.cancel.is_set() {
+            return Err(shutdown_error());
+        }
+        r
     }
 
     /// `shutdown(2)` on a socket; a no-op for other descriptors.

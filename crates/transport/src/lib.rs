@@ -49,7 +49,7 @@ pub mod test_support;
 mod unix_bind;
 pub mod uri;
 
-pub use channel::{Channel, ChannelReader, ChannelWriter};
+pub use channel::{Channel, ChannelReader, ChannelWriter, FdSlot};
 pub use connect::{connect, CONNECT_TIMEOUT};
 pub use error::TransportError;
 pub use fds::{FdSource, NoFds};

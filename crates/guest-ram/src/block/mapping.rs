@@ -10,7 +10,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 use vm_memory::mmap::MmapRegion;
 use vm_memory::volatile_memory::{VolatileMemory, VolatileSlice};
@@ -81,6 +81,31 @@ impl BlockMemory {
             }
         }
         Ok(BlockMemory { region })
+    }
+
+    /// Replaces the mapping's pages, at the same address and length, with `file` mapped
+    /// shared from offset 0 (a memfd handed over by another process). The caller checked that
+    /// `file` is at least `len()` bytes long.
+    pub(super) fn remap_shared(&self, idstr: &str, file: &File) -> io::Result<()> {
+        let len = self.len();
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let flags = libc::MAP_SHARED | libc::MAP_FIXED | libc::MAP_NORESERVE;
+        // SAFETY: MAP_FIXED replaces exactly our own mapping (`as_ptr()..+len`, owned by
+        // `self.region` and unmapped only when it drops), so no other Rust object's memory is
+        // affected, and every pointer into the block stays valid: it now reads the new file's
+        // pages. Concurrent accessors see either the old or the new pages (the kernel swaps
+        // the VMA atomically); callers do this on a destination whose vCPUs are stopped.
+        let p = unsafe { libc::mmap(self.as_ptr().cast(), len, rw, flags, file.as_raw_fd(), 0) };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // The new VMA lost the advice given at creation (see `map`).
+        // SAFETY: advisory call on our mapping, covering exactly its length.
+        let r = unsafe { libc::madvise(self.as_ptr().cast(), len, libc::MADV_DONTFORK) };
+        if r != 0 {
+            tracing::debug!(idstr, error = %io::Error::last_os_error(), "MADV_DONTFORK failed");
+        }
+        Ok(())
     }
 
     /// Size in bytes.

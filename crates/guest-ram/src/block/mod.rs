@@ -30,9 +30,10 @@ mod digest;
 mod mapping;
 mod populated;
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use vm_memory::volatile_memory::VolatileSlice;
 
@@ -81,6 +82,9 @@ pub struct RamBlock {
     /// look like swap entries to `PAGEMAP_SCAN`; this records pages known to hold data (populated
     /// when tracking started plus everything reported written since) to tell them apart.
     known_populated: Mutex<Option<Bitmap>>,
+    /// A memfd handed over by another process and mapped over this block's memory
+    /// ([`RamBlock::adopt_memfd`]); from then on it, not the block's own memfd, is the memory.
+    adopted: OnceLock<File>,
 }
 
 impl RamBlock {
@@ -139,6 +143,7 @@ impl RamBlock {
             memory: Arc::new(memory),
             vmm_dirty: VmmDirtyTracker::new(size / PAGE_SIZE),
             known_populated: Mutex::new(None),
+            adopted: OnceLock::new(),
         })
     }
 
@@ -150,6 +155,77 @@ impl RamBlock {
     /// What backs the block.
     pub fn backing(&self) -> &Backing {
         &self.backing
+    }
+
+    /// Whether another process can map the same memory: a memfd, or a file mapped shared
+    /// (QEMU's `qemu_ram_is_shared`). The `x-ignore-shared` capability skips such blocks.
+    pub fn is_shared(&self) -> bool {
+        match &self.backing {
+            Backing::Anonymous => false,
+            Backing::Memfd => true,
+            Backing::File { share, .. } => *share,
+        }
+    }
+
+    /// Whether this block can be the very memory another process (a migration source) wrote:
+    /// a file mapped shared, which the other process opened by the same path, or a memfd
+    /// handed over by that process ([`RamBlock::adopt_memfd`]). A memfd this process created
+    /// is reachable by nobody else.
+    pub fn is_reachable_from_other_processes(&self) -> bool {
+        matches!(self.backing, Backing::File { share: true, .. }) || self.adopted.get().is_some()
+    }
+
+    /// The memfd behind a `Memfd` block (the handed-over one once adopted), to pass to another
+    /// process; `None` for other backings.
+    pub fn memfd(&self) -> Option<BorrowedFd<'_>> {
+        match self.backing {
+            Backing::Memfd => self.shared_file().map(AsFd::as_fd),
+            _ => None,
+        }
+    }
+
+    /// The file whose pages are this block's memory, if any.
+    fn shared_file(&self) -> Option<&File> {
+        self.adopted.get().or(self.memory.file())
+    }
+
+    /// Maps `fd`, a memfd another process handed over (its guest RAM), over this `Memfd`
+    /// block's memory, at the same address: every user of the block (vCPUs, KVM memory slots,
+    /// the migration) sees that memory from then on, and this block's own memfd (never
+    /// written, on a migration destination) is no longer mapped. Nothing is copied and nothing
+    /// is written. Refused unless the block is a `Memfd` block not yet adopted and `fd` is a
+    /// regular (shmem) file of exactly the block's size.
+    pub fn adopt_memfd(&self, fd: OwnedFd) -> Result<(), Error> {
+        let refuse = |reason: &str, source: Option<std::io::Error>| Error::Adopt {
+            idstr: self.idstr.clone(),
+            reason: reason.to_owned(),
+            source,
+        };
+        if self.backing != Backing::Memfd {
+            return Err(refuse("the block is not on a memfd", None));
+        }
+        if self.adopted.get().is_some() {
+            return Err(refuse("the block already took handed-over memory", None));
+        }
+        let file = File::from(fd);
+        let meta = file
+            .metadata()
+            .map_err(|e| refuse("cannot stat the descriptor", Some(e)))?;
+        if !meta.file_type().is_file() {
+            return Err(refuse("the descriptor is not a memory file", None));
+        }
+        if meta.len() != self.len() {
+            return Err(refuse(
+                &format!("it is {} bytes, the block {}", meta.len(), self.len()),
+                None,
+            ));
+        }
+        self.memory
+            .remap_shared(&self.idstr, &file)
+            .map_err(|e| refuse("mmap over the block failed", Some(e)))?;
+        // A second adopt was refused above and nothing else sets it.
+        let _ = self.adopted.set(file);
+        Ok(())
     }
 
     /// Size in bytes.

@@ -155,7 +155,7 @@ impl RamBlock {
     }
 
     fn file(&self) -> Option<&File> {
-        self.memory.file()
+        self.shared_file()
     }
 }
 

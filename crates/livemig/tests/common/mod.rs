@@ -312,3 +312,22 @@ pub fn deferred_destination(
         .to_string();
     (vm, format!("tcp:127.0.0.1:{port}"))
 }
+
+/// Like [`deferred_destination`], listening on `uri` as given (e.g. `unix:PATH`); the
+/// engine's informational messages go to its stderr too (`LIVEMIG_LOG=migration=info`).
+pub fn deferred_destination_on(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    caps: &[&str],
+    uri: &str,
+) -> Vm {
+    let mut all = args.to_vec();
+    all.extend(["--incoming", "defer"]);
+    let mut vm = Vm::start_with(dir, name, &all, |c| {
+        c.env("LIVEMIG_LOG", "migration=info");
+    });
+    configure(&mut vm, caps, Value::Null);
+    vm.cmd("migrate-incoming", json!({ "uri": uri }));
+    vm
+}

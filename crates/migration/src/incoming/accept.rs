@@ -9,6 +9,7 @@
 //! ```
 
 use std::io::{Cursor, Read};
+use std::os::fd::OwnedFd;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub(super) struct MainChannel {
     pub reader: Box<dyn Read + Send>,
     pub writer: ChannelWriter,
     pub bidirectional: bool,
+    /// Descriptors that came with the first bytes (`x-local-handover`), on a unix socket.
+    pub fds: Vec<OwnedFd>,
 }
 
 /// Accepts connections until one starts with the stream magic. Listeners that are not sockets
@@ -50,15 +53,17 @@ pub(super) fn accept_source(
                 reader,
                 writer,
                 bidirectional,
+                fds: Vec::new(),
             });
         }
-        let (magic, reader) = first_bytes(reader, timeout, || handle.shutdown())?;
+        let (magic, fds, reader) = first_bytes(reader, timeout, || handle.shutdown())?;
         match magic {
             Some(m) if u32::from_be_bytes(m) == QEMU_VM_FILE_MAGIC => {
                 return Ok(MainChannel {
                     reader: Box::new(Cursor::new(m).chain(reader)),
                     writer,
                     bidirectional,
+                    fds,
                 })
             }
             Some(m) => tracing::warn!(
@@ -75,21 +80,33 @@ pub(super) fn accept_source(
     }
 }
 
-/// Reads 4 bytes within `timeout`; past it, `interrupt` unblocks the read and the result is
-/// `None` (as for a peer that closed early).
+/// What a new connection sent first: the magic (`None` if it sent fewer than 4 bytes in time),
+/// the descriptors that came with it, and the reader to go on with.
+type Hello = (Option<[u8; 4]>, Vec<OwnedFd>, ChannelReader);
+
+/// Reads 4 bytes within `timeout`, with the descriptors that came with them on a unix socket
+/// (a source handing its RAM over attaches them to its first bytes); past the timeout,
+/// `interrupt` unblocks the read and the result is `None` (as for a peer that closed early).
 fn first_bytes(
     mut reader: ChannelReader,
     timeout: Duration,
     interrupt: impl FnOnce(),
-) -> Result<(Option<[u8; 4]>, ChannelReader), MigrationError> {
+) -> Result<Hello, MigrationError> {
     let (tx, rx) = mpsc::channel();
     let t = std::thread::Builder::new()
         .name("incoming-hello".into())
         .spawn(move || {
             let mut magic = [0u8; 4];
-            let got = reader.read_exact(&mut magic).ok().map(|()| magic);
+            let mut fds = Vec::new();
+            let mut got = 0;
+            while got < magic.len() {
+                match reader.read_with_fds(&mut magic[got..], &mut fds) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
             let _ = tx.send(());
-            (got, reader)
+            ((got == magic.len()).then_some(magic), fds, reader)
         })
         .map_err(MigrationError::Spawn)?;
     if rx.recv_timeout(timeout).is_err() {

@@ -75,9 +75,7 @@ pub(super) fn load_from(
             local: machine.into(),
         });
     }
-    if let Some(cap) = cfg.capabilities.first() {
-        return Err(MigrationError::CapabilityMismatch(cap.clone()));
-    }
+    crate::ram::shared::check_configuration_capabilities(&cfg.capabilities, &s.settings().caps)?;
     registry.reset_load_ids();
     for e in registry.entries_mut() {
         if let EntryKind::Live(h) = &mut e.kind {

@@ -174,6 +174,7 @@ impl Job {
             .then(|| Box::new(writer) as Box<dyn Write + Send>);
         let mut rp = ReturnPath::new(rp_writer);
         let mut session = IncomingSession::new(self.runtime.clone(), settings, multifd);
+        session.set_handover_fds(main.fds);
         let mut f = QemuFileReader::with_capacity(main.reader, 1 << 20);
         let loaded = load::load_from(&mut f, registry, &self.machine, &mut rp, &mut session)
             .and_then(|l| cancel.check().map(|()| l));

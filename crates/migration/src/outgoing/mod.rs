@@ -219,6 +219,7 @@ fn run(
     let mut session =
         OutgoingSession::new(job.runtime.clone(), job.state.events().clone(), multifd);
     let (mut return_path, writer) = channel.into_split();
+    session.set_fd_slot(writer.fd_slot());
     let streamed = switchover::stream(job, registry, &mut session, use_rp, writer, stopped);
     let sent = match streamed {
         Ok(sent) => sent,

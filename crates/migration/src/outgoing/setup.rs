@@ -48,6 +48,7 @@ pub(super) fn write_setup(
     record::write_header(f);
     Configuration {
         machine: machine.to_string(),
+        capabilities: crate::ram::shared::configuration_capabilities(&s.settings().caps),
         ..Default::default()
     }
     .write_to(f);

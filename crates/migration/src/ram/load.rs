@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use guest_ram::GuestRam;
 use savevm::qemu_file::QemuFileReader;
-use savevm::ram::{xbzrle, RamDecoder, RamRecord, TARGET_PAGE_SIZE};
+use savevm::ram::{xbzrle, BlockExtras, MemSizeLayout, RamDecoder, RamRecord, TARGET_PAGE_SIZE};
 
 use super::multifd::{self, MultifdReceiver};
+use super::shared;
+use crate::capabilities::Capability;
 use crate::error::MigrationError;
 use crate::session::IncomingSession;
 
@@ -19,6 +21,8 @@ pub struct RamLoader {
     current: Option<usize>,
     page_buf: Box<[u8]>,
     xbzrle_buf: Box<[u8]>,
+    /// `x-ignore-shared` is on for this stream.
+    ignore_shared: bool,
 }
 
 impl RamLoader {
@@ -31,19 +35,30 @@ impl RamLoader {
             current: None,
             page_buf: vec![0u8; TARGET_PAGE_SIZE].into_boxed_slice(),
             xbzrle_buf: vec![0u8; TARGET_PAGE_SIZE].into_boxed_slice(),
+            ignore_shared: false,
         }
     }
 
     /// Prepares for a new stream: forgets the previous block and starts the multifd receivers
     /// if the incoming side accepted multifd channels.
     pub fn setup(&mut self, s: &mut IncomingSession) -> Result<(), MigrationError> {
+        super::handover::take_over(&self.ram, s)?;
         self.decoder = RamDecoder::new();
+        self.ignore_shared = s.settings().has(Capability::XIgnoreShared);
+        self.decoder.set_mem_size_layout(MemSizeLayout {
+            ignore_shared: self.ignore_shared,
+            hugepage_blocks: Vec::new(),
+        });
         self.current = None;
         let readers = s.take_multifd_channels();
         self.multifd = if readers.is_empty() {
             None
         } else {
-            Some(multifd::start_receiver(self.ram.clone(), readers)?)
+            Some(multifd::start_receiver(
+                self.ram.clone(),
+                readers,
+                self.ignore_shared,
+            )?)
         };
         Ok(())
     }
@@ -53,17 +68,40 @@ impl RamLoader {
         self.multifd = None;
     }
 
-    fn check_mem_size(&self, blocks: &[savevm::ram::RamBlockInfo]) -> Result<(), MigrationError> {
-        for info in blocks {
-            let local = self
+    fn check_mem_size(
+        &self,
+        blocks: &[savevm::ram::RamBlockInfo],
+        extras: &[BlockExtras],
+    ) -> Result<(), MigrationError> {
+        let bases = shared::block_bases(&self.ram);
+        for (i, info) in blocks.iter().enumerate() {
+            let idx = self
                 .ram
-                .block_by_name(&info.idstr)
+                .blocks()
+                .iter()
+                .position(|b| b.idstr() == info.idstr)
                 .ok_or_else(|| MigrationError::UnknownRamBlock(info.idstr.clone()))?;
+            let local = &self.ram.blocks()[idx];
             if local.len() != info.used_length {
                 return Err(MigrationError::RamBlockSize {
                     name: info.idstr.clone(),
                     remote: info.used_length,
                     local: local.len(),
+                });
+            }
+            if !shared::is_ignored(local, self.ignore_shared) {
+                continue;
+            }
+            if !local.is_reachable_from_other_processes() {
+                return Err(MigrationError::SharedBlockNotReachable(info.idstr.clone()));
+            }
+            let remote = extras.get(i).and_then(|x| x.mr_addr);
+            let local_addr = bases[idx];
+            if let Some(remote) = remote.filter(|&a| a != local_addr) {
+                return Err(MigrationError::SharedBlockAddress {
+                    block: info.idstr.clone(),
+                    remote,
+                    local: local_addr,
                 });
             }
         }
@@ -90,6 +128,9 @@ impl RamLoader {
             .current
             .ok_or(MigrationError::NoRamBlock(r.bytes_read()))?;
         let b = &self.ram.blocks()[idx];
+        if shared::is_ignored(b, self.ignore_shared) {
+            return Err(MigrationError::IgnoredBlockPage(b.idstr().to_string()));
+        }
         if offset >= b.len() {
             return Err(MigrationError::IllegalRamOffset {
                 block: b.idstr().to_string(),
@@ -103,7 +144,10 @@ impl RamLoader {
     pub fn load(&mut self, f: &mut QemuFileReader) -> Result<(), MigrationError> {
         loop {
             match self.decoder.read_record(f)? {
-                RamRecord::MemSize { blocks, .. } => self.check_mem_size(&blocks)?,
+                RamRecord::MemSize { blocks, .. } => {
+                    let extras = self.decoder.mem_size_extras().to_vec();
+                    self.check_mem_size(&blocks, &extras)?;
+                }
                 RamRecord::Zero {
                     block,
                     offset,

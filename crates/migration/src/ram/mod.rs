@@ -13,11 +13,15 @@
 //! (the kernel says which were ever touched) — never-touched memory is not read or sent at all,
 //! the destination's memory is zero there already. Later passes take the pages the dirty log
 //! reports. The destination (`load.rs`) validates every block name, size and offset against its
-//! own RAM before writing.
+//! own RAM before writing. With `x-ignore-shared`, blocks in shared memory are not sent at all
+//! (`shared.rs`); with `x-local-handover` memfd RAM is handed to the
+//! destination process as descriptors (`handover.rs`).
 
+mod handover;
 mod load;
 pub mod multifd;
 mod save;
+pub mod shared;
 pub mod xbzrle;
 
 use std::sync::Arc;

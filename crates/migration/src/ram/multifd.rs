@@ -305,9 +305,12 @@ pub struct MultifdReceiver {
 }
 
 /// Starts one receiver thread per channel.
+///
+/// With `ignore_shared` (`x-ignore-shared`), a page of a block in shared memory is refused.
 pub fn start_receiver(
     ram: Arc<GuestRam>,
     readers: Vec<ChannelReader>,
+    ignore_shared: bool,
 ) -> Result<MultifdReceiver, MigrationError> {
     let (sync_tx, syncs) = channel();
     let mut release = Vec::new();
@@ -318,7 +321,7 @@ pub fn start_receiver(
         let (ram, sync_tx) = (ram.clone(), sync_tx.clone());
         let t = std::thread::Builder::new()
             .name(format!("multifdrecv_{id}"))
-            .spawn(move || recv_loop(r, &ram, &sync_tx, &rel_rx))
+            .spawn(move || recv_loop(r, &ram, ignore_shared, &sync_tx, &rel_rx))
             .map_err(MigrationError::Spawn)?;
         threads.push(t);
     }
@@ -332,6 +335,7 @@ pub fn start_receiver(
 fn recv_loop(
     mut r: ChannelReader,
     ram: &GuestRam,
+    ignore_shared: bool,
     syncs: &Sender<Result<(), MigrationError>>,
     release: &Receiver<()>,
 ) {
@@ -352,7 +356,7 @@ fn recv_loop(
                 if h.flags & MULTIFD_FLAG_COMPRESSION_MASK != 0 {
                     return Err(MigrationError::MultifdCompressedPacket);
                 }
-                load_pages(&mut r, ram, &h)?;
+                load_pages(&mut r, ram, ignore_shared, &h)?;
                 Ok(h.flags & MULTIFD_FLAG_SYNC != 0)
             });
         match result {
@@ -388,6 +392,7 @@ fn read_full(r: &mut ChannelReader, buf: &mut [u8]) -> Result<bool, MigrationErr
 fn load_pages(
     r: &mut ChannelReader,
     ram: &GuestRam,
+    ignore_shared: bool,
     h: &PacketHeader,
 ) -> Result<(), MigrationError> {
     if h.normal_pages == 0 {
@@ -396,6 +401,9 @@ fn load_pages(
     let block = ram
         .block_by_name(&h.ramblock)
         .ok_or_else(|| MigrationError::UnknownRamBlock(h.ramblock.clone()))?;
+    if super::shared::is_ignored(block, ignore_shared) {
+        return Err(MigrationError::IgnoredBlockPage(h.ramblock.clone()));
+    }
     for &offset in &h.offsets {
         if offset % PAGE as u64 != 0 || offset >= block.len() {
             return Err(MigrationError::IllegalRamOffset {

@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use guest_ram::{Bitmap, DirtyLog, GuestRam};
 use savevm::qemu_file::QemuFileWriter;
-use savevm::ram::{self, RamBlockInfo, RamEncoder, TARGET_PAGE_SIZE};
+use savevm::ram::{self, BlockExtras, RamBlockInfo, RamEncoder, TARGET_PAGE_SIZE};
 
 use super::multifd::{self, MultifdSender};
+use super::shared;
 use super::xbzrle::{Outcome, XbzrleCache};
 use crate::capabilities::Capability;
 use crate::convergence::{self, ThrottleParams};
@@ -57,6 +58,8 @@ pub struct RamSaver {
     multifd: Option<MultifdSender>,
     /// Multifd bytes already accounted.
     multifd_accounted: u64,
+    /// Per block: skipped by `x-ignore-shared` (never in the bitmaps).
+    ignored: Vec<bool>,
 }
 
 /// What [`RamSaver::send_page`] put on the wire.
@@ -91,6 +94,7 @@ impl RamSaver {
             xfer_prev: 0,
             multifd: None,
             multifd_accounted: 0,
+            ignored: Vec::new(),
         }
     }
 
@@ -105,13 +109,28 @@ impl RamSaver {
         s: &mut OutgoingSession,
     ) -> Result<(), MigrationError> {
         self.counters = s.runtime().ram.clone();
+        super::handover::hand_over(&self.ram, s)?;
+        let ignore_shared = s.settings().has(Capability::XIgnoreShared);
+        self.ignored = self
+            .ram
+            .blocks()
+            .iter()
+            .map(|b| shared::is_ignored(b, ignore_shared))
+            .collect();
         // Arm tracking first: a page first touched after this is reported by the next sync,
-        // a page touched before it is in the populated set below.
-        self.dirty_log.start()?;
-        self.tracking = true;
+        // a page touched before it is in the populated set below. With every block skipped
+        // there is nothing to track (a same-host migration then costs no RAM work at all).
+        if self.ignored.iter().any(|i| !i) {
+            self.dirty_log.start()?;
+            self.tracking = true;
+        }
         self.bitmaps.clear();
-        for block in self.ram.blocks() {
-            self.bitmaps.push(block.populated_pages()?);
+        for (block, &ignored) in self.ram.blocks().iter().zip(&self.ignored) {
+            self.bitmaps.push(if ignored {
+                Bitmap::new(block.pages())
+            } else {
+                block.populated_pages()?
+            });
         }
         self.dirty_pages = self.bitmaps.iter().map(Bitmap::count_ones).sum();
         let (xbzrle_cache, throttle) = features(s.settings());
@@ -128,14 +147,23 @@ impl RamSaver {
             Some(multifd::start_sender(writers)?)
         };
         self.multifd_accounted = 0;
-        self.block_base = block_bases(&self.ram);
+        self.block_base = shared::block_bases(&self.ram);
         self.encoder.reset();
         self.pos = (0, 0);
         self.in_downtime = false;
         self.period_start = Instant::now();
         self.period_dirty = 0;
         let c = self.counters();
-        RamCounters::set(&c.total, self.ram.total_size());
+        // As QEMU's query-migrate: the total of the blocks actually migrated.
+        let total = self
+            .ram
+            .blocks()
+            .iter()
+            .zip(&self.ignored)
+            .filter(|(_, &i)| !i)
+            .map(|(b, _)| b.len())
+            .sum();
+        RamCounters::set(&c.total, total);
         RamCounters::set(&c.remaining, self.dirty_pages * PAGE);
         RamCounters::set(&c.dirty_sync_count, 1);
         RamCounters::set(
@@ -154,7 +182,20 @@ impl RamSaver {
                 used_length: b.len(),
             })
             .collect();
-        ram::write_mem_size(f, &infos);
+        // With x-ignore-shared every block carries its guest physical base; the total still
+        // counts the skipped blocks (spec §3.3).
+        let extras: Vec<BlockExtras> = if ignore_shared {
+            self.block_base
+                .iter()
+                .map(|&a| BlockExtras {
+                    page_size: None,
+                    mr_addr: Some(a),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ram::write_mem_size_ext(f, &infos, &extras);
         self.multifd_sync()?;
         ram::put_eos(f);
         self.flush_for_multifd(f)?;
@@ -174,7 +215,22 @@ impl RamSaver {
 
     /// Merges the dirty log into the bitmaps (one pass).
     fn sync(&mut self, s: &mut OutgoingSession) -> Result<(), MigrationError> {
-        let new = self.dirty_log.sync(&mut self.bitmaps)?;
+        let new = if self.tracking {
+            let mut new = self.dirty_log.sync(&mut self.bitmaps)?;
+            // The log covers every block; pages of skipped blocks are not sent.
+            for (bm, _) in self
+                .bitmaps
+                .iter_mut()
+                .zip(&self.ignored)
+                .filter(|(_, &i)| i)
+            {
+                new -= bm.count_ones().min(new);
+                *bm = Bitmap::new(bm.len());
+            }
+            new
+        } else {
+            0
+        };
         self.dirty_pages += new;
         self.period_dirty += new;
         let c = self.counters.clone();
@@ -451,18 +507,6 @@ fn features(s: &Settings) -> (Option<u64>, Option<ThrottleParams>) {
             max: p.max_cpu_throttle,
         });
     (xbzrle, throttle)
-}
-
-/// Global RAM address of each block's first byte (blocks laid out in list order).
-fn block_bases(ram: &GuestRam) -> Vec<u64> {
-    ram.blocks()
-        .iter()
-        .scan(0u64, |base, b| {
-            let this = *base;
-            *base += b.len();
-            Some(this)
-        })
-        .collect()
 }
 
 /// True when every byte of `page` is zero: ORs 64-byte chunks (which vectorises) and stops at

@@ -332,8 +332,8 @@ tls-authz: ''
         let t = migrate_capabilities(&caps);
         assert!(t.starts_with("xbzrle: off\nrdma-pin-all: off\n"));
         assert!(t.contains("\nevents: on\n"));
-        assert!(t.ends_with("postcopy-preempt: off\nram-verify: off\n"));
-        assert_eq!(t.lines().count(), 22);
+        assert!(t.ends_with("postcopy-preempt: off\nx-local-handover: off\nram-verify: off\n"));
+        assert_eq!(t.lines().count(), 23);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 pub use poll::{poll, Interest, PollFd};
-pub use scm::{recv_with_fds, send_with_fds};
+pub use scm::{recv_with_fds, send_with_fds, send_with_fds_on};
 
 /// Turns `O_NONBLOCK` on for a descriptor private to us (our end of an `exec:` pipe).
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {

@@ -34,6 +34,19 @@ pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> 
     Ok(())
 }
 
+/// [`send_with_fds`] on a socket descriptor that is not held as a `UnixStream` (a migration
+/// channel's).
+pub fn send_with_fds_on(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    // SAFETY: the `UnixStream` only borrows the descriptor for this call: it is never dropped
+    // (`ManuallyDrop`), so it does not close what `sock` keeps open.
+    let stream = mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(sock.as_raw_fd()) });
+    send_with_fds(&stream, data, fds)
+}
+
 /// Control buffer for `MAX_FDS_PER_MSG` descriptors, aligned for `cmsghdr`.
 #[repr(C)]
 struct CmsgBuf {

@@ -75,6 +75,23 @@ pub fn shutdown(sock: BorrowedFd<'_>, how: Shutdown) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `sock` is a unix-domain socket (which can carry `SCM_RIGHTS` descriptors).
+pub fn is_unix_socket(sock: BorrowedFd<'_>) -> bool {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `addr` is writable for `len` bytes, which the kernel does not exceed; the
+    // descriptor is kept open by the borrow.
+    let r = unsafe {
+        libc::getsockname(
+            sock.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && i32::from(addr.ss_family) == libc::AF_UNIX
+}
+
 /// `listen(2)` on a bound socket.
 pub fn listen(sock: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor kept open by the borrow; no memory involved.
