@@ -232,17 +232,14 @@ pub fn settle(vm: &mut Vm, ctx: &str) {
         if child.try_wait().unwrap().is_some() {
             return;
         }
+        let exits_on_failure = vm.is_incoming();
         match vm.qmp().execute("query-migrate", None) {
-            Ok(v)
-                if matches!(
-                    v["status"].as_str(),
-                    Some("completed" | "failed" | "cancelled")
-                ) =>
-            {
-                return
-            }
+            Ok(v) if matches!(v["status"].as_str(), Some("completed" | "cancelled")) => return,
+            // A destination whose load failed exits (as QEMU's): wait for that.
+            Ok(v) if v["status"] == "failed" && !exits_on_failure => return,
             Ok(_) => {}
-            Err(_) => return,
+            Err(_) if !exits_on_failure => return,
+            Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cases::{caps, guest_args, qemu_img_create, retry, side_state, SideState, Variant};
+use crate::cases::{
+    caps, guest_args, qemu_img_create, retry, settle, side_state, SideState, Variant,
+};
 use crate::common::{configure, deferred_destination, Vm};
 
 const MIB: u64 = 1 << 20;
@@ -89,6 +91,8 @@ fn a_full_destination_disk_fails_the_migration_and_leaves_everything_as_it_was()
     let info = src.wait_migration();
     assert_eq!(info["status"], "failed", "{info}");
     assert_eq!(side_state(&mut src), SideState::Running);
+    // A destination whose load failed exits (as QEMU's); give it the moment it needs.
+    settle(&mut dst, "full disk, destination");
     assert_eq!(side_state(&mut dst), SideState::Gone, "{}", dst.stderr());
     assert!(
         dst.stderr().contains("No space left on device"),
