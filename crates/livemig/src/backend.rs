@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use migration::block::BlockMigrationOptions;
 use migration::{
-    Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, ParameterUpdate,
-    RunState,
+    Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, MigrationStatus,
+    ParameterUpdate, RunState,
 };
 use monitor::{CommandError, MigrateOptions, MonitorBackend};
 use vmm::machine::{Machine, MachineError};
@@ -46,6 +46,10 @@ impl MonitorBackend for MachineBackend {
 
     fn migrate_cancel(&self) {
         self.0.migrate_cancel();
+    }
+
+    fn migrate_continue(&self, state: MigrationStatus) -> Result<(), CommandError> {
+        Ok(self.0.migration().migrate_continue(state)?)
     }
 
     fn query_migrate(&self) -> MigrationInfo {

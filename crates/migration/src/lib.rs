@@ -30,6 +30,7 @@ pub mod incoming;
 pub mod info;
 pub mod outgoing;
 pub mod params;
+pub mod pause;
 pub mod ram;
 pub mod registry;
 mod report;
@@ -51,6 +52,7 @@ pub use info::{DiskStats, MigrationInfo, RamStats, XbzrleCacheStats};
 pub use params::{
     MigrationParameters, MultifdCompression, ParamError, ParamKind, ParamLimits, ParameterUpdate,
 };
+pub use pause::ContinueError;
 pub use registry::Registry;
 pub use report::error_report;
 pub use runtime::Runtime;

@@ -18,6 +18,7 @@ use crate::error::MigrationError;
 use crate::events::{Event, EventBus};
 use crate::info::MigrationInfo;
 use crate::params::{MigrationParameters, ParamError, ParameterUpdate};
+use crate::pause::{ContinueError, PauseGate};
 use crate::runtime::{Limits, Runtime};
 use crate::settings::Settings;
 use crate::status::MigrationStatus;
@@ -37,6 +38,8 @@ struct Inner {
 pub struct MigrationState {
     inner: Mutex<Inner>,
     events: Arc<EventBus>,
+    pause: PauseGate,
+    autostart: Mutex<bool>,
 }
 
 impl MigrationState {
@@ -45,6 +48,8 @@ impl MigrationState {
         Self {
             inner: Mutex::new(Inner::default()),
             events,
+            pause: PauseGate::default(),
+            autostart: Mutex::new(false),
         }
     }
 
@@ -205,6 +210,45 @@ impl MigrationState {
         self.lock().socket_address = None;
     }
 
+    /// `pause-before-switchover`, on the migration thread with the guest stopped: `active` →
+    /// `pre-switchover`, wait for `migrate-continue`, then `device`. `Cancelled` when the
+    /// migration was cancelled before or during the pause.
+    pub(crate) fn pause_before_switchover(
+        &self,
+        cancel: &crate::cancel::CancelToken,
+    ) -> Result<(), MigrationError> {
+        self.pause.drain();
+        if !self.set_status(MigrationStatus::Active, MigrationStatus::PreSwitchover) {
+            return Err(MigrationError::Cancelled);
+        }
+        tracing::info!("paused before switchover; waiting for migrate-continue");
+        if !self.pause.wait(cancel)
+            || !self.set_status(MigrationStatus::PreSwitchover, MigrationStatus::Device)
+        {
+            return Err(MigrationError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// `migrate-continue STATE`: releases a migration paused in `expected` (QEMU: only
+    /// `pre-switchover` pauses).
+    pub fn migrate_continue(&self, expected: MigrationStatus) -> Result<(), ContinueError> {
+        let s = self.lock();
+        if s.status != expected {
+            return Err(ContinueError::NotInState(s.status));
+        }
+        self.pause.post();
+        Ok(())
+    }
+
+    /// Runs `f` with the destination's "start the guest once the migration completed" request
+    /// (QEMU's `autostart` after a `cont` in `inmigrate`), serialised: the VMM's `cont` sets it
+    /// while the run state is `inmigrate`, and the incoming thread reads it when it decides
+    /// whether to start the guest, so a `cont` is never lost between the two.
+    pub fn with_autostart<R>(&self, f: impl FnOnce(&mut bool) -> R) -> R {
+        f(&mut self.autostart.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Records `e` and moves to `failed` (the caller logs it in its side's words).
     pub(crate) fn fail(&self, e: &MigrationError) {
         let msg = e.report();
@@ -224,6 +268,8 @@ impl MigrationState {
             s.runtime.clone()
         };
         self.set_status_from_any(MigrationStatus::Cancelling);
+        // Kick a migration paused before switchover out of its pause (QEMU does the same).
+        self.pause.post();
         if let Some(r) = runtime {
             r.cancel_token().cancel();
         }

@@ -6,8 +6,8 @@
 //! show unchanged.
 
 use migration::{
-    Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, ParameterUpdate,
-    RunState,
+    Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, MigrationStatus,
+    ParameterUpdate, RunState,
 };
 
 /// The VMM side of the monitor.
@@ -28,6 +28,8 @@ pub trait MonitorBackend: Send + Sync + 'static {
     ) -> Result<(), CommandError>;
     /// Cancels the outgoing migration, if any (never fails, like QEMU's `migrate_cancel`).
     fn migrate_cancel(&self);
+    /// `migrate-continue`: releases a migration paused in `state` (`pre-switchover`).
+    fn migrate_continue(&self, state: MigrationStatus) -> Result<(), CommandError>;
     /// The `query-migrate` data.
     fn query_migrate(&self) -> MigrationInfo;
     /// Applies a batch of capability changes as a whole.
@@ -146,6 +148,12 @@ impl std::fmt::Display for ErrorClass {
 
 impl From<migration::CapabilityError> for CommandError {
     fn from(e: migration::CapabilityError) -> Self {
+        Self::generic(e.to_string())
+    }
+}
+
+impl From<migration::ContinueError> for CommandError {
+    fn from(e: migration::ContinueError) -> Self {
         Self::generic(e.to_string())
     }
 }

@@ -4,7 +4,9 @@
 //! ```text
 //! migrate-incoming ─▶ start() ─ [setup] thread: accept main (+ multifd channels, QEMU's order)
 //!   ─▶ [active] load_stream (load.rs) ─ return path: PONGs, then SHUT 0|1
-//!   ─▶ [completed] guest started if the source was running and no -S; else its run state
+//!   ─▶ disks activated (with late-block-activate: only if the guest starts now, else at cont)
+//!   ─▶ [completed] guest started if the source was running and no -S (or a cont came while
+//!      loading); else its run state
 //! any error ─▶ [failed] handlers' load_cleanup(failed) discards what must not survive
 //!              (staged disk images); the caller decides what to do with the process
 //! ```
@@ -181,15 +183,33 @@ impl Job {
             return Err(e);
         }
         rp.shut(true)?;
-        self.start_guest()?;
+        let late = settings.has(Capability::LateBlockActivate);
+        self.state
+            .with_autostart(|requested| self.start_guest(self.autostart || *requested, late))?;
         self.runtime.timings().total_time = Some(start.elapsed().as_millis() as u64);
         Ok(())
     }
 
-    /// Starts the guest if the source was running (and no `-S`), else adopts its run state.
-    fn start_guest(&self) -> Result<(), MigrationError> {
-        match self.global_state.get().as_deref() {
-            None | Some("running") if self.autostart => Ok(self.vm.vm_start()?),
+    /// Starts the guest if the source was running and `autostart` (no `-S`, or a `cont` came
+    /// while loading), else adopts its run state. Disks are activated first (QEMU's
+    /// `process_incoming_migration_bh`): always, or with `late` (`late-block-activate`) only
+    /// when the guest starts now, leaving it to `cont` otherwise. A failed activation keeps
+    /// the guest stopped (QEMU) instead of failing the completed migration.
+    fn start_guest(&self, autostart: bool, late: bool) -> Result<(), MigrationError> {
+        let global = self.global_state.get();
+        let was_running = matches!(global.as_deref(), None | Some("running"));
+        let mut autostart = autostart;
+        if !late || (autostart && was_running) {
+            if let Err(e) = self.vm.activate_block() {
+                tracing::error!(
+                    "cannot activate the disks, the guest stays stopped: {}",
+                    crate::error_report(&e)
+                );
+                autostart = false;
+            }
+        }
+        match global.as_deref() {
+            None | Some("running") if autostart => Ok(self.vm.vm_start()?),
             None | Some("running") => {
                 self.vm.set_run_state(RunState::Paused);
                 Ok(())

@@ -20,10 +20,13 @@ pub mod incoming;
 pub mod introspect;
 pub mod migrate;
 pub mod migrate_cancel;
+pub mod migrate_continue;
 pub mod parameters;
+pub mod postcopy;
 pub mod query_migrate;
 pub mod quit;
 pub mod run_state;
+pub mod schema;
 
 use serde_json::{Map, Value};
 
@@ -42,6 +45,12 @@ pub enum Command {
     MigrateIncoming(incoming::MigrateIncoming),
     /// `migrate_cancel`.
     MigrateCancel,
+    /// `migrate-continue`.
+    MigrateContinue(migrate_continue::MigrateContinue),
+    /// `migrate-pause` (post-copy only: always refused).
+    MigratePause,
+    /// `migrate-recover` (post-copy only: always refused).
+    MigrateRecover(postcopy::MigrateRecover),
     /// `query-migrate`.
     QueryMigrate,
     /// `migrate-set-capabilities`.
@@ -70,6 +79,8 @@ pub enum Command {
     QueryCommands,
     /// `query-version`.
     QueryVersion,
+    /// `query-qmp-schema`.
+    QueryQmpSchema,
 }
 
 type Parser = fn(&mut Args) -> Result<Command, CommandError>;
@@ -86,6 +97,13 @@ pub const COMMANDS: &[(&str, Parser)] = &[
         incoming::MigrateIncoming::parse(a).map(Command::MigrateIncoming)
     }),
     ("migrate_cancel", |_| Ok(Command::MigrateCancel)),
+    ("migrate-continue", |a| {
+        migrate_continue::MigrateContinue::parse(a).map(Command::MigrateContinue)
+    }),
+    ("migrate-pause", |_| Ok(Command::MigratePause)),
+    ("migrate-recover", |a| {
+        postcopy::MigrateRecover::parse(a).map(Command::MigrateRecover)
+    }),
     ("query-migrate", |_| Ok(Command::QueryMigrate)),
     ("migrate-set-capabilities", |a| {
         capabilities::SetCapabilities::parse(a).map(Command::SetCapabilities)
@@ -108,6 +126,7 @@ pub const COMMANDS: &[(&str, Parser)] = &[
     }),
     ("query-commands", |_| Ok(Command::QueryCommands)),
     ("query-version", |_| Ok(Command::QueryVersion)),
+    ("query-qmp-schema", |_| Ok(Command::QueryQmpSchema)),
 ];
 
 impl Command {
@@ -136,6 +155,9 @@ impl Command {
                 migrate_cancel::run(s);
                 Ok(empty())
             }
+            Command::MigrateContinue(c) => c.run(s).map(|()| empty()),
+            Command::MigratePause => postcopy::pause().map(|()| empty()),
+            Command::MigrateRecover(c) => c.run().map(|()| empty()),
             Command::QueryMigrate => Ok(query_migrate::run(s)),
             Command::SetCapabilities(c) => c.run(s).map(|()| empty()),
             Command::QueryCapabilities => Ok(capabilities::query(s)),
@@ -153,6 +175,7 @@ impl Command {
             Command::HumanMonitorCommand(c) => Ok(Value::String(c.run(s))),
             Command::QueryCommands => Ok(introspect::query_commands()),
             Command::QueryVersion => Ok(introspect::query_version()),
+            Command::QueryQmpSchema => Ok(schema::query()),
         }
     }
 }

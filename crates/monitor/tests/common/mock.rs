@@ -180,6 +180,17 @@ impl MonitorBackend for MockBackend {
         }
     }
 
+    fn migrate_continue(&self, state: MigrationStatus) -> Result<(), CommandError> {
+        let s = self.state();
+        if s.status != state {
+            return Err(CommandError::generic(format!(
+                "Migration not in expected state: {}",
+                s.status
+            )));
+        }
+        Ok(())
+    }
+
     fn query_migrate(&self) -> MigrationInfo {
         let mut s = self.state();
         if let Some(info) = &s.info_override {

@@ -367,11 +367,19 @@ impl Machine {
         Ok(())
     }
 
-    /// `cont`.
+    /// `cont`. While an incoming migration is awaited or loading, the guest starts when it
+    /// completes (QEMU's `autostart`).
     pub fn cont(&self) -> Result<(), MachineError> {
+        let deferred = self.state.with_autostart(|autostart| {
+            let waiting = self.run_state() == RunState::Inmigrate;
+            *autostart |= waiting;
+            waiting
+        });
+        if deferred {
+            return Ok(());
+        }
         match self.run_state() {
             RunState::Running => Ok(()),
-            RunState::Inmigrate => Err(MachineError::Inmigrate),
             _ if self.state.status().is_running() => Err(MachineError::InProgress),
             _ => Ok(self.control.vm_start()?),
         }
