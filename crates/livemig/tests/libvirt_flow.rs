@@ -6,50 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
+use common::qemu::{QemuProc, QEMU_RAM};
 use common::Vm;
-
-const QEMU_RAM: &str = "64M";
-
-/// A QEMU 7.2 `-M none` process whose QMP socket is left free for the script; killed on drop.
-struct QemuProc {
-    child: Child,
-    qmp: PathBuf,
-}
-
-impl Drop for QemuProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl QemuProc {
-    fn start(qemu: &Path, dir: &Path, name: &str, extra: &[&str]) -> QemuProc {
-        let qmp = dir.join(format!("{name}.qmp"));
-        let child = Command::new(qemu)
-            .args(["-nodefaults", "-display", "none", "-accel", "tcg"])
-            .arg("-object")
-            .arg(format!("memory-backend-ram,id=ram,size={QEMU_RAM}"))
-            .args(["-machine", "none,memory-backend=ram"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start qemu");
-        let t = Instant::now();
-        while !qmp.exists() {
-            assert!(t.elapsed() < Duration::from_secs(20), "QEMU: no QMP socket");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        QemuProc { child, qmp }
-    }
-}
 
 /// A livemig destination started paused (`-S`) with `--incoming defer`.
 fn livemig_destination(dir: &Path, args: &[&str]) -> Vm {

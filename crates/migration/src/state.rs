@@ -150,7 +150,8 @@ impl MigrationState {
     }
 
     /// Moves from `from` to `to` if the current status is `from` and the move is legal;
-    /// emits `MIGRATION` (with the `events` capability, or always for a destination's setup).
+    /// emits `MIGRATION` with the `events` capability (a destination's `setup` is announced
+    /// by [`Self::announce_incoming`] instead).
     pub fn set_status(&self, from: MigrationStatus, to: MigrationStatus) -> bool {
         let emit = {
             let mut s = self.lock();
@@ -158,7 +159,7 @@ impl MigrationState {
                 return false;
             }
             s.status = to;
-            s.settings.caps.get(Capability::Events) || (s.incoming && to == MigrationStatus::Setup)
+            s.settings.caps.get(Capability::Events) && !(s.incoming && to == MigrationStatus::Setup)
         };
         if emit {
             self.events.emit(Event::Migration { status: to });
@@ -205,6 +206,15 @@ impl MigrationState {
         Ok(())
     }
 
+    /// QEMU announces every `migrate-incoming` attempt with one `MIGRATION` `setup` event,
+    /// whatever the `events` capability and whether the attempt then fails (a bad URI, a port
+    /// in use): managers wait for it.
+    pub fn announce_incoming(&self) {
+        self.events.emit(Event::Migration {
+            status: MigrationStatus::Setup,
+        });
+    }
+
     /// The destination stopped listening.
     pub(crate) fn end_incoming(&self) {
         self.lock().socket_address = None;
@@ -247,6 +257,15 @@ impl MigrationState {
     /// whether to start the guest, so a `cont` is never lost between the two.
     pub fn with_autostart<R>(&self, f: impl FnOnce(&mut bool) -> R) -> R {
         f(&mut self.autostart.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A `migrate` refused before it started (a bad URI): QEMU moves to `setup`, forgets the
+    /// last error, then moves to `failed` with no error of its own.
+    pub fn fail_before_start(&self) {
+        if self.set_status_from_any(MigrationStatus::Setup) {
+            self.lock().error = None;
+            self.set_status(MigrationStatus::Setup, MigrationStatus::Failed);
+        }
     }
 
     /// Records `e` and moves to `failed` (the caller logs it in its side's words).
@@ -307,8 +326,9 @@ mod tests {
         assert_eq!(state.info().to_json(), serde_json::json!({}));
         let addr = vec![serde_json::json!({"type": "inet", "port": "4444"})];
         let runtime = Arc::new(Runtime::new(Settings::default()));
+        state.announce_incoming();
         state.begin_incoming(Some(addr), runtime).unwrap();
-        // The destination's `setup` event is sent even without the events capability.
+        // The destination's `setup` event is sent even without the events capability, once.
         assert!(matches!(
             rx.try_recv().map(|e| e.event),
             Ok(Event::Migration { .. })

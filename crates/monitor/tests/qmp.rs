@@ -145,7 +145,7 @@ fn framework_errors() {
         ),
         (
             r#"{"execute": "migrate-set-capabilities", "arguments": {"capabilities": [{"capability": "bogus", "state": true}]}}"#,
-            "Parameter 'capabilities[0].capability' does not accept value 'bogus'",
+            "Parameter 'capability' does not accept value 'bogus'",
         ),
         (
             r#"{"execute": "migrate-set-parameters", "arguments": {"downtime-limit": "x"}}"#,

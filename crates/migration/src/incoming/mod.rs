@@ -58,8 +58,10 @@ pub struct Incoming {
     pub on_finished: Option<OnFinished>,
 }
 
-/// Starts listening for an incoming migration: status `setup` (with the listening addresses in
-/// `query-migrate`), then a thread accepts, loads and starts the guest. The settings
+/// Starts listening for an incoming migration: the `setup` event (always, even if the start is
+/// refused), status `setup` (with the listening addresses in `query-migrate`), then a thread
+/// accepts, loads and starts the guest. A caller that fails before it gets here (a bad URI)
+/// announces the attempt itself with [`MigrationState::announce_incoming`]. The settings
 /// (capabilities, parameters) are read when the source connects, as QEMU does.
 pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHandle, Box<Rejected>> {
     let Incoming {
@@ -71,6 +73,7 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
         autostart,
         on_finished,
     } = job;
+    state.announce_incoming();
     let runtime = Arc::new(Runtime::new(state.settings()));
     if runtime.settings().params.uses_tls() {
         let error = MigrationError::TlsCredsNotFound(runtime.settings().params.tls_creds.clone());

@@ -24,8 +24,7 @@ use migration::incoming::Incoming;
 use migration::outgoing::Outgoing;
 use migration::{
     Capability, CapabilityError, Event, EventBus, GlobalState, MigrationError, MigrationHandle,
-    MigrationState, MigrationStatus, ParamError, ParameterUpdate, Registry, Rejected, RunState,
-    VmControl,
+    MigrationState, ParamError, ParameterUpdate, Registry, Rejected, RunState, VmControl,
 };
 use transport::{FdSource, MigrationUri};
 
@@ -247,11 +246,9 @@ impl Machine {
         let uri: MigrationUri = match uri.parse() {
             Ok(u) => u,
             Err(e) => {
-                // QEMU moves to setup, then fails: query-migrate shows `failed`.
-                if self.state.set_status_from_any(MigrationStatus::Setup) {
-                    self.state
-                        .set_status(MigrationStatus::Setup, MigrationStatus::Failed);
-                }
+                // QEMU moves to setup, then fails: query-migrate shows `failed`, without
+                // the error of an earlier migration.
+                self.state.fail_before_start();
                 return Err(MachineError::BadUri(e));
             }
         };
@@ -309,14 +306,13 @@ impl Machine {
     }
 
     fn start_incoming(&self, uri: &str, fds: &dyn FdSource) -> Result<(), MachineError> {
-        let parsed: MigrationUri = uri
-            .parse()
-            .map_err(|_| MachineError::BadIncomingUri(uri.to_string()))?;
-        let listener =
-            transport::listen(&parsed, fds).map_err(|e| MachineError::Migration(e.into()))?;
+        let prepared = self.prepare_incoming(uri, fds);
+        let Ok((listener, registry, mut home)) = prepared else {
+            // migration::incoming::start announces the attempts that get that far.
+            self.state.announce_incoming();
+            return prepared.map(|_| ());
+        };
         let local = listener.local_description();
-        let mut home = lock(&self.home);
-        let registry = self.reclaim(&mut home)?;
         let waiters = self.waiters.clone();
         let job = Incoming {
             listener,
@@ -335,6 +331,22 @@ impl Machine {
             }
             Err(r) => Err(self.rejected(&mut home, *r)),
         }
+    }
+
+    /// Parses `uri`, listens and takes the registry for an incoming migration.
+    fn prepare_incoming(
+        &self,
+        uri: &str,
+        fds: &dyn FdSource,
+    ) -> Result<(transport::Listener, Registry, MutexGuard<'_, Home>), MachineError> {
+        let parsed: MigrationUri = uri
+            .parse()
+            .map_err(|_| MachineError::BadIncomingUri(uri.to_string()))?;
+        let listener =
+            transport::listen(&parsed, fds).map_err(|e| MachineError::Migration(e.into()))?;
+        let mut home = lock(&self.home);
+        let registry = self.reclaim(&mut home)?;
+        Ok((listener, registry, home))
     }
 
     /// The URI the incoming migration listens on, with the real port (e.g. `tcp:127.0.0.1:41811`).

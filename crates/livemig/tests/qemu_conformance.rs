@@ -1,0 +1,326 @@
+//! Management conformance with QEMU 7.2, reply by reply: the same QMP requests go to a
+//! `qemu-system-x86_64 -M none` and to `livemig run --machine none`, and the replies (return
+//! values or error class + text) must be equal. Also: every capability livemig lists can be
+//! switched on. The QEMU comparisons are skipped (visible SKIP) when QEMU is missing.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::qemu::{QemuProc, QEMU_RAM};
+use common::{retry_connect, Vm};
+use monitor::{ClientError, QmpClient};
+use serde_json::{json, Value};
+
+const NONE_MACHINE: &[&str] = &[
+    "--machine",
+    "none",
+    "-m",
+    QEMU_RAM,
+    "--smp",
+    "1",
+    "--fill",
+    "8M",
+    "--working-set",
+    "2M",
+    "--write-rate",
+    "8M",
+];
+
+/// The reply as comparable JSON: `{"return": ...}` or `{"error": {"class", "desc"}}`.
+fn reply(c: &mut QmpClient, name: &str, args: Value) -> Value {
+    let args = (!args.is_null()).then_some(args);
+    match c.execute(name, args) {
+        Ok(v) => json!({ "return": v }),
+        Err(ClientError::Command { class, desc }) => {
+            json!({"error": {"class": class.as_str(), "desc": desc}})
+        }
+        Err(e) => panic!("{name}: {e}"),
+    }
+}
+
+fn connect(path: &Path) -> QmpClient {
+    retry_connect(|| QmpClient::connect_unix(path))
+}
+
+/// Waits until `query-migrate` shows a final status; returns the reply.
+fn wait_final(c: &mut QmpClient) -> Value {
+    common::wait_final_migration(|| c.execute("query-migrate", None).unwrap())
+}
+
+/// The `MIGRATION` statuses announced so far.
+fn migration_events(c: &mut QmpClient) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(ev) = c.next_event(Duration::from_millis(300)).unwrap() {
+        if ev["event"] == "MIGRATION" {
+            out.push(ev["data"]["status"].as_str().unwrap_or("").to_string());
+        }
+    }
+    out
+}
+
+fn set_caps(c: &mut QmpClient, caps: &[(&str, bool)]) -> Value {
+    let list: Vec<Value> = caps
+        .iter()
+        .map(|(c, on)| json!({"capability": c, "state": on}))
+        .collect();
+    reply(
+        c,
+        "migrate-set-capabilities",
+        json!({ "capabilities": list }),
+    )
+}
+
+fn listed_caps(c: &mut QmpClient) -> Vec<String> {
+    let list = c.execute("query-migrate-capabilities", None).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["capability"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_listed_capability_can_be_switched_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = Vm::start(dir.path(), "vm", NONE_MACHINE);
+    let mut c = connect(&vm.qmp_path);
+    let listed = listed_caps(&mut c);
+    let ok = json!({"return": {}});
+    for cap in &listed {
+        assert_eq!(set_caps(&mut c, &[(cap, true)]), ok, "{cap} is listed");
+        let on = c.execute("query-migrate-capabilities", None).unwrap();
+        assert!(
+            on.as_array()
+                .unwrap()
+                .contains(&json!({"capability": cap, "state": true})),
+            "{cap}: {on}"
+        );
+        // return-path is on by default in livemig; leave it as found.
+        if cap != "return-path" {
+            assert_eq!(set_caps(&mut c, &[(cap, false)]), ok);
+        }
+    }
+    // All of them together, too.
+    let all: Vec<(&str, bool)> = listed.iter().map(|c| (c.as_str(), true)).collect();
+    assert_eq!(set_caps(&mut c, &all), ok);
+    // A capability list copied from QEMU 7.2 (everything off) is accepted; switching on one
+    // that is not listed is refused.
+    for cap in [
+        "postcopy-ram",
+        "x-colo",
+        "release-ram",
+        "background-snapshot",
+        "compress",
+    ] {
+        assert!(!listed.iter().any(|l| l == cap), "{cap} does not work yet");
+        assert_eq!(set_caps(&mut c, &[(cap, false)]), ok);
+        let e = set_caps(&mut c, &[(cap, true)]);
+        assert_eq!(e["error"]["class"], "GenericError", "{e}");
+    }
+    // livemig's own capability comes last, so QEMU's names keep their positions.
+    assert_eq!(listed.last().map(String::as_str), Some("ram-verify"));
+}
+
+/// QEMU and livemig side by side, each with its QMP client.
+struct Pair {
+    _qemu: QemuProc,
+    _livemig: Vm,
+    q: QmpClient,
+    l: QmpClient,
+}
+
+impl Pair {
+    fn start(
+        dir: &Path,
+        qemu: &Path,
+        name: &str,
+        qemu_args: &[&str],
+        livemig_args: &[&str],
+    ) -> Pair {
+        let proc = QemuProc::start(qemu, dir, &format!("{name}-qemu"), qemu_args);
+        let mut args = NONE_MACHINE.to_vec();
+        args.extend(livemig_args);
+        let vm = Vm::start(dir, &format!("{name}-livemig"), &args);
+        let q = connect(&proc.qmp);
+        let l = connect(&vm.qmp_path);
+        Pair {
+            _qemu: proc,
+            _livemig: vm,
+            q,
+            l,
+        }
+    }
+
+    /// Sends the request to both and asserts equal replies; returns QEMU's.
+    fn same(&mut self, name: &str, args: Value) -> Value {
+        let q = reply(&mut self.q, name, args.clone());
+        let l = reply(&mut self.l, name, args.clone());
+        assert_eq!(
+            q, l,
+            "{name} {args}: QEMU (left) and livemig (right) differ"
+        );
+        q
+    }
+}
+
+fn qemu(test: &str) -> Option<std::path::PathBuf> {
+    testkit::require_qemu_system(test)
+}
+
+#[test]
+fn command_replies_match_qemu() {
+    let Some(qemu) = qemu("command_replies_match_qemu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pair::start(dir.path(), &qemu, "src", &[], &[]);
+    // migrate-continue: QEMU's state check and argument texts.
+    p.same("migrate-continue", json!({"state": "pre-switchover"}));
+    p.same("migrate-continue", json!({"state": "bogus"}));
+    p.same("migrate-continue", json!({"state": 5}));
+    p.same("migrate-continue", json!({}));
+    // Post-copy recovery commands exist and refuse with QEMU's GenericError texts.
+    let e = p.same("migrate-pause", Value::Null);
+    assert_eq!(e["error"]["class"], "GenericError");
+    let e = p.same("migrate-recover", json!({"uri": "tcp:127.0.0.1:1"}));
+    assert_eq!(e["error"]["class"], "GenericError");
+    p.same("migrate-recover", json!({}));
+    // Negative numbers wrap like QEMU's visitor, then meet the range checks.
+    p.same("migrate-set-parameters", json!({"max-bandwidth": -2000}));
+    let q = p.same("query-migrate-parameters", Value::Null);
+    assert_eq!(q["return"]["max-bandwidth"], json!(u64::MAX - 1999));
+    p.same("migrate-set-parameters", json!({"max-bandwidth": -1}));
+    p.same("migrate-set-parameters", json!({"downtime-limit": -5}));
+    p.same("migrate-set-parameters", json!({"announce-initial": -1}));
+    p.same("migrate-set-parameters", json!({"xbzrle-cache-size": -1}));
+    p.same("migrate-set-parameters", json!({"multifd-channels": -1}));
+    p.same("migrate-set-parameters", json!({"compress-level": -1}));
+    p.same(
+        "migrate-set-parameters",
+        json!({"max-bandwidth": 134217728}),
+    );
+    // Type errors.
+    p.same("migrate-set-parameters", json!({"max-bandwidth": "x"}));
+    p.same("migrate-set-parameters", json!({"max-bandwidth": 1.5}));
+    p.same("migrate-set-parameters", json!({"multifd-channels": "2"}));
+    p.same("migrate-set-parameters", json!({"block-incremental": 1}));
+    p.same("migrate-set-parameters", json!({"tls-creds": 5}));
+    p.same(
+        "migrate-set-parameters",
+        json!({"multifd-compression": "x"}),
+    );
+    p.same("migrate", json!({"uri": 5}));
+    p.same("migrate", json!({}));
+    p.same(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events"}]}),
+    );
+    p.same(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "bogus", "state": true}]}),
+    );
+    p.same("migrate-set-parameters", json!({"bogus": 1}));
+    // The introspection livemig answers is QEMU's format: the probes libvirt makes resolve
+    // to the same kinds of entities.
+    for c in [&mut p.q, &mut p.l] {
+        let schema = c.execute("query-qmp-schema", None).unwrap();
+        let schema = schema.as_array().unwrap();
+        let cmd = schema
+            .iter()
+            .find(|e| e["name"] == "migrate-set-parameters")
+            .unwrap();
+        assert_eq!(cmd["meta-type"], "command");
+        let args = schema
+            .iter()
+            .find(|e| e["name"] == cmd["arg-type"])
+            .unwrap();
+        let bw = args["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "max-bandwidth")
+            .unwrap();
+        let ty = schema.iter().find(|e| e["name"] == bw["type"]).unwrap();
+        assert_eq!(ty["json-type"], "int", "{ty}");
+    }
+}
+
+#[test]
+fn a_failed_migrate_shows_its_own_error() {
+    let Some(qemu) = qemu("a_failed_migrate_shows_its_own_error") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pair::start(dir.path(), &qemu, "src", &[], &[]);
+    let closed = format!("tcp:127.0.0.1:{}", testkit::free_tcp_port());
+    for c in [&mut p.q, &mut p.l] {
+        c.execute("migrate", Some(json!({ "uri": closed })))
+            .unwrap();
+        let info = wait_final(c);
+        assert_eq!(info["status"], "failed", "{info}");
+        assert!(info["error-desc"].is_string(), "{info}");
+    }
+    // A later migrate that fails at once must not show the first failure's text. (livemig
+    // adds the cause to QEMU's text.)
+    let q = reply(&mut p.q, "migrate", json!({"uri": "bogus:x"}));
+    let l = reply(&mut p.l, "migrate", json!({"uri": "bogus:x"}));
+    let q = q["error"]["desc"].as_str().unwrap();
+    assert!(l["error"]["desc"].as_str().unwrap().starts_with(q), "{l}");
+    p.same("query-migrate", Value::Null);
+}
+
+#[test]
+fn destination_behaviour_matches_qemu() {
+    let Some(qemu) = qemu("destination_behaviour_matches_qemu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut dst = Pair::start(
+        dir.path(),
+        &qemu,
+        "dst",
+        &["-S", "-incoming", "defer"],
+        &["-S", "--incoming", "defer"],
+    );
+    // cont while waiting for the migration is accepted; the guest starts once it completes.
+    dst.same("cont", Value::Null);
+    dst.same("query-status", Value::Null);
+    // One MIGRATION `setup` per migrate-incoming attempt, failed ones included, whatever the
+    // events capability.
+    dst.same("migrate-incoming", json!({"uri": "bogus:x"}));
+    let uri_q = format!("tcp:127.0.0.1:{}", testkit::free_tcp_port());
+    let uri_l = format!("tcp:127.0.0.1:{}", testkit::free_tcp_port());
+    dst.q
+        .execute("migrate-incoming", Some(json!({ "uri": uri_q })))
+        .unwrap();
+    dst.l
+        .execute("migrate-incoming", Some(json!({ "uri": uri_l })))
+        .unwrap();
+    assert_eq!(migration_events(&mut dst.q), migration_events(&mut dst.l));
+    // Two livemig sources, one into each destination.
+    let mut sources = Vec::new();
+    for (name, uri) in [("src-q", &uri_q), ("src-l", &uri_l)] {
+        let mut vm = Vm::start(dir.path(), name, NONE_MACHINE);
+        vm.wait_status("running");
+        vm.cmd("migrate", json!({ "uri": uri }));
+        let info = vm.wait_migration();
+        assert_eq!(info["status"], "completed", "{info}\n{}", vm.stderr());
+        sources.push(vm);
+    }
+    for c in [&mut dst.q, &mut dst.l] {
+        let t = Instant::now();
+        while c.execute("query-status", None).unwrap()["status"] != "running" {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the guest never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // After completion the destination shows its status only.
+    let q = dst.same("query-migrate", Value::Null);
+    assert_eq!(q, json!({"return": {"status": "completed"}}));
+    dst.same("query-status", Value::Null);
+}
