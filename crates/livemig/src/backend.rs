@@ -52,6 +52,14 @@ impl MonitorBackend for MachineBackend {
         Ok(self.0.migration().migrate_continue(state)?)
     }
 
+    fn migration_yank_registered(&self) -> bool {
+        self.0.migration().yank_registered()
+    }
+
+    fn yank_migration(&self) {
+        self.0.migration().yank();
+    }
+
     fn query_migrate(&self) -> MigrationInfo {
         self.0.migration().info()
     }

@@ -324,3 +324,79 @@ fn destination_behaviour_matches_qemu() {
     assert_eq!(q, json!({"return": {"status": "completed"}}));
     dst.same("query-status", Value::Null);
 }
+
+/// A peer that accepts the migration connection and never reads from it.
+fn dead_peer() -> (
+    String,
+    std::thread::JoinHandle<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (listener, port) = testkit::bound_tcp_listener().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let h = std::thread::spawn(move || {
+        let conn = listener.accept();
+        let _ = rx.recv();
+        drop(conn);
+    });
+    (format!("tcp:127.0.0.1:{port}"), h, tx)
+}
+
+/// Starts a migration to a dead peer, checks the `migration` yank instance, yanks it and
+/// returns the final `query-migrate` and `query-status`.
+fn yank_stuck_migration(c: &mut QmpClient) -> (Value, Value) {
+    let (uri, peer, release) = dead_peer();
+    c.execute("migrate", Some(json!({ "uri": uri }))).unwrap();
+    let t = Instant::now();
+    while c.execute("query-migrate", None).unwrap()["status"] != "active" {
+        assert!(t.elapsed() < Duration::from_secs(30), "never active");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let instances = c.execute("query-yank", None).unwrap();
+    assert!(
+        instances
+            .as_array()
+            .unwrap()
+            .contains(&json!({"type": "migration"})),
+        "{instances}"
+    );
+    let r = reply(c, "yank", json!({"instances": [{"type": "migration"}]}));
+    assert_eq!(r, json!({"return": {}}));
+    let info = wait_final(c);
+    let status = c.execute("query-status", None).unwrap();
+    release.send(()).unwrap();
+    peer.join().unwrap();
+    (json!({"status": info["status"]}), status)
+}
+
+#[test]
+fn yank_unblocks_a_migration_stuck_on_a_dead_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--machine", "none", "-m", QEMU_RAM, "--smp", "0", "--fill", "48M"];
+    let mut vm = Vm::start(dir.path(), "src", &args);
+    vm.wait_status("running");
+    let mut l = connect(&vm.qmp_path);
+    let (l_info, l_status) = yank_stuck_migration(&mut l);
+    assert_eq!(l_info, json!({"status": "failed"}), "{}", vm.stderr());
+    assert_eq!(l_status["status"], "running");
+    // The migration instance is gone with the migration.
+    assert_eq!(l.execute("query-yank", None).unwrap(), json!([]));
+
+    let Some(qemu) = qemu("yank_unblocks_a_migration_stuck_on_a_dead_peer (QEMU part)") else {
+        return;
+    };
+    // QEMU with RAM full of data, so its stream cannot fit in the socket buffers.
+    let ram = dir.path().join("qemu.ram");
+    let mut data = vec![0u8; common::qemu::RAM as usize];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for w in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&ram, data).unwrap();
+    let mut q = common::qemu::Qemu::start(&qemu, dir.path(), &ram, &[]);
+    let (q_info, q_status) = yank_stuck_migration(&mut q.qmp);
+    assert_eq!(q_info, l_info);
+    assert_eq!(q_status, l_status);
+}

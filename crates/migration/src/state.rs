@@ -301,6 +301,29 @@ impl MigrationState {
         self.set_status(MigrationStatus::Cancelling, MigrationStatus::Cancelled);
     }
 
+    /// True while a migration (outgoing, or incoming from `migrate-incoming` on) runs: QEMU's
+    /// `migration` yank instance exists then.
+    pub fn yank_registered(&self) -> bool {
+        self.lock().status.is_running()
+    }
+
+    /// `yank` of the `migration` instance: shuts the migration's connections down so it
+    /// fails now (the source resumes its guest). False when no migration runs.
+    pub fn yank(&self) -> bool {
+        let runtime = {
+            let s = self.lock();
+            if !s.status.is_running() {
+                return false;
+            }
+            s.runtime.clone()
+        };
+        if let Some(r) = runtime {
+            tracing::warn!("yank: shutting the migration's connections down");
+            r.cancel_token().yank();
+        }
+        true
+    }
+
     /// The `query-migrate` reply.
     pub fn info(&self) -> MigrationInfo {
         let s = self.lock();

@@ -30,6 +30,10 @@ pub trait MonitorBackend: Send + Sync + 'static {
     fn migrate_cancel(&self);
     /// `migrate-continue`: releases a migration paused in `state` (`pre-switchover`).
     fn migrate_continue(&self, state: MigrationStatus) -> Result<(), CommandError>;
+    /// True while QEMU's `migration` yank instance exists (a migration runs).
+    fn migration_yank_registered(&self) -> bool;
+    /// `yank` of the `migration` instance: shuts the migration's connections down.
+    fn yank_migration(&self);
     /// The `query-migrate` data.
     fn query_migrate(&self) -> MigrationInfo;
     /// Applies a batch of capability changes as a whole.

@@ -83,7 +83,9 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
     if let Err(error) = state.begin_incoming(addr, runtime.clone()) {
         return Err(Box::new(Rejected { registry, error }));
     }
-    runtime.cancel_token().register(listener.shutdown_handle());
+    runtime
+        .cancel_token()
+        .register_listener(listener.shutdown_handle());
     tracing::info!(
         "waiting for an incoming migration on {}",
         listener.local_description()

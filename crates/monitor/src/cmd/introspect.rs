@@ -24,7 +24,7 @@ pub fn version_json() -> Value {
 /// Arguments of `qmp_capabilities`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct QmpCapabilities {
-    /// Capabilities the client asks for (only `oob` exists; livemig offers none).
+    /// Capabilities the client asks for (only `oob` exists).
     pub enable: Vec<String>,
 }
 
@@ -48,14 +48,10 @@ impl QmpCapabilities {
         Ok(Self { enable })
     }
 
-    /// Validates the request during negotiation: livemig offers no capability.
-    pub fn negotiate(&self) -> Result<(), CommandError> {
-        match self.enable.first() {
-            Some(c) => Err(CommandError::generic(format!(
-                "Capability {c} isn't available"
-            ))),
-            None => Ok(()),
-        }
+    /// Validates the request during negotiation; true when out-of-band execution is enabled
+    /// (the only capability, and the parser admits no other name).
+    pub fn negotiate(&self) -> Result<bool, CommandError> {
+        Ok(self.enable.iter().any(|c| c == "oob"))
     }
 
     /// After negotiation the command is refused (class `CommandNotFound`).

@@ -27,6 +27,7 @@ pub mod query_migrate;
 pub mod quit;
 pub mod run_state;
 pub mod schema;
+pub mod yank;
 
 use serde_json::{Map, Value};
 
@@ -81,6 +82,10 @@ pub enum Command {
     QueryVersion,
     /// `query-qmp-schema`.
     QueryQmpSchema,
+    /// `yank`.
+    Yank(yank::Yank),
+    /// `query-yank`.
+    QueryYank,
 }
 
 type Parser = fn(&mut Args) -> Result<Command, CommandError>;
@@ -127,6 +132,8 @@ pub const COMMANDS: &[(&str, Parser)] = &[
     ("query-commands", |_| Ok(Command::QueryCommands)),
     ("query-version", |_| Ok(Command::QueryVersion)),
     ("query-qmp-schema", |_| Ok(Command::QueryQmpSchema)),
+    ("yank", |a| yank::Yank::parse(a).map(Command::Yank)),
+    ("query-yank", |_| Ok(Command::QueryYank)),
 ];
 
 impl Command {
@@ -176,6 +183,8 @@ impl Command {
             Command::QueryCommands => Ok(introspect::query_commands()),
             Command::QueryVersion => Ok(introspect::query_version()),
             Command::QueryQmpSchema => Ok(schema::query()),
+            Command::Yank(c) => c.run(s).map(|()| empty()),
+            Command::QueryYank => Ok(yank::query(s)),
         }
     }
 }

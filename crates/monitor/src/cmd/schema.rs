@@ -105,9 +105,20 @@ pub fn command_args(name: &str) -> Option<Vec<(String, Ty, bool)>> {
             .map(|p| opt(p.name, param_type(p.kind)))
             .collect(),
         "getfd" | "closefd" => vec![req("fdname", STR)],
+        "yank" => {
+            // QEMU's union flattened: `type` plus the members of its variants.
+            let ty = Ty::Enum(vec![
+                "block-node".into(),
+                "chardev".into(),
+                "migration".into(),
+            ]);
+            let instance = Ty::Object(vec![req("type", ty), opt("node-name", STR), opt("id", STR)]);
+            vec![req("instances", Ty::Array(Box::new(instance)))]
+        }
         "human-monitor-command" => vec![req("command-line", STR), opt("cpu-index", INT)],
         "migrate_cancel"
         | "migrate-pause"
+        | "query-yank"
         | "query-migrate"
         | "query-migrate-capabilities"
         | "query-migrate-parameters"

@@ -191,6 +191,18 @@ impl MonitorBackend for MockBackend {
         Ok(())
     }
 
+    fn migration_yank_registered(&self) -> bool {
+        self.state().status.is_running()
+    }
+
+    fn yank_migration(&self) {
+        let mut s = self.state();
+        if s.status.is_running() {
+            s.error_desc = Some("yanked".into());
+            self.set_status(&mut s, MigrationStatus::Failed);
+        }
+    }
+
     fn query_migrate(&self) -> MigrationInfo {
         let mut s = self.state();
         if let Some(info) = &s.info_override {
