@@ -196,7 +196,7 @@ impl RunArgs {
 /// Runs the VM until `quit` (or, for a destination, until a failed incoming migration).
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let machine = Machine::new(args.machine_config()?).context("cannot start the VM")?;
-    let backend = Arc::new(MachineBackend(machine.clone()));
+    let backend = Arc::new(MachineBackend::new(machine.clone()));
     let _monitors = crate::cmd_monitor::start_servers(&args.qmp, &args.monitor, backend)?;
     if let Some(uri) = args.incoming.as_deref().filter(|u| *u != "defer") {
         machine

@@ -371,7 +371,16 @@ fn yank_stuck_migration(c: &mut QmpClient) -> (Value, Value) {
 #[test]
 fn yank_unblocks_a_migration_stuck_on_a_dead_peer() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--machine", "none", "-m", QEMU_RAM, "--smp", "0", "--fill", "48M"];
+    let args = [
+        "--machine",
+        "none",
+        "-m",
+        QEMU_RAM,
+        "--smp",
+        "0",
+        "--fill",
+        "48M",
+    ];
     let mut vm = Vm::start(dir.path(), "src", &args);
     vm.wait_status("running");
     let mut l = connect(&vm.qmp_path);
@@ -399,4 +408,77 @@ fn yank_unblocks_a_migration_stuck_on_a_dead_peer() {
     let (q_info, q_status) = yank_stuck_migration(&mut q.qmp);
     assert_eq!(q_info, l_info);
     assert_eq!(q_status, l_status);
+}
+
+/// The reply with descriptor numbers (which differ between processes) replaced by 0.
+fn without_fd_numbers(mut v: Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if let Some(fd) = m.get_mut("fd") {
+                    *fd = json!(0);
+                }
+                m.values_mut().for_each(walk);
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
+}
+
+fn add_fd(c: &mut QmpClient, args: Value) -> Value {
+    let f = tempfile::tempfile().unwrap();
+    let fd = std::os::fd::AsFd::as_fd(&f);
+    match c.execute_with_fd("add-fd", Some(args), fd) {
+        Ok(v) => json!({ "return": v }),
+        Err(ClientError::Command { class, desc }) => {
+            json!({"error": {"class": class.as_str(), "desc": desc}})
+        }
+        Err(e) => panic!("add-fd: {e}"),
+    }
+}
+
+#[test]
+fn fd_sets_match_qemu() {
+    let Some(qemu) = qemu("fd_sets_match_qemu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pair::start(dir.path(), &qemu, "vm", &[], &[]);
+    p.same("query-fdsets", Value::Null);
+    p.same("add-fd", json!({}));
+    p.same("remove-fd", json!({"fdset-id": 3}));
+    p.same("remove-fd", json!({}));
+    let mut fds = Vec::new();
+    for args in [
+        json!({"fdset-id": 3, "opaque": "rw"}),
+        json!({"fdset-id": 3}),
+        json!({}),
+        json!({}),
+        json!({"fdset-id": -1}),
+    ] {
+        let q = add_fd(&mut p.q, args.clone());
+        let l = add_fd(&mut p.l, args.clone());
+        assert_eq!(
+            without_fd_numbers(q.clone()),
+            without_fd_numbers(l.clone()),
+            "{args}"
+        );
+        fds.push((q["return"]["fd"].clone(), l["return"]["fd"].clone()));
+    }
+    let q = p.q.execute("query-fdsets", None).unwrap();
+    let l = p.l.execute("query-fdsets", None).unwrap();
+    assert_eq!(without_fd_numbers(q), without_fd_numbers(l));
+    // Remove the first descriptor of set 3 by number, then set 0 whole.
+    let (qfd, lfd) = fds[0].clone();
+    let q = reply(&mut p.q, "remove-fd", json!({"fdset-id": 3, "fd": qfd}));
+    let l = reply(&mut p.l, "remove-fd", json!({"fdset-id": 3, "fd": lfd}));
+    assert_eq!(q, l);
+    p.same("remove-fd", json!({"fdset-id": 0}));
+    p.same("remove-fd", json!({"fdset-id": 0}));
+    let q = p.q.execute("query-fdsets", None).unwrap();
+    let l = p.l.execute("query-fdsets", None).unwrap();
+    assert_eq!(without_fd_numbers(q), without_fd_numbers(l));
 }

@@ -53,6 +53,8 @@ pub trait MonitorBackend: Send + Sync + 'static {
     fn cont(&self) -> Result<(), CommandError>;
     /// Asks the process to exit. Called after the reply to `quit` was sent.
     fn quit(&self);
+    /// The process's fd sets (`add-fd`, `remove-fd`, `query-fdsets`).
+    fn fdsets(&self) -> &crate::fdsets::FdSets;
     /// The bus whose events QMP clients receive.
     fn events(&self) -> &EventBus;
 }

@@ -74,6 +74,12 @@ pub enum Command {
     GetFd(fd::GetFd),
     /// `closefd`.
     CloseFd(fd::CloseFd),
+    /// `add-fd`.
+    AddFd(fd::AddFd),
+    /// `remove-fd`.
+    RemoveFd(fd::RemoveFd),
+    /// `query-fdsets`.
+    QueryFdsets,
     /// `human-monitor-command`.
     HumanMonitorCommand(human::HumanMonitorCommand),
     /// `query-commands`.
@@ -126,6 +132,11 @@ pub const COMMANDS: &[(&str, Parser)] = &[
     ("quit", |_| Ok(Command::Quit)),
     ("getfd", |a| fd::GetFd::parse(a).map(Command::GetFd)),
     ("closefd", |a| fd::CloseFd::parse(a).map(Command::CloseFd)),
+    ("add-fd", |a| fd::AddFd::parse(a).map(Command::AddFd)),
+    ("remove-fd", |a| {
+        fd::RemoveFd::parse(a).map(Command::RemoveFd)
+    }),
+    ("query-fdsets", |_| Ok(Command::QueryFdsets)),
     ("human-monitor-command", |a| {
         human::HumanMonitorCommand::parse(a).map(Command::HumanMonitorCommand)
     }),
@@ -179,6 +190,9 @@ impl Command {
             }
             Command::GetFd(c) => c.run(s).map(|()| empty()),
             Command::CloseFd(c) => c.run(s).map(|()| empty()),
+            Command::AddFd(c) => c.run(s),
+            Command::RemoveFd(c) => c.run(s).map(|()| empty()),
+            Command::QueryFdsets => Ok(s.backend.fdsets().query()),
             Command::HumanMonitorCommand(c) => Ok(Value::String(c.run(s))),
             Command::QueryCommands => Ok(introspect::query_commands()),
             Command::QueryVersion => Ok(introspect::query_version()),

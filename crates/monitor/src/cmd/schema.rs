@@ -105,6 +105,8 @@ pub fn command_args(name: &str) -> Option<Vec<(String, Ty, bool)>> {
             .map(|p| opt(p.name, param_type(p.kind)))
             .collect(),
         "getfd" | "closefd" => vec![req("fdname", STR)],
+        "add-fd" => vec![opt("fdset-id", INT), opt("opaque", STR)],
+        "remove-fd" => vec![req("fdset-id", INT), opt("fd", INT)],
         "yank" => {
             // QEMU's union flattened: `type` plus the members of its variants.
             let ty = Ty::Enum(vec![
@@ -119,6 +121,7 @@ pub fn command_args(name: &str) -> Option<Vec<(String, Ty, bool)>> {
         "migrate_cancel"
         | "migrate-pause"
         | "query-yank"
+        | "query-fdsets"
         | "query-migrate"
         | "query-migrate-capabilities"
         | "query-migrate-parameters"
@@ -135,7 +138,7 @@ pub fn command_args(name: &str) -> Option<Vec<(String, Ty, bool)>> {
 
 /// What the command returns: `{}` (the empty object) or data described as `any`.
 fn returns_data(name: &str) -> bool {
-    name.starts_with("query-") || name == "human-monitor-command"
+    name.starts_with("query-") || matches!(name, "human-monitor-command" | "add-fd")
 }
 
 /// Commands QEMU 7.2 allows out of band.

@@ -51,6 +51,7 @@ pub struct MockState {
 pub struct MockBackend {
     state: Mutex<MockState>,
     events: EventBus,
+    fdsets: monitor::fdsets::FdSets,
 }
 
 impl Default for MockBackend {
@@ -79,6 +80,7 @@ impl MockBackend {
                 info_override: None,
             }),
             events: EventBus::new(),
+            fdsets: monitor::fdsets::FdSets::new(),
         }
     }
 
@@ -306,6 +308,10 @@ impl MonitorBackend for MockBackend {
 
     fn quit(&self) {
         self.state().quits += 1;
+    }
+
+    fn fdsets(&self) -> &monitor::fdsets::FdSets {
+        &self.fdsets
     }
 
     fn events(&self) -> &EventBus {
