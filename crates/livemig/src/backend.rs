@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use migration::block::BlockMigrationOptions;
+use migration::dirty_rate::{DirtyRateMode, DirtyRateState};
 use migration::{
     Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, MigrationStatus,
     ParameterUpdate, RunState,
@@ -108,6 +109,21 @@ impl MonitorBackend for MachineBackend {
 
     fn quit(&self) {
         self.machine.request_quit();
+    }
+
+    fn calc_dirty_rate(
+        &self,
+        calc_time: i64,
+        sample_pages: Option<i64>,
+        mode: Option<DirtyRateMode>,
+    ) -> Result<(), CommandError> {
+        Ok(self
+            .machine
+            .calc_dirty_rate(calc_time, sample_pages, mode)?)
+    }
+
+    fn query_dirty_rate(&self) -> DirtyRateState {
+        self.machine.query_dirty_rate()
     }
 
     fn fdsets(&self) -> &FdSets {

@@ -21,6 +21,7 @@ pub mod cancel;
 pub mod capabilities;
 pub mod convergence;
 pub mod counters;
+pub mod dirty_rate;
 mod error;
 pub mod events;
 pub mod global_state;

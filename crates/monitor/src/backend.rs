@@ -53,6 +53,15 @@ pub trait MonitorBackend: Send + Sync + 'static {
     fn cont(&self) -> Result<(), CommandError>;
     /// Asks the process to exit. Called after the reply to `quit` was sent.
     fn quit(&self);
+    /// `calc-dirty-rate`: starts measuring the guest's dirty rate.
+    fn calc_dirty_rate(
+        &self,
+        calc_time: i64,
+        sample_pages: Option<i64>,
+        mode: Option<migration::dirty_rate::DirtyRateMode>,
+    ) -> Result<(), CommandError>;
+    /// The last dirty-rate measurement (`query-dirty-rate`).
+    fn query_dirty_rate(&self) -> migration::dirty_rate::DirtyRateState;
     /// The process's fd sets (`add-fd`, `remove-fd`, `query-fdsets`).
     fn fdsets(&self) -> &crate::fdsets::FdSets;
     /// The bus whose events QMP clients receive.
@@ -160,6 +169,12 @@ impl From<migration::CapabilityError> for CommandError {
 
 impl From<migration::ContinueError> for CommandError {
     fn from(e: migration::ContinueError) -> Self {
+        Self::generic(e.to_string())
+    }
+}
+
+impl From<migration::dirty_rate::DirtyRateError> for CommandError {
+    fn from(e: migration::dirty_rate::DirtyRateError) -> Self {
         Self::generic(e.to_string())
     }
 }

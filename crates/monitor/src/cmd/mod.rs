@@ -14,6 +14,7 @@
 
 pub mod args;
 pub mod capabilities;
+pub mod dirty_rate;
 pub mod fd;
 pub mod human;
 pub mod incoming;
@@ -88,6 +89,10 @@ pub enum Command {
     QueryVersion,
     /// `query-qmp-schema`.
     QueryQmpSchema,
+    /// `calc-dirty-rate`.
+    CalcDirtyRate(dirty_rate::CalcDirtyRate),
+    /// `query-dirty-rate`.
+    QueryDirtyRate,
     /// `yank`.
     Yank(yank::Yank),
     /// `query-yank`.
@@ -143,6 +148,10 @@ pub const COMMANDS: &[(&str, Parser)] = &[
     ("query-commands", |_| Ok(Command::QueryCommands)),
     ("query-version", |_| Ok(Command::QueryVersion)),
     ("query-qmp-schema", |_| Ok(Command::QueryQmpSchema)),
+    ("calc-dirty-rate", |a| {
+        dirty_rate::CalcDirtyRate::parse(a).map(Command::CalcDirtyRate)
+    }),
+    ("query-dirty-rate", |_| Ok(Command::QueryDirtyRate)),
     ("yank", |a| yank::Yank::parse(a).map(Command::Yank)),
     ("query-yank", |_| Ok(Command::QueryYank)),
 ];
@@ -197,6 +206,8 @@ impl Command {
             Command::QueryCommands => Ok(introspect::query_commands()),
             Command::QueryVersion => Ok(introspect::query_version()),
             Command::QueryQmpSchema => Ok(schema::query()),
+            Command::CalcDirtyRate(c) => c.run(s).map(|()| empty()),
+            Command::QueryDirtyRate => Ok(dirty_rate::query(s)),
             Command::Yank(c) => c.run(s).map(|()| empty()),
             Command::QueryYank => Ok(yank::query(s)),
         }

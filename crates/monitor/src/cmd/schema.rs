@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::COMMANDS;
+use migration::dirty_rate::DirtyRateMode;
 use migration::params::{ParamKind, PARAMS};
 use migration::{Capability, MigrationStatus};
 
@@ -106,6 +107,14 @@ pub fn command_args(name: &str) -> Option<Vec<(String, Ty, bool)>> {
             .collect(),
         "getfd" | "closefd" => vec![req("fdname", STR)],
         "add-fd" => vec![opt("fdset-id", INT), opt("opaque", STR)],
+        "calc-dirty-rate" => {
+            let modes = DirtyRateMode::ALL.iter().map(|m| m.as_str().to_string());
+            vec![
+                req("calc-time", INT),
+                opt("sample-pages", INT),
+                opt("mode", Ty::Enum(modes.collect())),
+            ]
+        }
         "remove-fd" => vec![req("fdset-id", INT), opt("fd", INT)],
         "yank" => {
             // QEMU's union flattened: `type` plus the members of its variants.
@@ -122,6 +131,7 @@ pub fn command_args(name: &str) -> Option<Vec<(String, Ty, bool)>> {
         | "migrate-pause"
         | "query-yank"
         | "query-fdsets"
+        | "query-dirty-rate"
         | "query-migrate"
         | "query-migrate-capabilities"
         | "query-migrate-parameters"

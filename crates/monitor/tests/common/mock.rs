@@ -310,6 +310,20 @@ impl MonitorBackend for MockBackend {
         self.state().quits += 1;
     }
 
+    fn calc_dirty_rate(
+        &self,
+        calc_time: i64,
+        sample_pages: Option<i64>,
+        mode: Option<migration::dirty_rate::DirtyRateMode>,
+    ) -> Result<(), CommandError> {
+        migration::dirty_rate::DirtyRateRequest::check(calc_time, sample_pages, mode, false)?;
+        Ok(())
+    }
+
+    fn query_dirty_rate(&self) -> migration::dirty_rate::DirtyRateState {
+        Default::default()
+    }
+
     fn fdsets(&self) -> &monitor::fdsets::FdSets {
         &self.fdsets
     }

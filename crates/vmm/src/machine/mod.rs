@@ -9,6 +9,7 @@
 
 mod build;
 mod config;
+mod dirty_rate;
 mod guest;
 mod timer;
 mod vcpus;
@@ -18,8 +19,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use block::Disk;
-use guest_ram::GuestRam;
+use guest_ram::{DirtyLog, GuestRam};
 use migration::block::BlockMigrationOptions;
+use migration::dirty_rate::{DirtyRateError, DirtyRateMode, DirtyRateRequest, DirtyRateState};
 use migration::incoming::Incoming;
 use migration::outgoing::Outgoing;
 use migration::{
@@ -74,6 +76,7 @@ pub struct Machine {
     incoming_result: Mutex<Option<Result<(), String>>>,
     incoming_uri: Mutex<Option<String>>,
     waiters: Arc<Waiters>,
+    dirty_rate: dirty_rate::SharedDirtyRate,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,6 +100,7 @@ impl Machine {
             incoming_result: Mutex::new(None),
             incoming_uri: Mutex::new(None),
             waiters: Arc::default(),
+            dirty_rate: Arc::default(),
         });
         if !m.cfg.incoming && !m.cfg.start_paused {
             m.control.vm_start()?;
@@ -395,6 +399,34 @@ impl Machine {
             _ if self.state.status().is_running() => Err(MachineError::InProgress),
             _ => Ok(self.control.vm_start()?),
         }
+    }
+
+    /// `calc-dirty-rate`: starts measuring the guest's dirty rate (QEMU's checks and texts).
+    /// livemig never uses KVM's dirty ring, so `dirty-ring` is refused and `dirty-bitmap`
+    /// runs a dirty log of its own (not while a migration uses the VM's).
+    pub fn calc_dirty_rate(
+        &self,
+        calc_time: i64,
+        sample_pages: Option<i64>,
+        mode: Option<DirtyRateMode>,
+    ) -> Result<(), DirtyRateError> {
+        if lock(&self.dirty_rate).measured == Some(false) {
+            return Err(DirtyRateError::Busy);
+        }
+        let req = DirtyRateRequest::check(calc_time, sample_pages, mode, false)?;
+        let log = (req.mode == DirtyRateMode::DirtyBitmap && !self.state.status().is_running())
+            .then(|| match self.control.guest() {
+                Guest::Soft(_) => {
+                    Box::new(guest_ram::UffdDirtyLog::new(self.ram.clone())) as Box<dyn DirtyLog>
+                }
+                Guest::Kvm(vm) => vm.dirty_log(),
+            });
+        dirty_rate::start(&self.dirty_rate, self.ram.clone(), req, log)
+    }
+
+    /// `query-dirty-rate`.
+    pub fn query_dirty_rate(&self) -> DirtyRateState {
+        lock(&self.dirty_rate).clone()
     }
 
     /// Asks the process to quit (`quit`).
