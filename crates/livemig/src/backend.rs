@@ -126,6 +126,10 @@ impl MonitorBackend for MachineBackend {
         self.machine.query_dirty_rate()
     }
 
+    fn uuid(&self) -> Option<migration::uuid::VmUuid> {
+        self.machine.migration().uuid()
+    }
+
     fn fdsets(&self) -> &FdSets {
         &self.fdsets
     }

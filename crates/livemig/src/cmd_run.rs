@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// `file:PATH`, `fd:N`, or `defer` for `migrate-incoming`).
     #[arg(long)]
     pub incoming: Option<String>,
+    /// The VM's UUID, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (like QEMU's -uuid): reported by
+    /// `query-uuid`, and checked by a destination with capability `validate-uuid`.
+    #[arg(long)]
+    pub uuid: Option<migration::uuid::VmUuid>,
     /// Do not start the vCPUs (like QEMU's -S).
     #[arg(short = 'S')]
     pub start_paused: bool,
@@ -189,6 +193,7 @@ impl RunArgs {
             fill: self.fill,
             start_paused: self.start_paused,
             incoming: self.incoming.is_some(),
+            uuid: self.uuid,
         })
     }
 }

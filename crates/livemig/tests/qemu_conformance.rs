@@ -568,3 +568,79 @@ fn dirty_rate_sees_a_writing_guest() {
     }
     vm.quit();
 }
+
+const UUID_A: &str = "6d3a9e3e-54c2-4b7e-9a41-0c2b7c1f0a11";
+const UUID_B: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+
+#[test]
+fn query_uuid_matches_qemu() {
+    let Some(qemu) = qemu("query_uuid_matches_qemu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pair::start(dir.path(), &qemu, "a", &[], &[]);
+    p.same("query-uuid", Value::Null);
+    let mut p = Pair::start(
+        dir.path(),
+        &qemu,
+        "b",
+        &["-uuid", UUID_A],
+        &["--uuid", UUID_A],
+    );
+    let q = p.same("query-uuid", Value::Null);
+    assert_eq!(q, json!({"return": {"UUID": UUID_A}}));
+}
+
+/// A QEMU source with `uuid` and validate-uuid on migrates into a livemig destination with
+/// `dst_uuid`; returns the destination's final query-migrate.
+fn qemu_into_livemig_with_uuids(qemu: &Path, dir: &Path, uuid: &str, dst_uuid: &str) -> Value {
+    let mut dst_args = NONE_MACHINE.to_vec();
+    dst_args.extend(["--uuid", dst_uuid, "--incoming", "defer"]);
+    let mut dst = Vm::start(dir, &format!("dst-{dst_uuid}"), &dst_args);
+    let uri = format!("tcp:127.0.0.1:{}", testkit::free_tcp_port());
+    dst.cmd("migrate-incoming", json!({ "uri": uri }));
+    let src = QemuProc::start(qemu, dir, &format!("src-{dst_uuid}"), &["-uuid", uuid]);
+    let mut c = connect(&src.qmp);
+    set_caps(&mut c, &[("validate-uuid", true)]);
+    c.execute("migrate", Some(json!({ "uri": uri }))).unwrap();
+    common::wait_final_migration(|| dst.cmd("query-migrate", Value::Null))
+}
+
+#[test]
+fn validate_uuid_checks_the_configuration_like_qemu() {
+    let Some(qemu) = qemu("validate_uuid_checks_the_configuration_like_qemu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // QEMU's configuration subsection, read by livemig: another VM's stream is refused.
+    let info = qemu_into_livemig_with_uuids(&qemu, dir.path(), UUID_A, UUID_B);
+    assert_eq!(info["status"], "failed", "{info}");
+    let text = format!("UUID received is {UUID_A} and local is {UUID_B}");
+    assert!(
+        info["error-desc"].as_str().unwrap().contains(&text),
+        "{info}"
+    );
+    let info = qemu_into_livemig_with_uuids(&qemu, dir.path(), UUID_A, UUID_A);
+    assert_eq!(info["status"], "completed", "{info}");
+
+    // livemig's subsection, read by QEMU.
+    for (dst_uuid, want) in [(UUID_B, "failed"), (UUID_A, "completed")] {
+        let uri = format!("tcp:127.0.0.1:{}", testkit::free_tcp_port());
+        let dst = QemuProc::start(
+            &qemu,
+            dir.path(),
+            &format!("qdst-{dst_uuid}"),
+            &["-uuid", dst_uuid, "-incoming", &uri],
+        );
+        let mut args = NONE_MACHINE.to_vec();
+        args.extend(["--uuid", UUID_A]);
+        let mut src = Vm::start(dir.path(), &format!("lsrc-{dst_uuid}"), &args);
+        src.wait_status("running");
+        let mut c = connect(&src.qmp_path);
+        set_caps(&mut c, &[("validate-uuid", true)]);
+        c.execute("migrate", Some(json!({ "uri": uri }))).unwrap();
+        let info = wait_final(&mut c);
+        assert_eq!(info["status"], want, "{info}\n{}", src.stderr());
+        drop(dst);
+    }
+}

@@ -122,7 +122,7 @@ const TABLE: [Row; 22] = [
     row(Capability::PostcopyBlocktime, "postcopy-blocktime", false),
     row(Capability::LateBlockActivate, "late-block-activate", true),
     row(Capability::XIgnoreShared, "x-ignore-shared", false),
-    row(Capability::ValidateUuid, "validate-uuid", false),
+    row(Capability::ValidateUuid, "validate-uuid", true),
     row(Capability::BackgroundSnapshot, "background-snapshot", false),
     row(Capability::ZeroCopySend, "zero-copy-send", false),
     row(Capability::PostcopyPreempt, "postcopy-preempt", false),

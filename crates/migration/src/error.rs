@@ -54,6 +54,14 @@ pub enum MigrationError {
     /// The configuration record lists a capability this side does not have on.
     #[error("Capability {0} is off, but received capability is on")]
     CapabilityMismatch(String),
+    /// `validate-uuid`: the stream comes from a VM with another UUID (QEMU's text).
+    #[error("UUID received is {remote} and local is {local}")]
+    UuidMismatch {
+        /// The source's UUID.
+        remote: crate::uuid::VmUuid,
+        /// Ours.
+        local: crate::uuid::VmUuid,
+    },
     /// The stream names a RAM block this VM does not have.
     #[error("Unknown ramblock \"{0}\", cannot accept migration")]
     UnknownRamBlock(String),

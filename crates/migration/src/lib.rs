@@ -40,6 +40,7 @@ pub mod session;
 pub mod settings;
 pub mod state;
 pub mod status;
+pub mod uuid;
 pub mod verify;
 pub mod vm;
 

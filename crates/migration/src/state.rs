@@ -109,6 +109,16 @@ impl MigrationState {
         Ok(())
     }
 
+    /// Sets the VM's UUID (`--uuid`; QEMU's `-uuid`).
+    pub fn set_uuid(&self, uuid: Option<crate::uuid::VmUuid>) {
+        self.lock().settings.uuid = uuid;
+    }
+
+    /// The VM's UUID, if set.
+    pub fn uuid(&self) -> Option<crate::uuid::VmUuid> {
+        self.lock().settings.uuid
+    }
+
     /// Replaces the settings wholesale (embedders that configure a VM in code).
     pub fn set_settings(&self, settings: Settings) {
         self.lock().settings = settings;

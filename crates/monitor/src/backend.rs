@@ -62,6 +62,8 @@ pub trait MonitorBackend: Send + Sync + 'static {
     ) -> Result<(), CommandError>;
     /// The last dirty-rate measurement (`query-dirty-rate`).
     fn query_dirty_rate(&self) -> migration::dirty_rate::DirtyRateState;
+    /// The VM's UUID (`query-uuid`), if set.
+    fn uuid(&self) -> Option<migration::uuid::VmUuid>;
     /// The process's fd sets (`add-fd`, `remove-fd`, `query-fdsets`).
     fn fdsets(&self) -> &crate::fdsets::FdSets;
     /// The bus whose events QMP clients receive.

@@ -1,4 +1,4 @@
-//! `qmp_capabilities` (after negotiation), `query-commands` and `query-version`.
+//! `qmp_capabilities` (after negotiation), `query-commands`, `query-version` and `query-uuid`.
 
 use serde_json::{json, Value};
 
@@ -65,6 +65,11 @@ impl QmpCapabilities {
 /// `query-commands`: `[{"name": ...}, ...]`.
 pub fn query_commands() -> Value {
     Value::Array(COMMANDS.iter().map(|(n, _)| json!({ "name": n })).collect())
+}
+
+/// `query-uuid`: `{"UUID": ...}`, all zeros without `--uuid` (QEMU).
+pub fn query_uuid(s: &crate::session::Session) -> Value {
+    json!({ "UUID": s.backend.uuid().unwrap_or_default().to_string() })
 }
 
 /// `query-version`.

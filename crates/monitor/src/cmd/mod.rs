@@ -87,6 +87,8 @@ pub enum Command {
     QueryCommands,
     /// `query-version`.
     QueryVersion,
+    /// `query-uuid`.
+    QueryUuid,
     /// `query-qmp-schema`.
     QueryQmpSchema,
     /// `calc-dirty-rate`.
@@ -147,6 +149,7 @@ pub const COMMANDS: &[(&str, Parser)] = &[
     }),
     ("query-commands", |_| Ok(Command::QueryCommands)),
     ("query-version", |_| Ok(Command::QueryVersion)),
+    ("query-uuid", |_| Ok(Command::QueryUuid)),
     ("query-qmp-schema", |_| Ok(Command::QueryQmpSchema)),
     ("calc-dirty-rate", |a| {
         dirty_rate::CalcDirtyRate::parse(a).map(Command::CalcDirtyRate)
@@ -205,6 +208,7 @@ impl Command {
             Command::HumanMonitorCommand(c) => Ok(Value::String(c.run(s))),
             Command::QueryCommands => Ok(introspect::query_commands()),
             Command::QueryVersion => Ok(introspect::query_version()),
+            Command::QueryUuid => Ok(introspect::query_uuid(s)),
             Command::QueryQmpSchema => Ok(schema::query()),
             Command::CalcDirtyRate(c) => c.run(s).map(|()| empty()),
             Command::QueryDirtyRate => Ok(dirty_rate::query(s)),

@@ -132,6 +132,7 @@ pub fn command_args(name: &str) -> Option<Vec<(String, Ty, bool)>> {
         | "query-yank"
         | "query-fdsets"
         | "query-dirty-rate"
+        | "query-uuid"
         | "query-migrate"
         | "query-migrate-capabilities"
         | "query-migrate-parameters"

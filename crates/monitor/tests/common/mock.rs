@@ -324,6 +324,10 @@ impl MonitorBackend for MockBackend {
         Default::default()
     }
 
+    fn uuid(&self) -> Option<migration::uuid::VmUuid> {
+        None
+    }
+
     fn fdsets(&self) -> &monitor::fdsets::FdSets {
         &self.fdsets
     }

@@ -102,6 +102,7 @@ impl Machine {
             waiters: Arc::default(),
             dirty_rate: Arc::default(),
         });
+        m.state.set_uuid(m.cfg.uuid);
         if !m.cfg.incoming && !m.cfg.start_paused {
             m.control.vm_start()?;
         }
