@@ -171,7 +171,7 @@ pub fn sampled_rate(dirty: u64, samples: u64, block_mib: u64, ms: u64) -> u64 {
 
 /// Dirty log: `pages` pages of `page_size` bytes dirtied over `ms`.
 pub fn logged_rate(pages: u64, page_size: u64, ms: u64) -> u64 {
-    let mib = u128::from(pages) * u128::from(page_size) >> 20;
+    let mib = (u128::from(pages) * u128::from(page_size)) >> 20;
     u64::try_from(mib * 1000 / u128::from(ms.max(1))).unwrap_or(u64::MAX)
 }
 
@@ -181,7 +181,7 @@ pub fn samples_for_block(len: u64, sample_pages: u64) -> u64 {
     if len < MIN_SAMPLED_BLOCK {
         return 0;
     }
-    (u128::from(len) * u128::from(sample_pages) >> 30) as u64
+    ((u128::from(len) * u128::from(sample_pages)) >> 30) as u64
 }
 
 #[cfg(test)]

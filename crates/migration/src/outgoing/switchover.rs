@@ -69,7 +69,7 @@ fn complete(
     // QEMU 7.2: the switchover happens in `active`, or in `device` after a pause.
     if s.settings().has(Capability::PauseBeforeSwitchover) {
         job.state
-            .pause_before_switchover(&job.runtime.cancel_token())?;
+            .pause_before_switchover(job.runtime.cancel_token())?;
     } else if job.state.status() != MigrationStatus::Active {
         return Err(MigrationError::Cancelled);
     }

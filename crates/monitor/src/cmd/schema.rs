@@ -39,14 +39,17 @@ pub enum Ty {
     /// An array of the element type.
     Array(Box<Ty>),
     /// An object with members `(name, type, optional)`.
-    Object(Vec<(String, Ty, bool)>),
+    Object(Vec<Member>),
 }
 
-fn req(name: &str, ty: Ty) -> (String, Ty, bool) {
+/// An object member: name, type, optional.
+pub type Member = (String, Ty, bool);
+
+fn req(name: &str, ty: Ty) -> Member {
     (name.to_string(), ty, false)
 }
 
-fn opt(name: &str, ty: Ty) -> (String, Ty, bool) {
+fn opt(name: &str, ty: Ty) -> Member {
     (name.to_string(), ty, true)
 }
 
@@ -76,7 +79,7 @@ fn param_type(kind: ParamKind) -> Ty {
 }
 
 /// The members of a command's `arguments`, or `None` for a command not described yet.
-pub fn command_args(name: &str) -> Option<Vec<(String, Ty, bool)>> {
+pub fn command_args(name: &str) -> Option<Vec<Member>> {
     Some(match name {
         "qmp_capabilities" => vec![opt(
             "enable",
@@ -158,7 +161,7 @@ pub fn allows_oob(name: &str) -> bool {
 }
 
 /// The events livemig emits with their data members.
-fn events() -> Vec<(&'static str, Vec<(String, Ty, bool)>)> {
+fn events() -> Vec<(&'static str, Vec<Member>)> {
     let cause = Ty::Enum(
         [
             "none",
