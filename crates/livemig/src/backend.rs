@@ -3,15 +3,30 @@
 use std::sync::Arc;
 
 use migration::block::BlockMigrationOptions;
+use migration::dirty_rate::{DirtyRateMode, DirtyRateState};
 use migration::{
-    Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, ParameterUpdate,
-    RunState,
+    Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, MigrationStatus,
+    ParameterUpdate, RunState,
 };
+use monitor::fdsets::FdSets;
 use monitor::{CommandError, MigrateOptions, MonitorBackend};
 use vmm::machine::{Machine, MachineError};
 
-/// A machine behind the monitors.
-pub struct MachineBackend(pub Arc<Machine>);
+/// A machine behind the monitors, with the process's fd sets.
+pub struct MachineBackend {
+    machine: Arc<Machine>,
+    fdsets: FdSets,
+}
+
+impl MachineBackend {
+    /// The monitors' view of `machine`.
+    pub fn new(machine: Arc<Machine>) -> Self {
+        Self {
+            machine,
+            fdsets: FdSets::new(),
+        }
+    }
+}
 
 fn err(e: MachineError) -> CommandError {
     // The top-level text is QEMU's; causes are appended so operators see why.
@@ -33,7 +48,7 @@ impl MonitorBackend for MachineBackend {
         let block = (opts.blk || opts.inc).then_some(BlockMigrationOptions {
             incremental: opts.inc,
         });
-        self.0.migrate(uri, fds, block).map_err(err)
+        self.machine.migrate(uri, fds, block).map_err(err)
     }
 
     fn migrate_incoming(
@@ -41,50 +56,85 @@ impl MonitorBackend for MachineBackend {
         uri: &str,
         fds: &dyn transport::FdSource,
     ) -> Result<(), CommandError> {
-        self.0.migrate_incoming(uri, fds).map_err(err)
+        self.machine.migrate_incoming(uri, fds).map_err(err)
     }
 
     fn migrate_cancel(&self) {
-        self.0.migrate_cancel();
+        self.machine.migrate_cancel();
+    }
+
+    fn migrate_continue(&self, state: MigrationStatus) -> Result<(), CommandError> {
+        Ok(self.machine.migration().migrate_continue(state)?)
+    }
+
+    fn migration_yank_registered(&self) -> bool {
+        self.machine.migration().yank_registered()
+    }
+
+    fn yank_migration(&self) {
+        self.machine.migration().yank();
     }
 
     fn query_migrate(&self) -> MigrationInfo {
-        self.0.migration().info()
+        self.machine.migration().info()
     }
 
     fn set_capabilities(&self, changes: &[(Capability, bool)]) -> Result<(), CommandError> {
-        Ok(self.0.set_capabilities(changes)?)
+        Ok(self.machine.set_capabilities(changes)?)
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.0.migration().capabilities()
+        self.machine.migration().capabilities()
     }
 
     fn set_parameters(&self, update: &ParameterUpdate) -> Result<(), CommandError> {
-        Ok(self.0.set_parameters(update)?)
+        Ok(self.machine.set_parameters(update)?)
     }
 
     fn parameters(&self) -> MigrationParameters {
-        self.0.migration().parameters()
+        self.machine.migration().parameters()
     }
 
     fn run_state(&self) -> RunState {
-        self.0.run_state()
+        self.machine.run_state()
     }
 
     fn stop(&self) -> Result<(), CommandError> {
-        self.0.stop().map_err(err)
+        self.machine.stop().map_err(err)
     }
 
     fn cont(&self) -> Result<(), CommandError> {
-        self.0.cont().map_err(err)
+        self.machine.cont().map_err(err)
     }
 
     fn quit(&self) {
-        self.0.request_quit();
+        self.machine.request_quit();
+    }
+
+    fn calc_dirty_rate(
+        &self,
+        calc_time: i64,
+        sample_pages: Option<i64>,
+        mode: Option<DirtyRateMode>,
+    ) -> Result<(), CommandError> {
+        Ok(self
+            .machine
+            .calc_dirty_rate(calc_time, sample_pages, mode)?)
+    }
+
+    fn query_dirty_rate(&self) -> DirtyRateState {
+        self.machine.query_dirty_rate()
+    }
+
+    fn uuid(&self) -> Option<migration::uuid::VmUuid> {
+        self.machine.migration().uuid()
+    }
+
+    fn fdsets(&self) -> &FdSets {
+        &self.fdsets
     }
 
     fn events(&self) -> &EventBus {
-        self.0.events()
+        self.machine.events()
     }
 }

@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// `file:PATH`, `fd:N`, or `defer` for `migrate-incoming`).
     #[arg(long)]
     pub incoming: Option<String>,
+    /// The VM's UUID, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (like QEMU's -uuid): reported by
+    /// `query-uuid`, and checked by a destination with capability `validate-uuid`.
+    #[arg(long)]
+    pub uuid: Option<migration::uuid::VmUuid>,
     /// Do not start the vCPUs (like QEMU's -S).
     #[arg(short = 'S')]
     pub start_paused: bool,
@@ -189,6 +193,7 @@ impl RunArgs {
             fill: self.fill,
             start_paused: self.start_paused,
             incoming: self.incoming.is_some(),
+            uuid: self.uuid,
         })
     }
 }
@@ -196,7 +201,7 @@ impl RunArgs {
 /// Runs the VM until `quit` (or, for a destination, until a failed incoming migration).
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let machine = Machine::new(args.machine_config()?).context("cannot start the VM")?;
-    let backend = Arc::new(MachineBackend(machine.clone()));
+    let backend = Arc::new(MachineBackend::new(machine.clone()));
     let _monitors = crate::cmd_monitor::start_servers(&args.qmp, &args.monitor, backend)?;
     if let Some(uri) = args.incoming.as_deref().filter(|u| *u != "defer") {
         machine

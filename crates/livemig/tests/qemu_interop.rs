@@ -102,7 +102,9 @@ fn qemu_to_livemig_with(caps: &[&str]) {
             && info["ram"]["normal"].as_u64().unwrap() > 0
     );
     dst.wait_status("running");
-    assert_eq!(dst.cmd("query-migrate", Value::Null)["status"], "completed");
+    // The guest starts a moment before the status is published (as in QEMU).
+    let dinfo = common::wait_final_migration(|| dst.cmd("query-migrate", Value::Null));
+    assert_eq!(dinfo["status"], "completed");
     assert_same_file(&qemu_ram, &our_ram);
 }
 

@@ -1,9 +1,12 @@
 //! Migration capabilities (QEMU's `MigrationCapability`), in QEMU 7.2's enum order, plus
 //! livemig's own `x-local-handover` and `ram-verify`.
 //!
-//! Every QEMU 7.2 capability is listed by `query-migrate-capabilities` so management software
-//! sees the familiar set; the ones livemig does not implement can be queried and switched off
-//! but switching them on is refused with a clear error instead of being silently ignored.
+//! Every QEMU 7.2 capability name is known (so a manager copying QEMU's list can switch any of
+//! them *off*), but `query-migrate-capabilities` lists exactly the ones livemig implements:
+//! management software such as libvirt switches on whatever is listed (`pause-before-switchover`,
+//! `late-block-activate`, ...), so a listed capability must work. The `supported` flag of the
+//! one `TABLE` row per capability decides both; switching an unlisted one on is refused with a
+//! clear error instead of being silently ignored.
 //!
 //! [`Capabilities`] is a bitset over [`Capability`]. [`Capabilities::apply`] checks the merged
 //! set with the rules of QEMU 7.2's `migrate_caps_check` first, then livemig's own refusal:
@@ -80,78 +83,88 @@ pub enum Capability {
     RamVerify,
 }
 
+/// One row of [`TABLE`]: the capability, its QAPI name, and whether livemig implements it.
+struct Row {
+    cap: Capability,
+    name: &'static str,
+    /// Listed by `query-migrate-capabilities` and accepted on by `migrate-set-capabilities`.
+    /// A branch that implements a capability flips this flag and nothing else here.
+    supported: bool,
+}
+
+const fn row(cap: Capability, name: &'static str, supported: bool) -> Row {
+    Row {
+        cap,
+        name,
+        supported,
+    }
+}
+
+/// Every capability in QEMU 7.2's enum order (the discriminant indexes this table), then
+/// livemig's own. The single place that says what livemig implements.
+const TABLE: [Row; 23] = [
+    row(Capability::Xbzrle, "xbzrle", true),
+    row(Capability::RdmaPinAll, "rdma-pin-all", false),
+    row(Capability::AutoConverge, "auto-converge", true),
+    row(Capability::ZeroBlocks, "zero-blocks", true),
+    row(Capability::Compress, "compress", false),
+    row(Capability::Events, "events", true),
+    row(Capability::PostcopyRam, "postcopy-ram", false),
+    row(Capability::XColo, "x-colo", false),
+    // Belongs with postcopy-ram.
+    row(Capability::ReleaseRam, "release-ram", false),
+    row(Capability::Block, "block", true),
+    row(Capability::ReturnPath, "return-path", true),
+    row(
+        Capability::PauseBeforeSwitchover,
+        "pause-before-switchover",
+        true,
+    ),
+    row(Capability::Multifd, "multifd", true),
+    row(Capability::DirtyBitmaps, "dirty-bitmaps", false),
+    row(Capability::PostcopyBlocktime, "postcopy-blocktime", false),
+    row(Capability::LateBlockActivate, "late-block-activate", true),
+    row(Capability::XIgnoreShared, "x-ignore-shared", true),
+    row(Capability::ValidateUuid, "validate-uuid", true),
+    row(Capability::BackgroundSnapshot, "background-snapshot", false),
+    row(Capability::ZeroCopySend, "zero-copy-send", false),
+    row(Capability::PostcopyPreempt, "postcopy-preempt", false),
+    // livemig's extensions; ram-verify listed last: QEMU rejects the names (see the README on copying
+    // capability lists between QEMU and livemig).
+    row(Capability::XLocalHandover, "x-local-handover", true),
+    row(Capability::RamVerify, "ram-verify", true),
+];
+
 impl Capability {
-    /// Every capability, in query order.
-    pub const ALL: [Capability; 23] = [
-        Self::Xbzrle,
-        Self::RdmaPinAll,
-        Self::AutoConverge,
-        Self::ZeroBlocks,
-        Self::Compress,
-        Self::Events,
-        Self::PostcopyRam,
-        Self::XColo,
-        Self::ReleaseRam,
-        Self::Block,
-        Self::ReturnPath,
-        Self::PauseBeforeSwitchover,
-        Self::Multifd,
-        Self::DirtyBitmaps,
-        Self::PostcopyBlocktime,
-        Self::LateBlockActivate,
-        Self::XIgnoreShared,
-        Self::ValidateUuid,
-        Self::BackgroundSnapshot,
-        Self::ZeroCopySend,
-        Self::PostcopyPreempt,
-        Self::XLocalHandover,
-        Self::RamVerify,
-    ];
+    /// Every capability, in QEMU's enum order (supported or not).
+    pub const ALL: [Capability; 23] = {
+        let mut all = [Capability::Xbzrle; 23];
+        let mut i = 0;
+        while i < TABLE.len() {
+            all[i] = TABLE[i].cap;
+            i += 1;
+        }
+        all
+    };
+
+    fn row(self) -> &'static Row {
+        &TABLE[self as usize]
+    }
 
     /// The QAPI name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Xbzrle => "xbzrle",
-            Self::RdmaPinAll => "rdma-pin-all",
-            Self::AutoConverge => "auto-converge",
-            Self::ZeroBlocks => "zero-blocks",
-            Self::Compress => "compress",
-            Self::Events => "events",
-            Self::PostcopyRam => "postcopy-ram",
-            Self::XColo => "x-colo",
-            Self::ReleaseRam => "release-ram",
-            Self::Block => "block",
-            Self::ReturnPath => "return-path",
-            Self::PauseBeforeSwitchover => "pause-before-switchover",
-            Self::Multifd => "multifd",
-            Self::DirtyBitmaps => "dirty-bitmaps",
-            Self::PostcopyBlocktime => "postcopy-blocktime",
-            Self::LateBlockActivate => "late-block-activate",
-            Self::XIgnoreShared => "x-ignore-shared",
-            Self::ValidateUuid => "validate-uuid",
-            Self::BackgroundSnapshot => "background-snapshot",
-            Self::ZeroCopySend => "zero-copy-send",
-            Self::PostcopyPreempt => "postcopy-preempt",
-            Self::RamVerify => "ram-verify",
-            Self::XLocalHandover => "x-local-handover",
-        }
+        self.row().name
     }
 
-    /// Whether livemig implements this capability (others can only be off).
+    /// Whether livemig implements this capability: only these are listed, and the others can
+    /// only be switched off.
     pub fn is_supported(self) -> bool {
-        matches!(
-            self,
-            Self::Events
-                | Self::RamVerify
-                | Self::Xbzrle
-                | Self::ReturnPath
-                | Self::AutoConverge
-                | Self::Multifd
-                | Self::Block
-                | Self::ZeroBlocks
-                | Self::XIgnoreShared
-                | Self::XLocalHandover
-        )
+        self.row().supported
+    }
+
+    /// The capabilities livemig implements, in query order.
+    pub fn supported() -> impl Iterator<Item = Capability> {
+        Self::ALL.into_iter().filter(|c| c.is_supported())
     }
 }
 
@@ -324,9 +337,10 @@ impl Capabilities {
         }
     }
 
-    /// Every capability with its state, in query order.
+    /// Every supported capability with its state, in query order (what
+    /// `query-migrate-capabilities` lists: exactly what can be switched on).
     pub fn list(&self) -> Vec<(Capability, bool)> {
-        Capability::ALL.iter().map(|&c| (c, self.get(c))).collect()
+        Capability::supported().map(|c| (c, self.get(c))).collect()
     }
 }
 
@@ -355,7 +369,13 @@ mod tests {
         for (i, c) in Capability::ALL.into_iter().enumerate() {
             assert_eq!(c.as_str().parse::<Capability>(), Ok(c));
             assert_eq!(c as usize, i, "{c} keeps QEMU's enum value");
+            assert_eq!(TABLE[i].cap, c, "the table row of {c} is at its enum value");
         }
+        assert_eq!(
+            Capability::ALL.last(),
+            Some(&C::RamVerify),
+            "the extension comes last"
+        );
         assert_eq!(
             "nosuch".parse::<Capability>(),
             Err(CapabilityError::Unknown("nosuch".into()))
@@ -372,7 +392,8 @@ mod tests {
         caps.apply(&[(C::Events, true), (C::PostcopyRam, false)], &p)
             .unwrap();
         assert!(caps.get(C::Events));
-        assert_eq!(caps.list().len(), 23);
+        assert_eq!(caps.list().len(), Capability::supported().count());
+        assert!(caps.list().iter().all(|(c, _)| c.is_supported()));
         caps.apply(&[(C::Events, false), (C::Multifd, true)], &p)
             .unwrap();
         assert_eq!(set(&[C::Multifd]), caps);

@@ -106,6 +106,14 @@ pub enum MigrationError {
     /// maps; skipping it would start the guest on zeroed memory.
     #[error("block {0} is a memfd of this process: x-ignore-shared needs a file both processes map (--backing file:PATH) or the memfd handed over")]
     SharedBlockNotReachable(String),
+    /// `validate-uuid`: the stream comes from a VM with another UUID (QEMU's text).
+    #[error("UUID received is {remote} and local is {local}")]
+    UuidMismatch {
+        /// The source's UUID.
+        remote: crate::uuid::VmUuid,
+        /// Ours.
+        local: crate::uuid::VmUuid,
+    },
     /// The stream names a RAM block this VM does not have.
     #[error("Unknown ramblock \"{0}\", cannot accept migration")]
     UnknownRamBlock(String),

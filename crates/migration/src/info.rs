@@ -156,6 +156,11 @@ pub(crate) fn build(s: Snapshot<'_>) -> MigrationInfo {
     if status == MigrationStatus::Failed {
         info.error_desc = s.error.map(str::to_string);
     }
+    // A destination reports its status only (QEMU's `fill_destination_migration_info`);
+    // livemig adds the error text of a failed load.
+    if s.incoming {
+        return info;
+    }
     let Some(rt) = s.runtime.filter(|_| status.has_ram_stats()) else {
         return info;
     };

@@ -21,6 +21,7 @@ pub mod cancel;
 pub mod capabilities;
 pub mod convergence;
 pub mod counters;
+pub mod dirty_rate;
 mod error;
 pub mod events;
 pub mod global_state;
@@ -30,6 +31,7 @@ pub mod incoming;
 pub mod info;
 pub mod outgoing;
 pub mod params;
+pub mod pause;
 pub mod ram;
 pub mod registry;
 mod report;
@@ -38,6 +40,7 @@ pub mod session;
 pub mod settings;
 pub mod state;
 pub mod status;
+pub mod uuid;
 pub mod verify;
 pub mod vm;
 
@@ -51,6 +54,7 @@ pub use info::{DiskStats, MigrationInfo, RamStats, XbzrleCacheStats};
 pub use params::{
     MigrationParameters, MultifdCompression, ParamError, ParamKind, ParamLimits, ParameterUpdate,
 };
+pub use pause::ContinueError;
 pub use registry::Registry;
 pub use report::error_report;
 pub use runtime::Runtime;

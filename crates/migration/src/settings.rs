@@ -4,6 +4,7 @@
 
 use crate::capabilities::{Capabilities, Capability};
 use crate::params::MigrationParameters;
+use crate::uuid::VmUuid;
 
 /// Capabilities and parameters of one migration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -12,6 +13,8 @@ pub struct Settings {
     pub caps: Capabilities,
     /// Parameters in force.
     pub params: MigrationParameters,
+    /// The VM's UUID (`--uuid`), if set: sent with `validate-uuid`, checked against on load.
+    pub uuid: Option<VmUuid>,
 }
 
 impl Settings {

@@ -18,6 +18,7 @@ use crate::error::MigrationError;
 use crate::events::{Event, EventBus};
 use crate::info::MigrationInfo;
 use crate::params::{MigrationParameters, ParamError, ParameterUpdate};
+use crate::pause::{ContinueError, PauseGate};
 use crate::runtime::{Limits, Runtime};
 use crate::settings::Settings;
 use crate::status::MigrationStatus;
@@ -37,6 +38,8 @@ struct Inner {
 pub struct MigrationState {
     inner: Mutex<Inner>,
     events: Arc<EventBus>,
+    pause: PauseGate,
+    autostart: Mutex<bool>,
 }
 
 impl MigrationState {
@@ -45,6 +48,8 @@ impl MigrationState {
         Self {
             inner: Mutex::new(Inner::default()),
             events,
+            pause: PauseGate::default(),
+            autostart: Mutex::new(false),
         }
     }
 
@@ -104,6 +109,16 @@ impl MigrationState {
         Ok(())
     }
 
+    /// Sets the VM's UUID (`--uuid`; QEMU's `-uuid`).
+    pub fn set_uuid(&self, uuid: Option<crate::uuid::VmUuid>) {
+        self.lock().settings.uuid = uuid;
+    }
+
+    /// The VM's UUID, if set.
+    pub fn uuid(&self) -> Option<crate::uuid::VmUuid> {
+        self.lock().settings.uuid
+    }
+
     /// Replaces the settings wholesale (embedders that configure a VM in code).
     pub fn set_settings(&self, settings: Settings) {
         self.lock().settings = settings;
@@ -145,7 +160,8 @@ impl MigrationState {
     }
 
     /// Moves from `from` to `to` if the current status is `from` and the move is legal;
-    /// emits `MIGRATION` (with the `events` capability, or always for a destination's setup).
+    /// emits `MIGRATION` with the `events` capability (a destination's `setup` is announced
+    /// by [`Self::announce_incoming`] instead).
     pub fn set_status(&self, from: MigrationStatus, to: MigrationStatus) -> bool {
         let emit = {
             let mut s = self.lock();
@@ -153,7 +169,7 @@ impl MigrationState {
                 return false;
             }
             s.status = to;
-            s.settings.caps.get(Capability::Events) || (s.incoming && to == MigrationStatus::Setup)
+            s.settings.caps.get(Capability::Events) && !(s.incoming && to == MigrationStatus::Setup)
         };
         if emit {
             self.events.emit(Event::Migration { status: to });
@@ -200,9 +216,66 @@ impl MigrationState {
         Ok(())
     }
 
+    /// QEMU announces every `migrate-incoming` attempt with one `MIGRATION` `setup` event,
+    /// whatever the `events` capability and whether the attempt then fails (a bad URI, a port
+    /// in use): managers wait for it.
+    pub fn announce_incoming(&self) {
+        self.events.emit(Event::Migration {
+            status: MigrationStatus::Setup,
+        });
+    }
+
     /// The destination stopped listening.
     pub(crate) fn end_incoming(&self) {
         self.lock().socket_address = None;
+    }
+
+    /// `pause-before-switchover`, on the migration thread with the guest stopped: `active` →
+    /// `pre-switchover`, wait for `migrate-continue`, then `device`. `Cancelled` when the
+    /// migration was cancelled before or during the pause.
+    pub(crate) fn pause_before_switchover(
+        &self,
+        cancel: &crate::cancel::CancelToken,
+    ) -> Result<(), MigrationError> {
+        self.pause.drain();
+        if !self.set_status(MigrationStatus::Active, MigrationStatus::PreSwitchover) {
+            return Err(MigrationError::Cancelled);
+        }
+        tracing::info!("paused before switchover; waiting for migrate-continue");
+        if !self.pause.wait(cancel)
+            || !self.set_status(MigrationStatus::PreSwitchover, MigrationStatus::Device)
+        {
+            return Err(MigrationError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// `migrate-continue STATE`: releases a migration paused in `expected` (QEMU: only
+    /// `pre-switchover` pauses).
+    pub fn migrate_continue(&self, expected: MigrationStatus) -> Result<(), ContinueError> {
+        let s = self.lock();
+        if s.status != expected {
+            return Err(ContinueError::NotInState(s.status));
+        }
+        self.pause.post();
+        Ok(())
+    }
+
+    /// Runs `f` with the destination's "start the guest once the migration completed" request
+    /// (QEMU's `autostart` after a `cont` in `inmigrate`), serialised: the VMM's `cont` sets it
+    /// while the run state is `inmigrate`, and the incoming thread reads it when it decides
+    /// whether to start the guest, so a `cont` is never lost between the two.
+    pub fn with_autostart<R>(&self, f: impl FnOnce(&mut bool) -> R) -> R {
+        f(&mut self.autostart.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A `migrate` refused before it started (a bad URI): QEMU moves to `setup`, forgets the
+    /// last error, then moves to `failed` with no error of its own.
+    pub fn fail_before_start(&self) {
+        if self.set_status_from_any(MigrationStatus::Setup) {
+            self.lock().error = None;
+            self.set_status(MigrationStatus::Setup, MigrationStatus::Failed);
+        }
     }
 
     /// Records `e` and moves to `failed` (the caller logs it in its side's words).
@@ -224,6 +297,8 @@ impl MigrationState {
             s.runtime.clone()
         };
         self.set_status_from_any(MigrationStatus::Cancelling);
+        // Kick a migration paused before switchover out of its pause (QEMU does the same).
+        self.pause.post();
         if let Some(r) = runtime {
             r.cancel_token().cancel();
         }
@@ -234,6 +309,29 @@ impl MigrationState {
     pub(crate) fn cancelled(&self) {
         self.set_status_from_any(MigrationStatus::Cancelling);
         self.set_status(MigrationStatus::Cancelling, MigrationStatus::Cancelled);
+    }
+
+    /// True while a migration (outgoing, or incoming from `migrate-incoming` on) runs: QEMU's
+    /// `migration` yank instance exists then.
+    pub fn yank_registered(&self) -> bool {
+        self.lock().status.is_running()
+    }
+
+    /// `yank` of the `migration` instance: shuts the migration's connections down so it
+    /// fails now (the source resumes its guest). False when no migration runs.
+    pub fn yank(&self) -> bool {
+        let runtime = {
+            let s = self.lock();
+            if !s.status.is_running() {
+                return false;
+            }
+            s.runtime.clone()
+        };
+        if let Some(r) = runtime {
+            tracing::warn!("yank: shutting the migration's connections down");
+            r.cancel_token().yank();
+        }
+        true
     }
 
     /// The `query-migrate` reply.
@@ -261,8 +359,9 @@ mod tests {
         assert_eq!(state.info().to_json(), serde_json::json!({}));
         let addr = vec![serde_json::json!({"type": "inet", "port": "4444"})];
         let runtime = Arc::new(Runtime::new(Settings::default()));
+        state.announce_incoming();
         state.begin_incoming(Some(addr), runtime).unwrap();
-        // The destination's `setup` event is sent even without the events capability.
+        // The destination's `setup` event is sent even without the events capability, once.
         assert!(matches!(
             rx.try_recv().map(|e| e.event),
             Ok(Event::Migration { .. })

@@ -6,11 +6,15 @@
 //! (STYLE practice 10).
 //!
 //! ```text
-//!  none/completed/failed/cancelled ──migrate──▶ setup ──▶ active ──▶ device ──▶ completed
-//!                                                 │          │          │
-//!                                                 ├──────────┴──────────┴──▶ failed
+//!  none/completed/failed/cancelled ──migrate──▶ setup ──▶ active ───────────────────────▶ completed
+//!                                                 │          │ pause-before-switchover   ▲
+//!                                                 │          └─▶ pre-switchover ─▶ device ┘
+//!                                                 ├──────────┴──────────┴─────────┴──▶ failed
 //!                                                 └──cancel──▶ cancelling ──▶ cancelled
 //! ```
+//!
+//! As in QEMU 7.2, `device` is only used after `pre-switchover` (`migrate-continue`); without
+//! `pause-before-switchover` the switchover happens in `active`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,9 +45,9 @@ pub enum MigrationStatus {
     Failed,
     /// COLO (not implemented by livemig).
     Colo,
-    /// Paused before switchover (not implemented by livemig).
+    /// Guest stopped, paused before switchover until `migrate-continue`.
     PreSwitchover,
-    /// Guest stopped, device state being sent.
+    /// Guest stopped, device state being sent after a pause before switchover.
     Device,
     /// Waiting for failover devices to unplug (not implemented by livemig).
     WaitUnplug,
@@ -120,7 +124,8 @@ impl MigrationStatus {
             (self, to),
             (None | Completed | Failed | Cancelled, Setup)
                 | (Setup, Active | Failed | Cancelling)
-                | (Active, Device | Completed | Failed | Cancelling)
+                | (Active, PreSwitchover | Completed | Failed | Cancelling)
+                | (PreSwitchover, Device | Failed | Cancelling)
                 | (Device, Completed | Failed | Cancelling)
                 | (Cancelling, Cancelled | Failed)
         )

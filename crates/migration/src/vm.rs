@@ -33,6 +33,14 @@ pub trait VmControl: Send + Sync {
     /// Starts the vCPUs (run state `running`, `RESUME` event).
     fn vm_start(&self) -> Result<(), VmError>;
 
+    /// Takes control of the VM's disk images (QEMU's `bdrv_activate_all`): a destination's
+    /// images are inactive while it loads; the engine activates them when the migration ends,
+    /// or leaves it to the guest's start (`cont`) with `late-block-activate`. Starting the
+    /// guest activates them in any case. Optional: a VM without disks has nothing to take.
+    fn activate_block(&self) -> Result<(), VmError> {
+        Ok(())
+    }
+
     /// Sets the run state without touching vCPUs (e.g. `postmigrate`).
     fn set_run_state(&self, state: RunState);
 

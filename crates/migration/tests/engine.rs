@@ -392,7 +392,8 @@ fn a_destination_that_never_answers_keeps_the_source_paused_until_cancel() {
     });
     // Split brain is worse than a pause: the guest runs nowhere while the source waits.
     thread::sleep(Duration::from_millis(200));
-    assert_eq!(src.state.status(), MigrationStatus::Device);
+    // QEMU 7.2: without pause-before-switchover the switchover happens in `active`.
+    assert_eq!(src.state.status(), MigrationStatus::Active);
     assert_eq!(src.vm.run_state(), RunState::FinishMigrate);
     src.cancel();
     assert_eq!(src.wait_final(), MigrationStatus::Cancelled);
@@ -444,4 +445,43 @@ fn stray_connections_before_the_source_do_not_block_the_migration() {
     dst.finish().unwrap();
     assert_eq!(src.ram.blocks()[0].digest(), dst.ram.blocks()[0].digest());
     drop((junk, silent));
+}
+
+#[test]
+fn pause_before_switchover_waits_for_continue_and_can_be_cancelled() {
+    for cancel in [false, true] {
+        let src = side(8 * MIB, true);
+        fill(&src.ram, 4 * MIB, 11);
+        src.enable(&[Capability::PauseBeforeSwitchover]);
+        let dst = side(8 * MIB, false);
+        let uri = dst.listen("tcp:127.0.0.1:0");
+        // A continue before the pause is refused and does not release a later pause.
+        let early = src.state.migrate_continue(MigrationStatus::PreSwitchover);
+        assert_eq!(
+            early.unwrap_err().to_string(),
+            "Migration not in expected state: none"
+        );
+        src.migrate(&uri).unwrap();
+        testkit::wait_for(Duration::from_secs(30), "pre-switchover", || {
+            src.state.status() == MigrationStatus::PreSwitchover
+        });
+        assert_eq!(src.vm.run_state(), RunState::FinishMigrate);
+        let wrong = src.state.migrate_continue(MigrationStatus::Active);
+        assert_eq!(
+            wrong.unwrap_err().to_string(),
+            "Migration not in expected state: pre-switchover"
+        );
+        if cancel {
+            src.cancel();
+            assert_eq!(src.wait_final(), MigrationStatus::Cancelled);
+            assert_eq!(src.vm.run_state(), RunState::Running);
+        } else {
+            src.state
+                .migrate_continue(MigrationStatus::PreSwitchover)
+                .unwrap();
+            assert_eq!(src.wait_final(), MigrationStatus::Completed);
+            assert_eq!(src.vm.run_state(), RunState::Postmigrate);
+            assert_eq!(dst.wait_final(), MigrationStatus::Completed);
+        }
+    }
 }

@@ -6,8 +6,8 @@
 //! show unchanged.
 
 use migration::{
-    Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, ParameterUpdate,
-    RunState,
+    Capabilities, Capability, EventBus, MigrationInfo, MigrationParameters, MigrationStatus,
+    ParameterUpdate, RunState,
 };
 
 /// The VMM side of the monitor.
@@ -28,6 +28,12 @@ pub trait MonitorBackend: Send + Sync + 'static {
     ) -> Result<(), CommandError>;
     /// Cancels the outgoing migration, if any (never fails, like QEMU's `migrate_cancel`).
     fn migrate_cancel(&self);
+    /// `migrate-continue`: releases a migration paused in `state` (`pre-switchover`).
+    fn migrate_continue(&self, state: MigrationStatus) -> Result<(), CommandError>;
+    /// True while QEMU's `migration` yank instance exists (a migration runs).
+    fn migration_yank_registered(&self) -> bool;
+    /// `yank` of the `migration` instance: shuts the migration's connections down.
+    fn yank_migration(&self);
     /// The `query-migrate` data.
     fn query_migrate(&self) -> MigrationInfo;
     /// Applies a batch of capability changes as a whole.
@@ -47,6 +53,19 @@ pub trait MonitorBackend: Send + Sync + 'static {
     fn cont(&self) -> Result<(), CommandError>;
     /// Asks the process to exit. Called after the reply to `quit` was sent.
     fn quit(&self);
+    /// `calc-dirty-rate`: starts measuring the guest's dirty rate.
+    fn calc_dirty_rate(
+        &self,
+        calc_time: i64,
+        sample_pages: Option<i64>,
+        mode: Option<migration::dirty_rate::DirtyRateMode>,
+    ) -> Result<(), CommandError>;
+    /// The last dirty-rate measurement (`query-dirty-rate`).
+    fn query_dirty_rate(&self) -> migration::dirty_rate::DirtyRateState;
+    /// The VM's UUID (`query-uuid`), if set.
+    fn uuid(&self) -> Option<migration::uuid::VmUuid>;
+    /// The process's fd sets (`add-fd`, `remove-fd`, `query-fdsets`).
+    fn fdsets(&self) -> &crate::fdsets::FdSets;
     /// The bus whose events QMP clients receive.
     fn events(&self) -> &EventBus;
 }
@@ -146,6 +165,18 @@ impl std::fmt::Display for ErrorClass {
 
 impl From<migration::CapabilityError> for CommandError {
     fn from(e: migration::CapabilityError) -> Self {
+        Self::generic(e.to_string())
+    }
+}
+
+impl From<migration::ContinueError> for CommandError {
+    fn from(e: migration::ContinueError) -> Self {
+        Self::generic(e.to_string())
+    }
+}
+
+impl From<migration::dirty_rate::DirtyRateError> for CommandError {
+    fn from(e: migration::dirty_rate::DirtyRateError) -> Self {
         Self::generic(e.to_string())
     }
 }

@@ -60,14 +60,19 @@ impl FdTable {
         }
     }
 
+    /// Takes the most recently received descriptor (`add-fd`).
+    pub fn take_received(&self) -> Result<OwnedFd, CommandError> {
+        self.lock()
+            .received
+            .pop()
+            .ok_or_else(|| CommandError::generic("No file descriptor supplied via SCM_RIGHTS"))
+    }
+
     /// `getfd NAME`: names the most recently received descriptor, replacing (and closing) a
     /// descriptor already stored under that name.
     pub fn getfd(&self, name: &str) -> Result<(), CommandError> {
+        let fd = self.take_received()?;
         let mut inner = self.lock();
-        let fd = inner
-            .received
-            .pop()
-            .ok_or_else(|| CommandError::generic("No file descriptor supplied via SCM_RIGHTS"))?;
         if name.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
             drop(fd);
             return Err(CommandError::generic(

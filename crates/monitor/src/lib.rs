@@ -38,6 +38,7 @@ pub mod cmd;
 pub mod conn;
 pub mod endpoint;
 pub mod fds;
+pub mod fdsets;
 pub mod hmp;
 pub mod qmp;
 pub mod server;

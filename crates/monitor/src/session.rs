@@ -29,6 +29,8 @@ pub struct Session {
     /// When the client last sent a complete command and whether it negotiated, shared with
     /// the accept loop.
     pub activity: Arc<Activity>,
+    /// QMP: the client enabled out-of-band execution (`exec-oob`) when negotiating.
+    pub oob: bool,
 }
 
 /// What the accept loop knows about a connection: negotiation, the time of the last
@@ -113,6 +115,7 @@ impl Session {
             can_suspend: true,
             peer: None,
             activity: Arc::new(Activity::new()),
+            oob: false,
         }
     }
 

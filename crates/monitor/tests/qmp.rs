@@ -32,7 +32,7 @@ fn greeting_is_qemu_shaped_and_crlf_terminated() {
         g["QMP"]["version"]["package"],
         format!("livemig {}", env!("CARGO_PKG_VERSION"))
     );
-    assert_eq!(g["QMP"]["capabilities"], json!([]));
+    assert_eq!(g["QMP"]["capabilities"], json!(["oob"]));
     assert!(line.starts_with(r#"{"QMP": {"version": "#), "{line}");
 }
 
@@ -52,8 +52,8 @@ fn capabilities_negotiation() {
     assert_eq!(r["id"], 1);
     let r = c.call(r#"{"execute": "nosuch"}"#);
     assert_eq!(err(&r).0, "CommandNotFound");
-    let r = c.call(r#"{"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}}"#);
-    assert_eq!(err(&r), ("GenericError", "Capability oob isn't available"));
+    let r = c.call(r#"{"exec-oob": "yank", "arguments": {"instances": []}}"#);
+    assert_eq!(err(&r).1, "QMP input member 'exec-oob' is unexpected");
     let r = c.call(r#"{"execute": "qmp_capabilities", "arguments": {"enable": ["bogus"]}}"#);
     assert_eq!(
         err(&r).1,
@@ -75,6 +75,39 @@ fn capabilities_negotiation() {
     assert_eq!(
         r["return"],
         json!({"status": "running", "singlestep": false, "running": true})
+    );
+    // Without oob negotiated, exec-oob is not a request member (QEMU).
+    let r = c.call(r#"{"exec-oob": "yank", "id": 1, "arguments": {"instances": []}}"#);
+    assert_eq!(err(&r).1, "QMP input member 'exec-oob' is unexpected");
+}
+
+#[test]
+fn out_of_band_execution_follows_qemus_rules() {
+    let srv = TestServer::start(Protocol::Qmp);
+    let mut c = srv.connect();
+    c.json();
+    let r = c.call(r#"{"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}}"#);
+    assert_eq!(r, json!({"return": {}}));
+    let r = c.call(r#"{"exec-oob": "yank", "id": "y", "arguments": {"instances": []}}"#);
+    assert_eq!(r, json!({"return": {}, "id": "y"}));
+    let r = c.call(r#"{"exec-oob": "query-status", "id": 2}"#);
+    assert_eq!(err(&r).1, "The command query-status does not support OOB");
+    let r = c.call(r#"{"exec-oob": "migrate-pause", "id": 3}"#);
+    assert_eq!(
+        err(&r).1,
+        "migrate-pause is currently only supported during postcopy-active state"
+    );
+    let r = c.call(r#"{"exec-oob": "yank", "execute": "yank", "arguments": {"instances": []}}"#);
+    assert_eq!(
+        err(&r).1,
+        "QMP input member 'execute' clashes with 'exec-oob'"
+    );
+    // No migration runs: the migration instance does not exist.
+    let r = c.call(r#"{"exec-oob": "yank", "arguments": {"instances": [{"type": "migration"}]}}"#);
+    assert_eq!(err(&r), ("DeviceNotFound", "Instance not found"));
+    assert_eq!(
+        c.call(r#"{"execute": "query-yank"}"#),
+        json!({"return": []})
     );
 }
 
@@ -145,7 +178,7 @@ fn framework_errors() {
         ),
         (
             r#"{"execute": "migrate-set-capabilities", "arguments": {"capabilities": [{"capability": "bogus", "state": true}]}}"#,
-            "Parameter 'capabilities[0].capability' does not accept value 'bogus'",
+            "Parameter 'capability' does not accept value 'bogus'",
         ),
         (
             r#"{"execute": "migrate-set-parameters", "arguments": {"downtime-limit": "x"}}"#,
@@ -161,7 +194,7 @@ fn framework_errors() {
         ),
         (
             r#"{"exec-oob": "migrate-pause"}"#,
-            "The command migrate-pause does not support OOB",
+            "QMP input member 'exec-oob' is unexpected",
         ),
         (r#"}"#, "JSON parse error, expecting value"),
     ];
@@ -219,10 +252,13 @@ fn commands_happy_paths() {
     assert!(srv.backend.state().caps.get(Capability::RamVerify));
     let list = q.execute("query-migrate-capabilities", None).unwrap();
     let list = list.as_array().unwrap();
-    assert_eq!(list.len(), 23);
+    assert_eq!(list.len(), Capability::supported().count());
     assert_eq!(list[0], json!({"state": false, "capability": "xbzrle"}));
-    assert_eq!(list[5], json!({"state": true, "capability": "events"}));
-    assert_eq!(list[22], json!({"state": true, "capability": "ram-verify"}));
+    assert!(list.contains(&json!({"state": true, "capability": "events"})));
+    assert_eq!(
+        list.last(),
+        Some(&json!({"state": true, "capability": "ram-verify"}))
+    );
 
     q.execute(
         "migrate-set-parameters",

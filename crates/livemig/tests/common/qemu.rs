@@ -1,12 +1,55 @@
 //! QEMU 7.2 as the other side of an end-to-end test: `-M none` with its RAM in a shared file
 //! (so tests can compare it byte for byte), driven over QMP, killed on drop.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use monitor::QmpClient;
 use serde_json::Value;
+
+/// Guest RAM of a [`QemuProc`] (what `livemig run --machine none -m 64M` matches).
+pub const QEMU_RAM: &str = "64M";
+
+/// A QEMU 7.2 `-M none` process whose QMP socket is left free for the script; killed on drop.
+pub struct QemuProc {
+    child: Child,
+    /// Its QMP socket (nobody connected).
+    pub qmp: PathBuf,
+}
+
+impl Drop for QemuProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl QemuProc {
+    /// Starts `qemu` with `QEMU_RAM` of anonymous RAM and `extra` arguments; returns once its
+    /// QMP socket exists.
+    pub fn start(qemu: &Path, dir: &Path, name: &str, extra: &[&str]) -> QemuProc {
+        let qmp = dir.join(format!("{name}.qmp"));
+        let child = Command::new(qemu)
+            .args(["-nodefaults", "-display", "none", "-accel", "tcg"])
+            .arg("-object")
+            .arg(format!("memory-backend-ram,id=ram,size={QEMU_RAM}"))
+            .args(["-machine", "none,memory-backend=ram"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start qemu");
+        let t = Instant::now();
+        while !qmp.exists() {
+            assert!(t.elapsed() < Duration::from_secs(20), "QEMU: no QMP socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        QemuProc { child, qmp }
+    }
+}
 
 /// Guest RAM of the QEMU side.
 pub const RAM: u64 = 64 << 20;

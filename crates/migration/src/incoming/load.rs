@@ -22,8 +22,24 @@ use crate::error::MigrationError;
 use crate::registry::{EntryKind, Registry, SaveStateEntry};
 use crate::session::IncomingSession;
 use crate::settings::Settings;
+use crate::uuid::VmUuid;
 
 /// Loads a whole stream from `reader` into `registry`. `machine` is the local machine type.
+/// QEMU's `vmstate_uuid_post_load`: a received UUID must be ours; without a UUID of our own
+/// it is only reported.
+fn check_uuid(remote: Option<VmUuid>, local: Option<VmUuid>) -> Result<(), MigrationError> {
+    match (remote, local) {
+        (Some(remote), None) => {
+            tracing::warn!("UUID is received {remote}, but local uuid isn't set");
+            Ok(())
+        }
+        (Some(remote), Some(local)) if remote != local => {
+            Err(MigrationError::UuidMismatch { remote, local })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The caller runs the handlers' `load_cleanup` afterwards, whatever the outcome.
 pub fn load_stream(
     reader: Box<dyn Read + Send>,
@@ -76,6 +92,7 @@ pub(super) fn load_from(
         });
     }
     crate::ram::shared::check_configuration_capabilities(&cfg.capabilities, &s.settings().caps)?;
+    check_uuid(cfg.uuid.map(VmUuid), s.settings().uuid)?;
     registry.reset_load_ids();
     for e in registry.entries_mut() {
         if let EntryKind::Live(h) = &mut e.kind {

@@ -4,7 +4,9 @@
 //! ```text
 //! migrate-incoming ─▶ start() ─ [setup] thread: accept main (+ multifd channels, QEMU's order)
 //!   ─▶ [active] load_stream (load.rs) ─ return path: PONGs, then SHUT 0|1
-//!   ─▶ [completed] guest started if the source was running and no -S; else its run state
+//!   ─▶ disks activated (with late-block-activate: only if the guest starts now, else at cont)
+//!   ─▶ [completed] guest started if the source was running and no -S (or a cont came while
+//!      loading); else its run state
 //! any error ─▶ [failed] handlers' load_cleanup(failed) discards what must not survive
 //!              (staged disk images); the caller decides what to do with the process
 //! ```
@@ -57,8 +59,10 @@ pub struct Incoming {
     pub on_finished: Option<OnFinished>,
 }
 
-/// Starts listening for an incoming migration: status `setup` (with the listening addresses in
-/// `query-migrate`), then a thread accepts, loads and starts the guest. The settings
+/// Starts listening for an incoming migration: the `setup` event (always, even if the start is
+/// refused), status `setup` (with the listening addresses in `query-migrate`), then a thread
+/// accepts, loads and starts the guest. A caller that fails before it gets here (a bad URI)
+/// announces the attempt itself with [`MigrationState::announce_incoming`]. The settings
 /// (capabilities, parameters) are read when the source connects, as QEMU does.
 pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHandle, Box<Rejected>> {
     let Incoming {
@@ -70,6 +74,7 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
         autostart,
         on_finished,
     } = job;
+    state.announce_incoming();
     let runtime = Arc::new(Runtime::new(state.settings()));
     if runtime.settings().params.uses_tls() {
         let error = MigrationError::TlsCredsNotFound(runtime.settings().params.tls_creds.clone());
@@ -79,7 +84,9 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
     if let Err(error) = state.begin_incoming(addr, runtime.clone()) {
         return Err(Box::new(Rejected { registry, error }));
     }
-    runtime.cancel_token().register(listener.shutdown_handle());
+    runtime
+        .cancel_token()
+        .register_listener(listener.shutdown_handle());
     tracing::info!(
         "waiting for an incoming migration on {}",
         listener.local_description()
@@ -194,15 +201,33 @@ impl Job {
             }
         }
         load::commit_load(registry)?;
-        self.start_guest()?;
+        let late = session.settings().has(Capability::LateBlockActivate);
+        self.state
+            .with_autostart(|requested| self.start_guest(self.autostart || *requested, late))?;
         self.runtime.timings().total_time = Some(start.elapsed().as_millis() as u64);
         Ok(())
     }
 
-    /// Starts the guest if the source was running (and no `-S`), else adopts its run state.
-    fn start_guest(&self) -> Result<(), MigrationError> {
-        match self.global_state.get().as_deref() {
-            None | Some("running") if self.autostart => Ok(self.vm.vm_start()?),
+    /// Starts the guest if the source was running and `autostart` (no `-S`, or a `cont` came
+    /// while loading), else adopts its run state. Disks are activated first (QEMU's
+    /// `process_incoming_migration_bh`): always, or with `late` (`late-block-activate`) only
+    /// when the guest starts now, leaving it to `cont` otherwise. A failed activation keeps
+    /// the guest stopped (QEMU) instead of failing the completed migration.
+    fn start_guest(&self, autostart: bool, late: bool) -> Result<(), MigrationError> {
+        let global = self.global_state.get();
+        let was_running = matches!(global.as_deref(), None | Some("running"));
+        let mut autostart = autostart;
+        if !late || (autostart && was_running) {
+            if let Err(e) = self.vm.activate_block() {
+                tracing::error!(
+                    "cannot activate the disks, the guest stays stopped: {}",
+                    crate::error_report(&e)
+                );
+                autostart = false;
+            }
+        }
+        match global.as_deref() {
+            None | Some("running") if autostart => Ok(self.vm.vm_start()?),
             None | Some("running") => {
                 self.vm.set_run_state(RunState::Paused);
                 Ok(())

@@ -7,7 +7,9 @@
 //!                           decide(pending, threshold) ─Iterate─▶ PART sections
 //!                           every 100 ms: measure bandwidth, threshold, rate-limit window;
 //!                           apply the throttle a handler asked for }          precopy.rs
-//!        ─▶ [device] stop vCPUs ─ END sections ─ FULL device sections ─ EOF ─ VMDESCRIPTION
+//!        ─▶ stop vCPUs ─ [pre-switchover] wait for migrate-continue ─ [device]  (only with
+//!           pause-before-switchover; else still [active])
+//!           ─ END sections ─ FULL device sections ─ EOF ─ VMDESCRIPTION
 //!                    ─ with return-path: wait for the destination's SHUT      switchover.rs
 //!        ─▶ [completed] run state postmigrate (the source stays paused; `cont` resumes it)
 //! any error ─▶ [failed]     the guest runs again if it was running; error kept for query-migrate
@@ -176,7 +178,10 @@ impl Job {
         match result {
             Ok(()) => {
                 self.vm.set_run_state(RunState::Postmigrate);
-                state.set_status(MigrationStatus::Device, MigrationStatus::Completed);
+                // `active`, or `device` after a pause before switchover.
+                if !state.set_status(MigrationStatus::Active, MigrationStatus::Completed) {
+                    state.set_status(MigrationStatus::Device, MigrationStatus::Completed);
+                }
             }
             Err(_) if self.runtime.cancel_token().is_cancelled() => state.cancelled(),
             Err(e) => {

@@ -6,6 +6,7 @@ use savevm::record::{self, Configuration, SectionHeader};
 use transport::{ChannelWriter, MigrationUri};
 
 use crate::cancel::CancelToken;
+use crate::capabilities::Capability;
 use crate::error::MigrationError;
 use crate::params::MultifdCompression;
 use crate::registry::{EntryKind, Registry};
@@ -46,9 +47,16 @@ pub(super) fn write_setup(
     f: &mut QemuFileWriter,
 ) -> Result<(), MigrationError> {
     record::write_header(f);
+    // QEMU: the UUID subsection when -uuid was given and validate-uuid is on.
+    let settings = s.settings();
+    let uuid = settings
+        .uuid
+        .filter(|_| settings.has(Capability::ValidateUuid))
+        .map(|u| u.0);
     Configuration {
         machine: machine.to_string(),
         capabilities: crate::ram::shared::configuration_capabilities(&s.settings().caps),
+        uuid,
         ..Default::default()
     }
     .write_to(f);

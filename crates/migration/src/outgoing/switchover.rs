@@ -1,5 +1,6 @@
-//! The stream from end to end, and switchover: stop the guest, send what is left and the
-//! device state, end the stream; with the return path, the destination's verdict.
+//! The stream from end to end, and switchover: stop the guest, pause for `migrate-continue` if
+//! `pause-before-switchover` is on, send what is left and the device state, end the stream;
+//! with the return path, the destination's verdict.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -10,6 +11,7 @@ use savevm::{vmdesc, vmstate};
 use transport::{ChannelReader, ChannelWriter};
 
 use super::{precopy, setup, Job, Sent};
+use crate::capabilities::Capability;
 use crate::error::MigrationError;
 use crate::registry::{EntryKind, Registry};
 use crate::session::OutgoingSession;
@@ -68,10 +70,11 @@ fn complete(
     let downtime_start = Instant::now();
     job.global_state.store(job.vm.run_state().as_str());
     *stopped = Some(job.vm.vm_stop(RunState::FinishMigrate)?);
-    if !job
-        .state
-        .set_status(MigrationStatus::Active, MigrationStatus::Device)
-    {
+    // QEMU 7.2: the switchover happens in `active`, or in `device` after a pause.
+    if s.settings().has(Capability::PauseBeforeSwitchover) {
+        job.state
+            .pause_before_switchover(job.runtime.cancel_token())?;
+    } else if job.state.status() != MigrationStatus::Active {
         return Err(MigrationError::Cancelled);
     }
     f.set_rate_limit(0);

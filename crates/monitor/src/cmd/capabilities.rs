@@ -4,7 +4,7 @@
 //! {"execute": "migrate-set-capabilities",
 //!  "arguments": {"capabilities": [{"capability": "events", "state": true}, ...]}}
 //! {"execute": "query-migrate-capabilities"}
-//!   → [{"state": false, "capability": "xbzrle"}, ...]   (every capability, enum order)
+//!   → [{"state": false, "capability": "xbzrle"}, ...]   (what livemig implements, enum order)
 //! ```
 //! The whole list is handed to the backend, which applies it all-or-nothing.
 
@@ -35,9 +35,10 @@ impl SetCapabilities {
             };
             let mut entry = Args::nested(obj, prefix);
             let name = entry.req_str("capability")?;
+            // QEMU's enum check names the member without its path (unlike its type checks).
             let cap = name
                 .parse::<Capability>()
-                .map_err(|_| bad_enum(&entry.full_name("capability"), &name))?;
+                .map_err(|_| bad_enum("capability", &name))?;
             let state = entry.req_bool("state")?;
             entry.finish()?;
             changes.push((cap, state));
@@ -78,7 +79,7 @@ mod tests {
         );
         assert_eq!(
             e.unwrap_err().desc,
-            "Parameter 'capabilities[1].capability' does not accept value 'bogus'"
+            "Parameter 'capability' does not accept value 'bogus'"
         );
         let e = parse(json!({"capabilities": [{"capability": "events", "state": "on"}]}));
         assert_eq!(

@@ -1,4 +1,4 @@
-//! `qmp_capabilities` (after negotiation), `query-commands` and `query-version`.
+//! `qmp_capabilities` (after negotiation), `query-commands`, `query-version` and `query-uuid`.
 
 use serde_json::{json, Value};
 
@@ -24,7 +24,7 @@ pub fn version_json() -> Value {
 /// Arguments of `qmp_capabilities`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct QmpCapabilities {
-    /// Capabilities the client asks for (only `oob` exists; livemig offers none).
+    /// Capabilities the client asks for (only `oob` exists).
     pub enable: Vec<String>,
 }
 
@@ -48,14 +48,10 @@ impl QmpCapabilities {
         Ok(Self { enable })
     }
 
-    /// Validates the request during negotiation: livemig offers no capability.
-    pub fn negotiate(&self) -> Result<(), CommandError> {
-        match self.enable.first() {
-            Some(c) => Err(CommandError::generic(format!(
-                "Capability {c} isn't available"
-            ))),
-            None => Ok(()),
-        }
+    /// Validates the request during negotiation; true when out-of-band execution is enabled
+    /// (the only capability, and the parser admits no other name).
+    pub fn negotiate(&self) -> Result<bool, CommandError> {
+        Ok(self.enable.iter().any(|c| c == "oob"))
     }
 
     /// After negotiation the command is refused (class `CommandNotFound`).
@@ -69,6 +65,11 @@ impl QmpCapabilities {
 /// `query-commands`: `[{"name": ...}, ...]`.
 pub fn query_commands() -> Value {
     Value::Array(COMMANDS.iter().map(|(n, _)| json!({ "name": n })).collect())
+}
+
+/// `query-uuid`: `{"UUID": ...}`, all zeros without `--uuid` (QEMU).
+pub fn query_uuid(s: &crate::session::Session) -> Value {
+    json!({ "UUID": s.backend.uuid().unwrap_or_default().to_string() })
 }
 
 /// `query-version`.

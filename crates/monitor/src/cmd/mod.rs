@@ -14,16 +14,21 @@
 
 pub mod args;
 pub mod capabilities;
+pub mod dirty_rate;
 pub mod fd;
 pub mod human;
 pub mod incoming;
 pub mod introspect;
 pub mod migrate;
 pub mod migrate_cancel;
+pub mod migrate_continue;
 pub mod parameters;
+pub mod postcopy;
 pub mod query_migrate;
 pub mod quit;
 pub mod run_state;
+pub mod schema;
+pub mod yank;
 
 use serde_json::{Map, Value};
 
@@ -42,6 +47,12 @@ pub enum Command {
     MigrateIncoming(incoming::MigrateIncoming),
     /// `migrate_cancel`.
     MigrateCancel,
+    /// `migrate-continue`.
+    MigrateContinue(migrate_continue::MigrateContinue),
+    /// `migrate-pause` (post-copy only: always refused).
+    MigratePause,
+    /// `migrate-recover` (post-copy only: always refused).
+    MigrateRecover(postcopy::MigrateRecover),
     /// `query-migrate`.
     QueryMigrate,
     /// `migrate-set-capabilities`.
@@ -64,12 +75,30 @@ pub enum Command {
     GetFd(fd::GetFd),
     /// `closefd`.
     CloseFd(fd::CloseFd),
+    /// `add-fd`.
+    AddFd(fd::AddFd),
+    /// `remove-fd`.
+    RemoveFd(fd::RemoveFd),
+    /// `query-fdsets`.
+    QueryFdsets,
     /// `human-monitor-command`.
     HumanMonitorCommand(human::HumanMonitorCommand),
     /// `query-commands`.
     QueryCommands,
     /// `query-version`.
     QueryVersion,
+    /// `query-uuid`.
+    QueryUuid,
+    /// `query-qmp-schema`.
+    QueryQmpSchema,
+    /// `calc-dirty-rate`.
+    CalcDirtyRate(dirty_rate::CalcDirtyRate),
+    /// `query-dirty-rate`.
+    QueryDirtyRate,
+    /// `yank`.
+    Yank(yank::Yank),
+    /// `query-yank`.
+    QueryYank,
 }
 
 type Parser = fn(&mut Args) -> Result<Command, CommandError>;
@@ -86,6 +115,13 @@ pub const COMMANDS: &[(&str, Parser)] = &[
         incoming::MigrateIncoming::parse(a).map(Command::MigrateIncoming)
     }),
     ("migrate_cancel", |_| Ok(Command::MigrateCancel)),
+    ("migrate-continue", |a| {
+        migrate_continue::MigrateContinue::parse(a).map(Command::MigrateContinue)
+    }),
+    ("migrate-pause", |_| Ok(Command::MigratePause)),
+    ("migrate-recover", |a| {
+        postcopy::MigrateRecover::parse(a).map(Command::MigrateRecover)
+    }),
     ("query-migrate", |_| Ok(Command::QueryMigrate)),
     ("migrate-set-capabilities", |a| {
         capabilities::SetCapabilities::parse(a).map(Command::SetCapabilities)
@@ -103,11 +139,24 @@ pub const COMMANDS: &[(&str, Parser)] = &[
     ("quit", |_| Ok(Command::Quit)),
     ("getfd", |a| fd::GetFd::parse(a).map(Command::GetFd)),
     ("closefd", |a| fd::CloseFd::parse(a).map(Command::CloseFd)),
+    ("add-fd", |a| fd::AddFd::parse(a).map(Command::AddFd)),
+    ("remove-fd", |a| {
+        fd::RemoveFd::parse(a).map(Command::RemoveFd)
+    }),
+    ("query-fdsets", |_| Ok(Command::QueryFdsets)),
     ("human-monitor-command", |a| {
         human::HumanMonitorCommand::parse(a).map(Command::HumanMonitorCommand)
     }),
     ("query-commands", |_| Ok(Command::QueryCommands)),
     ("query-version", |_| Ok(Command::QueryVersion)),
+    ("query-uuid", |_| Ok(Command::QueryUuid)),
+    ("query-qmp-schema", |_| Ok(Command::QueryQmpSchema)),
+    ("calc-dirty-rate", |a| {
+        dirty_rate::CalcDirtyRate::parse(a).map(Command::CalcDirtyRate)
+    }),
+    ("query-dirty-rate", |_| Ok(Command::QueryDirtyRate)),
+    ("yank", |a| yank::Yank::parse(a).map(Command::Yank)),
+    ("query-yank", |_| Ok(Command::QueryYank)),
 ];
 
 impl Command {
@@ -136,6 +185,9 @@ impl Command {
                 migrate_cancel::run(s);
                 Ok(empty())
             }
+            Command::MigrateContinue(c) => c.run(s).map(|()| empty()),
+            Command::MigratePause => postcopy::pause().map(|()| empty()),
+            Command::MigrateRecover(c) => c.run().map(|()| empty()),
             Command::QueryMigrate => Ok(query_migrate::run(s)),
             Command::SetCapabilities(c) => c.run(s).map(|()| empty()),
             Command::QueryCapabilities => Ok(capabilities::query(s)),
@@ -150,9 +202,18 @@ impl Command {
             }
             Command::GetFd(c) => c.run(s).map(|()| empty()),
             Command::CloseFd(c) => c.run(s).map(|()| empty()),
+            Command::AddFd(c) => c.run(s),
+            Command::RemoveFd(c) => c.run(s).map(|()| empty()),
+            Command::QueryFdsets => Ok(s.backend.fdsets().query()),
             Command::HumanMonitorCommand(c) => Ok(Value::String(c.run(s))),
             Command::QueryCommands => Ok(introspect::query_commands()),
             Command::QueryVersion => Ok(introspect::query_version()),
+            Command::QueryUuid => Ok(introspect::query_uuid(s)),
+            Command::QueryQmpSchema => Ok(schema::query()),
+            Command::CalcDirtyRate(c) => c.run(s).map(|()| empty()),
+            Command::QueryDirtyRate => Ok(dirty_rate::query(s)),
+            Command::Yank(c) => c.run(s).map(|()| empty()),
+            Command::QueryYank => Ok(yank::query(s)),
         }
     }
 }

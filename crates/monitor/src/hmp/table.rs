@@ -16,7 +16,10 @@ use super::args_type::HmpArgs;
 pub use super::command::{find, Handler, HmpCommand};
 use super::{help, info, set_param};
 use crate::backend::{CommandError, MigrateOptions};
-use crate::cmd::{capabilities, fd, incoming, migrate, parameters, quit, run_state};
+use crate::cmd::args::bad_enum;
+use crate::cmd::{
+    capabilities, fd, incoming, migrate, migrate_continue, parameters, quit, run_state,
+};
 use crate::session::Session;
 
 /// How often a synchronous HMP `migrate` polls the migration status.
@@ -62,6 +65,13 @@ pub static COMMANDS: &[HmpCommand] = &[
         "",
         "cancel the current VM migration",
         hmp_migrate_cancel,
+    ),
+    c(
+        "migrate_continue",
+        "state:s",
+        "state",
+        "Continue migration from the given paused state",
+        hmp_migrate_continue,
     ),
     c(
         "migrate_incoming",
@@ -192,6 +202,12 @@ fn wait_for_migration(s: &Session) -> Result<(), CommandError> {
 fn hmp_migrate_cancel(s: &mut Session, _: &HmpArgs, _: &mut String) -> Result<(), CommandError> {
     crate::cmd::migrate_cancel::run(s);
     Ok(())
+}
+
+fn hmp_migrate_continue(s: &mut Session, a: &HmpArgs, _: &mut String) -> Result<(), CommandError> {
+    let name = a.str("state").unwrap_or_default();
+    let state = name.parse().map_err(|_| bad_enum("state", name))?;
+    migrate_continue::MigrateContinue { state }.run(s)
 }
 
 fn hmp_migrate_incoming(s: &mut Session, a: &HmpArgs, _: &mut String) -> Result<(), CommandError> {

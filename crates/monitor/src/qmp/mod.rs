@@ -2,13 +2,18 @@
 //! asynchronous events (spec §6.1).
 //!
 //! ```text
-//!  server: {"QMP": {"version": {...}, "capabilities": []}}
+//!  server: {"QMP": {"version": {...}, "capabilities": ["oob"]}}
 //!  client: {"execute": "qmp_capabilities"}          ─┐ before this, every other command
 //!  server: {"return": {}}                            ─┘ gets CommandNotFound
 //!  client: {"execute": "query-status", "id": 1}
 //!  server: {"timestamp": {...}, "event": "STOP"}     ← events may come between replies
 //!  server: {"return": {"status": "running", ...}, "id": 1}
 //! ```
+//!
+//! Out-of-band execution (`qmp_capabilities` with `enable: ["oob"]`, then `exec-oob` for the
+//! commands QEMU allows: `migrate-pause`, `migrate-recover`, `yank`) follows QEMU's request
+//! rules. livemig's QMP commands never block their connection (a migration runs on its own
+//! thread), so an out-of-band command runs at once, as the next request, without a queue.
 //!
 //! Every server message is one JSON object followed by `\r\n`, written with a single
 //! `write_all` under the connection's writer lock. Requests are a stream of JSON values
@@ -40,7 +45,7 @@ const PUMP_POLL: Duration = Duration::from_millis(200);
 
 /// The greeting sent on connect.
 pub fn greeting() -> Value {
-    json!({ "QMP": { "version": introspect::version_json(), "capabilities": [] } })
+    json!({ "QMP": { "version": introspect::version_json(), "capabilities": ["oob"] } })
 }
 
 /// A success reply.
@@ -153,7 +158,7 @@ pub fn respond(session: &mut Session, bytes: &[u8], negotiated: &mut bool) -> Va
             return reply_err(&err, None);
         }
     };
-    let req = match request::parse(value) {
+    let req = match request::parse(value, session.oob) {
         Ok(r) => r,
         Err(rej) => return reply_err(&rej.error, rej.id),
     };
@@ -166,11 +171,12 @@ pub fn respond(session: &mut Session, bytes: &[u8], negotiated: &mut bool) -> Va
     } else if req.name == "qmp_capabilities" {
         let r = Command::parse(&req.name, req.arguments).and_then(|c| match c {
             Command::QmpCapabilities(c) => c.negotiate(),
-            _ => Ok(()),
+            _ => Ok(false),
         });
         match r {
-            Ok(()) => {
+            Ok(oob) => {
                 *negotiated = true;
+                session.oob = oob;
                 session.activity.set_negotiated();
                 reply_ok(json!({}), req.id)
             }
@@ -223,7 +229,7 @@ mod tests {
         );
         let g = to_qmp_string(&greeting());
         assert!(g.starts_with(r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "livemig "#));
-        assert!(g.ends_with(r#""capabilities": []}}"#));
+        assert!(g.ends_with(r#""capabilities": ["oob"]}}"#));
     }
 
     #[test]

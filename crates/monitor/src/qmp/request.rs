@@ -10,7 +10,9 @@
 //! | `execute` not a string | `QMP input member 'execute' must be a string` |
 //! | `arguments` not an object | `QMP input member 'arguments' must be an object` |
 //! | other member | `QMP input member 'foo' is unexpected` |
-//! | `exec-oob` | `The command NAME does not support OOB` (livemig offers no OOB) |
+//! | `exec-oob` without `oob` negotiated | `QMP input member 'exec-oob' is unexpected` |
+//! | both `execute` and `exec-oob` | `QMP input member 'execute' clashes with 'exec-oob'` |
+//! | `exec-oob` of a command not allowed out of band | `The command NAME does not support OOB` |
 
 use serde_json::{Map, Value};
 
@@ -25,6 +27,8 @@ pub struct Request {
     pub arguments: Option<Map<String, Value>>,
     /// Echoed verbatim in the reply.
     pub id: Option<Value>,
+    /// Sent with `exec-oob` (out of band).
+    pub oob: bool,
 }
 
 /// A request that cannot run: the id to echo (if the input had one) and the error.
@@ -36,8 +40,9 @@ pub struct Rejected {
     pub error: CommandError,
 }
 
-/// Checks the members of a request.
-pub fn parse(v: Value) -> Result<Request, Rejected> {
+/// Checks the members of a request; `exec-oob` is a member only when the connection enabled
+/// `oob` (`oob_enabled`).
+pub fn parse(v: Value, oob_enabled: bool) -> Result<Request, Rejected> {
     let Value::Object(obj) = v else {
         return Err(Rejected {
             id: None,
@@ -50,18 +55,20 @@ pub fn parse(v: Value) -> Result<Request, Rejected> {
         error: CommandError::generic(desc),
     };
     let mut name = None;
-    let mut oob = false;
+    let mut key: Option<String> = None;
     let mut arguments = None;
     for (k, v) in obj {
         match k.as_str() {
-            "execute" | "exec-oob" => {
-                if name.is_some() {
-                    return Err(fail(format!("QMP input member '{k}' is unexpected")));
-                }
+            "execute" | "exec-oob" if k == "execute" || oob_enabled => {
                 let Value::String(s) = v else {
                     return Err(fail(format!("QMP input member '{k}' must be a string")));
                 };
-                oob = k == "exec-oob";
+                if let Some(first) = &key {
+                    return Err(fail(format!(
+                        "QMP input member '{k}' clashes with '{first}'"
+                    )));
+                }
+                key = Some(k);
                 name = Some(s);
             }
             "arguments" => {
@@ -77,13 +84,15 @@ pub fn parse(v: Value) -> Result<Request, Rejected> {
         }
     }
     let name = name.ok_or_else(|| fail("QMP input lacks member 'execute'".into()))?;
-    if oob {
+    let oob = key.as_deref() == Some("exec-oob");
+    if oob && !crate::cmd::schema::allows_oob(&name) {
         return Err(fail(format!("The command {name} does not support OOB")));
     }
     Ok(Request {
         name,
         arguments,
         id,
+        oob,
     })
 }
 
@@ -93,7 +102,7 @@ mod tests {
     use serde_json::json;
 
     fn err(v: Value) -> (Option<Value>, String) {
-        let r = parse(v).unwrap_err();
+        let r = parse(v, true).unwrap_err();
         (r.id, r.error.desc)
     }
 
@@ -120,10 +129,21 @@ mod tests {
             "QMP input member 'foo' is unexpected"
         );
         assert_eq!(
-            err(json!({"exec-oob": "migrate-pause"})).1,
-            "The command migrate-pause does not support OOB"
+            err(json!({"exec-oob": "query-status"})).1,
+            "The command query-status does not support OOB"
         );
-        let r = parse(json!({"execute": "stop", "id": {"a": [1]}})).unwrap();
+        assert_eq!(
+            err(json!({"exec-oob": "yank", "execute": "yank"})).1,
+            "QMP input member 'execute' clashes with 'exec-oob'"
+        );
+        let r = parse(json!({"exec-oob": "yank"}), false).unwrap_err();
+        assert_eq!(r.error.desc, "QMP input member 'exec-oob' is unexpected");
+        assert!(
+            parse(json!({"exec-oob": "migrate-pause"}), true)
+                .unwrap()
+                .oob
+        );
+        let r = parse(json!({"execute": "stop", "id": {"a": [1]}}), false).unwrap();
         assert_eq!(r.name, "stop");
         assert_eq!(r.id, Some(json!({"a": [1]})));
         assert!(r.arguments.is_none());

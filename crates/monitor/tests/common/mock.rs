@@ -51,6 +51,7 @@ pub struct MockState {
 pub struct MockBackend {
     state: Mutex<MockState>,
     events: EventBus,
+    fdsets: monitor::fdsets::FdSets,
 }
 
 impl Default for MockBackend {
@@ -79,6 +80,7 @@ impl MockBackend {
                 info_override: None,
             }),
             events: EventBus::new(),
+            fdsets: monitor::fdsets::FdSets::new(),
         }
     }
 
@@ -177,6 +179,29 @@ impl MonitorBackend for MockBackend {
         if s.status.is_running() {
             self.set_status(&mut s, MigrationStatus::Cancelling);
             self.set_status(&mut s, MigrationStatus::Cancelled);
+        }
+    }
+
+    fn migrate_continue(&self, state: MigrationStatus) -> Result<(), CommandError> {
+        let s = self.state();
+        if s.status != state {
+            return Err(CommandError::generic(format!(
+                "Migration not in expected state: {}",
+                s.status
+            )));
+        }
+        Ok(())
+    }
+
+    fn migration_yank_registered(&self) -> bool {
+        self.state().status.is_running()
+    }
+
+    fn yank_migration(&self) {
+        let mut s = self.state();
+        if s.status.is_running() {
+            s.error_desc = Some("yanked".into());
+            self.set_status(&mut s, MigrationStatus::Failed);
         }
     }
 
@@ -283,6 +308,28 @@ impl MonitorBackend for MockBackend {
 
     fn quit(&self) {
         self.state().quits += 1;
+    }
+
+    fn calc_dirty_rate(
+        &self,
+        calc_time: i64,
+        sample_pages: Option<i64>,
+        mode: Option<migration::dirty_rate::DirtyRateMode>,
+    ) -> Result<(), CommandError> {
+        migration::dirty_rate::DirtyRateRequest::check(calc_time, sample_pages, mode, false)?;
+        Ok(())
+    }
+
+    fn query_dirty_rate(&self) -> migration::dirty_rate::DirtyRateState {
+        Default::default()
+    }
+
+    fn uuid(&self) -> Option<migration::uuid::VmUuid> {
+        None
+    }
+
+    fn fdsets(&self) -> &monitor::fdsets::FdSets {
+        &self.fdsets
     }
 
     fn events(&self) -> &EventBus {

@@ -66,6 +66,8 @@ pub struct MachineConfig {
     pub drives: Vec<DriveSpec>,
     /// A writer thread per disk standing in for the guest's disk I/O; None = disks stay idle.
     pub disk_workload: Option<DiskWorkload>,
+    /// The VM's UUID (`--uuid`, QEMU's `-uuid`): `query-uuid`, and `validate-uuid`.
+    pub uuid: Option<migration::uuid::VmUuid>,
 }
 
 /// The accelerator.
@@ -121,6 +123,7 @@ impl Default for MachineConfig {
             serial: SerialTarget::Null,
             drives: Vec::new(),
             disk_workload: None,
+            uuid: None,
         }
     }
 }

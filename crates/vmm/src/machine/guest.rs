@@ -4,8 +4,9 @@
 //!
 //! Images on shared storage change hands at the switchover, as in QEMU: stopping the guest for
 //! `finish-migrate` flushes the disks and drops their locks (`Disk::inactivate`); starting the
-//! guest takes them (back) first (`Disk::activate`) — on the destination after the migration,
-//! or on the source after a failed one — and fails while the other side still holds them.
+//! guest takes them (back) first (`Disk::activate`) — on the source after a failed migration —
+//! and fails while the other side still holds them. A destination activates them when the
+//! migration completes, or at `cont` with `late-block-activate` (`VmControl::activate_block`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -103,12 +104,17 @@ impl VmControl for GuestControl {
     }
 
     fn vm_start(&self) -> Result<(), VmError> {
-        for d in &self.disks {
-            d.activate().map_err(|e| VmError::Start(Box::new(e)))?;
-        }
+        self.activate_block()?;
         self.guest.control().vm_start()?;
         for w in lock(&self.writers).iter() {
             w.resume();
+        }
+        Ok(())
+    }
+
+    fn activate_block(&self) -> Result<(), VmError> {
+        for d in &self.disks {
+            d.activate().map_err(|e| VmError::Start(Box::new(e)))?;
         }
         Ok(())
     }

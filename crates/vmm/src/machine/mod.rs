@@ -9,6 +9,7 @@
 
 mod build;
 mod config;
+mod dirty_rate;
 mod guest;
 mod timer;
 mod vcpus;
@@ -18,14 +19,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use block::Disk;
-use guest_ram::GuestRam;
+use guest_ram::{DirtyLog, GuestRam};
 use migration::block::BlockMigrationOptions;
+use migration::dirty_rate::{DirtyRateError, DirtyRateMode, DirtyRateRequest, DirtyRateState};
 use migration::incoming::Incoming;
 use migration::outgoing::Outgoing;
 use migration::{
     Capability, CapabilityError, Event, EventBus, GlobalState, MigrationError, MigrationHandle,
-    MigrationState, MigrationStatus, ParamError, ParameterUpdate, Registry, Rejected, RunState,
-    VmControl,
+    MigrationState, ParamError, ParameterUpdate, Registry, Rejected, RunState, VmControl,
 };
 use transport::{FdSource, MigrationUri};
 
@@ -75,6 +76,7 @@ pub struct Machine {
     incoming_result: Mutex<Option<Result<(), String>>>,
     incoming_uri: Mutex<Option<String>>,
     waiters: Arc<Waiters>,
+    dirty_rate: dirty_rate::SharedDirtyRate,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,7 +100,9 @@ impl Machine {
             incoming_result: Mutex::new(None),
             incoming_uri: Mutex::new(None),
             waiters: Arc::default(),
+            dirty_rate: Arc::default(),
         });
+        m.state.set_uuid(m.cfg.uuid);
         if !m.cfg.incoming && !m.cfg.start_paused {
             m.control.vm_start()?;
         }
@@ -247,11 +251,9 @@ impl Machine {
         let uri: MigrationUri = match uri.parse() {
             Ok(u) => u,
             Err(e) => {
-                // QEMU moves to setup, then fails: query-migrate shows `failed`.
-                if self.state.set_status_from_any(MigrationStatus::Setup) {
-                    self.state
-                        .set_status(MigrationStatus::Setup, MigrationStatus::Failed);
-                }
+                // QEMU moves to setup, then fails: query-migrate shows `failed`, without
+                // the error of an earlier migration.
+                self.state.fail_before_start();
                 return Err(MachineError::BadUri(e));
             }
         };
@@ -309,14 +311,13 @@ impl Machine {
     }
 
     fn start_incoming(&self, uri: &str, fds: &dyn FdSource) -> Result<(), MachineError> {
-        let parsed: MigrationUri = uri
-            .parse()
-            .map_err(|_| MachineError::BadIncomingUri(uri.to_string()))?;
-        let listener =
-            transport::listen(&parsed, fds).map_err(|e| MachineError::Migration(e.into()))?;
+        let prepared = self.prepare_incoming(uri, fds);
+        let Ok((listener, registry, mut home)) = prepared else {
+            // migration::incoming::start announces the attempts that get that far.
+            self.state.announce_incoming();
+            return prepared.map(|_| ());
+        };
         let local = listener.local_description();
-        let mut home = lock(&self.home);
-        let registry = self.reclaim(&mut home)?;
         let waiters = self.waiters.clone();
         let job = Incoming {
             listener,
@@ -335,6 +336,22 @@ impl Machine {
             }
             Err(r) => Err(self.rejected(&mut home, *r)),
         }
+    }
+
+    /// Parses `uri`, listens and takes the registry for an incoming migration.
+    fn prepare_incoming(
+        &self,
+        uri: &str,
+        fds: &dyn FdSource,
+    ) -> Result<(transport::Listener, Registry, MutexGuard<'_, Home>), MachineError> {
+        let parsed: MigrationUri = uri
+            .parse()
+            .map_err(|_| MachineError::BadIncomingUri(uri.to_string()))?;
+        let listener =
+            transport::listen(&parsed, fds).map_err(|e| MachineError::Migration(e.into()))?;
+        let mut home = lock(&self.home);
+        let registry = self.reclaim(&mut home)?;
+        Ok((listener, registry, home))
     }
 
     /// The URI the incoming migration listens on, with the real port (e.g. `tcp:127.0.0.1:41811`).
@@ -367,14 +384,50 @@ impl Machine {
         Ok(())
     }
 
-    /// `cont`.
+    /// `cont`. While an incoming migration is awaited or loading, the guest starts when it
+    /// completes (QEMU's `autostart`).
     pub fn cont(&self) -> Result<(), MachineError> {
+        let deferred = self.state.with_autostart(|autostart| {
+            let waiting = self.run_state() == RunState::Inmigrate;
+            *autostart |= waiting;
+            waiting
+        });
+        if deferred {
+            return Ok(());
+        }
         match self.run_state() {
             RunState::Running => Ok(()),
-            RunState::Inmigrate => Err(MachineError::Inmigrate),
             _ if self.state.status().is_running() => Err(MachineError::InProgress),
             _ => Ok(self.control.vm_start()?),
         }
+    }
+
+    /// `calc-dirty-rate`: starts measuring the guest's dirty rate (QEMU's checks and texts).
+    /// livemig never uses KVM's dirty ring, so `dirty-ring` is refused and `dirty-bitmap`
+    /// runs a dirty log of its own (not while a migration uses the VM's).
+    pub fn calc_dirty_rate(
+        &self,
+        calc_time: i64,
+        sample_pages: Option<i64>,
+        mode: Option<DirtyRateMode>,
+    ) -> Result<(), DirtyRateError> {
+        if lock(&self.dirty_rate).measured == Some(false) {
+            return Err(DirtyRateError::Busy);
+        }
+        let req = DirtyRateRequest::check(calc_time, sample_pages, mode, false)?;
+        let log = (req.mode == DirtyRateMode::DirtyBitmap && !self.state.status().is_running())
+            .then(|| match self.control.guest() {
+                Guest::Soft(_) => {
+                    Box::new(guest_ram::UffdDirtyLog::new(self.ram.clone())) as Box<dyn DirtyLog>
+                }
+                Guest::Kvm(vm) => vm.dirty_log(),
+            });
+        dirty_rate::start(&self.dirty_rate, self.ram.clone(), req, log)
+    }
+
+    /// `query-dirty-rate`.
+    pub fn query_dirty_rate(&self) -> DirtyRateState {
+        lock(&self.dirty_rate).clone()
     }
 
     /// Asks the process to quit (`quit`).
