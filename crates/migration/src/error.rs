@@ -116,12 +116,6 @@ pub enum MigrationError {
     /// Multifd over a transport with a single connection (exec:, fd:, file:).
     #[error("multifd is not supported by current protocol")]
     MultifdTransport,
-    /// A multifd compression method livemig does not implement.
-    #[error("multifd compression '{0}' is not supported by livemig")]
-    MultifdCompression(String),
-    /// A multifd packet says it is compressed.
-    #[error("multifd compression is not supported")]
-    MultifdCompressedPacket,
     /// A multifd channel's hello carries another VM's UUID.
     #[error("multifd channel UUID does not match this VM")]
     MultifdUuid,

@@ -43,7 +43,12 @@ impl RamLoader {
         self.multifd = if readers.is_empty() {
             None
         } else {
-            Some(multifd::start_receiver(self.ram.clone(), readers)?)
+            Some(multifd::start_receiver(
+                self.ram.clone(),
+                readers,
+                multifd::compression(&s.settings().params),
+                s.runtime().cancel_token().clone(),
+            )?)
         };
         Ok(())
     }

@@ -11,6 +11,13 @@
 //!
 //! Pages are sent from guest memory in place: a job holds the offsets of its pages and a handle
 //! on their block's memory ([`BlockMemory`]), which keeps the mapping alive until it is sent.
+//!
+//! With `multifd-compression` zlib or zstd each channel thread owns one compression stream for
+//! the whole migration ([`savevm::multifd_codec`]): it compresses its packet's pages itself, so
+//! N channels use N cores, and writes the header with `next_packet_size` = the compressed bytes
+//! and the method's flag bits, then those bytes. The receiver thread reads at most
+//! [`MULTIFD_COMPRESSED_MAX`] bytes and decodes them page by page straight into guest RAM.
+//! Packets without pages (SYNCs) carry no payload and no method bits, as QEMU 7.2's.
 
 use std::io::{IoSlice, Read, Write};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
@@ -19,15 +26,29 @@ use std::thread::JoinHandle;
 
 use guest_ram::{BlockMemory, GuestRam};
 use savevm::multifd::{
-    MultifdInit, PacketHeader, MULTIFD_FLAG_COMPRESSION_MASK, MULTIFD_FLAG_SYNC,
-    MULTIFD_HEADER_LEN, MULTIFD_INIT_LEN, MULTIFD_PAGES,
+    MultifdInit, PacketHeader, MULTIFD_FLAG_SYNC, MULTIFD_HEADER_LEN, MULTIFD_INIT_LEN,
+    MULTIFD_PAGES,
+};
+use savevm::multifd_codec::{
+    CodecError, Compression, Compressor, Decompressor, MULTIFD_COMPRESSED_MAX,
 };
 use savevm::ram::TARGET_PAGE_SIZE;
 use transport::{ChannelReader, ChannelWriter};
 
+use crate::cancel::CancelToken;
 use crate::error::MigrationError;
+use crate::params::{MigrationParameters, MultifdCompression};
 
 const PAGE: usize = TARGET_PAGE_SIZE;
+
+/// The channels' compression method and level from the operator's parameters.
+pub fn compression(p: &MigrationParameters) -> Compression {
+    match p.multifd_compression {
+        MultifdCompression::None => Compression::None,
+        MultifdCompression::Zlib => Compression::Zlib(p.multifd_zlib_level),
+        MultifdCompression::Zstd => Compression::Zstd(p.multifd_zstd_level),
+    }
+}
 
 enum Job {
     Pages {
@@ -54,12 +75,18 @@ pub struct MultifdSender {
     next: usize,
     packet_num: u64,
     batch: Option<(usize, String, Vec<u64>, Arc<BlockMemory>)>,
+    compresses: bool,
+    rate_accounted: u64,
     /// Bytes written on the channels so far (headers and payload).
     pub bytes: u64,
 }
 
-/// Writes the hello on each channel (`id` = position) and starts the sender.
-pub fn start_sender(writers: Vec<ChannelWriter>) -> Result<MultifdSender, MigrationError> {
+/// Writes the hello on each channel (`id` = position) and starts the sender; each channel
+/// compresses its packets with `compression`.
+pub fn start_sender(
+    writers: Vec<ChannelWriter>,
+    compression: Compression,
+) -> Result<MultifdSender, MigrationError> {
     let (done_tx, done) = channel();
     let mut channels = Vec::new();
     for (id, mut w) in writers.into_iter().enumerate() {
@@ -71,9 +98,14 @@ pub fn start_sender(writers: Vec<ChannelWriter>) -> Result<MultifdSender, Migrat
         w.write_all(&hello).map_err(savevm::Error::from)?;
         let (jobs, rx) = sync_channel::<Job>(1);
         let done_tx = done_tx.clone();
+        let mut out = ChannelOut {
+            w,
+            compressor: Compressor::new(compression).map_err(savevm::Error::from)?,
+            buf: Vec::new(),
+        };
         let thread = std::thread::Builder::new()
             .name(format!("multifdsend_{id}"))
-            .spawn(move || send_loop(id, w, rx, done_tx))
+            .spawn(move || send_loop(id, &mut out, rx, done_tx))
             .map_err(MigrationError::Spawn)?;
         channels.push(SendChannel {
             jobs,
@@ -88,18 +120,27 @@ pub fn start_sender(writers: Vec<ChannelWriter>) -> Result<MultifdSender, Migrat
         next: 0,
         packet_num: 0,
         batch: None,
+        compresses: compression != Compression::None,
+        rate_accounted: bytes,
         bytes,
     })
 }
 
+/// One channel's socket and compression stream (with its output buffer, reused).
+struct ChannelOut {
+    w: ChannelWriter,
+    compressor: Option<Compressor>,
+    buf: Vec<u8>,
+}
+
 fn send_loop(
     id: usize,
-    mut w: ChannelWriter,
+    out: &mut ChannelOut,
     jobs: Receiver<Job>,
     done: Sender<(usize, Result<u64, MigrationError>)>,
 ) {
     for job in jobs {
-        let result = write_job(&mut w, job);
+        let result = write_job(out, job);
         let failed = result.is_err();
         if done.send((id, result)).is_err() || failed {
             return;
@@ -107,8 +148,8 @@ fn send_loop(
     }
 }
 
-fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
-    let (header, memory) = match job {
+fn write_job(out: &mut ChannelOut, job: Job) -> Result<u64, MigrationError> {
+    let (mut header, memory) = match job {
         Job::Sync { packet_num } => (
             PacketHeader {
                 flags: MULTIFD_FLAG_SYNC,
@@ -136,9 +177,7 @@ fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
             Some(memory),
         ),
     };
-    let head = header.encode()?;
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + header.offsets.len());
-    slices.push(IoSlice::new(&head));
+    let mut pages: Vec<&[u8]> = Vec::with_capacity(header.offsets.len());
     if let Some(memory) = &memory {
         let bytes = (**memory).as_ref();
         for &offset in &header.offsets {
@@ -149,11 +188,37 @@ fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
                     block: header.ramblock.clone(),
                     offset,
                 })?;
-            slices.push(IoSlice::new(page));
+            pages.push(page);
         }
     }
-    let total = (head.len() + (slices.len() - 1) * PAGE) as u64;
-    let mut rest = &mut slices[..];
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + pages.len());
+    let head;
+    match &mut out.compressor {
+        Some(c) if !pages.is_empty() => {
+            c.compress(&pages, &mut out.buf)
+                .map_err(savevm::Error::from)?;
+            header.flags |= c.flag();
+            header.next_packet_size = out.buf.len() as u32;
+            head = header.encode()?;
+            slices.push(IoSlice::new(&head));
+            slices.push(IoSlice::new(&out.buf));
+        }
+        _ => {
+            head = header.encode()?;
+            slices.push(IoSlice::new(&head));
+            slices.extend(pages.iter().map(|p| IoSlice::new(p)));
+        }
+    }
+    let total = slices.iter().map(|s| s.len() as u64).sum();
+    write_all_vectored(&mut out.w, &mut slices)?;
+    Ok(total)
+}
+
+fn write_all_vectored(
+    w: &mut ChannelWriter,
+    slices: &mut [IoSlice<'_>],
+) -> Result<(), MigrationError> {
+    let mut rest = slices;
     while !rest.is_empty() {
         match w.write_vectored(rest) {
             Ok(0) => {
@@ -167,10 +232,23 @@ fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
             Err(e) => return Err(savevm::Error::from(e).into()),
         }
     }
-    Ok(total)
+    Ok(())
 }
 
 impl MultifdSender {
+    /// What the queued pages cost against the rate limit since the last call: with
+    /// compression the bytes the channels have written (the link's bytes, known only once a
+    /// channel compressed its packet), without it `None` (the caller counts each page when
+    /// queued, as QEMU 7.2 does).
+    pub fn take_wire_bytes(&mut self) -> Option<u64> {
+        if !self.compresses {
+            return None;
+        }
+        let delta = self.bytes - self.rate_accounted;
+        self.rate_accounted = self.bytes;
+        Some(delta)
+    }
+
     fn collect(
         &mut self,
         (id, result): (usize, Result<u64, MigrationError>),
@@ -304,10 +382,12 @@ pub struct MultifdReceiver {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// Starts one receiver thread per channel.
+/// Starts one receiver thread per channel, expecting packets compressed with `compression`.
 pub fn start_receiver(
     ram: Arc<GuestRam>,
     readers: Vec<ChannelReader>,
+    compression: Compression,
+    cancel: CancelToken,
 ) -> Result<MultifdReceiver, MigrationError> {
     let (sync_tx, syncs) = channel();
     let mut release = Vec::new();
@@ -315,10 +395,18 @@ pub fn start_receiver(
     for (id, r) in readers.into_iter().enumerate() {
         let (rel_tx, rel_rx) = sync_channel(1);
         release.push(rel_tx);
-        let (ram, sync_tx) = (ram.clone(), sync_tx.clone());
+        let (ram, sync_tx, cancel) = (ram.clone(), sync_tx.clone(), cancel.clone());
+        let mut input = ChannelIn {
+            id,
+            cancel,
+            r,
+            method: compression,
+            decompressor: Decompressor::new(compression).map_err(savevm::Error::from)?,
+            buf: Vec::new(),
+        };
         let t = std::thread::Builder::new()
             .name(format!("multifdrecv_{id}"))
-            .spawn(move || recv_loop(r, &ram, &sync_tx, &rel_rx))
+            .spawn(move || recv_loop(&mut input, &ram, &sync_tx, &rel_rx))
             .map_err(MigrationError::Spawn)?;
         threads.push(t);
     }
@@ -329,8 +417,18 @@ pub fn start_receiver(
     })
 }
 
+/// One channel's socket and decompression stream (with its input buffer, reused).
+struct ChannelIn {
+    id: usize,
+    cancel: CancelToken,
+    r: ChannelReader,
+    method: Compression,
+    decompressor: Option<Decompressor>,
+    buf: Vec<u8>,
+}
+
 fn recv_loop(
-    mut r: ChannelReader,
+    input: &mut ChannelIn,
     ram: &GuestRam,
     syncs: &Sender<Result<(), MigrationError>>,
     release: &Receiver<()>,
@@ -338,21 +436,15 @@ fn recv_loop(
     let mut head = vec![0u8; MULTIFD_HEADER_LEN];
     loop {
         // A clean end of stream between packets ends the channel.
-        match read_full(&mut r, &mut head) {
+        match read_full(&mut input.r, &mut head) {
             Ok(false) => return,
             Ok(true) => {}
-            Err(e) => {
-                let _ = syncs.send(Err(e));
-                return;
-            }
+            Err(e) => return input.fail(syncs, e),
         }
         let result = PacketHeader::decode(&head)
             .map_err(MigrationError::from)
             .and_then(|h| {
-                if h.flags & MULTIFD_FLAG_COMPRESSION_MASK != 0 {
-                    return Err(MigrationError::MultifdCompressedPacket);
-                }
-                load_pages(&mut r, ram, &h)?;
+                load_pages(input, ram, &h)?;
                 Ok(h.flags & MULTIFD_FLAG_SYNC != 0)
             });
         match result {
@@ -362,11 +454,21 @@ fn recv_loop(
                     return;
                 }
             }
-            Err(e) => {
-                let _ = syncs.send(Err(e));
-                return;
-            }
+            Err(e) => return input.fail(syncs, e),
         }
+    }
+}
+
+impl ChannelIn {
+    /// A channel that cannot go on fails the whole load at once (QEMU terminates every
+    /// channel and the main stream): the main thread may be reading the main stream while the
+    /// source is blocked writing to this channel.
+    fn fail(&self, syncs: &Sender<Result<(), MigrationError>>, e: MigrationError) {
+        if !self.cancel.is_cancelled() {
+            tracing::error!("multifd channel {} failed: {}", self.id, e.report());
+        }
+        self.cancel.interrupt_io();
+        let _ = syncs.send(Err(e));
     }
 }
 
@@ -385,17 +487,25 @@ fn read_full(r: &mut ChannelReader, buf: &mut [u8]) -> Result<bool, MigrationErr
     Ok(true)
 }
 
+/// Reads the pages of a packet into guest RAM (nothing for a packet without pages, whose
+/// other fields are stale leftovers).
 fn load_pages(
-    r: &mut ChannelReader,
+    input: &mut ChannelIn,
     ram: &GuestRam,
     h: &PacketHeader,
 ) -> Result<(), MigrationError> {
     if h.normal_pages == 0 {
         return Ok(());
     }
+    // QEMU 7.2 checks the method only on packets that carry pages.
+    input
+        .method
+        .check_flags(h.flags)
+        .map_err(savevm::Error::from)?;
     let block = ram
         .block_by_name(&h.ramblock)
         .ok_or_else(|| MigrationError::UnknownRamBlock(h.ramblock.clone()))?;
+    let mut pages = Vec::with_capacity(h.offsets.len());
     for &offset in &h.offsets {
         if offset % PAGE as u64 != 0 || offset >= block.len() {
             return Err(MigrationError::IllegalRamOffset {
@@ -403,13 +513,46 @@ fn load_pages(
                 offset,
             });
         }
-        let page = offset / PAGE as u64;
-        // Read in place: the destination's vCPUs do not run while RAM is loaded, and each page
-        // is sent once per packet, by one channel, between two SYNCs.
+        pages.push(offset / PAGE as u64);
+    }
+    let ChannelIn {
+        r,
+        decompressor,
+        buf,
+        ..
+    } = input;
+    let Some(d) = decompressor else {
+        // Read in place: the destination's vCPUs do not run while RAM is loaded, and each
+        // page is sent once per packet, by one channel, between two SYNCs.
+        for &page in &pages {
+            block
+                .fill_page(page, |p| r.read_exact(p))?
+                .map_err(savevm::Error::from)?;
+        }
+        return Ok(());
+    };
+    let size = h.next_packet_size as usize;
+    if size > MULTIFD_COMPRESSED_MAX {
+        let e = CodecError::TooLarge {
+            size,
+            max: MULTIFD_COMPRESSED_MAX,
+        };
+        return Err(savevm::Error::from(e).into());
+    }
+    if buf.capacity() < MULTIFD_COMPRESSED_MAX {
+        buf.try_reserve_exact(MULTIFD_COMPRESSED_MAX - buf.len())
+            .map_err(|_| savevm::Error::from(CodecError::OutOfMemory(MULTIFD_COMPRESSED_MAX)))?;
+    }
+    buf.resize(size, 0);
+    r.read_exact(buf).map_err(savevm::Error::from)?;
+    let mut pos = 0;
+    for (i, &page) in pages.iter().enumerate() {
         block
-            .fill_page(page, |p| r.read_exact(p))?
+            .fill_page(page, |p| d.decompress_page(buf, &mut pos, i, p))?
             .map_err(savevm::Error::from)?;
     }
+    d.finish_packet(buf, &mut pos)
+        .map_err(savevm::Error::from)?;
     Ok(())
 }
 

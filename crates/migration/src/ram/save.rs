@@ -125,7 +125,10 @@ impl RamSaver {
         self.multifd = if writers.is_empty() {
             None
         } else {
-            Some(multifd::start_sender(writers)?)
+            Some(multifd::start_sender(
+                writers,
+                multifd::compression(&s.settings().params),
+            )?)
         };
         self.multifd_accounted = 0;
         self.block_base = block_bases(&self.ram);
@@ -301,9 +304,11 @@ impl RamSaver {
             Sent::Zero
         } else if let Some(m) = multifd {
             // Zero pages stay on the main stream; data pages go to a channel (QEMU never
-            // applies XBZRLE with multifd). Counted against the window now.
-            f.rate_limit_account(PAGE + 8);
+            // applies XBZRLE with multifd). Counted against the window now; compressed ones
+            // by what the channels wrote, so `max-bandwidth` limits the link's bytes (QEMU 7.2
+            // counts them uncompressed, which makes compression useless under a limit).
             m.queue(b, block.idstr(), offset, block.memory())?;
+            f.rate_limit_account(m.take_wire_bytes().unwrap_or(PAGE + 8));
             Sent::Normal
         } else if let Some(x) = xbzrle {
             match x.encode(addr, bytes, sync, last_stage) {
