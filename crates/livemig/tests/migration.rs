@@ -481,6 +481,60 @@ fn multifd_compression_mismatch_fails_without_starting_the_guest() {
 }
 
 #[test]
+fn zero_copy_send_migrates_with_ram_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = json!({"multifd-channels": 2});
+    let (mut dst, uri) =
+        deferred_destination(dir.path(), "dst", &args(&[]), &["multifd"], params.clone());
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "32M"]));
+    // QEMU 7.2's rules: multifd first, and no compression with it.
+    let zc = json!({"capabilities": [{"capability": "zero-copy-send", "state": true}]});
+    let text = "Zero copy only available for non-compressed non-TLS multifd migration";
+    assert!(src
+        .cmd_err("migrate-set-capabilities", zc.clone())
+        .contains(text));
+    configure(&mut src, &["multifd", "zero-copy-send"], params);
+    let zstd = json!({"multifd-compression": "zstd"});
+    assert!(src.cmd_err("migrate-set-parameters", zstd).contains(text));
+    let info = migrate_and_check(&mut src, &mut dst, &uri);
+    let ram = &info["ram"];
+    assert!(ram["multifd-bytes"].as_u64().unwrap() > 16 << 20, "{info}");
+    // Over loopback the kernel copies after all, and says so at every channel sync.
+    assert!(
+        ram["dirty-sync-missed-zero-copy"].as_u64().unwrap() > 0,
+        "{info}"
+    );
+}
+
+#[test]
+fn zero_copy_send_over_a_unix_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = format!("unix:{}", dir.path().join("mig.sock").display());
+    let params = json!({"multifd-channels": 2});
+    let (_dst, uri) = deferred_destination_at(dir.path(), &sock, params.clone());
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "8M"]));
+    configure(&mut src, &["multifd", "zero-copy-send"], params);
+    src.wait_status("running");
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "failed", "{info}");
+    let desc = info["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        desc.starts_with("Zero copy send feature not detected in host kernel"),
+        "{info}"
+    );
+    assert_eq!(src.status(), "running");
+}
+
+/// A destination with multifd on, listening on `uri` (deferred, like QEMU's `-incoming defer`).
+fn deferred_destination_at(dir: &std::path::Path, uri: &str, params: Value) -> (Vm, String) {
+    let mut dst = Vm::start(dir, "dst", &args(&["--incoming", "defer"]));
+    configure(&mut dst, &["multifd"], params);
+    dst.cmd("migrate-incoming", json!({ "uri": uri }));
+    (dst, uri.to_string())
+}
+
+#[test]
 fn destination_started_with_capital_s_stays_paused_until_cont() {
     let dir = tempfile::tempdir().unwrap();
     let (mut dst, uri) = destination(dir.path(), "dst", &args(&["-S"]), "tcp:127.0.0.1:0");

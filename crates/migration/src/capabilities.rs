@@ -142,6 +142,7 @@ impl Capability {
                 | Self::ReturnPath
                 | Self::AutoConverge
                 | Self::Multifd
+                | Self::ZeroCopySend
                 | Self::Block
                 | Self::ZeroBlocks
         )

@@ -116,6 +116,9 @@ pub enum MigrationError {
     /// Multifd over a transport with a single connection (exec:, fd:, file:).
     #[error("multifd is not supported by current protocol")]
     MultifdTransport,
+    /// `zero-copy-send` on a socket that cannot send zero-copy (QEMU's text).
+    #[error("Zero copy send feature not detected in host kernel")]
+    ZeroCopyUnsupported(#[source] Box<transport::ZeroCopyUnsupported>),
     /// A multifd channel's hello carries another VM's UUID.
     #[error("multifd channel UUID does not match this VM")]
     MultifdUuid,

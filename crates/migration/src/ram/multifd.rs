@@ -18,6 +18,12 @@
 //! and the method's flag bits, then those bytes. The receiver thread reads at most
 //! [`MULTIFD_COMPRESSED_MAX`] bytes and decodes them page by page straight into guest RAM.
 //! Packets without pages (SYNCs) carry no payload and no method bits, as QEMU 7.2's.
+//!
+//! With `zero-copy-send` (uncompressed only) a channel writes each header normally and its
+//! pages with `MSG_ZEROCOPY` ([`ZeroCopyWriter`]): the kernel reads guest memory after the
+//! call returned, so the channel keeps every job's [`BlockMemory`] until its SYNC, where it
+//! waits for the kernel's completions (QEMU flushes at each sync too) and reports whether the
+//! kernel copied after all (`dirty-sync-missed-zero-copy`).
 
 use std::io::{IoSlice, Read, Write};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
@@ -33,7 +39,7 @@ use savevm::multifd_codec::{
     CodecError, Compression, Compressor, Decompressor, MULTIFD_COMPRESSED_MAX,
 };
 use savevm::ram::TARGET_PAGE_SIZE;
-use transport::{ChannelReader, ChannelWriter};
+use transport::{ChannelReader, ChannelWriter, ZeroCopyWriter};
 
 use crate::cancel::CancelToken;
 use crate::error::MigrationError;
@@ -68,10 +74,19 @@ struct SendChannel {
     thread: Option<JoinHandle<()>>,
 }
 
+/// What a channel reports for one job.
+struct Written {
+    bytes: u64,
+    /// A SYNC's flush found that the kernel copied zero-copy pages after all.
+    zero_copy_missed: bool,
+}
+
+type Done = (usize, Result<Written, MigrationError>);
+
 /// Source side: batches pages per block and hands full batches to idle channels.
 pub struct MultifdSender {
     channels: Vec<SendChannel>,
-    done: Receiver<(usize, Result<u64, MigrationError>)>,
+    done: Receiver<Done>,
     next: usize,
     packet_num: u64,
     batch: Option<(usize, String, Vec<u64>, Arc<BlockMemory>)>,
@@ -79,13 +94,17 @@ pub struct MultifdSender {
     rate_accounted: u64,
     /// Bytes written on the channels so far (headers and payload).
     pub bytes: u64,
+    /// Channel syncs at which the kernel had copied zero-copy pages (QEMU's
+    /// `dirty-sync-missed-zero-copy`).
+    pub zero_copy_missed: u64,
 }
 
 /// Writes the hello on each channel (`id` = position) and starts the sender; each channel
-/// compresses its packets with `compression`.
+/// compresses its packets with `compression`, or sends its pages zero-copy with `zero_copy`.
 pub fn start_sender(
     writers: Vec<ChannelWriter>,
     compression: Compression,
+    zero_copy: bool,
 ) -> Result<MultifdSender, MigrationError> {
     let (done_tx, done) = channel();
     let mut channels = Vec::new();
@@ -98,10 +117,16 @@ pub fn start_sender(
         w.write_all(&hello).map_err(savevm::Error::from)?;
         let (jobs, rx) = sync_channel::<Job>(1);
         let done_tx = done_tx.clone();
+        let w = if zero_copy {
+            Output::ZeroCopy(ZeroCopyWriter::new(w).map_err(MigrationError::ZeroCopyUnsupported)?)
+        } else {
+            Output::Plain(w)
+        };
         let mut out = ChannelOut {
             w,
             compressor: Compressor::new(compression).map_err(savevm::Error::from)?,
             buf: Vec::new(),
+            in_flight: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("multifdsend_{id}"))
@@ -123,22 +148,27 @@ pub fn start_sender(
         compresses: compression != Compression::None,
         rate_accounted: bytes,
         bytes,
+        zero_copy_missed: 0,
     })
+}
+
+/// A channel's socket: ordinary writes, or pages sent zero-copy.
+enum Output {
+    Plain(ChannelWriter),
+    ZeroCopy(ZeroCopyWriter),
 }
 
 /// One channel's socket and compression stream (with its output buffer, reused).
 struct ChannelOut {
-    w: ChannelWriter,
+    w: Output,
     compressor: Option<Compressor>,
     buf: Vec<u8>,
+    /// The memory of the pages sent zero-copy since the last SYNC: the kernel may still read
+    /// them.
+    in_flight: Vec<Arc<BlockMemory>>,
 }
 
-fn send_loop(
-    id: usize,
-    out: &mut ChannelOut,
-    jobs: Receiver<Job>,
-    done: Sender<(usize, Result<u64, MigrationError>)>,
-) {
+fn send_loop(id: usize, out: &mut ChannelOut, jobs: Receiver<Job>, done: Sender<Done>) {
     for job in jobs {
         let result = write_job(out, job);
         let failed = result.is_err();
@@ -148,7 +178,7 @@ fn send_loop(
     }
 }
 
-fn write_job(out: &mut ChannelOut, job: Job) -> Result<u64, MigrationError> {
+fn write_job(out: &mut ChannelOut, job: Job) -> Result<Written, MigrationError> {
     let (mut header, memory) = match job {
         Job::Sync { packet_num } => (
             PacketHeader {
@@ -191,6 +221,9 @@ fn write_job(out: &mut ChannelOut, job: Job) -> Result<u64, MigrationError> {
             pages.push(page);
         }
     }
+    if let Output::ZeroCopy(zc) = &mut out.w {
+        return write_zero_copy(zc, &mut out.in_flight, &header, memory.clone(), &pages);
+    }
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + pages.len());
     let head;
     match &mut out.compressor {
@@ -209,9 +242,40 @@ fn write_job(out: &mut ChannelOut, job: Job) -> Result<u64, MigrationError> {
             slices.extend(pages.iter().map(|p| IoSlice::new(p)));
         }
     }
-    let total = slices.iter().map(|s| s.len() as u64).sum();
-    write_all_vectored(&mut out.w, &mut slices)?;
-    Ok(total)
+    let bytes = slices.iter().map(|s| s.len() as u64).sum();
+    if let Output::Plain(w) = &mut out.w {
+        write_all_vectored(w, &mut slices)?;
+    }
+    Ok(Written {
+        bytes,
+        zero_copy_missed: false,
+    })
+}
+
+/// The header copied, the pages zero-copy; a SYNC waits until the kernel is done with every
+/// page sent so far and lets their memory go.
+fn write_zero_copy(
+    zc: &mut ZeroCopyWriter,
+    in_flight: &mut Vec<Arc<BlockMemory>>,
+    header: &PacketHeader,
+    memory: Option<Arc<BlockMemory>>,
+    pages: &[&[u8]],
+) -> Result<Written, MigrationError> {
+    let io = |e: std::io::Error| MigrationError::from(savevm::Error::from(e));
+    let head = header.encode()?;
+    zc.writer().write_all(&head).map_err(io)?;
+    let mut slices: Vec<IoSlice<'_>> = pages.iter().map(|p| IoSlice::new(p)).collect();
+    zc.write_all_zero_copy(&mut slices).map_err(io)?;
+    in_flight.extend(memory);
+    let mut zero_copy_missed = false;
+    if header.flags & MULTIFD_FLAG_SYNC != 0 {
+        zero_copy_missed = zc.flush().map_err(io)?;
+        in_flight.clear();
+    }
+    Ok(Written {
+        bytes: (head.len() + pages.len() * PAGE) as u64,
+        zero_copy_missed,
+    })
 }
 
 fn write_all_vectored(
@@ -249,14 +313,13 @@ impl MultifdSender {
         Some(delta)
     }
 
-    fn collect(
-        &mut self,
-        (id, result): (usize, Result<u64, MigrationError>),
-    ) -> Result<(), MigrationError> {
+    fn collect(&mut self, (id, result): Done) -> Result<(), MigrationError> {
         if let Some(c) = self.channels.get_mut(id) {
             c.busy = false;
         }
-        self.bytes += result?;
+        let written = result?;
+        self.bytes += written.bytes;
+        self.zero_copy_missed += u64::from(written.zero_copy_missed);
         Ok(())
     }
 

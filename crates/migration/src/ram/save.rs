@@ -128,6 +128,7 @@ impl RamSaver {
             Some(multifd::start_sender(
                 writers,
                 multifd::compression(&s.settings().params),
+                s.settings().has(Capability::ZeroCopySend),
             )?)
         };
         self.multifd_accounted = 0;
@@ -344,6 +345,10 @@ impl RamSaver {
         let delta = m.bytes - self.multifd_accounted;
         self.multifd_accounted = m.bytes;
         RamCounters::set(&self.counters.multifd_bytes, m.bytes);
+        RamCounters::set(
+            &self.counters.dirty_sync_missed_zero_copy,
+            m.zero_copy_missed,
+        );
         self.account(delta);
         Ok(())
     }
