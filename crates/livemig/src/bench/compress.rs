@@ -19,14 +19,15 @@ use serde_json::{json, Value};
 use vmm::machine::{Machine, MachineConfig};
 use vmm::soft::FillPattern;
 
+use savevm::multifd::MULTIFD_PAGES;
+use savevm::multifd_codec::{decompress_packet, Compression, Compressor, Decompressor};
+
 use super::link::ShapedLink;
 use super::pair::migrate_via;
 use super::qemu::QemuProcess;
 use crate::size::human;
 
 const METHODS: [&str; 3] = ["none", "zlib", "zstd"];
-/// 1 Gbit/s.
-const LINK_RATE: u64 = 125_000_000;
 /// Both sides' own limit, out of the way of the link's.
 const NO_LIMIT: u64 = 100_000_000_000;
 
@@ -57,6 +58,45 @@ struct Run {
     cpu: f64,
 }
 
+/// Seconds this thread has run on a CPU (`/proc/thread-self/schedstat`, nanoseconds).
+fn thread_cpu_seconds() -> anyhow::Result<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat")?;
+    let ns: u64 = s
+        .split_whitespace()
+        .next()
+        .context("empty schedstat")?
+        .parse()?;
+    Ok(ns as f64 / 1e9)
+}
+
+/// Single-thread throughput of each codec on this machine over `bytes` (in 128-page packets,
+/// one stream, as one channel would), in MB of pages per second of this thread's CPU time
+/// (the cores are shared, so wall time would measure the neighbours): compress, decompress;
+/// and the ratio.
+fn codec_speed(bytes: &[u8], method: Compression) -> anyhow::Result<(f64, f64, f64)> {
+    let mut c = Compressor::new(method)?.context("no codec")?;
+    let mut d = Decompressor::new(method)?.context("no codec")?;
+    let mut packets = Vec::new();
+    let t = thread_cpu_seconds()?;
+    for chunk in bytes.chunks(MULTIFD_PAGES * 4096) {
+        let pages: Vec<&[u8]> = chunk.chunks(4096).collect();
+        let mut out = Vec::new();
+        c.compress(&pages, &mut out)?;
+        packets.push(out);
+    }
+    let ct = thread_cpu_seconds()? - t;
+    let mut page_buf = vec![0u8; MULTIFD_PAGES * 4096];
+    let t = thread_cpu_seconds()?;
+    for (chunk, packet) in bytes.chunks(MULTIFD_PAGES * 4096).zip(&packets) {
+        let mut pages: Vec<&mut [u8]> = page_buf[..chunk.len()].chunks_mut(4096).collect();
+        decompress_packet(&mut d, packet, &mut pages)?;
+    }
+    let dt = thread_cpu_seconds()? - t;
+    let wire: usize = packets.iter().map(Vec::len).sum();
+    let mb = bytes.len() as f64 / 1e6;
+    Ok((mb / ct, mb / dt, bytes.len() as f64 / wire as f64))
+}
+
 fn configure(m: &Machine, method: &str) -> anyhow::Result<()> {
     m.migration()
         .set_capabilities(&[(Capability::Multifd, true)])?;
@@ -68,7 +108,12 @@ fn configure(m: &Machine, method: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn livemig_run(src: &Arc<Machine>, cfg: &MachineConfig, method: &str) -> anyhow::Result<Run> {
+fn livemig_run(
+    src: &Arc<Machine>,
+    cfg: &MachineConfig,
+    method: &str,
+    rate: u64,
+) -> anyhow::Result<(Run, u64)> {
     let dst = Machine::new(MachineConfig {
         incoming: true,
         ..cfg.clone()
@@ -78,7 +123,7 @@ fn livemig_run(src: &Arc<Machine>, cfg: &MachineConfig, method: &str) -> anyhow:
     let cpu0 = cpu_seconds("self")?;
     let o = migrate_via(src, &dst, |uri| {
         let target = uri.strip_prefix("tcp:").context("not a tcp URI")?.parse()?;
-        let link = ShapedLink::start(target, LINK_RATE)?;
+        let link = ShapedLink::start(target, rate)?;
         Ok((link.uri(), link))
     })?;
     let cpu = cpu_seconds("self")? - cpu0;
@@ -90,10 +135,13 @@ fn livemig_run(src: &Arc<Machine>, cfg: &MachineConfig, method: &str) -> anyhow:
     // The next round migrates the same source again.
     src.cont()?;
     src.stop()?;
-    Ok(Run {
-        ms: o.total_ms() as f64,
-        cpu,
-    })
+    Ok((
+        Run {
+            ms: o.total_ms() as f64,
+            cpu,
+        },
+        o.transferred(),
+    ))
 }
 
 /// A QEMU `-M none` with its RAM in `ram` (shared), and its QMP connection.
@@ -146,7 +194,13 @@ impl Qemu {
     }
 }
 
-fn qemu_run(dir: &Path, src_ram: &Path, size: u64, method: &str) -> anyhow::Result<(Run, f64)> {
+fn qemu_run(
+    dir: &Path,
+    src_ram: &Path,
+    size: u64,
+    method: &str,
+    rate: u64,
+) -> anyhow::Result<(Run, f64)> {
     let dst_ram = dir.join("qemu-dst.ram");
     std::fs::File::create(&dst_ram)?.set_len(size)?;
     let mut dst = Qemu::start(dir, "dst", &dst_ram, size, &["-incoming", "defer"])?;
@@ -160,7 +214,7 @@ fn qemu_run(dir: &Path, src_ram: &Path, size: u64, method: &str) -> anyhow::Resu
         "migrate-incoming",
         Some(json!({"uri": format!("tcp:127.0.0.1:{port}")})),
     )?;
-    let link = ShapedLink::start(([127, 0, 0, 1], port).into(), LINK_RATE)?;
+    let link = ShapedLink::start(([127, 0, 0, 1], port).into(), rate)?;
     let (cpu0, link0) = (src.cpu()? + dst.cpu()?, cpu_seconds("self")?);
     src.qmp
         .execute("migrate", Some(json!({"uri": link.uri()})))?;
@@ -215,14 +269,14 @@ fn median_ms(runs: &[Run]) -> f64 {
     ms[ms.len() / 2]
 }
 
-/// Runs case (e).
-pub(super) fn case_e(scale: u64, rounds: usize) -> anyhow::Result<()> {
+/// Runs case (e) over a link of `mbit` Mbit/s.
+pub(super) fn case_e(scale: u64, rounds: usize, mbit: u64) -> anyhow::Result<()> {
     let size = 2 * super::GIB / scale;
+    let rate = mbit * 1_000_000 / 8;
     println!(
         "(e) {} of text-like RAM (data pages ~3:1, 1/4 zero), guest paused, 2 multifd channels, \
-         level 1, over a {} Mbit/s relay ({rounds} rounds, alternating)",
+         level 1, over a {mbit} Mbit/s relay ({rounds} rounds, alternating)",
         human(size),
-        LINK_RATE * 8 / 1_000_000
     );
     let cfg = MachineConfig {
         memory: size,
@@ -239,6 +293,24 @@ pub(super) fn case_e(scale: u64, rounds: usize) -> anyhow::Result<()> {
         let mut bytes = vec![0u8; size as usize];
         block.read_range(0, &mut bytes)?;
         std::fs::write(&src_ram, &bytes)?;
+        // The data pages only (zero pages never reach a codec): 64 MiB of them.
+        let data: Vec<u8> = bytes
+            .chunks(4096)
+            .filter(|p| p.iter().any(|&b| b != 0))
+            .take(16384)
+            .flatten()
+            .copied()
+            .collect();
+        for (name, method) in [
+            ("zlib", Compression::Zlib(1)),
+            ("zstd", Compression::Zstd(1)),
+        ] {
+            let (c, d, ratio) = codec_speed(&data, method)?;
+            println!(
+                "  {name}-1, one thread, per CPU-second: compress {c:.0} MB/s, decompress {d:.0} \
+                 MB/s, ratio {ratio:.2}:1 on the data pages"
+            );
+        }
     }
     let have_qemu = Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -252,14 +324,16 @@ pub(super) fn case_e(scale: u64, rounds: usize) -> anyhow::Result<()> {
     let mut link_cpu = Vec::new();
     for round in 1..=rounds {
         for (i, method) in METHODS.iter().enumerate() {
-            let r = livemig_run(&src, &cfg, method)?;
+            let (r, sent) = livemig_run(&src, &cfg, method, rate)?;
             print!(
-                "  round {round} {method:>4}: livemig {:.0} ms {:.2} s CPU",
-                r.ms, r.cpu
+                "  round {round} {method:>4}: livemig {:.0} ms {:.2} s CPU {} sent",
+                r.ms,
+                r.cpu,
+                human(sent)
             );
             ours[i].push(r);
             if have_qemu {
-                let (q, l) = qemu_run(dir.path(), &src_ram, size, method)?;
+                let (q, l) = qemu_run(dir.path(), &src_ram, size, method, rate)?;
                 print!("; QEMU 7.2 {:.0} ms {:.2} s CPU", q.ms, q.cpu);
                 theirs[i].push(q);
                 link_cpu.push(l);

@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Rounds of case (e), each running every method on both implementations in turn.
     #[arg(long, default_value_t = 7)]
     pub rounds: usize,
+    /// Link speed of case (e) in Mbit/s (the relay's pace).
+    #[arg(long, default_value_t = 1000)]
+    pub link_mbit: u64,
 }
 
 fn fill_random(block: &RamBlock) -> anyhow::Result<()> {
@@ -247,7 +250,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         kvm::case_d()?;
     }
     if args.only.iter().any(|o| o == "e") {
-        compress::case_e(scale, args.rounds.max(1))?;
+        compress::case_e(scale, args.rounds.max(1), args.link_mbit.max(1))?;
     }
     Ok(ExitCode::SUCCESS)
 }
