@@ -17,6 +17,7 @@
 
 mod load;
 pub mod multifd;
+mod multifd_recv;
 mod save;
 pub mod xbzrle;
 
