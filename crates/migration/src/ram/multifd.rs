@@ -332,6 +332,10 @@ impl MultifdSender {
     }
 
     fn dispatch(&mut self, job: Job, to: usize) -> Result<(), MigrationError> {
+        // Reports already in: the byte count (and a channel's failure) is known at once.
+        while let Ok(msg) = self.done.try_recv() {
+            self.collect(msg)?;
+        }
         while self.channels[to].busy {
             self.wait_one()?;
         }
