@@ -2,7 +2,8 @@
 //! text-like RAM (data pages compress about 3:1; one page in four is zero) is migrated with
 //! `multifd-compression` none, zlib and zstd (level 1, 2 channels) by livemig (two VMs in this
 //! process) and by QEMU 7.2 (`-M none`, two processes, RAM in a file holding livemig's bytes),
-//! through [`ShapedLink`]. The runs alternate round by round; each reports the source's
+//! through [`ShapedLink`], both with the return path on (so a source completes once its
+//! destination has loaded everything). The runs alternate round by round; each reports the source's
 //! `total-time` and the CPU time used: QEMU's two processes, and this process for livemig
 //! (which includes the relay — its share is printed from the QEMU runs, where it is alone).
 //! Every run's destination RAM is compared with the source's.
@@ -182,7 +183,13 @@ impl Qemu {
     fn configure(&mut self, method: &str) -> anyhow::Result<()> {
         self.qmp.execute(
             "migrate-set-capabilities",
-            Some(json!({"capabilities": [{"capability": "multifd", "state": true}]})),
+            // The return path as livemig (on by default there): the source completes when the
+            // destination has loaded everything, not when the last bytes sit in socket
+            // buffers before a slow link.
+            Some(json!({"capabilities": [
+                {"capability": "multifd", "state": true},
+                {"capability": "return-path", "state": true},
+            ]})),
         )?;
         self.qmp
             .execute("migrate-set-parameters", Some(params(method)))?;
