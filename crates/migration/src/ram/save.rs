@@ -310,6 +310,8 @@ impl RamSaver {
             // counts them uncompressed, which makes compression useless under a limit).
             m.queue(b, block.idstr(), offset, block.memory())?;
             f.rate_limit_account(m.take_wire_bytes().unwrap_or(PAGE + 8));
+            // What the channels wrote so far, for the bandwidth measure.
+            RamCounters::set(&self.counters.multifd_bytes, m.bytes);
             Sent::Normal
         } else if let Some(x) = xbzrle {
             match x.encode(addr, bytes, sync, last_stage) {
