@@ -44,6 +44,15 @@ pub enum PatternArg {
     Random,
 }
 
+/// What `--fill` writes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FillArg {
+    /// Pseudo-random bytes (incompressible).
+    Random,
+    /// Pseudo-random words (compresses about 3:1, like text).
+    Text,
+}
+
 /// Arguments of `livemig run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -74,6 +83,9 @@ pub struct RunArgs {
     /// Bytes of RAM filled with pseudo-random data and zero pages at boot.
     #[arg(long, default_value = "0", value_parser = parse_size)]
     pub fill: u64,
+    /// What `--fill` writes.
+    #[arg(long, value_enum, default_value = "random")]
+    pub fill_pattern: FillArg,
     /// Wait for an incoming migration on URI (`tcp:HOST:PORT`, `unix:PATH`, `exec:CMD`,
     /// `file:PATH`, `fd:N`, or `defer` for `migrate-incoming`).
     #[arg(long)]
@@ -191,6 +203,10 @@ impl RunArgs {
             backing,
             workload,
             fill: self.fill,
+            fill_pattern: match self.fill_pattern {
+                FillArg::Random => vmm::soft::FillPattern::Random,
+                FillArg::Text => vmm::soft::FillPattern::Text,
+            },
             start_paused: self.start_paused,
             incoming: self.incoming.is_some(),
             uuid: self.uuid,

@@ -420,6 +420,124 @@ fn multifd_channels_carry_the_pages() {
     );
 }
 
+/// A text-filled guest over 2 channels compressed with `method` at `level`: RAM verified, and
+/// the channels carried well under the pages' bytes.
+fn multifd_compressed(method: &str, level_param: &str, level: u8) {
+    let dir = tempfile::tempdir().unwrap();
+    let params = json!({"multifd-channels": 2, "multifd-compression": method, level_param: level});
+    let (mut dst, uri) =
+        deferred_destination(dir.path(), "dst", &args(&[]), &["multifd"], params.clone());
+    let mut src = Vm::start(
+        dir.path(),
+        "src",
+        &args(&["--fill", "32M", "--fill-pattern", "text"]),
+    );
+    // Compression is CPU-bound: on a loaded host the 2 vCPUs' writes may outrun it, so allow
+    // a long downtime and throttle (this test is about the bytes, not about convergence).
+    let mut src_params = params.clone();
+    src_params["downtime-limit"] = json!(5000);
+    configure(&mut src, &["multifd", "auto-converge"], src_params);
+    let info = migrate_and_check(&mut src, &mut dst, &uri);
+    let ram = &info["ram"];
+    let (normal, multifd) = (
+        ram["normal"].as_u64().unwrap(),
+        ram["multifd-bytes"].as_u64().unwrap(),
+    );
+    // At least 24 MiB of text pages went compressed: their wire bytes are under half of them.
+    assert!(normal > 6000, "{info}");
+    assert!(multifd > 0 && multifd < normal * 4096 / 2, "{info}");
+}
+
+#[test]
+fn multifd_zlib_compresses_and_verifies() {
+    multifd_compressed("zlib", "multifd-zlib-level", 1);
+}
+
+#[test]
+fn multifd_zstd_compresses_and_verifies() {
+    multifd_compressed("zstd", "multifd-zstd-level", 3);
+}
+
+#[test]
+fn multifd_compression_mismatch_fails_without_starting_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let dst_params = json!({"multifd-channels": 2, "multifd-compression": "zlib"});
+    let (mut dst, uri) =
+        deferred_destination(dir.path(), "dst", &args(&[]), &["multifd"], dst_params);
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "8M"]));
+    configure(
+        &mut src,
+        &["multifd"],
+        json!({"multifd-channels": 2, "multifd-compression": "zstd"}),
+    );
+    src.wait_status("running");
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "failed", "{info}");
+    // The source runs on; the destination never ran the guest.
+    assert_eq!(src.status(), "running");
+    let out = dst.wait_exit();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("compression flags 0x4, expected 0x2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn zero_copy_send_migrates_with_ram_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = json!({"multifd-channels": 2});
+    let (mut dst, uri) =
+        deferred_destination(dir.path(), "dst", &args(&[]), &["multifd"], params.clone());
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "32M"]));
+    // QEMU 7.2's rules: multifd first, and no compression with it.
+    let zc = json!({"capabilities": [{"capability": "zero-copy-send", "state": true}]});
+    let text = "Zero copy only available for non-compressed non-TLS multifd migration";
+    assert!(src
+        .cmd_err("migrate-set-capabilities", zc.clone())
+        .contains(text));
+    configure(&mut src, &["multifd", "zero-copy-send"], params);
+    let zstd = json!({"multifd-compression": "zstd"});
+    assert!(src.cmd_err("migrate-set-parameters", zstd).contains(text));
+    let info = migrate_and_check(&mut src, &mut dst, &uri);
+    let ram = &info["ram"];
+    assert!(ram["multifd-bytes"].as_u64().unwrap() > 16 << 20, "{info}");
+    // Over loopback the kernel copies after all, and says so at every channel sync.
+    assert!(
+        ram["dirty-sync-missed-zero-copy"].as_u64().unwrap() > 0,
+        "{info}"
+    );
+}
+
+#[test]
+fn zero_copy_send_over_a_unix_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = format!("unix:{}", dir.path().join("mig.sock").display());
+    let params = json!({"multifd-channels": 2});
+    let (_dst, uri) = deferred_destination_at(dir.path(), &sock, params.clone());
+    let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "8M"]));
+    configure(&mut src, &["multifd", "zero-copy-send"], params);
+    src.wait_status("running");
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "failed", "{info}");
+    let desc = info["error-desc"].as_str().unwrap_or_default();
+    assert!(
+        desc.starts_with("Zero copy send feature not detected in host kernel"),
+        "{info}"
+    );
+    assert_eq!(src.status(), "running");
+}
+
+/// A destination with multifd on, listening on `uri` (deferred, like QEMU's `-incoming defer`).
+fn deferred_destination_at(dir: &std::path::Path, uri: &str, params: Value) -> (Vm, String) {
+    let mut dst = Vm::start(dir, "dst", &args(&["--incoming", "defer"]));
+    configure(&mut dst, &["multifd"], params);
+    dst.cmd("migrate-incoming", json!({ "uri": uri }));
+    (dst, uri.to_string())
+}
+
 #[test]
 fn destination_started_with_capital_s_stays_paused_until_cont() {
     let dir = tempfile::tempdir().unwrap();

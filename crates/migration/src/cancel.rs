@@ -54,6 +54,15 @@ impl CancelToken {
         }
     }
 
+    /// Interrupts the I/O of every registered channel without cancelling: a helper thread
+    /// that failed (a multifd channel) makes the migration thread fail with it at once
+    /// instead of waiting on a peer that waits on it.
+    pub fn interrupt_io(&self) {
+        for (h, _) in self.channels().iter() {
+            h.shutdown();
+        }
+    }
+
     /// True once [`cancel`](Self::cancel) was called.
     pub fn is_cancelled(&self) -> bool {
         self.0.cancelled.load(Ordering::SeqCst)

@@ -127,7 +127,7 @@ const TABLE: [Row; 23] = [
     row(Capability::XIgnoreShared, "x-ignore-shared", true),
     row(Capability::ValidateUuid, "validate-uuid", true),
     row(Capability::BackgroundSnapshot, "background-snapshot", false),
-    row(Capability::ZeroCopySend, "zero-copy-send", false),
+    row(Capability::ZeroCopySend, "zero-copy-send", true),
     row(Capability::PostcopyPreempt, "postcopy-preempt", false),
     // livemig's extensions; ram-verify listed last: QEMU rejects the names (see the README on copying
     // capability lists between QEMU and livemig).

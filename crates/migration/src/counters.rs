@@ -53,6 +53,8 @@ pub struct RamCounters {
     pub cpu_throttle_percentage: AtomicU64,
     /// Bytes written on multifd channels.
     pub multifd_bytes: AtomicU64,
+    /// Multifd channel syncs at which the kernel copied zero-copy pages after all.
+    pub dirty_sync_missed_zero_copy: AtomicU64,
 }
 
 impl RamCounters {

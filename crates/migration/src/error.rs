@@ -187,12 +187,9 @@ pub enum MigrationError {
     /// Multifd over a transport with a single connection (exec:, fd:, file:).
     #[error("multifd is not supported by current protocol")]
     MultifdTransport,
-    /// A multifd compression method livemig does not implement.
-    #[error("multifd compression '{0}' is not supported by livemig")]
-    MultifdCompression(String),
-    /// A multifd packet says it is compressed.
-    #[error("multifd compression is not supported")]
-    MultifdCompressedPacket,
+    /// `zero-copy-send` on a socket that cannot send zero-copy (QEMU's text).
+    #[error("Zero copy send feature not detected in host kernel")]
+    ZeroCopyUnsupported(#[source] Box<transport::ZeroCopyUnsupported>),
     /// A multifd channel's hello carries another VM's UUID.
     #[error("multifd channel UUID does not match this VM")]
     MultifdUuid,

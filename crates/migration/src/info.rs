@@ -218,6 +218,7 @@ fn ram_stats(r: &RamCounters, completed: bool, mbps: f64, pages_per_second: u64)
         precopy_bytes: g(&r.precopy_bytes),
         downtime_bytes: g(&r.downtime_bytes),
         multifd_bytes: g(&r.multifd_bytes),
+        dirty_sync_missed_zero_copy: g(&r.dirty_sync_missed_zero_copy),
         ..Default::default()
     }
 }

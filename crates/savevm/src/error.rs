@@ -313,6 +313,9 @@ pub enum Error {
     /// A multifd hello or packet header is malformed.
     #[error("{0}")]
     Multifd(String),
+    /// A multifd packet could not be compressed or decompressed.
+    #[error(transparent)]
+    MultifdCodec(#[from] crate::multifd_codec::CodecError),
 }
 
 impl From<std::io::Error> for Error {

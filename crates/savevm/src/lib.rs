@@ -10,6 +10,8 @@
 //! | [`ram`] | RAM records (MEM_SIZE, ZERO, PAGE, XBZRLE, EOS) and the XBZRLE codec |
 //! | [`block`] | block-migration records |
 //! | [`vmstate`] | versioned device-state descriptions driving save, load and the JSON description |
+//! | [`multifd`] | multifd channel hello and packet header |
+//! | [`multifd_codec`] | multifd zlib / zstd packet compression (one stream per channel) |
 //! | [`vmdesc`] | the VMDESCRIPTION JSON trailer in QEMU's compact formatting |
 //!
 //! ```
@@ -40,6 +42,7 @@
 pub mod block;
 mod error;
 pub mod multifd;
+pub mod multifd_codec;
 pub mod qemu_file;
 pub mod ram;
 pub mod record;

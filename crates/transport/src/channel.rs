@@ -206,6 +206,11 @@ impl ChannelWriter {
         ShutdownHandle::new(self.shared.cancel.clone())
     }
 
+    /// The descriptor's endpoint (none for the unused half of `exec:` and `file:`).
+    pub(crate) fn endpoint(&self) -> Option<&Arc<Endpoint>> {
+        self.half.as_ref()
+    }
+
     /// Ends the outgoing stream; see [`Channel::finish`]. A reader half split off earlier
     /// keeps working (a return path can still be read after the stream ended).
     pub fn finish(mut self) -> Result<(), TransportError> {

@@ -215,6 +215,30 @@ impl Endpoint {
     }
 
     /// `shutdown(2)` on a socket; a no-op for other descriptors.
+    /// Runs `call` on the descriptor.
+    pub(crate) fn with_fd<R>(&self, call: impl FnOnce(BorrowedFd<'_>) -> R) -> R {
+        call(self.file.as_fd())
+    }
+
+    /// Runs a socket call until it stops reporting `WouldBlock`, waiting for `interest` in
+    /// between, cancellable: the loop of [`write_vectored`](Self::write_vectored) for the
+    /// calls of other modules of this crate (zero-copy sends, error-queue reads).
+    pub(crate) fn socket_call(
+        &self,
+        interest: Interest,
+        mut call: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        loop {
+            self.cancel.check()?;
+            match self.outcome(call(self.file.as_fd()))? {
+                Some(n) => return Ok(n),
+                None => {
+                    self.cancel.wait(&self.file, interest, None)?;
+                }
+            }
+        }
+    }
+
     pub(crate) fn shutdown_socket(&self, how: Shutdown) -> io::Result<()> {
         if self.kind != FdKind::Socket {
             return Ok(());

@@ -48,6 +48,7 @@ pub mod sys;
 pub mod test_support;
 mod unix_bind;
 pub mod uri;
+pub mod zero_copy;
 
 pub use channel::{Channel, ChannelReader, ChannelWriter, FdSlot};
 pub use connect::{connect, CONNECT_TIMEOUT};
@@ -56,6 +57,7 @@ pub use fds::{FdSource, NoFds};
 pub use listen::{listen, Listener, SocketAddress};
 pub use shutdown::{is_shutdown_error, ChannelShutDown, ShutdownHandle};
 pub use uri::{MigrationUri, UriError, UriErrorReason};
+pub use zero_copy::{ZeroCopyUnsupported, ZeroCopyWriter};
 
 #[cfg(test)]
 mod tests {

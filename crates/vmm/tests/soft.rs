@@ -8,7 +8,8 @@ use guest_ram::{
     Backing, DirtyLog, Error as RamError, GuestRam, RamBlock, UffdDirtyLog, PAGE_SIZE,
 };
 use vmm::soft::{
-    fill_initial, word_for, Error, Pattern, SoftCpuState, SoftGuest, WorkloadConfig, WORD_OFFSETS,
+    fill_initial, word_for, Error, FillPattern, Pattern, SoftCpuState, SoftGuest, WorkloadConfig,
+    WORD_OFFSETS,
 };
 
 const MIB: u64 = 1 << 20;
@@ -268,7 +269,7 @@ fn bad_configurations_are_rejected() {
 #[test]
 fn fill_initial_leaves_one_page_in_four_zero() {
     let ram = ram(4 * MIB);
-    fill_initial(&ram, 0, MIB, 7).unwrap();
+    fill_initial(&ram, 0, MIB, 7, FillPattern::Random).unwrap();
     let b = &ram.blocks()[0];
     let populated = b.populated_pages().unwrap();
     for p in 0..256u64 {
@@ -282,15 +283,36 @@ fn fill_initial_leaves_one_page_in_four_zero() {
     assert_eq!(populated.next_set(512), None);
     let d = b.digest();
     let other = self::ram(4 * MIB);
-    fill_initial(&other, 0, MIB, 7).unwrap();
+    fill_initial(&other, 0, MIB, 7, FillPattern::Random).unwrap();
     assert_eq!(other.blocks()[0].digest(), d);
-    fill_initial(&other, 0, MIB, 8).unwrap();
+    fill_initial(&other, 0, MIB, 8, FillPattern::Random).unwrap();
     assert_ne!(other.blocks()[0].digest(), d);
-    assert!(fill_initial(&ram, 0, 5 * MIB, 7).is_err());
+    assert!(fill_initial(&ram, 0, 5 * MIB, 7, FillPattern::Random).is_err());
     assert!(matches!(
-        fill_initial(&ram, 2, MIB, 7),
+        fill_initial(&ram, 2, MIB, 7, FillPattern::Random),
         Err(Error::NoSuchBlock { .. })
     ));
+}
+
+#[test]
+fn text_fill_is_words_and_zero_pages() {
+    let ram = ram(4 * MIB);
+    fill_initial(&ram, 0, MIB, 7, FillPattern::Text).unwrap();
+    let b = &ram.blocks()[0];
+    let mut page = vec![0u8; 4096];
+    for p in 0..256u64 {
+        assert_eq!(b.is_zero_page(p).unwrap(), p % 4 == 3, "page {p}");
+        if p % 4 != 3 {
+            b.copy_page_to(p, &mut page).unwrap();
+            assert!(page.iter().all(|&c| c == b' ' || c.is_ascii_lowercase()));
+            // Words of 2..=10 letters: a space at least every 11 bytes.
+            assert!(page.windows(11).all(|w| w.contains(&b' ')), "page {p}");
+        }
+    }
+    let d = b.digest();
+    let random = self::ram(4 * MIB);
+    fill_initial(&random, 0, MIB, 7, FillPattern::Random).unwrap();
+    assert_ne!(random.blocks()[0].digest(), d);
 }
 
 /// A miniature pre-copy migration: send populated pages, then repeatedly sync the dirty log and
@@ -311,7 +333,7 @@ fn precopy_with_uffd_log_loses_no_writes() {
         )
         .unwrap()]));
         let dst = ram(16 * MIB);
-        fill_initial(&src, 0, 4 * MIB, 3).unwrap();
+        fill_initial(&src, 0, 4 * MIB, 3, FillPattern::Random).unwrap();
         let g = SoftGuest::start(
             src.clone(),
             WorkloadConfig {

@@ -2,71 +2,46 @@
 //! and by QEMU 7.2 (`-M microvm -accel kvm`), over loopback TCP, measured the same way: total
 //! time and downtime as each side's `query-migrate` reports them.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use monitor::QmpClient;
 use serde_json::{json, Value};
 use vmm::machine::{Accel, MachineConfig};
 use vmm::soft::WorkloadConfig;
 
 use super::pair::{machine_pair, migrate};
+use super::qemu::QemuProcess;
 
 const MEMORY: &str = "256M";
 /// Guest parameters: fill 8 MiB, rewrite 1 MiB continuously.
 const CMDLINE: &str = "fill=8388608 ws=1048576";
-
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn qemu(
     dir: &std::path::Path,
     name: &str,
     kernel: &std::path::Path,
     extra: &[&str],
-) -> anyhow::Result<(Qemu, QmpClient)> {
-    let sock = dir.join(format!("{name}.qmp"));
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm",
-            "-accel",
-            "kvm",
-            "-m",
-            MEMORY,
-            "-nodefaults",
-            "-display",
-            "none",
-        ])
-        .arg("-kernel")
-        .arg(kernel)
-        .args(["-append", CMDLINE])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start qemu-system-x86_64")?;
-    let vm = Qemu(child);
-    let t = Instant::now();
-    loop {
-        if let Ok(c) = QmpClient::connect_unix(&sock) {
-            return Ok((vm, c));
-        }
-        if t.elapsed() > Duration::from_secs(10) {
-            bail!("QEMU did not open its QMP socket");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+) -> anyhow::Result<(QemuProcess, QmpClient)> {
+    let mut args: Vec<String> = [
+        "-M",
+        "microvm",
+        "-accel",
+        "kvm",
+        "-m",
+        MEMORY,
+        "-nodefaults",
+        "-display",
+        "none",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(["-kernel".into(), kernel.display().to_string()]);
+    args.extend(["-append".into(), CMDLINE.into()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    QemuProcess::start(dir, name, &args)
 }
 
 fn print(side: &str, info: &Value) {

@@ -6,7 +6,9 @@
 //! * (b) 4 GiB of never-touched RAM — total time (target ≤ 50 ms);
 //! * (c) 1 GiB with a running 64 MiB working-set writer — downtime (target ≤ 20 ms), at a
 //!   bounded write rate and at an unbounded one;
-//! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `kvm`).
+//! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `kvm`);
+//! * (e) text-like RAM over a shaped 1 Gbit/s link, multifd-compression none / zlib / zstd,
+//!   livemig beside QEMU 7.2 (see `compress`; not in the default set, it takes minutes).
 //!
 //! Source and destination are two VMs in this process connected by a real loopback TCP socket;
 //! each side has its own threads, as in a two-process migration.
@@ -25,8 +27,11 @@ use vmm::soft::{Pattern, WorkloadConfig};
 use crate::size::human;
 use pair::{machines, migrate, Outcome};
 
+mod compress;
 mod kvm;
+mod link;
 mod pair;
+mod qemu;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -37,12 +42,18 @@ pub struct BenchArgs {
     /// Divide every RAM size by this factor (for quick runs on small machines).
     #[arg(long, default_value_t = 1)]
     pub scale: u64,
-    /// Only run the named cases (a, b, c, d); all when absent.
+    /// Only run the named cases (a, b, c, d, e); a to d when absent.
     #[arg(long)]
     pub only: Vec<String>,
     /// Rounds of case (a); the median ratio is reported (the host's noise varies a lot).
     #[arg(long, default_value_t = 5)]
     pub repeat: usize,
+    /// Rounds of case (e), each running every method on both implementations in turn.
+    #[arg(long, default_value_t = 7)]
+    pub rounds: usize,
+    /// Link speed of case (e) in Mbit/s (the relay's pace).
+    #[arg(long, default_value_t = 1000)]
+    pub link_mbit: u64,
 }
 
 fn fill_random(block: &RamBlock) -> anyhow::Result<()> {
@@ -237,6 +248,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if want("d") {
         kvm::case_d()?;
+    }
+    if args.only.iter().any(|o| o == "e") {
+        compress::case_e(scale, args.rounds.max(1), args.link_mbit.max(1))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,10 +29,21 @@ impl Outcome {
 
 /// Migrates `src` into `dst` over loopback TCP and waits until both sides are done.
 pub(super) fn migrate(src: &Arc<Machine>, dst: &Arc<Machine>) -> anyhow::Result<Outcome> {
+    migrate_via(src, dst, |uri| Ok((uri.to_string(), ())))
+}
+
+/// Like [`migrate`], with the source sent to the URI `route` makes of the destination's (a
+/// relay); what `route` returns besides is kept until the migration is over.
+pub(super) fn migrate_via<G>(
+    src: &Arc<Machine>,
+    dst: &Arc<Machine>,
+    route: impl FnOnce(&str) -> anyhow::Result<(String, G)>,
+) -> anyhow::Result<Outcome> {
     dst.migrate_incoming("tcp:127.0.0.1:0", &transport::NoFds)?;
-    let uri = dst
+    let direct = dst
         .incoming_uri()
         .context("destination did not report its address")?;
+    let (uri, _route) = route(&direct)?;
     let t = Instant::now();
     src.migrate(&uri, &transport::NoFds, None)?;
     loop {

@@ -38,7 +38,7 @@ impl Pacing {
     fn new(f: &QemuFileWriter, ram: &RamCounters) -> Self {
         Self {
             window_start: Instant::now(),
-            bytes0: f.total_transferred(),
+            bytes0: sent_bytes(f, ram),
             pages0: ram.pages_sent(),
             bandwidth: 0.0,
             threshold: 0,
@@ -84,7 +84,7 @@ pub(super) fn precopy(
         rt.cancel_token().check()?;
         if !f.is_rate_limited() {
             let pending = pending(registry, s, pacing.threshold)?;
-            if pacing.decide(pending, f.total_transferred()) == Decision::Complete {
+            if pacing.decide(pending, sent_bytes(f, &rt.ram)) == Decision::Complete {
                 return Ok(());
             }
             iterate_round(registry, s, f)?;
@@ -146,12 +146,19 @@ fn iterate_round(
     Ok(())
 }
 
+/// Bytes sent so far on the main stream and the multifd channels (QEMU 7.2's
+/// `migration_total_bytes`): with multifd the pages travel on the channels, so the bandwidth
+/// and the switchover threshold must count them.
+fn sent_bytes(f: &QemuFileWriter, ram: &RamCounters) -> u64 {
+    f.total_transferred() + RamCounters::get(&ram.multifd_bytes)
+}
+
 /// Measures the window when it is over, and sleeps out the window when the budget is spent.
 fn rate_limit(job: &Job, f: &mut QemuFileWriter, p: &mut Pacing) -> Result<(), MigrationError> {
     let rt = &job.runtime;
     let elapsed = p.window_start.elapsed();
     if elapsed >= WINDOW {
-        let bytes = f.total_transferred() - p.bytes0;
+        let bytes = sent_bytes(f, &rt.ram) - p.bytes0;
         let pages = rt.ram.pages_sent() - p.pages0;
         let limits = rt.limits();
         let m = convergence::measure_window(bytes, pages, elapsed, limits.downtime_limit_ms);
@@ -170,7 +177,7 @@ fn rate_limit(job: &Job, f: &mut QemuFileWriter, p: &mut Pacing) -> Result<(), M
         f.set_rate_limit(convergence::window_budget(limits.max_bandwidth));
         f.reset_rate_limit();
         p.window_start = Instant::now();
-        p.bytes0 = f.total_transferred();
+        p.bytes0 = sent_bytes(f, &rt.ram);
         p.pages0 = rt.ram.pages_sent();
     } else if f.is_rate_limited() {
         let end = p.window_start + WINDOW;

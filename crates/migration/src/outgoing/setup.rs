@@ -8,7 +8,6 @@ use transport::{ChannelWriter, MigrationUri};
 use crate::cancel::CancelToken;
 use crate::capabilities::Capability;
 use crate::error::MigrationError;
-use crate::params::MultifdCompression;
 use crate::registry::{EntryKind, Registry};
 use crate::session::OutgoingSession;
 use crate::settings::Settings;
@@ -22,10 +21,6 @@ pub(super) fn connect_multifd(
 ) -> Result<Vec<ChannelWriter>, MigrationError> {
     if !uri.supports_multiple_channels() {
         return Err(MigrationError::MultifdTransport);
-    }
-    let compression = settings.params.multifd_compression;
-    if compression != MultifdCompression::None {
-        return Err(MigrationError::MultifdCompression(compression.to_string()));
     }
     let n = settings.params.multifd_channels;
     let mut writers = Vec::new();

@@ -57,6 +57,8 @@ impl RamLoader {
             Some(multifd::start_receiver(
                 self.ram.clone(),
                 readers,
+                multifd::compression(&s.settings().params),
+                s.runtime().cancel_token().clone(),
                 self.ignore_shared,
             )?)
         };

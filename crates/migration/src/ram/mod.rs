@@ -20,6 +20,7 @@
 mod handover;
 mod load;
 pub mod multifd;
+mod multifd_recv;
 mod save;
 pub mod shared;
 pub mod xbzrle;

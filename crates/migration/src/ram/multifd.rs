@@ -7,27 +7,54 @@
 //! source: RamSaver --pages--> MultifdSender --job--> channel thread i --packet--> socket i
 //!                   --EOS-->  sync(): SYNC on every channel, wait until all are written
 //! dest:   socket i --> receiver thread i --pages--> guest RAM;  SYNC --> main thread waits
+//!         (the destination side is in `multifd_recv.rs`, re-exported here)
 //! ```
 //!
 //! Pages are sent from guest memory in place: a job holds the offsets of its pages and a handle
 //! on their block's memory ([`BlockMemory`]), which keeps the mapping alive until it is sent.
+//!
+//! With `multifd-compression` zlib or zstd each channel thread owns one compression stream for
+//! the whole migration ([`savevm::multifd_codec`]): it compresses its packet's pages itself, so
+//! N channels use N cores, and writes the header with `next_packet_size` = the compressed bytes
+//! and the method's flag bits, then those bytes. The receiver thread (`multifd_recv.rs`) reads
+//! at most [`MULTIFD_COMPRESSED_MAX`](savevm::multifd_codec::MULTIFD_COMPRESSED_MAX) bytes and
+//! decodes them page by page straight into guest RAM.
+//! Packets without pages (SYNCs) carry no payload and no method bits, as QEMU 7.2's.
+//!
+//! With `zero-copy-send` (uncompressed only) a channel writes each header normally and its
+//! pages with `MSG_ZEROCOPY` ([`ZeroCopyWriter`]): the kernel reads guest memory after the
+//! call returned, so the channel keeps every job's [`BlockMemory`] until its SYNC, where it
+//! waits for the kernel's completions (QEMU flushes at each sync too) and reports whether the
+//! kernel copied after all (`dirty-sync-missed-zero-copy`).
 
-use std::io::{IoSlice, Read, Write};
+use std::io::{IoSlice, Write};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use guest_ram::{BlockMemory, GuestRam};
+use guest_ram::BlockMemory;
 use savevm::multifd::{
-    MultifdInit, PacketHeader, MULTIFD_FLAG_COMPRESSION_MASK, MULTIFD_FLAG_SYNC,
-    MULTIFD_HEADER_LEN, MULTIFD_INIT_LEN, MULTIFD_PAGES,
+    MultifdInit, PacketHeader, MULTIFD_FLAG_SYNC, MULTIFD_INIT_LEN, MULTIFD_PAGES,
 };
+use savevm::multifd_codec::{Compression, Compressor};
 use savevm::ram::TARGET_PAGE_SIZE;
-use transport::{ChannelReader, ChannelWriter};
+use transport::{ChannelWriter, ZeroCopyWriter};
 
 use crate::error::MigrationError;
+use crate::params::{MigrationParameters, MultifdCompression};
+
+pub use super::multifd_recv::{accept_channels, start_receiver, MultifdReceiver};
 
 const PAGE: usize = TARGET_PAGE_SIZE;
+
+/// The channels' compression method and level from the operator's parameters.
+pub fn compression(p: &MigrationParameters) -> Compression {
+    match p.multifd_compression {
+        MultifdCompression::None => Compression::None,
+        MultifdCompression::Zlib => Compression::Zlib(p.multifd_zlib_level),
+        MultifdCompression::Zstd => Compression::Zstd(p.multifd_zstd_level),
+    }
+}
 
 enum Job {
     Pages {
@@ -47,19 +74,38 @@ struct SendChannel {
     thread: Option<JoinHandle<()>>,
 }
 
+/// What a channel reports for one job.
+struct Written {
+    bytes: u64,
+    /// A SYNC's flush found that the kernel copied zero-copy pages after all.
+    zero_copy_missed: bool,
+}
+
+type Done = (usize, Result<Written, MigrationError>);
+
 /// Source side: batches pages per block and hands full batches to idle channels.
 pub struct MultifdSender {
     channels: Vec<SendChannel>,
-    done: Receiver<(usize, Result<u64, MigrationError>)>,
+    done: Receiver<Done>,
     next: usize,
     packet_num: u64,
     batch: Option<(usize, String, Vec<u64>, Arc<BlockMemory>)>,
+    compresses: bool,
+    rate_accounted: u64,
     /// Bytes written on the channels so far (headers and payload).
     pub bytes: u64,
+    /// Channel syncs at which the kernel had copied zero-copy pages (QEMU's
+    /// `dirty-sync-missed-zero-copy`).
+    pub zero_copy_missed: u64,
 }
 
-/// Writes the hello on each channel (`id` = position) and starts the sender.
-pub fn start_sender(writers: Vec<ChannelWriter>) -> Result<MultifdSender, MigrationError> {
+/// Writes the hello on each channel (`id` = position) and starts the sender; each channel
+/// compresses its packets with `compression`, or sends its pages zero-copy with `zero_copy`.
+pub fn start_sender(
+    writers: Vec<ChannelWriter>,
+    compression: Compression,
+    zero_copy: bool,
+) -> Result<MultifdSender, MigrationError> {
     let (done_tx, done) = channel();
     let mut channels = Vec::new();
     for (id, mut w) in writers.into_iter().enumerate() {
@@ -71,9 +117,20 @@ pub fn start_sender(writers: Vec<ChannelWriter>) -> Result<MultifdSender, Migrat
         w.write_all(&hello).map_err(savevm::Error::from)?;
         let (jobs, rx) = sync_channel::<Job>(1);
         let done_tx = done_tx.clone();
+        let w = if zero_copy {
+            Output::ZeroCopy(ZeroCopyWriter::new(w).map_err(MigrationError::ZeroCopyUnsupported)?)
+        } else {
+            Output::Plain(w)
+        };
+        let mut out = ChannelOut {
+            w,
+            compressor: Compressor::new(compression).map_err(savevm::Error::from)?,
+            buf: Vec::new(),
+            in_flight: Vec::new(),
+        };
         let thread = std::thread::Builder::new()
             .name(format!("multifdsend_{id}"))
-            .spawn(move || send_loop(id, w, rx, done_tx))
+            .spawn(move || send_loop(id, &mut out, rx, done_tx))
             .map_err(MigrationError::Spawn)?;
         channels.push(SendChannel {
             jobs,
@@ -88,18 +145,32 @@ pub fn start_sender(writers: Vec<ChannelWriter>) -> Result<MultifdSender, Migrat
         next: 0,
         packet_num: 0,
         batch: None,
+        compresses: compression != Compression::None,
+        rate_accounted: bytes,
         bytes,
+        zero_copy_missed: 0,
     })
 }
 
-fn send_loop(
-    id: usize,
-    mut w: ChannelWriter,
-    jobs: Receiver<Job>,
-    done: Sender<(usize, Result<u64, MigrationError>)>,
-) {
+/// A channel's socket: ordinary writes, or pages sent zero-copy.
+enum Output {
+    Plain(ChannelWriter),
+    ZeroCopy(ZeroCopyWriter),
+}
+
+/// One channel's socket and compression stream (with its output buffer, reused).
+struct ChannelOut {
+    w: Output,
+    compressor: Option<Compressor>,
+    buf: Vec<u8>,
+    /// The memory of the pages sent zero-copy since the last SYNC: the kernel may still read
+    /// them.
+    in_flight: Vec<Arc<BlockMemory>>,
+}
+
+fn send_loop(id: usize, out: &mut ChannelOut, jobs: Receiver<Job>, done: Sender<Done>) {
     for job in jobs {
-        let result = write_job(&mut w, job);
+        let result = write_job(out, job);
         let failed = result.is_err();
         if done.send((id, result)).is_err() || failed {
             return;
@@ -107,8 +178,8 @@ fn send_loop(
     }
 }
 
-fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
-    let (header, memory) = match job {
+fn write_job(out: &mut ChannelOut, job: Job) -> Result<Written, MigrationError> {
+    let (mut header, memory) = match job {
         Job::Sync { packet_num } => (
             PacketHeader {
                 flags: MULTIFD_FLAG_SYNC,
@@ -136,9 +207,7 @@ fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
             Some(memory),
         ),
     };
-    let head = header.encode()?;
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + header.offsets.len());
-    slices.push(IoSlice::new(&head));
+    let mut pages: Vec<&[u8]> = Vec::with_capacity(header.offsets.len());
     if let Some(memory) = &memory {
         let bytes = (**memory).as_ref();
         for &offset in &header.offsets {
@@ -149,11 +218,71 @@ fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
                     block: header.ramblock.clone(),
                     offset,
                 })?;
-            slices.push(IoSlice::new(page));
+            pages.push(page);
         }
     }
-    let total = (head.len() + (slices.len() - 1) * PAGE) as u64;
-    let mut rest = &mut slices[..];
+    if let Output::ZeroCopy(zc) = &mut out.w {
+        return write_zero_copy(zc, &mut out.in_flight, &header, memory.clone(), &pages);
+    }
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + pages.len());
+    let head;
+    match &mut out.compressor {
+        Some(c) if !pages.is_empty() => {
+            c.compress(&pages, &mut out.buf)
+                .map_err(savevm::Error::from)?;
+            header.flags |= c.flag();
+            header.next_packet_size = out.buf.len() as u32;
+            head = header.encode()?;
+            slices.push(IoSlice::new(&head));
+            slices.push(IoSlice::new(&out.buf));
+        }
+        _ => {
+            head = header.encode()?;
+            slices.push(IoSlice::new(&head));
+            slices.extend(pages.iter().map(|p| IoSlice::new(p)));
+        }
+    }
+    let bytes = slices.iter().map(|s| s.len() as u64).sum();
+    if let Output::Plain(w) = &mut out.w {
+        write_all_vectored(w, &mut slices)?;
+    }
+    Ok(Written {
+        bytes,
+        zero_copy_missed: false,
+    })
+}
+
+/// The header copied, the pages zero-copy; a SYNC waits until the kernel is done with every
+/// page sent so far and lets their memory go.
+fn write_zero_copy(
+    zc: &mut ZeroCopyWriter,
+    in_flight: &mut Vec<Arc<BlockMemory>>,
+    header: &PacketHeader,
+    memory: Option<Arc<BlockMemory>>,
+    pages: &[&[u8]],
+) -> Result<Written, MigrationError> {
+    let io = |e: std::io::Error| MigrationError::from(savevm::Error::from(e));
+    let head = header.encode()?;
+    zc.writer().write_all(&head).map_err(io)?;
+    let mut slices: Vec<IoSlice<'_>> = pages.iter().map(|p| IoSlice::new(p)).collect();
+    zc.write_all_zero_copy(&mut slices).map_err(io)?;
+    in_flight.extend(memory);
+    let mut zero_copy_missed = false;
+    if header.flags & MULTIFD_FLAG_SYNC != 0 {
+        zero_copy_missed = zc.flush().map_err(io)?;
+        in_flight.clear();
+    }
+    Ok(Written {
+        bytes: (head.len() + pages.len() * PAGE) as u64,
+        zero_copy_missed,
+    })
+}
+
+fn write_all_vectored(
+    w: &mut ChannelWriter,
+    slices: &mut [IoSlice<'_>],
+) -> Result<(), MigrationError> {
+    let mut rest = slices;
     while !rest.is_empty() {
         match w.write_vectored(rest) {
             Ok(0) => {
@@ -167,18 +296,30 @@ fn write_job(w: &mut ChannelWriter, job: Job) -> Result<u64, MigrationError> {
             Err(e) => return Err(savevm::Error::from(e).into()),
         }
     }
-    Ok(total)
+    Ok(())
 }
 
 impl MultifdSender {
-    fn collect(
-        &mut self,
-        (id, result): (usize, Result<u64, MigrationError>),
-    ) -> Result<(), MigrationError> {
+    /// What the queued pages cost against the rate limit since the last call: with
+    /// compression the bytes the channels have written (the link's bytes, known only once a
+    /// channel compressed its packet), without it `None` (the caller counts each page when
+    /// queued, as QEMU 7.2 does).
+    pub fn take_wire_bytes(&mut self) -> Option<u64> {
+        if !self.compresses {
+            return None;
+        }
+        let delta = self.bytes - self.rate_accounted;
+        self.rate_accounted = self.bytes;
+        Some(delta)
+    }
+
+    fn collect(&mut self, (id, result): Done) -> Result<(), MigrationError> {
         if let Some(c) = self.channels.get_mut(id) {
             c.busy = false;
         }
-        self.bytes += result?;
+        let written = result?;
+        self.bytes += written.bytes;
+        self.zero_copy_missed += u64::from(written.zero_copy_missed);
         Ok(())
     }
 
@@ -191,6 +332,10 @@ impl MultifdSender {
     }
 
     fn dispatch(&mut self, job: Job, to: usize) -> Result<(), MigrationError> {
+        // Reports already in: the byte count (and a channel's failure) is known at once.
+        while let Ok(msg) = self.done.try_recv() {
+            self.collect(msg)?;
+        }
         while self.channels[to].busy {
             self.wait_one()?;
         }
@@ -270,179 +415,6 @@ impl Drop for MultifdSender {
         }
         for c in &mut self.channels {
             if let Some(t) = c.thread.take() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-/// Reads and checks the hello of each channel; returns the readers ordered by channel id.
-pub fn accept_channels(readers: Vec<ChannelReader>) -> Result<Vec<ChannelReader>, MigrationError> {
-    let n = readers.len();
-    let mut slots: Vec<Option<ChannelReader>> = (0..n).map(|_| None).collect();
-    for mut r in readers {
-        let mut hello = [0u8; MULTIFD_INIT_LEN];
-        r.read_exact(&mut hello).map_err(savevm::Error::from)?;
-        let init = MultifdInit::decode(&hello)?;
-        if init.uuid != [0; 16] {
-            return Err(MigrationError::MultifdUuid);
-        }
-        let id = usize::from(init.id);
-        match slots.get_mut(id) {
-            Some(slot @ None) => *slot = Some(r),
-            Some(Some(_)) => return Err(MigrationError::MultifdDuplicateChannel(id)),
-            None => return Err(MigrationError::MultifdChannelRange(id)),
-        }
-    }
-    Ok(slots.into_iter().flatten().collect())
-}
-
-/// Destination side: one thread per channel writing pages into guest RAM.
-pub struct MultifdReceiver {
-    syncs: Receiver<Result<(), MigrationError>>,
-    release: Vec<SyncSender<()>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-/// Starts one receiver thread per channel.
-///
-/// With `ignore_shared` (`x-ignore-shared`), a page of a block in shared memory is refused.
-pub fn start_receiver(
-    ram: Arc<GuestRam>,
-    readers: Vec<ChannelReader>,
-    ignore_shared: bool,
-) -> Result<MultifdReceiver, MigrationError> {
-    let (sync_tx, syncs) = channel();
-    let mut release = Vec::new();
-    let mut threads = Vec::new();
-    for (id, r) in readers.into_iter().enumerate() {
-        let (rel_tx, rel_rx) = sync_channel(1);
-        release.push(rel_tx);
-        let (ram, sync_tx) = (ram.clone(), sync_tx.clone());
-        let t = std::thread::Builder::new()
-            .name(format!("multifdrecv_{id}"))
-            .spawn(move || recv_loop(r, &ram, ignore_shared, &sync_tx, &rel_rx))
-            .map_err(MigrationError::Spawn)?;
-        threads.push(t);
-    }
-    Ok(MultifdReceiver {
-        syncs,
-        release,
-        threads,
-    })
-}
-
-fn recv_loop(
-    mut r: ChannelReader,
-    ram: &GuestRam,
-    ignore_shared: bool,
-    syncs: &Sender<Result<(), MigrationError>>,
-    release: &Receiver<()>,
-) {
-    let mut head = vec![0u8; MULTIFD_HEADER_LEN];
-    loop {
-        // A clean end of stream between packets ends the channel.
-        match read_full(&mut r, &mut head) {
-            Ok(false) => return,
-            Ok(true) => {}
-            Err(e) => {
-                let _ = syncs.send(Err(e));
-                return;
-            }
-        }
-        let result = PacketHeader::decode(&head)
-            .map_err(MigrationError::from)
-            .and_then(|h| {
-                if h.flags & MULTIFD_FLAG_COMPRESSION_MASK != 0 {
-                    return Err(MigrationError::MultifdCompressedPacket);
-                }
-                load_pages(&mut r, ram, ignore_shared, &h)?;
-                Ok(h.flags & MULTIFD_FLAG_SYNC != 0)
-            });
-        match result {
-            Ok(false) => {}
-            Ok(true) => {
-                if syncs.send(Ok(())).is_err() || release.recv().is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                let _ = syncs.send(Err(e));
-                return;
-            }
-        }
-    }
-}
-
-/// Fills `buf`; `Ok(false)` if the stream ended before its first byte.
-fn read_full(r: &mut ChannelReader, buf: &mut [u8]) -> Result<bool, MigrationError> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => return Err(savevm::Error::UnexpectedEof { offset: got as u64 }.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(savevm::Error::from(e).into()),
-        }
-    }
-    Ok(true)
-}
-
-fn load_pages(
-    r: &mut ChannelReader,
-    ram: &GuestRam,
-    ignore_shared: bool,
-    h: &PacketHeader,
-) -> Result<(), MigrationError> {
-    if h.normal_pages == 0 {
-        return Ok(());
-    }
-    let block = ram
-        .block_by_name(&h.ramblock)
-        .ok_or_else(|| MigrationError::UnknownRamBlock(h.ramblock.clone()))?;
-    if super::shared::is_ignored(block, ignore_shared) {
-        return Err(MigrationError::IgnoredBlockPage(h.ramblock.clone()));
-    }
-    for &offset in &h.offsets {
-        if offset % PAGE as u64 != 0 || offset >= block.len() {
-            return Err(MigrationError::IllegalRamOffset {
-                block: h.ramblock.clone(),
-                offset,
-            });
-        }
-        let page = offset / PAGE as u64;
-        // Read in place: the destination's vCPUs do not run while RAM is loaded, and each page
-        // is sent once per packet, by one channel, between two SYNCs.
-        block
-            .fill_page(page, |p| r.read_exact(p))?
-            .map_err(savevm::Error::from)?;
-    }
-    Ok(())
-}
-
-impl MultifdReceiver {
-    /// Waits for one SYNC from every channel, then lets them go on (at each RAM EOS).
-    pub fn sync(&self) -> Result<(), MigrationError> {
-        for _ in 0..self.release.len() {
-            self.syncs
-                .recv()
-                .map_err(|_| MigrationError::MultifdThreadEnded)??;
-        }
-        for r in &self.release {
-            let _ = r.send(());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for MultifdReceiver {
-    fn drop(&mut self) {
-        self.release.clear();
-        for t in self.threads.drain(..) {
-            // Threads end at the end of their stream; a failed load may leave one blocked on a
-            // socket the process is about to close, so do not wait for unfinished ones.
-            if t.is_finished() {
                 let _ = t.join();
             }
         }

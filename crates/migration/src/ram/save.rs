@@ -144,7 +144,11 @@ impl RamSaver {
         self.multifd = if writers.is_empty() {
             None
         } else {
-            Some(multifd::start_sender(writers)?)
+            Some(multifd::start_sender(
+                writers,
+                multifd::compression(&s.settings().params),
+                s.settings().has(Capability::ZeroCopySend),
+            )?)
         };
         self.multifd_accounted = 0;
         self.block_base = shared::block_bases(&self.ram);
@@ -357,9 +361,13 @@ impl RamSaver {
             Sent::Zero
         } else if let Some(m) = multifd {
             // Zero pages stay on the main stream; data pages go to a channel (QEMU never
-            // applies XBZRLE with multifd). Counted against the window now.
-            f.rate_limit_account(PAGE + 8);
+            // applies XBZRLE with multifd). Counted against the window now; compressed ones
+            // by what the channels wrote, so `max-bandwidth` limits the link's bytes (QEMU 7.2
+            // counts them uncompressed, which makes compression useless under a limit).
             m.queue(b, block.idstr(), offset, block.memory())?;
+            f.rate_limit_account(m.take_wire_bytes().unwrap_or(PAGE + 8));
+            // What the channels wrote so far, for the bandwidth measure.
+            RamCounters::set(&self.counters.multifd_bytes, m.bytes);
             Sent::Normal
         } else if let Some(x) = xbzrle {
             match x.encode(addr, bytes, sync, last_stage) {
@@ -395,6 +403,10 @@ impl RamSaver {
         let delta = m.bytes - self.multifd_accounted;
         self.multifd_accounted = m.bytes;
         RamCounters::set(&self.counters.multifd_bytes, m.bytes);
+        RamCounters::set(
+            &self.counters.dirty_sync_missed_zero_copy,
+            m.zero_copy_missed,
+        );
         self.account(delta);
         Ok(())
     }

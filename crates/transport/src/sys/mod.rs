@@ -6,6 +6,7 @@
 //! | [`poll`](mod@poll) | `poll(2)` over a few descriptors with a timeout | `std` has no `poll`; `vmm-sys-util`'s `PollContext` is an epoll set, one more descriptor and three calls per wait |
 //! | [`scm`] | `SCM_RIGHTS` descriptor passing | sending is `vmm-sys-util`'s [`ScmSocket`](vmm_sys_util::sock_ctrl_msg::ScmSocket); receiving needs `MSG_CMSG_CLOEXEC` (as QEMU), which `ScmSocket::recv_with_fds` does not set |
 //! | [`socket`] | `recv`/`send`/`sendmsg` with `MSG_DONTWAIT`, `shutdown(2)` on any socket, bind without listen | `std` sockets cannot take per-call flags, and bind and listen in one step |
+//! | [`zerocopy`] | `SO_ZEROCOPY`, `sendmsg` with `MSG_ZEROCOPY`, completions from `MSG_ERRQUEUE` | no `std` API for socket options, per-call flags or the error queue |
 //! | [`process`] | kill a process group, wait for a child without reaping it | `std::process::Child` kills one process and always reaps |
 //! | this module | `O_NONBLOCK` on a pipe, taking over an inherited descriptor number | no `std` API |
 //!
@@ -16,6 +17,7 @@ pub mod poll;
 pub mod process;
 pub mod scm;
 pub mod socket;
+pub mod zerocopy;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

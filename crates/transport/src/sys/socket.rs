@@ -43,6 +43,17 @@ pub fn send_vectored_nonblocking(
     sock: BorrowedFd<'_>,
     bufs: &[io::IoSlice<'_>],
 ) -> io::Result<usize> {
+    send_vectored_flags(sock, bufs, 0)
+}
+
+/// `sendmsg(2)` of the first (at most 1024) `bufs` with `MSG_DONTWAIT | MSG_NOSIGNAL | flags`.
+/// With `MSG_ZEROCOPY` the kernel reads the buffers after the call too: see
+/// [`zerocopy`](super::zerocopy).
+pub(crate) fn send_vectored_flags(
+    sock: BorrowedFd<'_>,
+    bufs: &[io::IoSlice<'_>],
+    flags: libc::c_int,
+) -> io::Result<usize> {
     let iovcnt = bufs.len().min(1024);
     // SAFETY: an all-zero msghdr is a valid, empty message.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -55,7 +66,7 @@ pub fn send_vectored_nonblocking(
         libc::sendmsg(
             sock.as_raw_fd(),
             &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | flags,
         )
     };
     usize::try_from(r).map_err(|_| io::Error::last_os_error())

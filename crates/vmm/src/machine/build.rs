@@ -65,7 +65,7 @@ pub(super) fn build(cfg: &MachineConfig) -> Result<Parts, MachineError> {
     let (guest, dirty_log): (Guest, Box<dyn DirtyLog>) = match cfg.accel {
         Accel::Soft => {
             if cfg.fill > 0 && !cfg.incoming {
-                soft::fill_initial(&ram, 0, cfg.fill.min(cfg.memory), 0x5eed)?;
+                soft::fill_initial(&ram, 0, cfg.fill.min(cfg.memory), 0x5eed, cfg.fill_pattern)?;
             }
             let vcpus = Arc::new(Vcpus::new(
                 ram.clone(),

@@ -50,6 +50,8 @@ pub struct MachineConfig {
     pub workload: Option<WorkloadConfig>,
     /// Bytes of RAM filled with pseudo-random data (and some zero pages) at boot.
     pub fill: u64,
+    /// What the filled pages hold.
+    pub fill_pattern: crate::soft::FillPattern,
     /// `-S`: do not start the vCPUs.
     pub start_paused: bool,
     /// Started with `--incoming`: wait for a migration instead of booting.
@@ -115,6 +117,7 @@ impl Default for MachineConfig {
             backing: Backing::Anonymous,
             workload: None,
             fill: 0,
+            fill_pattern: crate::soft::FillPattern::Random,
             start_paused: false,
             incoming: false,
             accel: Accel::Soft,

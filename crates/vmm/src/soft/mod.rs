@@ -24,6 +24,6 @@ mod state;
 
 pub use config::{Pattern, WorkloadConfig};
 pub use error::Error;
-pub use fill::fill_initial;
+pub use fill::{fill_initial, FillPattern};
 pub use guest::{SoftGuest, WORD_OFFSETS};
 pub use state::{splitmix64, word_for, SoftCpuState};
