@@ -297,11 +297,12 @@ impl MigrationState {
             s.runtime.clone()
         };
         self.set_status_from_any(MigrationStatus::Cancelling);
-        // Kick a migration paused before switchover out of its pause (QEMU does the same).
-        self.pause.post();
         if let Some(r) = runtime {
             r.cancel_token().cancel();
         }
+        // Then kick a migration paused before switchover out of its pause (QEMU does the
+        // same); the token first, so the woken thread ends as cancelled, not failed.
+        self.pause.post();
     }
 
     /// Ends a cancelled migration: `cancelling` (if not there yet, e.g. a handle cancelled

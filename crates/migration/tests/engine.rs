@@ -473,7 +473,8 @@ fn pause_before_switchover_waits_for_continue_and_can_be_cancelled() {
         );
         if cancel {
             src.cancel();
-            assert_eq!(src.wait_final(), MigrationStatus::Cancelled);
+            let st = src.wait_final();
+            assert_eq!(st, MigrationStatus::Cancelled, "{:?}", src.state.info());
             assert_eq!(src.vm.run_state(), RunState::Running);
         } else {
             src.state
