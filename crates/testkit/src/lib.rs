@@ -8,6 +8,7 @@
 //! | [`net`] | temporary Unix socket paths and TCP ports for tests |
 //! | [`fake_vm`] | [`FakeVm`], a [`migration::VmControl`] without a guest |
 //! | [`pair`] | [`Side`]: one end of an in-process migration driven through the engine's public API |
+//! | [`tls`] | a throw-away CA and QEMU-style credential directories (`ca-cert.pem`, `server-cert.pem`, …) |
 //! | [`conformance`] | the checks every [`migration::DeviceState`] must pass, stamped onto a type by [`device_state_conformance!`] |
 //!
 //! The three test tiers (STYLE practice 16) meet here: unit tests need nothing, tests that
@@ -28,6 +29,7 @@ pub mod fake_vm;
 pub mod net;
 pub mod pair;
 pub mod skip;
+pub mod tls;
 pub mod wait;
 
 pub use fake_vm::FakeVm;

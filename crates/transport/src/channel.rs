@@ -13,6 +13,7 @@
 //! | `exec:` outgoing | unsupported | child stdin | close stdin, wait, non-zero exit is an error |
 //! | `exec:` incoming | child stdout | unsupported | wait, non-zero exit is an error |
 //! | `file:` outgoing / incoming | unsupported / file | file / unsupported | – (no fsync) |
+//! | socket upgraded by [`crate::tls`] | the TLS session | the TLS session | `close_notify`, then `shutdown(SHUT_WR)` |
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -20,7 +21,57 @@ use std::sync::Arc;
 use crate::endpoint::Endpoint;
 use crate::exec::ChildSlot;
 use crate::shutdown::{Cancel, ShutdownHandle};
+use crate::tls::TlsSession;
 use crate::TransportError;
+
+/// What one half of a channel reads or writes: a descriptor, or a TLS session over a socket
+/// (shared by both halves).
+#[derive(Clone)]
+pub(crate) enum Half {
+    Plain(Arc<Endpoint>),
+    Tls(Arc<TlsSession>),
+}
+
+impl Half {
+    fn is_socket(&self) -> bool {
+        match self {
+            Half::Plain(ep) => ep.is_socket(),
+            Half::Tls(_) => true,
+        }
+    }
+
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Half::Plain(ep) => ep.read(buf),
+            Half::Tls(s) => s.read(buf),
+        }
+    }
+
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Half::Plain(ep) => ep.write(buf),
+            Half::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Half::Plain(ep) => ep.write_vectored(bufs),
+            Half::Tls(s) => s.write_vectored(bufs),
+        }
+    }
+
+    /// Ends the outgoing direction: `close_notify` first on TLS, then `shutdown(SHUT_WR)`.
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Half::Plain(ep) => ep.shutdown_socket(std::net::Shutdown::Write),
+            Half::Tls(s) => {
+                s.close_notify()?;
+                s.endpoint().shutdown_socket(std::net::Shutdown::Write)
+            }
+        }
+    }
+}
 
 /// State shared by both halves of a channel.
 struct Shared {
@@ -41,13 +92,13 @@ pub struct Channel {
 
 /// The reading half of a [`Channel`].
 pub struct ChannelReader {
-    half: Option<Arc<Endpoint>>,
+    half: Option<Half>,
     shared: Arc<Shared>,
 }
 
 /// The writing half of a [`Channel`].
 pub struct ChannelWriter {
-    half: Option<Arc<Endpoint>>,
+    half: Option<Half>,
     shared: Arc<Shared>,
 }
 
@@ -71,14 +122,52 @@ impl Channel {
         });
         Channel {
             reader: ChannelReader {
-                half: reader,
+                half: reader.map(Half::Plain),
                 shared: shared.clone(),
             },
             writer: ChannelWriter {
-                half: writer,
+                half: writer.map(Half::Plain),
                 shared,
             },
         }
+    }
+
+    /// Replaces the socket under both halves with what `wrap` makes of it (a TLS session).
+    /// Only for socket channels whose halves share one descriptor.
+    pub(crate) fn upgrade(
+        self,
+        wrap: impl FnOnce(Arc<Endpoint>) -> Result<Half, TransportError>,
+    ) -> Result<Channel, TransportError> {
+        let Channel { reader, writer } = self;
+        let ep = match (&reader.half, &writer.half) {
+            (Some(Half::Plain(r)), Some(Half::Plain(w))) if Arc::ptr_eq(r, w) && r.is_socket() => {
+                r.clone()
+            }
+            _ => {
+                return Err(TransportError::Tls {
+                    uri: writer.shared.description.clone(),
+                    source: crate::tls::TlsError::NotASocket,
+                })
+            }
+        };
+        let shared = writer.shared.clone();
+        drop((reader, writer));
+        let half = wrap(ep)?;
+        Ok(Channel {
+            reader: ChannelReader {
+                half: Some(half.clone()),
+                shared: shared.clone(),
+            },
+            writer: ChannelWriter {
+                half: Some(half),
+                shared,
+            },
+        })
+    }
+
+    /// Whether the channel runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.writer.half, Some(Half::Tls(_)))
     }
 
     /// The URI this channel was opened for (for an accepted socket: the listener's
@@ -166,8 +255,8 @@ impl ChannelWriter {
             self.flush()
                 .map_err(|source| TransportError::Finish { uri: uri(), source })?;
         }
-        if let Some(ep) = &self.half {
-            ep.shutdown_socket(std::net::Shutdown::Write)
+        if let Some(half) = &self.half {
+            half.shutdown_write()
                 .map_err(|source| TransportError::Finish { uri: uri(), source })?;
         }
         let ChannelWriter { half, shared } = self;
