@@ -3,6 +3,7 @@
 
 use savevm::qemu_file::QemuFileWriter;
 use savevm::record::{self, Configuration, SectionHeader};
+use transport::tls::ClientTls;
 use transport::{ChannelWriter, MigrationUri};
 
 use crate::cancel::CancelToken;
@@ -13,11 +14,13 @@ use crate::session::OutgoingSession;
 use crate::settings::Settings;
 
 /// Connects the `multifd-channels` extra connections (after the main one, which a QEMU 7.2
-/// destination takes as the main stream); each is interrupted by a cancel.
+/// destination takes as the main stream); each is interrupted by a cancel. With `tls`, each
+/// runs its own handshake, as in QEMU.
 pub(super) fn connect_multifd(
     uri: &MigrationUri,
     settings: &Settings,
     cancel: &CancelToken,
+    tls: Option<&ClientTls>,
 ) -> Result<Vec<ChannelWriter>, MigrationError> {
     if !uri.supports_multiple_channels() {
         return Err(MigrationError::MultifdTransport);
@@ -32,6 +35,10 @@ pub(super) fn connect_multifd(
         let c = transport::connect(uri, &transport::NoFds)?;
         cancel.register(c.shutdown_handle());
         cancel.check()?;
+        let c = match tls {
+            Some(tls) => transport::tls::client(c, tls)?,
+            None => c,
+        };
         writers.push(c.into_split().1);
     }
     Ok(writers)

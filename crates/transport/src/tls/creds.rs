@@ -19,12 +19,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
-use super::TlsError;
+use super::{AuthzSimple, TlsError};
 
 /// Which end of a TLS session credentials are for (QEMU's `endpoint` property).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,8 +86,19 @@ pub struct TlsCreds {
 
 #[derive(Clone)]
 enum Config {
-    Server(Arc<ServerConfig>),
+    Server(ServerParts),
     Client(Arc<ClientConfig>),
+}
+
+/// What a server configuration is built from: `tls-authz` is only known per migration.
+#[derive(Clone)]
+struct ServerParts {
+    certs: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    /// The client verifier (`verify-peer=on`).
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// The configuration without `tls-authz`.
+    plain: Arc<ServerConfig>,
 }
 
 /// The largest PEM file accepted (certificates and keys are a few KiB).
@@ -96,25 +112,24 @@ impl TlsCreds {
         let config = match options.endpoint {
             CredsEndpoint::Server => {
                 let certs = read_certs(&dir.join("server-cert.pem"))?;
-                let key = read_key(&dir.join("server-key.pem"))?;
-                let builder = ServerConfig::builder_with_provider(provider.clone())
-                    .with_safe_default_protocol_versions()
-                    .map_err(TlsError::Config)?;
-                let builder = if options.verify_peer {
+                let key = Arc::new(read_key(&dir.join("server-key.pem"))?);
+                let verifier = if options.verify_peer {
                     let roots = Arc::new(read_roots(&dir.join("ca-cert.pem"))?);
-                    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
-                        .build()
-                        .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
-                    builder.with_client_cert_verifier(verifier)
+                    let verifier: Arc<dyn ClientCertVerifier> =
+                        WebPkiClientVerifier::builder_with_provider(roots, provider)
+                            .build()
+                            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+                    Some(verifier)
                 } else {
-                    builder.with_no_client_auth()
+                    None
                 };
-                let mut cfg = builder
-                    .with_single_cert(certs, key)
-                    .map_err(TlsError::Config)?;
-                // One session per connection: nothing to resume, no tickets to send.
-                cfg.send_tls13_tickets = 0;
-                Config::Server(Arc::new(cfg))
+                let plain = server_config(&certs, &key, verifier.clone())?;
+                Config::Server(ServerParts {
+                    certs,
+                    key,
+                    verifier,
+                    plain,
+                })
             }
             CredsEndpoint::Client => {
                 if !options.verify_peer {
@@ -164,11 +179,30 @@ impl TlsCreds {
         }
     }
 
-    /// The server configuration, or QEMU's error for client credentials.
-    pub(crate) fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        match &self.config {
-            Config::Server(c) => Ok(c.clone()),
-            Config::Client(_) => Err(TlsError::WrongEndpoint(CredsEndpoint::Server)),
+    /// The server configuration, or QEMU's error for client credentials. With `authz` and
+    /// `verify-peer=on`, the client's certificate is checked against it during the
+    /// handshake, so a refused source receives an `access_denied` alert naming the refusal
+    /// (`Ok(.., false)`); with `verify-peer=off` the caller checks after the handshake.
+    pub(crate) fn server_config(
+        &self,
+        authz: Option<&AuthzSimple>,
+    ) -> Result<(Arc<ServerConfig>, bool), TlsError> {
+        let parts = match &self.config {
+            Config::Server(parts) => parts,
+            Config::Client(_) => return Err(TlsError::WrongEndpoint(CredsEndpoint::Server)),
+        };
+        match (authz, &parts.verifier) {
+            (Some(authz), Some(inner)) => {
+                let verifier = Arc::new(AuthzVerifier {
+                    inner: inner.clone(),
+                    authz: authz.clone(),
+                });
+                Ok((
+                    server_config(&parts.certs, &parts.key, Some(verifier))?,
+                    false,
+                ))
+            }
+            (authz, _) => Ok((parts.plain.clone(), authz.is_some())),
         }
     }
 }
@@ -178,6 +212,91 @@ impl std::fmt::Debug for TlsCreds {
         f.debug_struct("TlsCreds")
             .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+fn server_config(
+    certs: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(certs.to_vec(), key.clone_key())
+        .map_err(TlsError::Config)?;
+    // One session per connection: nothing to resume, no tickets to send.
+    cfg.send_tls13_tickets = 0;
+    Ok(Arc::new(cfg))
+}
+
+/// The CA check, then `authz-simple`'s DN check, inside the handshake.
+#[derive(Debug)]
+struct AuthzVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    authz: AuthzSimple,
+}
+
+impl ClientCertVerifier for AuthzVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match self.authz.check(Some(end_entity.as_ref())) {
+            Ok(()) => Ok(verified),
+            Err(e) => {
+                tracing::warn!("{e}");
+                // Sent to the client as an access_denied alert.
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

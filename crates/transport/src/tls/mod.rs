@@ -61,16 +61,19 @@ impl ClientTls {
 #[derive(Clone, Debug)]
 pub struct ServerTls {
     config: Arc<rustls::ServerConfig>,
-    authz: Option<AuthzSimple>,
+    /// `tls-authz` to check after the handshake (only with `verify-peer=off`; otherwise the
+    /// handshake checks it).
+    authz_after: Option<AuthzSimple>,
 }
 
 impl ServerTls {
-    /// `creds` must be server credentials; `authz`, if any, is checked after each
-    /// handshake.
+    /// `creds` must be server credentials; `authz`, if any, is checked in each handshake
+    /// (the refused source receives an `access_denied` alert).
     pub fn new(creds: &TlsCreds, authz: Option<AuthzSimple>) -> Result<ServerTls, TlsError> {
+        let (config, check_after) = creds.server_config(authz.as_ref())?;
         Ok(ServerTls {
-            config: creds.server_config()?,
-            authz,
+            config,
+            authz_after: authz.filter(|_| check_after),
         })
     }
 }
@@ -103,13 +106,21 @@ pub fn server(channel: Channel, tls: &ServerTls) -> Result<Channel, TransportErr
     channel.upgrade(|ep| {
         let session = Arc::new(TlsSession::new(ep, Connection::Server(conn)));
         session.handshake().map_err(err)?;
-        if let Some(authz) = &tls.authz {
+        if let Some(authz) = &tls.authz_after {
             authz
                 .check(session.peer_certificate().as_deref())
                 .map_err(err)?;
         }
         Ok(Half::Tls(session))
     })
+}
+
+/// Whether a read error is a TLS peer closing the connection without `close_notify` (see
+/// [`TlsError::Truncated`]).
+pub fn is_truncation(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<TlsError>())
+        .is_some_and(|t| matches!(t, TlsError::Truncated))
 }
 
 /// Why TLS could not be used; messages name the cause for the operator.
@@ -166,6 +177,12 @@ pub enum TlsError {
     /// The peer refused the session with an alert.
     #[error("the peer refused the TLS session ({0:?})")]
     Refused(AlertDescription),
+    /// The destination's `tls-authz` does not admit our certificate.
+    #[error("the peer denied access: its tls-authz does not admit this certificate ({0:?})")]
+    AccessDenied(AlertDescription),
+    /// Our `tls-authz` refused the client's certificate (the DN is logged).
+    #[error("the client's certificate is not admitted by tls-authz")]
+    AuthzRefused(#[source] rustls::Error),
     /// The peer refused our certificate (or our lack of one).
     #[error(
         "the peer refused the TLS session: it requires a client certificate signed by its CA ({0:?})"
@@ -228,7 +245,10 @@ pub(crate) fn describe(e: rustls::Error) -> TlsError {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 TlsError::HostnameMismatch(e)
             }
-            CertificateError::UnknownIssuer => TlsError::UnknownCa(e),
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                TlsError::UnknownCa(e)
+            }
+            CertificateError::ApplicationVerificationFailure => TlsError::AuthzRefused(e),
             CertificateError::Expired
             | CertificateError::ExpiredContext { .. }
             | CertificateError::NotValidYet
@@ -242,6 +262,7 @@ pub(crate) fn describe(e: rustls::Error) -> TlsError {
             | AlertDescription::UnknownCA
             | AlertDescription::CertificateUnknown),
         ) => TlsError::CertificateRequired(*a),
+        E::AlertReceived(a @ AlertDescription::AccessDenied) => TlsError::AccessDenied(*a),
         E::AlertReceived(a) => TlsError::Refused(*a),
         E::InvalidMessage(_)
         | E::InappropriateMessage { .. }
