@@ -72,6 +72,14 @@ impl MonitorBackend for MachineBackend {
         self.0.run_state()
     }
 
+    fn object_add(&self, object: transport::tls::TlsObject) -> Result<(), CommandError> {
+        self.0.object_add(object).map_err(err)
+    }
+
+    fn object_del(&self, id: &str) -> Result<(), CommandError> {
+        self.0.object_del(id).map_err(err)
+    }
+
     fn stop(&self) -> Result<(), CommandError> {
         self.0.stop().map_err(err)
     }

@@ -1,6 +1,7 @@
 //! `livemig run`: one VM process, source or (with `--incoming`) destination of a migration,
 //! driven through QMP / HMP monitors like QEMU.
 
+use transport::tls::TlsObject;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -78,6 +79,11 @@ pub struct RunArgs {
     /// `file:PATH`, `fd:N`, or `defer` for `migrate-incoming`).
     #[arg(long)]
     pub incoming: Option<String>,
+    /// A TLS object, QEMU style: `tls-creds-x509,id=ID,dir=DIR,endpoint=server|client
+    /// [,verify-peer=on|off]` or `authz-simple,id=ID,identity=DN`. May be repeated; the
+    /// `tls-creds` / `tls-authz` migration parameters name them.
+    #[arg(long, value_parser = parse_object)]
+    pub object: Vec<TlsObject>,
     /// Do not start the vCPUs (like QEMU's -S).
     #[arg(short = 'S')]
     pub start_paused: bool,
@@ -196,6 +202,11 @@ impl RunArgs {
 /// Runs the VM until `quit` (or, for a destination, until a failed incoming migration).
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let machine = Machine::new(args.machine_config()?).context("cannot start the VM")?;
+    for object in &args.object {
+        machine
+            .object_add(object.clone())
+            .with_context(|| format!("cannot create object '{}'", object.id()))?;
+    }
     let backend = Arc::new(MachineBackend(machine.clone()));
     let _monitors = crate::cmd_monitor::start_servers(&args.qmp, &args.monitor, backend)?;
     if let Some(uri) = args.incoming.as_deref().filter(|u| *u != "defer") {
@@ -229,4 +240,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     machine.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--object`: parsed once here into a typed object.
+fn parse_object(s: &str) -> Result<TlsObject, String> {
+    TlsObject::parse_cli(s).map_err(|e| e.to_string())
 }

@@ -17,7 +17,7 @@
 //! Multifd channels use the same credentials and hostname as the main channel, as QEMU 7.2
 //! (`multifd_tls_channel_connect` takes the migration's hostname).
 
-use transport::tls::{AuthzSimple, ClientTls, ServerTls, TlsCreds};
+use transport::tls::{AuthzSimple, ClientTls, ServerTls, TlsCreds, TlsError, TlsObject};
 use transport::MigrationUri;
 
 use crate::error::MigrationError;
@@ -33,6 +33,34 @@ pub struct TlsObjects {
 }
 
 impl TlsObjects {
+    /// `object-add` / `--object`: loads credentials (reading their files now, as QEMU) and
+    /// adds the object. Ids are unique across both kinds.
+    pub fn add(&mut self, object: TlsObject) -> Result<(), TlsError> {
+        if self.contains(object.id()) {
+            return Err(TlsError::DuplicateId(object.id().to_string()));
+        }
+        match object {
+            TlsObject::X509(options) => self.creds.push(TlsCreds::load(options)?),
+            TlsObject::Authz(a) => self.authz.push(a),
+        }
+        Ok(())
+    }
+
+    /// `object-del`. A migration that already started keeps its own copy.
+    pub fn remove(&mut self, id: &str) -> Result<(), TlsError> {
+        if !self.contains(id) {
+            return Err(TlsError::ObjectNotFound(id.to_string()));
+        }
+        self.creds.retain(|c| c.id() != id);
+        self.authz.retain(|a| a.id != id);
+        Ok(())
+    }
+
+    /// Whether an object has this id.
+    pub fn contains(&self, id: &str) -> bool {
+        self.creds.iter().any(|c| c.id() == id) || self.authz.iter().any(|a| a.id == id)
+    }
+
     fn creds(&self, id: &str) -> Result<&TlsCreds, MigrationError> {
         self.creds
             .iter()

@@ -20,6 +20,8 @@ pub mod incoming;
 pub mod introspect;
 pub mod migrate;
 pub mod migrate_cancel;
+pub mod object_add;
+pub mod object_del;
 pub mod parameters;
 pub mod query_migrate;
 pub mod quit;
@@ -70,6 +72,10 @@ pub enum Command {
     QueryCommands,
     /// `query-version`.
     QueryVersion,
+    /// `object-add`.
+    ObjectAdd(object_add::ObjectAdd),
+    /// `object-del`.
+    ObjectDel(object_del::ObjectDel),
 }
 
 type Parser = fn(&mut Args) -> Result<Command, CommandError>;
@@ -108,6 +114,12 @@ pub const COMMANDS: &[(&str, Parser)] = &[
     }),
     ("query-commands", |_| Ok(Command::QueryCommands)),
     ("query-version", |_| Ok(Command::QueryVersion)),
+    ("object-add", |a| {
+        object_add::ObjectAdd::parse(a).map(Command::ObjectAdd)
+    }),
+    ("object-del", |a| {
+        object_del::ObjectDel::parse(a).map(Command::ObjectDel)
+    }),
 ];
 
 impl Command {
@@ -153,6 +165,8 @@ impl Command {
             Command::HumanMonitorCommand(c) => Ok(Value::String(c.run(s))),
             Command::QueryCommands => Ok(introspect::query_commands()),
             Command::QueryVersion => Ok(introspect::query_version()),
+            Command::ObjectAdd(c) => c.run(s).map(|()| empty()),
+            Command::ObjectDel(c) => c.run(s).map(|()| empty()),
         }
     }
 }

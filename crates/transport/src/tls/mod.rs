@@ -19,6 +19,7 @@
 
 mod authz;
 mod creds;
+mod object;
 mod session;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::{Channel, TransportError};
 
 pub use authz::{subject_dn, AuthzSimple};
 pub use creds::{CredsEndpoint, TlsCreds, X509Options};
+pub use object::TlsObject;
 pub(crate) use session::TlsSession;
 
 /// What a source needs to open TLS channels: client credentials and the name the
@@ -217,6 +219,29 @@ pub enum TlsError {
     /// TLS needs a socket channel (`tcp:`, `unix:`, a socket `fd:`).
     #[error("TLS needs a socket; this channel is not one")]
     NotASocket,
+    /// `--object` / `object-add` with a type livemig does not have (QEMU's text).
+    #[error("invalid object type: {0}")]
+    UnknownObjectType(String),
+    /// A required property is missing (QEMU's text).
+    #[error("Parameter '{0}' is missing")]
+    MissingProperty(&'static str),
+    /// A property the object type does not have (QEMU's text).
+    #[error("Property '{ty}.{property}' not found")]
+    UnknownProperty {
+        /// The object type.
+        ty: String,
+        /// The property given.
+        property: String,
+    },
+    /// `tls-creds-psk`: see the `object` module documentation.
+    #[error("tls-creds-psk is not supported: rustls offers no external pre-shared keys for TLS 1.3 (or TLS 1.2 PSK suites); use tls-creds-x509")]
+    PskUnsupported,
+    /// An object with this id exists already (QEMU's text).
+    #[error("attempt to add duplicate property '{0}' to object (type 'container')")]
+    DuplicateId(String),
+    /// `object-del` of an id that names nothing (QEMU's text).
+    #[error("object '{0}' not found")]
+    ObjectNotFound(String),
     /// The socket failed during the handshake.
     #[error("I/O error during the TLS handshake")]
     Io(#[source] std::io::Error),

@@ -27,6 +27,8 @@ use migration::{
     MigrationState, MigrationStatus, ParamError, ParameterUpdate, Registry, Rejected, RunState,
     VmControl,
 };
+use migration::TlsObjects;
+use transport::tls::TlsObject;
 use transport::{FdSource, MigrationUri};
 
 pub use config::{Accel, DiskWorkload, MachineConfig, MachineError, MachineType, SerialTarget};
@@ -75,6 +77,8 @@ pub struct Machine {
     incoming_result: Mutex<Option<Result<(), String>>>,
     incoming_uri: Mutex<Option<String>>,
     waiters: Arc<Waiters>,
+    /// `tls-creds-x509` / `authz-simple` objects; each migration gets a copy.
+    tls: Mutex<TlsObjects>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,6 +102,7 @@ impl Machine {
             incoming_result: Mutex::new(None),
             incoming_uri: Mutex::new(None),
             waiters: Arc::default(),
+            tls: Mutex::new(TlsObjects::default()),
         });
         if !m.cfg.incoming && !m.cfg.start_paused {
             m.control.vm_start()?;
@@ -265,6 +270,7 @@ impl Machine {
             global_state: self.global.clone(),
             block,
             on_finished: None,
+            tls: lock(&self.tls).clone(),
         };
         match migration::outgoing::start(job, &self.state, fds) {
             Ok(h) => {
@@ -286,6 +292,17 @@ impl Machine {
     pub fn set_parameters(&self, update: &ParameterUpdate) -> Result<(), ParamError> {
         self.state
             .set_parameters(update, Some(self.ram.total_size()))
+    }
+
+    /// `object-add` / `--object`: a TLS credentials or authorization object (files are read
+    /// now). Migrations already running keep the objects they started with.
+    pub fn object_add(&self, object: TlsObject) -> Result<(), MachineError> {
+        lock(&self.tls).add(object).map_err(MachineError::Object)
+    }
+
+    /// `object-del`.
+    pub fn object_del(&self, id: &str) -> Result<(), MachineError> {
+        lock(&self.tls).remove(id).map_err(MachineError::Object)
     }
 
     /// `migrate_cancel`: always succeeds.
@@ -326,6 +343,7 @@ impl Machine {
             global_state: self.global.clone(),
             autostart: !self.cfg.start_paused,
             on_finished: Some(Box::new(move || waiters.set(false, true))),
+            tls: lock(&self.tls).clone(),
         };
         match migration::incoming::start(job, &self.state) {
             Ok(h) => {
