@@ -1,10 +1,10 @@
 //! `livemig run`: one VM process, source or (with `--incoming`) destination of a migration,
 //! driven through QMP / HMP monitors like QEMU.
 
-use transport::tls::TlsObject;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use transport::tls::TlsObject;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};

@@ -31,7 +31,7 @@ pub(super) fn connect_multifd(
     }
     let n = settings.params.multifd_channels;
     let mut writers = Vec::new();
-    for _ in 0..n {
+    for id in 0..usize::from(n) {
         let c = transport::connect(uri, &transport::NoFds)?;
         cancel.register(c.shutdown_handle());
         cancel.check()?;
@@ -39,7 +39,9 @@ pub(super) fn connect_multifd(
             Some(tls) => transport::tls::client(c, tls)?,
             None => c,
         };
-        writers.push(c.into_split().1);
+        let mut w = c.into_split().1;
+        crate::ram::multifd::send_hello(&mut w, id)?;
+        writers.push(w);
     }
     Ok(writers)
 }

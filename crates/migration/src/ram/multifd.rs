@@ -58,17 +58,21 @@ pub struct MultifdSender {
     pub bytes: u64,
 }
 
-/// Writes the hello on each channel (`id` = position) and starts the sender.
+/// Writes the hello a channel starts with (`id` = its position), as soon as it is connected:
+/// a QEMU 7.2 destination reads it on its main loop before it answers the next channel's TLS
+/// handshake.
+pub fn send_hello(w: &mut ChannelWriter, id: usize) -> Result<(), MigrationError> {
+    let id = u8::try_from(id).map_err(|_| MigrationError::MultifdChannelRange(id))?;
+    let hello = MultifdInit { uuid: [0; 16], id }.encode();
+    w.write_all(&hello).map_err(savevm::Error::from)?;
+    Ok(())
+}
+
+/// Starts the sender on channels that sent their hello ([`send_hello`], `id` = position).
 pub fn start_sender(writers: Vec<ChannelWriter>) -> Result<MultifdSender, MigrationError> {
     let (done_tx, done) = channel();
     let mut channels = Vec::new();
-    for (id, mut w) in writers.into_iter().enumerate() {
-        let hello = MultifdInit {
-            uuid: [0; 16],
-            id: id as u8,
-        }
-        .encode();
-        w.write_all(&hello).map_err(savevm::Error::from)?;
+    for (id, w) in writers.into_iter().enumerate() {
         let (jobs, rx) = sync_channel::<Job>(1);
         let done_tx = done_tx.clone();
         let thread = std::thread::Builder::new()

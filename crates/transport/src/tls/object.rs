@@ -64,10 +64,14 @@ impl TlsObject {
         let mut props = Vec::new();
         for (k, v) in args {
             if k == "qom-type" {
-                ty = Some(v.as_str().map(str::to_string).ok_or(TlsError::BadProperty {
-                    property: "qom-type",
-                    value: v.to_string(),
-                })?);
+                ty = Some(
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or(TlsError::BadProperty {
+                            property: "qom-type",
+                            value: v.to_string(),
+                        })?,
+                );
             } else {
                 props.push((k, Prop::Json(v)));
             }
@@ -188,21 +192,43 @@ mod tests {
         for (input, expected) in [
             ("tls-creds-x509,dir=/x", "Parameter 'id' is missing"),
             ("tls-creds-x509,id=a", "Parameter 'dir' is missing"),
-            ("tls-creds-x509,id=a,dir=/x,endpoint=both", "invalid value 'both' for property 'endpoint'"),
-            ("tls-creds-x509,id=a,dir=/x,verify-peer=maybe", "invalid value 'maybe' for property 'verify-peer'"),
-            ("tls-creds-x509,id=a,dir=/x,priority=NORMAL", "Property 'tls-creds-x509.priority' not found"),
-            ("memory-backend-ram,id=m", "invalid object type: memory-backend-ram"),
-            ("tls-creds-x509,id", "invalid value 'id' for property 'object'"),
+            (
+                "tls-creds-x509,id=a,dir=/x,endpoint=both",
+                "invalid value 'both' for property 'endpoint'",
+            ),
+            (
+                "tls-creds-x509,id=a,dir=/x,verify-peer=maybe",
+                "invalid value 'maybe' for property 'verify-peer'",
+            ),
+            (
+                "tls-creds-x509,id=a,dir=/x,priority=NORMAL",
+                "Property 'tls-creds-x509.priority' not found",
+            ),
+            (
+                "memory-backend-ram,id=m",
+                "invalid object type: memory-backend-ram",
+            ),
+            (
+                "tls-creds-x509,id",
+                "invalid value 'id' for property 'object'",
+            ),
             ("", "invalid object type: "),
         ] {
-            assert_eq!(TlsObject::parse_cli(input).unwrap_err().to_string(), expected, "{input}");
+            assert_eq!(
+                TlsObject::parse_cli(input).unwrap_err().to_string(),
+                expected,
+                "{input}"
+            );
         }
         let e = TlsObject::parse_cli("tls-creds-psk,id=p,dir=/x,username=u").unwrap_err();
         assert!(e.to_string().contains("rustls"), "{e}");
         let qmp = |v: Value| TlsObject::from_qmp(v.as_object().cloned().unwrap());
         assert!(qmp(json!({"id": "a"})).is_err());
         assert!(qmp(json!({"qom-type": 5, "id": "a"})).is_err());
-        assert!(qmp(json!({"qom-type": "tls-creds-x509", "id": "a", "dir": "/x", "verify-peer": "on"})).is_err());
+        assert!(qmp(
+            json!({"qom-type": "tls-creds-x509", "id": "a", "dir": "/x", "verify-peer": "on"})
+        )
+        .is_err());
         assert!(qmp(json!({"qom-type": "tls-creds-x509", "id": 1, "dir": "/x"})).is_err());
     }
 }

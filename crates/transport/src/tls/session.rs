@@ -219,6 +219,7 @@ impl TlsSession {
         let mut c = lock(&self.conn);
         c.send_close_notify();
         self.send_queued(c, out)
+            .map_err(|e| self.classify_io(e, false))
     }
 
     /// Holding the flush duty (`out`): moves everything rustls queued into `out` and sends

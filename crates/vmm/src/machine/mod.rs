@@ -22,12 +22,12 @@ use guest_ram::GuestRam;
 use migration::block::BlockMigrationOptions;
 use migration::incoming::Incoming;
 use migration::outgoing::Outgoing;
+use migration::TlsObjects;
 use migration::{
     Capability, CapabilityError, Event, EventBus, GlobalState, MigrationError, MigrationHandle,
     MigrationState, MigrationStatus, ParamError, ParameterUpdate, Registry, Rejected, RunState,
     VmControl,
 };
-use migration::TlsObjects;
 use transport::tls::TlsObject;
 use transport::{FdSource, MigrationUri};
 
