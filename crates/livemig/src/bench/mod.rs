@@ -6,7 +6,8 @@
 //! * (b) 4 GiB of never-touched RAM — total time (target ≤ 50 ms);
 //! * (c) 1 GiB with a running 64 MiB working-set writer — downtime (target ≤ 20 ms), at a
 //!   bounded write rate and at an unbounded one;
-//! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `kvm`).
+//! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `kvm`);
+//! * (t) what TLS costs: plain vs TLS, single channel and multifd, alternating rounds (see `tls`).
 //!
 //! Source and destination are two VMs in this process connected by a real loopback TCP socket;
 //! each side has its own threads, as in a two-process migration.
@@ -27,6 +28,7 @@ use pair::{machines, migrate, Outcome};
 
 mod kvm;
 mod pair;
+mod tls;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -37,7 +39,7 @@ pub struct BenchArgs {
     /// Divide every RAM size by this factor (for quick runs on small machines).
     #[arg(long, default_value_t = 1)]
     pub scale: u64,
-    /// Only run the named cases (a, b, c, d); all when absent.
+    /// Only run the named cases (a, b, c, d, t); all when absent.
     #[arg(long)]
     pub only: Vec<String>,
     /// Rounds of case (a); the median ratio is reported (the host's noise varies a lot).
@@ -237,6 +239,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if want("d") {
         kvm::case_d()?;
+    }
+    if want("t") {
+        tls::case_t(scale, args.repeat.max(7))?;
     }
     Ok(ExitCode::SUCCESS)
 }
