@@ -25,7 +25,8 @@ use crate::size::human;
 /// Writes `ca-cert.pem`, `server-*.pem` and `client-*.pem` into `dir`.
 fn write_credentials(dir: &Path) -> anyhow::Result<()> {
     let mut ca = CertificateParams::default();
-    ca.distinguished_name.push(DnType::CommonName, "livemig bench CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "livemig bench CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_key = KeyPair::generate()?;
