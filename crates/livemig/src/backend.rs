@@ -99,6 +99,14 @@ impl MonitorBackend for MachineBackend {
         self.machine.run_state()
     }
 
+    fn object_add(&self, object: transport::tls::TlsObject) -> Result<(), CommandError> {
+        self.machine.object_add(object).map_err(err)
+    }
+
+    fn object_del(&self, id: &str) -> Result<(), CommandError> {
+        self.machine.object_del(id).map_err(err)
+    }
+
     fn stop(&self) -> Result<(), CommandError> {
         self.machine.stop().map_err(err)
     }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use transport::tls::TlsObject;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -94,6 +95,11 @@ pub struct RunArgs {
     /// `query-uuid`, and checked by a destination with capability `validate-uuid`.
     #[arg(long)]
     pub uuid: Option<migration::uuid::VmUuid>,
+    /// A TLS object, QEMU style: `tls-creds-x509,id=ID,dir=DIR,endpoint=server|client
+    /// [,verify-peer=on|off]` or `authz-simple,id=ID,identity=DN`. May be repeated; the
+    /// `tls-creds` / `tls-authz` migration parameters name them.
+    #[arg(long, value_parser = parse_object)]
+    pub object: Vec<TlsObject>,
     /// Do not start the vCPUs (like QEMU's -S).
     #[arg(short = 'S')]
     pub start_paused: bool,
@@ -217,6 +223,11 @@ impl RunArgs {
 /// Runs the VM until `quit` (or, for a destination, until a failed incoming migration).
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let machine = Machine::new(args.machine_config()?).context("cannot start the VM")?;
+    for object in &args.object {
+        machine
+            .object_add(object.clone())
+            .with_context(|| format!("cannot create object '{}'", object.id()))?;
+    }
     let backend = Arc::new(MachineBackend::new(machine.clone()));
     let _monitors = crate::cmd_monitor::start_servers(&args.qmp, &args.monitor, backend)?;
     if let Some(uri) = args.incoming.as_deref().filter(|u| *u != "defer") {
@@ -250,4 +261,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     machine.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--object`: parsed once here into a typed object.
+fn parse_object(s: &str) -> Result<TlsObject, String> {
+    TlsObject::parse_cli(s).map_err(|e| e.to_string())
 }

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a VM: the source of a migration, or with --incoming its destination.
-    Run(cmd_run::RunArgs),
+    Run(Box<cmd_run::RunArgs>),
     /// Start a source and a destination process on loopback, live-migrate a running guest and
     /// print the statistics.
     Demo(cmd_demo::DemoArgs),
@@ -46,7 +46,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(a) => cmd_run::run(a),
+        Command::Run(a) => cmd_run::run(*a),
         Command::Demo(a) => cmd_demo::run(a),
         Command::Analyze(a) => cmd_analyze::run(a),
         Command::Monitor(a) => cmd_monitor::monitor(a),

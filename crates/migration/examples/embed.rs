@@ -134,6 +134,7 @@ fn destination(socket: &str) -> Result<(), Box<dyn std::error::Error>> {
         global_state: global,
         autostart: false, // -S: report the loaded state before the guest moves on
         on_finished: None,
+        tls: Default::default(),
     };
     let handle = migration::incoming::start(job, &state).map_err(|r| r.error.report())?;
     // RAM was verified against the source's digest before this returns Ok.
@@ -173,6 +174,7 @@ fn source() -> Result<(), Box<dyn std::error::Error>> {
         global_state: global,
         block: None,
         on_finished: None,
+        tls: Default::default(),
     };
     let handle =
         migration::outgoing::start(job, &state, &transport::NoFds).map_err(|r| r.error.report())?;

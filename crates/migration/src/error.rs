@@ -217,10 +217,16 @@ pub enum MigrationError {
     /// Stopping or resuming the VM failed.
     #[error("VM control failed")]
     Vm(#[from] crate::vm::VmError),
-    /// `tls-creds` names credentials this VM does not have (QEMU's text). livemig has no TLS
-    /// credential objects yet, so a set `tls-creds` always fails: never plain text instead.
+    /// `tls-creds` names credentials this VM does not have (QEMU's text): the migration
+    /// fails, never plain text instead.
     #[error("No TLS credentials with id '{0}'")]
     TlsCredsNotFound(String),
+    /// `tls-authz` names no `authz-simple` object of this VM.
+    #[error("No authorization object with id '{0}'")]
+    TlsAuthzNotFound(String),
+    /// The TLS credentials cannot be used for this migration (wrong endpoint, no hostname).
+    #[error("TLS setup failed")]
+    Tls(#[source] transport::tls::TlsError),
     /// Memory sized by a parameter or a peer could not be allocated; nothing was aborted.
     #[error("cannot allocate {bytes} bytes for {what}")]
     OutOfMemory {

@@ -12,6 +12,7 @@
 //! | [`incoming`] | the destination: [`incoming::start`] → accept → load → start the guest |
 //! | [`convergence`] | rate limiting and the switchover decision (pure functions) |
 //! | [`global_state`], [`verify`] | the `globalstate` and `ram-verify` device sections |
+//! | [`tls`] | the VM's TLS objects that `tls-creds` / `tls-authz` name |
 //! | [`vm`] | what the engine needs from the VMM |
 
 #![forbid(unsafe_code)]
@@ -40,6 +41,7 @@ pub mod session;
 pub mod settings;
 pub mod state;
 pub mod status;
+pub mod tls;
 pub mod uuid;
 pub mod verify;
 pub mod vm;
@@ -62,4 +64,5 @@ pub use session::{IncomingSession, OutgoingSession};
 pub use settings::Settings;
 pub use state::MigrationState;
 pub use status::{MigrationStatus, RunState};
+pub use tls::TlsObjects;
 pub use vm::{VmControl, VmError};

@@ -298,6 +298,7 @@ fn tls_creds_never_fall_back_to_plain_text() {
         global_state: GlobalState::new(),
         autostart: true,
         on_finished: None,
+        tls: Default::default(),
     };
     let rejected = migration::incoming::start(job, &dst.state).unwrap_err();
     assert_eq!(

@@ -68,6 +68,17 @@ pub trait MonitorBackend: Send + Sync + 'static {
     fn fdsets(&self) -> &crate::fdsets::FdSets;
     /// The bus whose events QMP clients receive.
     fn events(&self) -> &EventBus;
+    /// `object-add`: creates a TLS object. Backends without objects refuse it by name.
+    fn object_add(&self, object: transport::tls::TlsObject) -> Result<(), CommandError> {
+        Err(CommandError::generic(format!(
+            "object-add is not supported by this VMM (object '{}')",
+            object.id()
+        )))
+    }
+    /// `object-del`: deletes a TLS object.
+    fn object_del(&self, id: &str) -> Result<(), CommandError> {
+        Err(CommandError::generic(format!("object '{id}' not found")))
+    }
 }
 
 /// Options of `migrate`.

@@ -9,6 +9,7 @@
 //! | [`fake_vm`] | [`FakeVm`], a [`migration::VmControl`] without a guest |
 //! | [`pair`] | [`Side`]: one end of an in-process migration driven through the engine's public API |
 //! | [`relay`] | [`FaultRelay`]: a TCP relay that stops a migration stream at a byte count or a pattern, for kills, cancels and cuts in one chosen phase |
+//! | [`tls`] | a throw-away CA and QEMU-style credential directories (`ca-cert.pem`, `server-cert.pem`, …) |
 //! | [`conformance`] | the checks every [`migration::DeviceState`] must pass, stamped onto a type by [`device_state_conformance!`] |
 //!
 //! The three test tiers (STYLE practice 16) meet here: unit tests need nothing, tests that
@@ -30,6 +31,7 @@ pub mod net;
 pub mod pair;
 pub mod relay;
 pub mod skip;
+pub mod tls;
 pub mod wait;
 
 pub use fake_vm::FakeVm;

@@ -16,7 +16,7 @@ use migration::ram::RamHandler;
 use migration::verify::{self, RamVerify};
 use migration::{
     Capability, EventBus, GlobalState, MigrationError, MigrationHandle, MigrationState,
-    MigrationStatus, ParameterUpdate, Registry, VmControl,
+    MigrationStatus, ParameterUpdate, Registry, TlsObjects, VmControl,
 };
 use transport::{MigrationUri, NoFds};
 
@@ -41,6 +41,7 @@ pub struct Side<V: VmControl + 'static> {
     /// The `globalstate` cell.
     pub global: GlobalState,
     home: Mutex<Home>,
+    tls: Mutex<TlsObjects>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,7 +56,13 @@ impl<V: VmControl + 'static> Side<V> {
             vm,
             global,
             home: Mutex::new(Home::Idle(registry)),
+            tls: Mutex::new(TlsObjects::default()),
         }
+    }
+
+    /// The TLS objects (`tls-creds-x509`, `authz-simple`) this side's migrations get.
+    pub fn set_tls(&self, tls: TlsObjects) {
+        *lock(&self.tls) = tls;
     }
 
     /// Switches capabilities on.
@@ -101,6 +108,7 @@ impl<V: VmControl + 'static> Side<V> {
             global_state: self.global.clone(),
             block,
             on_finished: None,
+            tls: lock(&self.tls).clone(),
         };
         self.started(migration::outgoing::start(job, &self.state, &NoFds))
     }
@@ -120,6 +128,7 @@ impl<V: VmControl + 'static> Side<V> {
             global_state: self.global.clone(),
             autostart,
             on_finished: None,
+            tls: lock(&self.tls).clone(),
         };
         self.started(migration::incoming::start(job, &self.state))
             .expect("incoming migration starts");

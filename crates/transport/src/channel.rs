@@ -13,6 +13,7 @@
 //! | `exec:` outgoing | unsupported | child stdin | close stdin, wait, non-zero exit is an error |
 //! | `exec:` incoming | child stdout | unsupported | wait, non-zero exit is an error |
 //! | `file:` outgoing / incoming | unsupported / file | file / unsupported | – (no fsync) |
+//! | socket upgraded by [`crate::tls`] | the TLS session | the TLS session | `close_notify`, then `shutdown(SHUT_WR)` |
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -21,7 +22,65 @@ use std::sync::{Arc, Mutex};
 use crate::endpoint::Endpoint;
 use crate::exec::ChildSlot;
 use crate::shutdown::{Cancel, ShutdownHandle};
+use crate::tls::TlsSession;
 use crate::TransportError;
+
+/// What one half of a channel reads or writes: a descriptor, or a TLS session over a socket
+/// (shared by both halves).
+#[derive(Clone)]
+pub(crate) enum Half {
+    Plain(Arc<Endpoint>),
+    Tls(Arc<TlsSession>),
+}
+
+impl Half {
+    /// The plain endpoint (not under TLS): descriptor passing and zero-copy need the socket.
+    fn plain(&self) -> Option<&Arc<Endpoint>> {
+        match self {
+            Half::Plain(ep) => Some(ep),
+            Half::Tls(_) => None,
+        }
+    }
+
+    fn is_socket(&self) -> bool {
+        match self {
+            Half::Plain(ep) => ep.is_socket(),
+            Half::Tls(_) => true,
+        }
+    }
+
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Half::Plain(ep) => ep.read(buf),
+            Half::Tls(s) => s.read(buf),
+        }
+    }
+
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Half::Plain(ep) => ep.write(buf),
+            Half::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Half::Plain(ep) => ep.write_vectored(bufs),
+            Half::Tls(s) => s.write_vectored(bufs),
+        }
+    }
+
+    /// Ends the outgoing direction: `close_notify` first on TLS, then `shutdown(SHUT_WR)`.
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Half::Plain(ep) => ep.shutdown_socket(std::net::Shutdown::Write),
+            Half::Tls(s) => {
+                s.close_notify()?;
+                s.endpoint().shutdown_socket(std::net::Shutdown::Write)
+            }
+        }
+    }
+}
 
 /// State shared by both halves of a channel.
 struct Shared {
@@ -64,13 +123,13 @@ pub struct Channel {
 
 /// The reading half of a [`Channel`].
 pub struct ChannelReader {
-    half: Option<Arc<Endpoint>>,
+    half: Option<Half>,
     shared: Arc<Shared>,
 }
 
 /// The writing half of a [`Channel`].
 pub struct ChannelWriter {
-    half: Option<Arc<Endpoint>>,
+    half: Option<Half>,
     shared: Arc<Shared>,
 }
 
@@ -95,14 +154,52 @@ impl Channel {
         });
         Channel {
             reader: ChannelReader {
-                half: reader,
+                half: reader.map(Half::Plain),
                 shared: shared.clone(),
             },
             writer: ChannelWriter {
-                half: writer,
+                half: writer.map(Half::Plain),
                 shared,
             },
         }
+    }
+
+    /// Replaces the socket under both halves with what `wrap` makes of it (a TLS session).
+    /// Only for socket channels whose halves share one descriptor.
+    pub(crate) fn upgrade(
+        self,
+        wrap: impl FnOnce(Arc<Endpoint>) -> Result<Half, TransportError>,
+    ) -> Result<Channel, TransportError> {
+        let Channel { reader, writer } = self;
+        let ep = match (&reader.half, &writer.half) {
+            (Some(Half::Plain(r)), Some(Half::Plain(w))) if Arc::ptr_eq(r, w) && r.is_socket() => {
+                r.clone()
+            }
+            _ => {
+                return Err(TransportError::Tls {
+                    uri: writer.shared.description.clone(),
+                    source: crate::tls::TlsError::NotASocket,
+                })
+            }
+        };
+        let shared = writer.shared.clone();
+        drop((reader, writer));
+        let half = wrap(ep)?;
+        Ok(Channel {
+            reader: ChannelReader {
+                half: Some(half.clone()),
+                shared: shared.clone(),
+            },
+            writer: ChannelWriter {
+                half: Some(half),
+                shared,
+            },
+        })
+    }
+
+    /// Whether the channel runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.writer.half, Some(Half::Tls(_)))
     }
 
     /// The URI this channel was opened for (for an accepted socket: the listener's
@@ -156,7 +253,7 @@ impl ChannelReader {
     /// `fds`. On anything but a unix-domain socket it is a plain read. Blocking; a shutdown of
     /// the channel ends it.
     pub fn read_with_fds(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-        match &self.half {
+        match self.half.as_ref().and_then(Half::plain) {
             Some(ep) if ep.is_unix_socket() => ep.recv_with_fds(buf, fds),
             _ => self.read(buf),
         }
@@ -186,6 +283,7 @@ impl ChannelWriter {
     pub fn fd_slot(&self) -> Option<FdSlot> {
         self.half
             .as_ref()
+            .and_then(Half::plain)
             .filter(|ep| ep.is_unix_socket())
             .map(|_| FdSlot(self.shared.pending_fds.clone()))
     }
@@ -208,7 +306,7 @@ impl ChannelWriter {
 
     /// The descriptor's endpoint (none for the unused half of `exec:` and `file:`).
     pub(crate) fn endpoint(&self) -> Option<&Arc<Endpoint>> {
-        self.half.as_ref()
+        self.half.as_ref().and_then(Half::plain)
     }
 
     /// Ends the outgoing stream; see [`Channel::finish`]. A reader half split off earlier
@@ -224,8 +322,8 @@ impl ChannelWriter {
             self.flush()
                 .map_err(|source| TransportError::Finish { uri: uri(), source })?;
         }
-        if let Some(ep) = &self.half {
-            ep.shutdown_socket(std::net::Shutdown::Write)
+        if let Some(half) = &self.half {
+            half.shutdown_write()
                 .map_err(|source| TransportError::Finish { uri: uri(), source })?;
         }
         let ChannelWriter { half, shared } = self;
@@ -280,6 +378,9 @@ impl Write for ChannelWriter {
                 if fds.is_empty() {
                     return ep.write(buf);
                 }
+                let Some(ep) = ep.plain() else {
+                    return Err(unsupported(&self.shared, "given descriptors under TLS"));
+                };
                 let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
                 ep.send_with_fds(buf, &borrowed)?;
                 // Our copies close here; the peer holds its own once sendmsg returned.

@@ -117,6 +117,19 @@ impl Endpoint {
         }
     }
 
+    /// One read that never blocks: `Ok(None)` when nothing is available (sockets only; other
+    /// descriptors report `None`).
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        if self.kind != FdKind::Socket {
+            return Ok(None);
+        }
+        match socket::recv_nonblocking(self.file.as_fd(), buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes like `write(2)`; may write fewer bytes than given.
     pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
         loop {

@@ -122,6 +122,16 @@ pub enum TransportError {
         /// The URI.
         uri: String,
     },
+    /// The TLS session could not be set up (handshake, certificate check, authorization),
+    /// or the channel is not a socket TLS can run over.
+    #[error("TLS session on {uri} failed")]
+    Tls {
+        /// The URI.
+        uri: String,
+        /// What went wrong.
+        #[source]
+        source: crate::tls::TlsError,
+    },
     /// A second channel was requested from a listener that carries a single stream
     /// (`exec:`, `fd:`, `file:`; QEMU: "multifd is not supported by current protocol").
     #[error("{uri} carries a single stream and cannot accept another channel")]
@@ -147,6 +157,7 @@ impl TransportError {
             | TransportError::CommandFailed { uri, .. }
             | TransportError::Open { uri, .. }
             | TransportError::Finish { uri, .. }
+            | TransportError::Tls { uri, .. }
             | TransportError::Cancelled { uri }
             | TransportError::SingleChannel { uri } => uri,
         }

@@ -46,6 +46,7 @@ pub mod shutdown;
 pub mod sys;
 #[doc(hidden)]
 pub mod test_support;
+pub mod tls;
 mod unix_bind;
 pub mod uri;
 pub mod zero_copy;

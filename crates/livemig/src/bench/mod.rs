@@ -9,6 +9,7 @@
 //! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `kvm`);
 //! * (e) text-like RAM over a shaped 1 Gbit/s link, multifd-compression none / zlib / zstd,
 //!   livemig beside QEMU 7.2 (see `compress`; not in the default set, it takes minutes).
+//! * (t) what TLS costs: plain vs TLS, single channel and multifd, alternating rounds (see `tls`).
 //!
 //! Source and destination are two VMs in this process connected by a real loopback TCP socket;
 //! each side has its own threads, as in a two-process migration.
@@ -32,6 +33,7 @@ mod kvm;
 mod link;
 mod pair;
 mod qemu;
+mod tls;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -42,7 +44,7 @@ pub struct BenchArgs {
     /// Divide every RAM size by this factor (for quick runs on small machines).
     #[arg(long, default_value_t = 1)]
     pub scale: u64,
-    /// Only run the named cases (a, b, c, d, e); a to d when absent.
+    /// Only run the named cases (a, b, c, d, e, t); a to d when absent.
     #[arg(long)]
     pub only: Vec<String>,
     /// Rounds of case (a); the median ratio is reported (the host's noise varies a lot).
@@ -251,6 +253,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.only.iter().any(|o| o == "e") {
         compress::case_e(scale, args.rounds.max(1), args.link_mbit.max(1))?;
+    }
+    if args.only.iter().any(|o| o == "t") {
+        tls::case_t(scale, args.repeat.max(7))?;
     }
     Ok(ExitCode::SUCCESS)
 }

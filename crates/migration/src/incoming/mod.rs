@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! migrate-incoming ─▶ start() ─ [setup] thread: accept main (+ multifd channels, QEMU's order)
+//!                 (with tls-creds: a TLS handshake on each, tls-authz checked)
 //!   ─▶ [active] load_stream (load.rs) ─ return path: PONGs, then SHUT 0|1
 //!   ─▶ disks activated (with late-block-activate: only if the guest starts now, else at cont)
 //!   ─▶ [completed] guest started if the source was running and no -S (or a cont came while
@@ -35,6 +36,7 @@ use crate::runtime::Runtime;
 use crate::session::IncomingSession;
 use crate::state::MigrationState;
 use crate::status::{MigrationStatus, RunState};
+use crate::tls::TlsObjects;
 use crate::vm::VmControl;
 
 pub use accept::SOURCE_HELLO_TIMEOUT;
@@ -57,6 +59,9 @@ pub struct Incoming {
     pub autostart: bool,
     /// Run on the migration thread after the final status.
     pub on_finished: Option<OnFinished>,
+    /// The VM's TLS objects, for `tls-creds` / `tls-authz` (every channel over TLS when
+    /// `tls-creds` is set).
+    pub tls: TlsObjects,
 }
 
 /// Starts listening for an incoming migration: the `setup` event (always, even if the start is
@@ -73,11 +78,12 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
         global_state,
         autostart,
         on_finished,
+        tls,
     } = job;
     state.announce_incoming();
     let runtime = Arc::new(Runtime::new(state.settings()));
-    if runtime.settings().params.uses_tls() {
-        let error = MigrationError::TlsCredsNotFound(runtime.settings().params.tls_creds.clone());
+    // Unknown credentials are reported now; they are resolved again when the source connects.
+    if let Err(error) = tls.server(&runtime.settings().params) {
         return Err(Box::new(Rejected { registry, error }));
     }
     let addr = listener.socket_address().map(|a| vec![a.to_qmp()]);
@@ -105,6 +111,7 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
                 global_state,
                 autostart,
                 state,
+                tls,
             };
             let result = job.accept_and_load(&listener, &mut registry);
             for e in registry.entries_mut() {
@@ -149,6 +156,7 @@ struct Job {
     global_state: GlobalState,
     autostart: bool,
     state: Arc<MigrationState>,
+    tls: TlsObjects,
 }
 
 impl Job {
@@ -158,16 +166,24 @@ impl Job {
         registry: &mut Registry,
     ) -> Result<(), MigrationError> {
         let cancel = self.runtime.cancel_token();
-        let main = accept::accept_source(listener, cancel, SOURCE_HELLO_TIMEOUT)?;
+        let tls = self.tls.server(&self.state.settings().params)?;
+        let main = accept::accept_source(listener, cancel, SOURCE_HELLO_TIMEOUT, tls.as_ref())?;
         // The settings in force when the source connects (a deferred destination may be
-        // configured after migrate-incoming).
+        // configured after migrate-incoming); TLS stays as the main channel was accepted.
         let settings = self.state.settings();
+        if settings.params.uses_tls() != tls.is_some() {
+            return Err(MigrationError::TlsCredsNotFound(settings.params.tls_creds));
+        }
         let mut multifd = Vec::new();
         if settings.has(Capability::Multifd) {
             // QEMU 7.2: the first connection is the main stream, then one per multifd channel.
             for _ in 0..settings.params.multifd_channels {
                 let c = listener.accept_next()?;
                 cancel.register(c.shutdown_handle());
+                let c = match &tls {
+                    Some(tls) => transport::tls::server(c, tls)?,
+                    None => c,
+                };
                 multifd.push(c.into_split().0);
             }
             multifd = crate::ram::multifd::accept_channels(multifd)?;

@@ -1,7 +1,8 @@
 //! The source side: the migration thread.
 //!
 //! ```text
-//! migrate ─▶ start() ─ [setup] thread: connect (main, multifd) ─ header ─ configuration
+//! migrate ─▶ start() ─ [setup] thread: connect (main, multifd; each a TLS handshake with
+//!                       tls-creds) ─ header ─ configuration
 //!                       ─ START sections (RAM: block list)                      setup.rs
 //!        ─▶ [active] loop { pending = Σ handler.pending(threshold)
 //!                           decide(pending, threshold) ─Iterate─▶ PART sections
@@ -41,6 +42,7 @@ use crate::runtime::Runtime;
 use crate::session::OutgoingSession;
 use crate::state::MigrationState;
 use crate::status::{MigrationStatus, RunState};
+use crate::tls::TlsObjects;
 use crate::vm::VmControl;
 
 /// Everything one outgoing migration needs, handed over by value.
@@ -59,6 +61,8 @@ pub struct Outgoing {
     pub block: Option<BlockMigrationOptions>,
     /// Run on the migration thread after the final status.
     pub on_finished: Option<OnFinished>,
+    /// The VM's TLS objects, for `tls-creds` (every channel over TLS when it is set).
+    pub tls: TlsObjects,
 }
 
 /// What the migration thread works with besides the registry.
@@ -70,6 +74,7 @@ struct Job {
     state: Arc<MigrationState>,
     runtime: Arc<Runtime>,
     block: bool,
+    tls: TlsObjects,
 }
 
 /// Starts an outgoing migration: moves to `setup` and spawns the migration thread. `fds`
@@ -89,6 +94,7 @@ pub fn start(
         global_state,
         block,
         on_finished,
+        tls,
     } = job;
     let reject = |registry, error| Err(Box::new(Rejected { registry, error }));
     let settings = match block {
@@ -114,6 +120,7 @@ pub fn start(
         state: state.clone(),
         runtime: runtime.clone(),
         block: block.is_some(),
+        tls,
     };
     let abandon = |e: &MigrationError| {
         if block.is_some() {
@@ -201,23 +208,23 @@ fn run(
 ) -> Result<(), MigrationError> {
     let settings = job.runtime.settings();
     let cancel = job.runtime.cancel_token();
-    if settings.params.uses_tls() {
-        return Err(MigrationError::TlsCredsNotFound(
-            settings.params.tls_creds.clone(),
-        ));
-    }
+    let tls = job.tls.client(&settings.params, &job.uri)?;
     let channel = match pre {
         Some(c) => c,
         None => transport::connect(&job.uri, &transport::NoFds)?,
     };
     cancel.register(channel.shutdown_handle());
     cancel.check()?;
+    let channel = match &tls {
+        Some(tls) => transport::tls::client(channel, tls)?,
+        None => channel,
+    };
     let use_rp = settings.has(Capability::ReturnPath) && channel.is_bidirectional();
     if settings.has(Capability::ReturnPath) && !use_rp {
         tracing::info!("{} has no reverse direction: no return path", job.uri);
     }
     let multifd = if settings.has(Capability::Multifd) {
-        setup::connect_multifd(&job.uri, settings, cancel)?
+        setup::connect_multifd(&job.uri, settings, cancel, tls.as_ref())?
     } else {
         Vec::new()
     };

@@ -3,6 +3,7 @@
 
 use savevm::qemu_file::QemuFileWriter;
 use savevm::record::{self, Configuration, SectionHeader};
+use transport::tls::ClientTls;
 use transport::{ChannelWriter, MigrationUri};
 
 use crate::cancel::CancelToken;
@@ -13,22 +14,30 @@ use crate::session::OutgoingSession;
 use crate::settings::Settings;
 
 /// Connects the `multifd-channels` extra connections (after the main one, which a QEMU 7.2
-/// destination takes as the main stream); each is interrupted by a cancel.
+/// destination takes as the main stream); each is interrupted by a cancel. With `tls`, each
+/// runs its own handshake, as in QEMU.
 pub(super) fn connect_multifd(
     uri: &MigrationUri,
     settings: &Settings,
     cancel: &CancelToken,
+    tls: Option<&ClientTls>,
 ) -> Result<Vec<ChannelWriter>, MigrationError> {
     if !uri.supports_multiple_channels() {
         return Err(MigrationError::MultifdTransport);
     }
     let n = settings.params.multifd_channels;
     let mut writers = Vec::new();
-    for _ in 0..n {
+    for id in 0..usize::from(n) {
         let c = transport::connect(uri, &transport::NoFds)?;
         cancel.register(c.shutdown_handle());
         cancel.check()?;
-        writers.push(c.into_split().1);
+        let c = match tls {
+            Some(tls) => transport::tls::client(c, tls)?,
+            None => c,
+        };
+        let mut w = c.into_split().1;
+        crate::ram::multifd::send_hello(&mut w, id)?;
+        writers.push(w);
     }
     Ok(writers)
 }

@@ -99,8 +99,19 @@ pub struct MultifdSender {
     pub zero_copy_missed: u64,
 }
 
-/// Writes the hello on each channel (`id` = position) and starts the sender; each channel
-/// compresses its packets with `compression`, or sends its pages zero-copy with `zero_copy`.
+/// Writes the hello a channel starts with (`id` = its position), as soon as it is connected:
+/// a QEMU 7.2 destination reads it on its main loop before it answers the next channel's TLS
+/// handshake.
+pub fn send_hello(w: &mut ChannelWriter, id: usize) -> Result<(), MigrationError> {
+    let id = u8::try_from(id).map_err(|_| MigrationError::MultifdChannelRange(id))?;
+    let hello = MultifdInit { uuid: [0; 16], id }.encode();
+    w.write_all(&hello).map_err(savevm::Error::from)?;
+    Ok(())
+}
+
+/// Starts the sender on channels that sent their hello ([`send_hello`], `id` = position);
+/// each channel compresses its packets with `compression`, or sends its pages zero-copy with
+/// `zero_copy`.
 pub fn start_sender(
     writers: Vec<ChannelWriter>,
     compression: Compression,
@@ -108,13 +119,7 @@ pub fn start_sender(
 ) -> Result<MultifdSender, MigrationError> {
     let (done_tx, done) = channel();
     let mut channels = Vec::new();
-    for (id, mut w) in writers.into_iter().enumerate() {
-        let hello = MultifdInit {
-            uuid: [0; 16],
-            id: id as u8,
-        }
-        .encode();
-        w.write_all(&hello).map_err(savevm::Error::from)?;
+    for (id, w) in writers.into_iter().enumerate() {
         let (jobs, rx) = sync_channel::<Job>(1);
         let done_tx = done_tx.clone();
         let w = if zero_copy {
@@ -122,7 +127,7 @@ pub fn start_sender(
         } else {
             Output::Plain(w)
         };
-        let mut out = ChannelOut {
+        let out = ChannelOut {
             w,
             compressor: Compressor::new(compression).map_err(savevm::Error::from)?,
             buf: Vec::new(),
@@ -130,7 +135,7 @@ pub fn start_sender(
         };
         let thread = std::thread::Builder::new()
             .name(format!("multifdsend_{id}"))
-            .spawn(move || send_loop(id, &mut out, rx, done_tx))
+            .spawn(move || send_loop(id, out, rx, done_tx))
             .map_err(MigrationError::Spawn)?;
         channels.push(SendChannel {
             jobs,
@@ -168,12 +173,18 @@ struct ChannelOut {
     in_flight: Vec<Arc<BlockMemory>>,
 }
 
-fn send_loop(id: usize, out: &mut ChannelOut, jobs: Receiver<Job>, done: Sender<Done>) {
+fn send_loop(id: usize, mut out: ChannelOut, jobs: Receiver<Job>, done: Sender<Done>) {
     for job in jobs {
-        let result = write_job(out, job);
+        let result = write_job(&mut out, job);
         let failed = result.is_err();
         if done.send((id, result)).is_err() || failed {
             return;
+        }
+    }
+    // The sender is done: end the stream cleanly (TLS: close_notify).
+    if let Output::Plain(w) = out.w {
+        if let Err(e) = w.finish() {
+            tracing::debug!("multifd channel {id}: {}", crate::error_report(&e));
         }
     }
 }

@@ -22,6 +22,8 @@ pub mod introspect;
 pub mod migrate;
 pub mod migrate_cancel;
 pub mod migrate_continue;
+pub mod object_add;
+pub mod object_del;
 pub mod parameters;
 pub mod postcopy;
 pub mod query_migrate;
@@ -99,6 +101,10 @@ pub enum Command {
     Yank(yank::Yank),
     /// `query-yank`.
     QueryYank,
+    /// `object-add`.
+    ObjectAdd(object_add::ObjectAdd),
+    /// `object-del`.
+    ObjectDel(object_del::ObjectDel),
 }
 
 type Parser = fn(&mut Args) -> Result<Command, CommandError>;
@@ -157,6 +163,12 @@ pub const COMMANDS: &[(&str, Parser)] = &[
     ("query-dirty-rate", |_| Ok(Command::QueryDirtyRate)),
     ("yank", |a| yank::Yank::parse(a).map(Command::Yank)),
     ("query-yank", |_| Ok(Command::QueryYank)),
+    ("object-add", |a| {
+        object_add::ObjectAdd::parse(a).map(Command::ObjectAdd)
+    }),
+    ("object-del", |a| {
+        object_del::ObjectDel::parse(a).map(Command::ObjectDel)
+    }),
 ];
 
 impl Command {
@@ -214,6 +226,8 @@ impl Command {
             Command::QueryDirtyRate => Ok(dirty_rate::query(s)),
             Command::Yank(c) => c.run(s).map(|()| empty()),
             Command::QueryYank => Ok(yank::query(s)),
+            Command::ObjectAdd(c) => c.run(s).map(|()| empty()),
+            Command::ObjectDel(c) => c.run(s).map(|()| empty()),
         }
     }
 }

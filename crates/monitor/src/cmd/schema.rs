@@ -119,6 +119,19 @@ pub fn command_args(name: &str) -> Option<Vec<Member>> {
             ]
         }
         "remove-fd" => vec![req("fdset-id", INT), opt("fd", INT)],
+        // QEMU's ObjectOptions union flattened to the members livemig's two types take.
+        "object-add" => vec![
+            req(
+                "qom-type",
+                Ty::Enum(vec!["tls-creds-x509".into(), "authz-simple".into()]),
+            ),
+            req("id", STR),
+            opt("dir", STR),
+            opt("endpoint", Ty::Enum(vec!["client".into(), "server".into()])),
+            opt("verify-peer", BOOL),
+            opt("identity", STR),
+        ],
+        "object-del" => vec![req("id", STR)],
         "yank" => {
             // QEMU's union flattened: `type` plus the members of its variants.
             let ty = Ty::Enum(vec![

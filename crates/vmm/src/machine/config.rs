@@ -152,6 +152,9 @@ pub enum MachineError {
     /// A migration is running.
     #[error("There's a migration process in progress")]
     InProgress,
+    /// `object-add` / `object-del` / `--object` failed (QEMU's texts where it has them).
+    #[error(transparent)]
+    Object(transport::tls::TlsError),
     /// The source already migrated successfully.
     #[error("Can't migrate the vm that was paused due to previous migration")]
     Postmigrate,

@@ -24,10 +24,12 @@ use migration::block::BlockMigrationOptions;
 use migration::dirty_rate::{DirtyRateError, DirtyRateMode, DirtyRateRequest, DirtyRateState};
 use migration::incoming::Incoming;
 use migration::outgoing::Outgoing;
+use migration::TlsObjects;
 use migration::{
     Capability, CapabilityError, Event, EventBus, GlobalState, MigrationError, MigrationHandle,
     MigrationState, ParamError, ParameterUpdate, Registry, Rejected, RunState, VmControl,
 };
+use transport::tls::TlsObject;
 use transport::{FdSource, MigrationUri};
 
 pub use config::{Accel, DiskWorkload, MachineConfig, MachineError, MachineType, SerialTarget};
@@ -77,6 +79,8 @@ pub struct Machine {
     incoming_uri: Mutex<Option<String>>,
     waiters: Arc<Waiters>,
     dirty_rate: dirty_rate::SharedDirtyRate,
+    /// `tls-creds-x509` / `authz-simple` objects; each migration gets a copy.
+    tls: Mutex<TlsObjects>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -101,6 +105,7 @@ impl Machine {
             incoming_uri: Mutex::new(None),
             waiters: Arc::default(),
             dirty_rate: Arc::default(),
+            tls: Mutex::new(TlsObjects::default()),
         });
         m.state.set_uuid(m.cfg.uuid);
         if !m.cfg.incoming && !m.cfg.start_paused {
@@ -267,6 +272,7 @@ impl Machine {
             global_state: self.global.clone(),
             block,
             on_finished: None,
+            tls: lock(&self.tls).clone(),
         };
         match migration::outgoing::start(job, &self.state, fds) {
             Ok(h) => {
@@ -288,6 +294,17 @@ impl Machine {
     pub fn set_parameters(&self, update: &ParameterUpdate) -> Result<(), ParamError> {
         self.state
             .set_parameters(update, Some(self.ram.total_size()))
+    }
+
+    /// `object-add` / `--object`: a TLS credentials or authorization object (files are read
+    /// now). Migrations already running keep the objects they started with.
+    pub fn object_add(&self, object: TlsObject) -> Result<(), MachineError> {
+        lock(&self.tls).add(object).map_err(MachineError::Object)
+    }
+
+    /// `object-del`.
+    pub fn object_del(&self, id: &str) -> Result<(), MachineError> {
+        lock(&self.tls).remove(id).map_err(MachineError::Object)
     }
 
     /// `migrate_cancel`: always succeeds.
@@ -327,6 +344,7 @@ impl Machine {
             global_state: self.global.clone(),
             autostart: !self.cfg.start_paused,
             on_finished: Some(Box::new(move || waiters.set(false, true))),
+            tls: lock(&self.tls).clone(),
         };
         match migration::incoming::start(job, &self.state) {
             Ok(h) => {
