@@ -66,18 +66,27 @@ fn fill(ram: &GuestRam, bytes: u64, seed: u64) {
 }
 
 /// Writes pages of the first `ws` bytes while the VM runs.
+/// A simulated vCPU rewriting `ws` bytes of RAM while `vm` runs. Each store happens under a
+/// gate that `vm_stop` takes after clearing the running flag, so no store is still in flight
+/// once the VM reports stopped (as a real VMM's vCPU pause guarantees).
 fn writer(
     ram: Arc<GuestRam>,
-    running: Arc<AtomicBool>,
+    vm: &FakeVm,
     stop: Arc<AtomicBool>,
     ws: u64,
 ) -> thread::JoinHandle<u64> {
+    let running = vm.running_flag();
+    let gate = Arc::new(std::sync::Mutex::new(()));
+    let g = gate.clone();
+    vm.on_stop(move || drop(g.lock()));
     thread::spawn(move || {
         let b = ram.blocks()[0].clone();
         let mut n = 0u64;
         let mut buf = [0u8; 4096];
         while !stop.load(Ordering::SeqCst) {
+            let held = gate.lock().unwrap_or_else(|p| p.into_inner());
             if !running.load(Ordering::SeqCst) {
+                drop(held);
                 thread::sleep(Duration::from_millis(1));
                 continue;
             }
@@ -86,6 +95,7 @@ fn writer(
             // A guest store (not write_page, which the VMM tracker marks): the kernel's dirty
             // log has to see it.
             b.guest_write(p * 4096, &buf).unwrap();
+            drop(held);
             n += 1;
             if n % 64 == 0 {
                 thread::sleep(Duration::from_micros(200));
@@ -106,12 +116,7 @@ fn live_migration_over_tcp_with_running_writer_and_verify() {
     fill(&src.ram, 32 * MIB, 1);
     enable_verify(&src);
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(
-        src.ram.clone(),
-        src.vm.running_flag(),
-        stop.clone(),
-        8 * MIB,
-    );
+    let w = writer(src.ram.clone(), &src.vm, stop.clone(), 8 * MIB);
     let uri = dst.listen("tcp:127.0.0.1:0");
     src.migrate(&uri).unwrap();
     assert_eq!(

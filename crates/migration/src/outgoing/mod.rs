@@ -143,7 +143,15 @@ pub fn start(
     };
     let spawned = handle::spawn("live_migration", runtime, registry, move |mut registry| {
         let mut stopped = None;
-        let result = run(&job, &mut registry, pre, &mut stopped);
+        let result = run(&job, &mut registry, pre, &mut stopped).map_err(|e| {
+            // A cancel shuts the channels down, so the thread usually fails with the broken
+            // pipe it caused; the caller wants to know it was cancelled.
+            if job.runtime.cancel_token().is_cancelled() {
+                MigrationError::Cancelled
+            } else {
+                e
+            }
+        });
         for e in registry.entries_mut() {
             if let EntryKind::Live(h) = &mut e.kind {
                 h.save_cleanup();
