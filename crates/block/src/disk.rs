@@ -152,13 +152,7 @@ impl Disk {
             format: spec.format.as_str(),
             source,
         })?;
-        let journal_err = |source| BlockError::Journal {
-            path: journal.clone(),
-            source,
-        };
-        if undo::replay(&spec.path, &journal).map_err(journal_err)? {
-            tracing::warn!(drive = %spec.id, "replayed the undo journal of an interrupted incoming migration");
-        }
+        replay_left_journal(spec, &journal)?;
         Self::open_with(spec, vec![lock], false, journal)
     }
 
@@ -429,24 +423,6 @@ impl Disk {
         undo::replay(&self.spec.path, &self.journal).map_err(self.journal_err())?;
         active.incoming = false;
         // Reopen with the locks we hold, so nobody can slip in between.
-        // With the write lock held no live process owns a journal next to the image: one left
-        // by a killed incoming migration is replayed, as `open` does.
-        match undo::replay(&self.spec.path, &self.journal) {
-            Ok(true) => tracing::warn!(
-                drive = %self.spec.id,
-                "replayed the undo journal of an interrupted incoming migration"
-            ),
-            Ok(false) => {}
-            Err(source) => {
-                for lock in &mut active.locks {
-                    let _ = lock.set(Perms::INACTIVE);
-                }
-                return Err(BlockError::Journal {
-                    path: self.journal.clone(),
-                    source,
-                });
-            }
-        }
         let held = std::mem::take(&mut active.locks);
         let (access, locks) = open_access(&self.spec.path, self.spec.format, held, false)?;
         active.access = access;
@@ -496,21 +472,11 @@ impl Disk {
         }
         // With the write lock held no live process owns a journal next to the image: one left
         // by a killed incoming migration is replayed, as `open` does.
-        match undo::replay(&self.spec.path, &self.journal) {
-            Ok(true) => tracing::warn!(
-                drive = %self.spec.id,
-                "replayed the undo journal of an interrupted incoming migration"
-            ),
-            Ok(false) => {}
-            Err(source) => {
-                for lock in &mut active.locks {
-                    let _ = lock.set(Perms::INACTIVE);
-                }
-                return Err(BlockError::Journal {
-                    path: self.journal.clone(),
-                    source,
-                });
+        if let Err(e) = replay_left_journal(&self.spec, &self.journal) {
+            for lock in &mut active.locks {
+                let _ = lock.set(Perms::INACTIVE);
             }
+            return Err(e);
         }
         let held = std::mem::take(&mut active.locks);
         let (access, locks) = open_access(&self.spec.path, self.spec.format, held, false)?;
@@ -537,4 +503,17 @@ impl Drop for Disk {
             }
         }
     }
+}
+
+/// Replays the undo journal a killed incoming migration left next to `spec`'s image, if any.
+/// The caller holds the image's write lock, so no live process owns that journal.
+fn replay_left_journal(spec: &DriveSpec, journal: &Path) -> Result<(), BlockError> {
+    let replayed = undo::replay(&spec.path, journal).map_err(|source| BlockError::Journal {
+        path: journal.to_path_buf(),
+        source,
+    })?;
+    if replayed {
+        tracing::warn!(drive = %spec.id, "replayed the undo journal of an interrupted incoming migration");
+    }
+    Ok(())
 }

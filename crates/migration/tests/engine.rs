@@ -6,42 +6,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use guest_ram::{Backing, GuestRam, RamBlock};
+use guest_ram::GuestRam;
 use migration::incoming;
 use migration::{
     Capability, GlobalState, IncomingSession, MigrationError, MigrationStatus, Registry, RunState,
     VmControl,
 };
-use testkit::{ram_registry, FakeVm, Side};
+use testkit::{ram_vm as side, FakeVm, RamVm as Vm};
 
 const MIB: u64 = 1 << 20;
-
-struct Vm {
-    ram: Arc<GuestRam>,
-    side: Side<FakeVm>,
-}
-
-impl std::ops::Deref for Vm {
-    type Target = Side<FakeVm>;
-    fn deref(&self) -> &Side<FakeVm> {
-        &self.side
-    }
-}
-
-fn side(size: u64, running: bool) -> Vm {
-    let ram = Arc::new(GuestRam::new(vec![RamBlock::new(
-        "pc.ram",
-        size,
-        Backing::Anonymous,
-    )
-    .unwrap()]));
-    let global = GlobalState::new();
-    let reg = ram_registry(&ram, Vec::new(), &global);
-    Vm {
-        side: Side::new(reg, Arc::new(FakeVm::new(running)), global),
-        ram,
-    }
-}
 
 fn fill(ram: &GuestRam, bytes: u64, seed: u64) {
     let b = &ram.blocks()[0];

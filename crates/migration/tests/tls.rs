@@ -8,40 +8,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use guest_ram::{Backing, GuestRam, RamBlock};
-use migration::{Capability, GlobalState, MigrationStatus, RunState, TlsObjects, VmControl};
+use guest_ram::GuestRam;
+use migration::{Capability, MigrationStatus, RunState, TlsObjects, VmControl};
 use testkit::tls::{Leaf, TestCa};
-use testkit::{ram_registry, FakeVm, Side};
+use testkit::{ram_vm as side, RamVm as Vm};
 use transport::tls::{AuthzSimple, CredsEndpoint, TlsCreds, X509Options};
 
 const MIB: u64 = 1 << 20;
-
-struct Vm {
-    ram: Arc<GuestRam>,
-    side: Side<FakeVm>,
-}
-
-impl std::ops::Deref for Vm {
-    type Target = Side<FakeVm>;
-    fn deref(&self) -> &Side<FakeVm> {
-        &self.side
-    }
-}
-
-fn side(size: u64, running: bool) -> Vm {
-    let ram = Arc::new(GuestRam::new(vec![RamBlock::new(
-        "pc.ram",
-        size,
-        Backing::Anonymous,
-    )
-    .unwrap()]));
-    let global = GlobalState::new();
-    let reg = ram_registry(&ram, Vec::new(), &global);
-    Vm {
-        side: Side::new(reg, Arc::new(FakeVm::new(running)), global),
-        ram,
-    }
-}
 
 /// Recognisable guest pages: "GUESTPAGE <n>" repeated.
 fn fill(ram: &GuestRam, bytes: u64) {

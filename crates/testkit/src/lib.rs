@@ -36,7 +36,7 @@ pub mod wait;
 
 pub use fake_vm::FakeVm;
 pub use net::{bound_tcp_listener, free_tcp_port, TempSocket};
-pub use pair::{ram_registry, Side, MACHINE};
+pub use pair::{ram_registry, ram_vm, RamVm, Side, MACHINE};
 pub use relay::{FaultRelay, Trigger};
 pub use skip::{
     find_program, kvm_usable, print_skip, python_qmp_available, require_kvm, require_python_qmp,

@@ -224,3 +224,32 @@ pub fn ram_registry(ram: &Arc<GuestRam>, disks: Vec<Arc<Disk>>, global: &GlobalS
     );
     reg
 }
+
+/// A RAM-only VM for engine tests: one anonymous block `pc.ram` of `size` bytes behind
+/// [`ram_registry`], a [`FakeVm`] running or paused, and its [`Side`] (reached through `Deref`).
+pub struct RamVm {
+    /// The guest's RAM.
+    pub ram: Arc<GuestRam>,
+    /// The migration side driving it.
+    pub side: Side<crate::FakeVm>,
+}
+
+impl std::ops::Deref for RamVm {
+    type Target = Side<crate::FakeVm>;
+    fn deref(&self) -> &Side<crate::FakeVm> {
+        &self.side
+    }
+}
+
+/// A [`RamVm`] of `size` bytes whose guest is `running` or paused.
+pub fn ram_vm(size: u64, running: bool) -> RamVm {
+    let block = guest_ram::RamBlock::new("pc.ram", size, guest_ram::Backing::Anonymous)
+        .expect("allocate test RAM");
+    let ram = Arc::new(GuestRam::new(vec![block]));
+    let global = GlobalState::new();
+    let reg = ram_registry(&ram, Vec::new(), &global);
+    RamVm {
+        side: Side::new(reg, Arc::new(crate::FakeVm::new(running)), global),
+        ram,
+    }
+}

@@ -30,29 +30,43 @@ impl QemuProc {
     /// QMP socket exists.
     pub fn start(qemu: &Path, dir: &Path, name: &str, extra: &[&str]) -> QemuProc {
         let qmp = dir.join(format!("{name}.qmp"));
-        let child = Command::new(qemu)
-            .args(["-nodefaults", "-display", "none", "-accel", "tcg"])
-            .arg("-object")
-            .arg(format!("memory-backend-ram,id=ram,size={QEMU_RAM}"))
-            .args(["-machine", "none,memory-backend=ram"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start qemu");
-        let t = Instant::now();
-        while !qmp.exists() {
-            assert!(t.elapsed() < Duration::from_secs(20), "QEMU: no QMP socket");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let backend = format!("memory-backend-ram,id=ram,size={QEMU_RAM}");
+        let child = spawn_none(qemu, &backend, &qmp, extra);
         QemuProc { child, qmp }
     }
 }
 
 /// Guest RAM of the QEMU side.
 pub const RAM: u64 = 64 << 20;
+
+/// Starts `qemu -M none` with RAM from the memory-backend object `backend` (id `ram`), its QMP
+/// server on `qmp` and `extra` arguments; returns once the socket exists.
+fn spawn_none<I>(qemu: &Path, backend: &str, qmp: &Path, extra: I) -> Child
+where
+    I: IntoIterator,
+    I::Item: AsRef<std::ffi::OsStr>,
+{
+    let child = Command::new(qemu)
+        .args(["-nodefaults", "-display", "none", "-accel", "tcg"])
+        .args(["-object", backend])
+        .args(["-machine", "none,memory-backend=ram"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start qemu");
+    let t = Instant::now();
+    while !qmp.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "QEMU did not create its QMP socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
 
 /// A running `qemu-system-x86_64 -M none`.
 pub struct Qemu {
@@ -73,29 +87,11 @@ impl Qemu {
     /// returns once its QMP socket in `dir` answers.
     pub fn start(qemu: &Path, dir: &Path, ram_file: &Path, extra: &[String]) -> Qemu {
         let sock = dir.join("qemu.qmp");
-        let child = Command::new(qemu)
-            .args(["-nodefaults", "-display", "none", "-accel", "tcg"])
-            .arg("-object")
-            .arg(format!(
-                "memory-backend-file,id=ram,size={RAM},mem-path={},share=on",
-                ram_file.display()
-            ))
-            .args(["-machine", "none,memory-backend=ram"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start qemu");
-        let t = Instant::now();
-        while !sock.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "QEMU did not create its QMP socket"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let backend = format!(
+            "memory-backend-file,id=ram,size={RAM},mem-path={},share=on",
+            ram_file.display()
+        );
+        let child = spawn_none(qemu, &backend, &sock, extra);
         let qmp = super::retry_connect(|| QmpClient::connect_unix(&sock));
         Qemu { child, qmp }
     }
