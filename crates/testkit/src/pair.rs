@@ -226,7 +226,7 @@ pub fn ram_registry(ram: &Arc<GuestRam>, disks: Vec<Arc<Disk>>, global: &GlobalS
 }
 
 /// A RAM-only VM for engine tests: one anonymous block `pc.ram` of `size` bytes behind
-/// [`ram_registry`], a [`FakeVm`] running or paused, and its [`Side`] (reached through `Deref`).
+/// [`ram_registry`], a [`FakeVm`](crate::FakeVm) running or paused, and its [`Side`] (reached through `Deref`).
 pub struct RamVm {
     /// The guest's RAM.
     pub ram: Arc<GuestRam>,
