@@ -1,35 +1,40 @@
 #!/usr/bin/env bash
-# Brief fuzzing for CI: runs every target of this directory for FUZZ_SECONDS (default 30)
+# Brief fuzzing for CI: runs every target of this directory for FUZZ_SECONDS (default 20)
 # from its committed seeds and prints executions, coverage and findings.
 #
-#   LIVEMIG_FUZZ=0   skip
+#   LIVEMIG_FUZZ=0   only build the targets (plain, not instrumented)
 #   LIVEMIG_FUZZ=1   also install cargo-fuzz when it is missing (a few minutes of compiling)
-#   (unset)          run when cargo-fuzz is installed, otherwise say so and skip
+#   (unset)          run when cargo-fuzz is installed, otherwise say so and only build
 #
-# Exits 0 when the tool is missing or cannot build instrumented binaries on this toolchain,
-# non-zero when a target crashes, hangs, leaks memory past the limits or does not build.
+# Exits 0 when the tool is missing or cannot build instrumented binaries on this toolchain
+# (after a plain build of the targets), non-zero when a target crashes, hangs, leaks memory
+# past the limits or does not build.
 set -uo pipefail
 cd "$(dirname "$0")"
 
-secs=${FUZZ_SECONDS:-30}
+secs=${FUZZ_SECONDS:-20}
 # No single allocation may exceed this many MiB: every buffer sized by the input is capped or
 # grows only as data arrives. The largest legitimate allocations are the 1 MiB stream reader
 # buffer and block-chunk buffers (see README.md, "Allocation limit"), so 64 MiB leaves room
 # while catching any allocation a length field in the input can inflate.
 malloc_mb=${FUZZ_MALLOC_LIMIT_MB:-64}
+# Without fuzzing the targets still must build.
+plain_build() {
+    cargo build -q || { echo "fuzz: FAILED: the targets do not build"; exit 1; }
+    echo "fuzz: $1; the targets build"
+    exit 0
+}
 case "${LIVEMIG_FUZZ:-}" in
-    0) echo "fuzz: skipped (LIVEMIG_FUZZ=0)"; exit 0 ;;
+    0) plain_build "fuzzing skipped (LIVEMIG_FUZZ=0)" ;;
 esac
 if ! cargo fuzz --version >/dev/null 2>&1; then
     if [ "${LIVEMIG_FUZZ:-}" = 1 ]; then
         echo "fuzz: installing cargo-fuzz"
         if ! cargo install -q --locked cargo-fuzz; then
-            echo "fuzz: SKIP: cargo-fuzz did not install"
-            exit 0
+            plain_build "SKIP: cargo-fuzz did not install"
         fi
     else
-        echo "fuzz: SKIP: cargo-fuzz is not installed (LIVEMIG_FUZZ=1 installs it)"
-        exit 0
+        plain_build "SKIP: cargo-fuzz is not installed (LIVEMIG_FUZZ=1 installs it)"
     fi
 fi
 
@@ -46,8 +51,7 @@ if ! cargo fuzz build -O >"$log_dir/build.log" 2>&1; then
         exit 1
     fi
     tail -20 "$log_dir/build.log"
-    echo "fuzz: SKIP: this toolchain cannot build instrumented binaries"
-    exit 0
+    plain_build "SKIP: this toolchain cannot build instrumented binaries"
 fi
 
 status=0
