@@ -1,6 +1,7 @@
 //! `livemig bench` case (e): multifd compression over a shaped 1 Gbit/s link. The same
 //! text-like RAM (data pages compress about 3:1; one page in four is zero) is migrated with
-//! `multifd-compression` none, zlib and zstd (level 1, 2 channels) by livemig (two VMs in this
+//! `multifd-compression` none, zlib and zstd (level 1, 2 channels), and uncompressed with
+//! `zero-copy-send` (MSG_ZEROCOPY, which spares the source a copy per page), by livemig (two VMs in this
 //! process) and by QEMU 7.2 (`-M none`, two processes, RAM in a file holding livemig's bytes),
 //! through [`ShapedLink`], both with the return path on (so a source completes once its
 //! destination has loaded everything). The runs alternate round by round; each reports the source's
@@ -28,7 +29,14 @@ use super::pair::migrate_via;
 use super::qemu::QemuProcess;
 use crate::size::human;
 
-const METHODS: [&str; 3] = ["none", "zlib", "zstd"];
+/// The runs of each round: the name printed, `multifd-compression`, and whether the source
+/// sends with `zero-copy-send` (MSG_ZEROCOPY; QEMU allows it only uncompressed).
+const METHODS: [(&str, &str, bool); 4] = [
+    ("none", "none", false),
+    ("zero-copy", "none", true),
+    ("zlib", "zlib", false),
+    ("zstd", "zstd", false),
+];
 /// Both sides' own limit, out of the way of the link's.
 const NO_LIMIT: u64 = 100_000_000_000;
 
@@ -98,9 +106,24 @@ fn codec_speed(bytes: &[u8], method: Compression) -> anyhow::Result<(f64, f64, f
     Ok((mb / ct, mb / dt, bytes.len() as f64 / wire as f64))
 }
 
-fn configure(m: &Machine, method: &str) -> anyhow::Result<()> {
-    m.migration()
-        .set_capabilities(&[(Capability::Multifd, true)])?;
+/// The best speed-up over uncompressed this machine allows for `data` bytes of data pages:
+/// the link needs `data / ratio / rate` seconds, and all cores together need `data / c` for
+/// compressing plus `data / d` for decompressing (relay, copies and TCP not counted).
+fn ceiling(data: f64, rate: f64, (c, d, ratio): (f64, f64, f64)) -> String {
+    let cores = super::num_cpus() as f64;
+    let cpu = data / 1e6 * (1.0 / c + 1.0 / d) / cores;
+    let wire = data / ratio / rate;
+    format!(
+        "bound on {cores} cores: CPU {cpu:.2} s, link {wire:.2} s, best speed-up {:.2}x",
+        (data / rate) / cpu.max(wire)
+    )
+}
+
+fn configure(m: &Machine, method: &str, zero_copy: bool) -> anyhow::Result<()> {
+    m.migration().set_capabilities(&[
+        (Capability::Multifd, true),
+        (Capability::ZeroCopySend, zero_copy),
+    ])?;
     let Value::Object(p) = params(method) else {
         bail!("migration parameters are not a JSON object");
     };
@@ -112,15 +135,15 @@ fn configure(m: &Machine, method: &str) -> anyhow::Result<()> {
 fn livemig_run(
     src: &Arc<Machine>,
     cfg: &MachineConfig,
-    method: &str,
+    (name, method, zero_copy): (&str, &str, bool),
     rate: u64,
 ) -> anyhow::Result<(Run, u64)> {
     let dst = Machine::new(MachineConfig {
         incoming: true,
         ..cfg.clone()
     })?;
-    configure(src, method)?;
-    configure(&dst, method)?;
+    configure(src, method, zero_copy)?;
+    configure(&dst, method, false)?;
     let cpu0 = cpu_seconds("self")?;
     let o = migrate_via(src, &dst, |uri| {
         let target = uri.strip_prefix("tcp:").context("not a tcp URI")?.parse()?;
@@ -129,7 +152,7 @@ fn livemig_run(
     })?;
     let cpu = cpu_seconds("self")? - cpu0;
     if src.ram().blocks()[0].digest() != dst.ram().blocks()[0].digest() {
-        bail!("livemig {method}: destination RAM differs from the source");
+        bail!("livemig {name}: destination RAM differs from the source");
     }
     dst.shutdown();
     drop(dst);
@@ -180,7 +203,7 @@ impl Qemu {
         Ok(Qemu { process, qmp })
     }
 
-    fn configure(&mut self, method: &str) -> anyhow::Result<()> {
+    fn configure(&mut self, method: &str, zero_copy: bool) -> anyhow::Result<()> {
         self.qmp.execute(
             "migrate-set-capabilities",
             // The return path as livemig (on by default there): the source completes when the
@@ -189,6 +212,7 @@ impl Qemu {
             Some(json!({"capabilities": [
                 {"capability": "multifd", "state": true},
                 {"capability": "return-path", "state": true},
+                {"capability": "zero-copy-send", "state": zero_copy},
             ]})),
         )?;
         self.qmp
@@ -205,15 +229,15 @@ fn qemu_run(
     dir: &Path,
     src_ram: &Path,
     size: u64,
-    method: &str,
+    (name, method, zero_copy): (&str, &str, bool),
     rate: u64,
 ) -> anyhow::Result<(Run, f64)> {
     let dst_ram = dir.join("qemu-dst.ram");
     std::fs::File::create(&dst_ram)?.set_len(size)?;
     let mut dst = Qemu::start(dir, "dst", &dst_ram, size, &["-incoming", "defer"])?;
     let mut src = Qemu::start(dir, "src", src_ram, size, &[])?;
-    dst.configure(method)?;
-    src.configure(method)?;
+    dst.configure(method, false)?;
+    src.configure(method, zero_copy)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -230,7 +254,7 @@ fn qemu_run(
         let info = src.qmp.execute("query-migrate", None)?;
         match info["status"].as_str() {
             Some("completed") => break info,
-            Some("failed" | "cancelled") => bail!("QEMU {method} migration: {info}"),
+            Some("failed" | "cancelled") => bail!("QEMU {name} migration: {info}"),
             _ if t.elapsed() > Duration::from_secs(600) => bail!("QEMU migration stuck: {info}"),
             _ => std::thread::sleep(Duration::from_millis(5)),
         }
@@ -248,7 +272,7 @@ fn qemu_run(
     drop(src);
     drop(dst);
     if std::fs::read(src_ram)? != std::fs::read(&dst_ram)? {
-        bail!("QEMU {method}: destination RAM differs from the source");
+        bail!("QEMU {name}: destination RAM differs from the source");
     }
     let ms = info["total-time"].as_f64().context("no total-time")?;
     Ok((Run { ms, cpu }, link_cpu))
@@ -308,6 +332,11 @@ pub(super) fn case_e(scale: u64, rounds: usize, mbit: u64) -> anyhow::Result<()>
             .flatten()
             .copied()
             .collect();
+        let data_bytes = bytes
+            .chunks(4096)
+            .filter(|p| p.iter().any(|&b| b != 0))
+            .count() as f64
+            * 4096.0;
         for (name, method) in [
             ("zlib", Compression::Zlib(1)),
             ("zstd", Compression::Zstd(1)),
@@ -315,7 +344,8 @@ pub(super) fn case_e(scale: u64, rounds: usize, mbit: u64) -> anyhow::Result<()>
             let (c, d, ratio) = codec_speed(&data, method)?;
             println!(
                 "  {name}-1, one thread, per CPU-second: compress {c:.0} MB/s, decompress {d:.0} \
-                 MB/s, ratio {ratio:.2}:1 on the data pages"
+                 MB/s, ratio {ratio:.2}:1 on the data pages; {}",
+                ceiling(data_bytes, rate as f64, (c, d, ratio))
             );
         }
     }
@@ -330,10 +360,11 @@ pub(super) fn case_e(scale: u64, rounds: usize, mbit: u64) -> anyhow::Result<()>
     let mut theirs: Vec<Vec<Run>> = vec![Vec::new(); METHODS.len()];
     let mut link_cpu = Vec::new();
     for round in 1..=rounds {
-        for (i, method) in METHODS.iter().enumerate() {
+        for (i, &method) in METHODS.iter().enumerate() {
+            let name = method.0;
             let (r, sent) = livemig_run(&src, &cfg, method, rate)?;
             print!(
-                "  round {round} {method:>4}: livemig {:.0} ms {:.2} s CPU {} sent",
+                "  round {round} {name:>9}: livemig {:.0} ms {:.2} s CPU {} sent",
                 r.ms,
                 r.cpu,
                 human(sent)
@@ -348,24 +379,25 @@ pub(super) fn case_e(scale: u64, rounds: usize, mbit: u64) -> anyhow::Result<()>
             println!();
         }
     }
-    for (i, method) in METHODS.iter().enumerate() {
-        println!("  => {method:>4} livemig:  {}", summary(&ours[i]));
+    for (i, (name, ..)) in METHODS.iter().enumerate() {
+        println!("  => {name:>9} livemig:  {}", summary(&ours[i]));
         if have_qemu {
-            println!("  => {method:>4} QEMU 7.2: {}", summary(&theirs[i]));
+            println!("  => {name:>9} QEMU 7.2: {}", summary(&theirs[i]));
         }
     }
     let none = median_ms(&ours[0]);
     println!(
-        "  => livemig speed-up over uncompressed (median times): zlib {:.2}x, zstd {:.2}x \
-         (target zstd >= 2.5x)",
+        "  => livemig speed-up over uncompressed (median times): zero-copy {:.2}x, zlib {:.2}x, \
+         zstd {:.2}x (target zstd >= 2.5x)",
         none / median_ms(&ours[1]),
-        none / median_ms(&ours[2])
+        none / median_ms(&ours[2]),
+        none / median_ms(&ours[3])
     );
     if have_qemu {
         println!(
             "  => livemig zstd vs QEMU 7.2 zstd (median times): {:.2}x faster; relay CPU per \
              QEMU run (included in livemig's CPU): median {:.2} s",
-            median_ms(&theirs[2]) / median_ms(&ours[2]),
+            median_ms(&theirs[3]) / median_ms(&ours[3]),
             {
                 link_cpu.sort_by(f64::total_cmp);
                 link_cpu[link_cpu.len() / 2]

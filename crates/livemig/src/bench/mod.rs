@@ -7,7 +7,8 @@
 //! * (c) 1 GiB with a running 64 MiB working-set writer — downtime (target ≤ 20 ms), at a
 //!   bounded write rate and at an unbounded one;
 //! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `kvm`);
-//! * (e) text-like RAM over a shaped 1 Gbit/s link, multifd-compression none / zlib / zstd,
+//! * (e) text-like RAM over a shaped 1 Gbit/s link, multifd-compression none / zlib / zstd
+//!   and zero-copy-send,
 //!   livemig beside QEMU 7.2 (see `compress`; not in the default set, it takes minutes).
 //! * (t) what TLS costs: plain vs TLS, single channel and multifd, alternating rounds (see `tls`).
 //!
