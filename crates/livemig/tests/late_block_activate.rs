@@ -9,22 +9,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::Vm;
+use common::{image_unlocked as unlocked, Vm};
 use serde_json::{json, Value};
-
-/// True when nobody holds a write lock on `img`.
-fn unlocked(img: &Path) -> bool {
-    let out = Command::new("qemu-img")
-        .args(["info", img.to_str().unwrap()])
-        .output()
-        .expect("run qemu-img");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() || stderr.contains("lock"),
-        "qemu-img info failed for another reason: {stderr}"
-    );
-    out.status.success()
-}
 
 /// Migrates a VM whose disk is `img` into a `-S` destination using the same image, with
 /// `late-block-activate` on the destination if `late`; returns the destination, paused.

@@ -192,6 +192,11 @@ impl MigrationState {
         let mut s = self.lock();
         s.error = None;
         s.runtime = Some(runtime);
+        // A VM that came in by migration and now migrates out reports as a source, as QEMU
+        // does once its incoming state is gone (same-host chains: each destination is the
+        // next source).
+        s.incoming = false;
+        s.socket_address = None;
         Ok(())
     }
 
@@ -374,6 +379,25 @@ mod tests {
         assert_eq!(state.info().to_json()["status"], "active");
         // Without the capability later changes emit nothing.
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_former_destination_migrating_out_reports_as_a_source() {
+        let state = MigrationState::new(Arc::new(EventBus::new()));
+        let addr = vec![serde_json::json!({"type": "unix", "path": "/tmp/in.sock"})];
+        let runtime = Arc::new(Runtime::new(Settings::default()));
+        state.begin_incoming(Some(addr), runtime).unwrap();
+        assert!(state.set_status(MigrationStatus::Setup, MigrationStatus::Active));
+        assert!(state.set_status(MigrationStatus::Active, MigrationStatus::Completed));
+        state
+            .begin(Arc::new(Runtime::new(state.settings())))
+            .unwrap();
+        assert!(state.set_status(MigrationStatus::Setup, MigrationStatus::Active));
+        let v = state.info().to_json();
+        assert_eq!(v["status"], "active", "{v}");
+        assert!(v.get("total-time").is_some(), "{v}");
+        assert!(v.get("ram").is_some(), "{v}");
+        assert!(v.get("socket-address").is_none(), "{v}");
     }
 
     #[test]

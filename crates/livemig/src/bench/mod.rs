@@ -34,6 +34,7 @@ mod kvm;
 mod link;
 mod pair;
 mod qemu;
+mod samehost;
 mod tls;
 
 const GIB: u64 = 1 << 30;
@@ -254,6 +255,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.only.iter().any(|o| o == "e") {
         compress::case_e(scale, args.rounds.max(1), args.link_mbit.max(1))?;
+    }
+    if args.only.iter().any(|o| o == "h") {
+        samehost::case_h(scale, args.rounds.max(7))?;
     }
     if args.only.iter().any(|o| o == "t") {
         tls::case_t(scale, args.repeat.max(7))?;

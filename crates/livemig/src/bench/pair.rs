@@ -39,7 +39,17 @@ pub(super) fn migrate_via<G>(
     dst: &Arc<Machine>,
     route: impl FnOnce(&str) -> anyhow::Result<(String, G)>,
 ) -> anyhow::Result<Outcome> {
-    dst.migrate_incoming("tcp:127.0.0.1:0", &transport::NoFds)?;
+    migrate_listening(src, dst, "tcp:127.0.0.1:0", route)
+}
+
+/// Like [`migrate_via`], with the destination listening on `listen` (e.g. `unix:PATH`).
+pub(super) fn migrate_listening<G>(
+    src: &Arc<Machine>,
+    dst: &Arc<Machine>,
+    listen: &str,
+    route: impl FnOnce(&str) -> anyhow::Result<(String, G)>,
+) -> anyhow::Result<Outcome> {
+    dst.migrate_incoming(listen, &transport::NoFds)?;
     let direct = dst
         .incoming_uri()
         .context("destination did not report its address")?;
@@ -57,7 +67,8 @@ pub(super) fn migrate_via<G>(
             }
             break;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        // Fine enough for migrations that take a few milliseconds (same-host handover).
+        std::thread::sleep(Duration::from_micros(200));
     }
     let wall = t.elapsed();
     dst.wait(true);

@@ -331,3 +331,18 @@ pub fn deferred_destination_on(
     vm.cmd("migrate-incoming", json!({ "uri": uri }));
     vm
 }
+
+/// True when nobody holds a write lock on the image `img`: `qemu-img info` fails while a
+/// process has it locked for writing (the caller checked that qemu-img is installed).
+pub fn image_unlocked(img: &Path) -> bool {
+    let out = Command::new("qemu-img")
+        .args(["info", img.to_str().unwrap()])
+        .output()
+        .expect("run qemu-img");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || stderr.contains("lock"),
+        "qemu-img info failed for another reason: {stderr}"
+    );
+    out.status.success()
+}

@@ -10,8 +10,9 @@
 //!                                               first 4 bytes read with recvmsg: fds kept
 //!                                               ram load_setup: count = its Memfd blocks? each
 //!                                               fd mmap'ed MAP_FIXED over its own block (same
-//!                                               address, so vCPUs / KVM slots follow); nothing
-//!                                               is written
+//!                                               address, so vCPUs / KVM slots follow; a KVM
+//!                                               VM registers its slot again before its first
+//!                                               vCPU runs); nothing is written
 //! device state, ram-verify digests, commit ─▶   load, verify, start only on the source's commit
 //! ```
 //!
@@ -20,6 +21,11 @@
 //! and the source's switchover commit arrived. So a destination that fails or is killed at any
 //! step before that leaves the source's RAM as it was, and the source resumes on it (`cont`
 //! after a failed migration, like any other failure).
+//!
+//! Disks are not handed over: both processes name the same image (`--drive`, no `blk`), the
+//! destination opens it inactive and takes its lock once the source flushed it and dropped its
+//! lock at the switchover (see `vmm::machine::guest`); a failed migration gives it back to the
+//! source.
 //!
 //! Why not QEMU 10's `cpr-transfer`: it is a migration *mode* with a second, dedicated
 //! `cpr` channel that carries the descriptors of every backend before the main stream, and

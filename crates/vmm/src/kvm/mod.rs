@@ -15,7 +15,9 @@
 //! through [`KvmVm::devices`] on a destination) → `start()` → `Running` ⇄ `Paused`
 //! (`pause()`/`resume()`); a guest power-off, triple fault or KVM error moves it to `Stopped`.
 //! `start()` applies loaded state (VM-wide sections first, then each vCPU) before any vCPU
-//! runs, so a migrated guest continues where it stopped.
+//! runs, so a migrated guest continues where it stopped; it also registers the memory slot
+//! afresh there, on the memory the migration left under the block (a same-host migration
+//! hands the source's memfd over, see `slot`).
 //!
 //! RAM above 3 GiB would overlap the PCI hole of a PC memory map; the VM refuses it (one slot,
 //! one block, GPA 0). The guest code runs only on vCPU 0 at boot; other vCPUs wait for SIPI.
@@ -337,6 +339,12 @@ impl KvmVm {
                         state: "neither booted nor loaded with the state of every vCPU".into(),
                     });
                 }
+                if !booted {
+                    if let Err(e) = self.rebuild_slot() {
+                        life.pending = pending;
+                        return Err(e);
+                    }
+                }
                 if let Err(e) = self.shared.apply_pending(&pending) {
                     life.pending = pending;
                     return Err(e);
@@ -347,6 +355,20 @@ impl KvmVm {
                 self.resume_locked(&mut life)
             }
         }
+    }
+
+    /// A migrated VM registers its memory slot again before its first vCPU runs, on the
+    /// mapping the migration left (a handed-over memfd, see `slot`). Skipped while a dirty
+    /// log runs (a destination migrating on before it ever ran): deleting the slot would lose
+    /// the pages logged so far, and KVM follows the mapping anyway.
+    fn rebuild_slot(&self) -> Result<(), KvmError> {
+        let logging = self.ram.blocks().iter().any(|b| b.vmm_dirty().is_active());
+        if logging {
+            return Ok(());
+        }
+        self.slot
+            .rebuild(&self.shared.vm)
+            .map_err(kvm("KVM_SET_USER_MEMORY_REGION (rebuild)"))
     }
 
     fn resume_locked(&self, life: &mut Life) -> Result<(), KvmError> {

@@ -1,0 +1,145 @@
+//! Same-host migration of a running KVM guest (the built-in payload) to a new `livemig run`
+//! process without copying its RAM: through `x-local-handover` (the memfd behind guest RAM
+//! passed over the unix: channel) and through `x-ignore-shared` on a shared file on /dev/shm.
+//! The destination's KVM memory slot then sits on the source's very memory: `ram-verify`
+//! hashes it on both sides, the payload's self-check re-reads its whole region on the
+//! destination, and its serial counter continues without a reboot. Prints SKIP without a
+//! usable /dev/kvm.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{configure, deferred_destination_on, Vm};
+use serde_json::{json, Value};
+
+/// A small workload: guest code runs about 1000 times slower under nested KVM. The payload
+/// fills 512 KiB, rewrites 256 KiB and re-checks the region every 3 steps.
+const GUEST: [&str; 7] = [
+    "--accel",
+    "kvm",
+    "-m",
+    "64M",
+    "--smp",
+    "1",
+    "--append=fill=524288 ws=262144 selfcheck=3",
+];
+
+const HANDOVER: [&str; 4] = [
+    "x-ignore-shared",
+    "x-local-handover",
+    "ram-verify",
+    "events",
+];
+const SHARED: [&str; 3] = ["x-ignore-shared", "ram-verify", "events"];
+
+fn serial_of(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.serial"))
+}
+
+fn output(dir: &Path, name: &str) -> payload::Output {
+    payload::Output::parse(&std::fs::read_to_string(serial_of(dir, name)).unwrap_or_default())
+}
+
+fn args(dir: &Path, name: &str, backing: &str) -> Vec<String> {
+    let mut v: Vec<String> = GUEST.iter().map(|s| s.to_string()).collect();
+    v.extend(["--backing".into(), backing.into()]);
+    v.extend([
+        "--serial".into(),
+        format!("file:{}", serial_of(dir, name).display()),
+    ]);
+    v
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Waits until `until` holds for the guest's serial output on `name` (the guest is slow).
+fn wait_serial(dir: &Path, name: &str, what: &str, until: impl Fn(&payload::Output) -> bool) {
+    let t = Instant::now();
+    while !until(&output(dir, name)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "{name}: {what}: {:?}",
+            output(dir, name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Moves a counting KVM guest on `backing` to a new process with `caps` on both sides, and
+/// checks that no page crossed the socket and that the guest continues on the destination.
+fn moves_without_copying(dir: &Path, backing: &str, caps: &[&str]) {
+    let uri = format!("unix:{}", dir.join("mig.sock").display());
+    let dst_args = args(dir, "dst", backing);
+    let mut dst = deferred_destination_on(dir, "dst", &refs(&dst_args), caps, &uri);
+    let src_args = args(dir, "src", backing);
+    let mut src = Vm::start(dir, "src", &refs(&src_args));
+    src.wait_status("running");
+    wait_serial(dir, "src", "the guest does not count", |o| {
+        o.counts.len() >= 2
+    });
+    configure(&mut src, caps, Value::Null);
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = src.wait_migration();
+    assert_eq!(
+        info["status"],
+        "completed",
+        "{info}\nsource: {}\ndestination: {}",
+        src.stderr(),
+        dst.stderr()
+    );
+    // ram-verify passed, and not one page went over the socket.
+    let ram = &info["ram"];
+    assert_eq!(ram["normal"], 0, "{info}");
+    assert_eq!(ram["duplicate"], 0, "{info}");
+    assert!(ram["transferred"].as_u64().unwrap() < 4096, "{info}");
+    dst.wait_status("running");
+    assert_eq!(src.status(), "postmigrate");
+    let last = *output(dir, "src").counts.last().unwrap();
+    wait_serial(dir, "dst", "no self-check on the destination", |o| {
+        !o.selfchecks.is_empty()
+    });
+    let after = output(dir, "dst");
+    assert_eq!(after.starts, 0, "the destination rebooted the guest");
+    assert_eq!(after.counts.first(), Some(&(last + 1)), "{after:?}");
+    assert!(
+        after.counts.windows(2).all(|w| w[1] == w[0] + 1),
+        "{after:?}"
+    );
+    assert!(
+        after
+            .selfchecks
+            .iter()
+            .all(|c| matches!(c, payload::SelfCheck::Ok { .. })),
+        "{after:?}"
+    );
+    let _ = dst.cmd("quit", Value::Null);
+}
+
+#[test]
+fn kvm_guest_on_a_memfd_is_handed_over_as_a_descriptor() {
+    if !testkit::require_kvm("kvm_guest_on_a_memfd_is_handed_over_as_a_descriptor") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    moves_without_copying(dir.path(), "memfd", &HANDOVER);
+}
+
+#[test]
+fn kvm_guest_moves_over_a_shared_file() {
+    if !testkit::require_kvm("kvm_guest_moves_over_a_shared_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shm = Path::new("/dev/shm");
+    let ram_dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let backing = format!("file:{}", ram_dir.path().join("guest.ram").display());
+    moves_without_copying(dir.path(), &backing, &SHARED);
+}
