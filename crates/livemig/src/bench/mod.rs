@@ -34,6 +34,7 @@ mod link;
 mod pair;
 mod qemu;
 mod tls;
+mod tls_qemu;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
