@@ -67,7 +67,10 @@ fn hmp_object_add_errors_as_qemu_prints_them() {
         hmp.run("help object_add"),
         "object_add [qom-type=]type,id=str[,prop=value][,...] -- create QOM object\n"
     );
-    assert_eq!(hmp.run("help object_del"), "object_del id -- destroy QOM object\n");
+    assert_eq!(
+        hmp.run("help object_del"),
+        "object_del id -- destroy QOM object\n"
+    );
     for (line, expected) in [
         (
             "object_add",
@@ -163,6 +166,11 @@ fn hmp_created_credentials_carry_a_tls_migration() {
     ));
     dst_hmp.ok("migrate_set_parameter tls-creds tls0");
     dst_hmp.ok("migrate_set_parameter tls-authz auth0");
+    let params = dst_hmp.run("info migrate_parameters");
+    assert!(
+        params.contains("tls-creds: 'tls0'") && params.contains("tls-authz: 'auth0'"),
+        "{params}"
+    );
     dst.cmd("migrate-incoming", json!({"uri": "tcp:127.0.0.1:0"}));
     let port = dst.cmd("query-migrate", Value::Null)["socket-address"][0]["port"]
         .as_str()
@@ -176,17 +184,14 @@ fn hmp_created_credentials_carry_a_tls_migration() {
     ));
     src_hmp.ok("migrate_set_parameter tls-creds tls0");
     let params = src_hmp.run("info migrate_parameters");
-    assert!(params.contains("tls-creds: tls0"), "{params}");
+    assert!(params.contains("tls-creds: 'tls0'"), "{params}");
     let out = src_hmp.run(&format!("migrate tcp:127.0.0.1:{port}"));
     assert!(!out.contains("Error"), "{out}");
     assert!(src_hmp
         .run("info migrate")
         .contains("Migration status: completed"));
     dst.wait_status("running");
-    assert_eq!(
-        src.cmd("query-migrate", Value::Null)["status"],
-        "completed"
-    );
+    assert_eq!(src.cmd("query-migrate", Value::Null)["status"], "completed");
     // The objects can go once the migration is over.
     src_hmp.ok("object_del tls0");
     dst_hmp.ok("object_del auth0");

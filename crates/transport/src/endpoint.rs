@@ -192,7 +192,9 @@ impl Endpoint {
 
     /// Waits until a write would not block, or the channel is shut down (an error).
     pub(crate) fn wait_writable(&self) -> io::Result<()> {
-        self.cancel.wait(&self.file, Interest::Write, None).map(|_| ())
+        self.cancel
+            .wait(&self.file, Interest::Write, None)
+            .map(|_| ())
     }
 
     /// `Some(n)` on success, `None` to wait and retry (`EAGAIN`/`EINTR`), or the error

@@ -172,7 +172,10 @@ pub(super) fn case_t(scale: u64, rounds: usize) -> anyhow::Result<()> {
             }
             let (median, min, max) = stats(&runs[i]);
             medians[who][i] = median;
-            row.push_str(&format!(" {:>22}", format!("{median:.0} [{min:.0}–{max:.0}]")));
+            row.push_str(&format!(
+                " {:>22}",
+                format!("{median:.0} [{min:.0}–{max:.0}]")
+            ));
         }
         println!("{row}");
     }

@@ -57,7 +57,12 @@ impl QemuSide {
         })
     }
 
-    fn start(&self, name: &str, ram: &Path, endpoint: &str) -> anyhow::Result<(QemuProcess, QmpClient)> {
+    fn start(
+        &self,
+        name: &str,
+        ram: &Path,
+        endpoint: &str,
+    ) -> anyhow::Result<(QemuProcess, QmpClient)> {
         let mut args: Vec<String> = ["-nodefaults", "-display", "none", "-accel", "tcg"]
             .iter()
             .map(|a| a.to_string())
@@ -118,7 +123,9 @@ impl QemuSide {
             match info["status"].as_str() {
                 Some("completed") => break info,
                 Some("failed" | "cancelled") => bail!("QEMU migration (tls {tls}): {info}"),
-                _ if t.elapsed() > Duration::from_secs(600) => bail!("QEMU migration stuck: {info}"),
+                _ if t.elapsed() > Duration::from_secs(600) => {
+                    bail!("QEMU migration stuck: {info}")
+                }
                 _ => std::thread::sleep(Duration::from_millis(5)),
             }
         };

@@ -23,7 +23,8 @@ use crate::cmd::object_del::ObjectDel;
 use crate::session::Session;
 
 /// QEMU's hint after "Parameter 'id' expects an identifier".
-const ID_HINT: &str = "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.";
+const ID_HINT: &str =
+    "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.";
 
 /// The object types and their properties, for `object_add help`.
 const TYPES: &[(&str, &[&str])] = &[

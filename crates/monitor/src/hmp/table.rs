@@ -119,7 +119,13 @@ pub static COMMANDS: &[HmpCommand] = &[
         "create QOM object",
         hmp_object_add,
     ),
-    c("object_del", "id:s", "id", "destroy QOM object", hmp_object_del),
+    c(
+        "object_del",
+        "id:s",
+        "id",
+        "destroy QOM object",
+        hmp_object_del,
+    ),
 ];
 
 /// The `info` subcommands.

@@ -67,14 +67,10 @@ impl TlsObject {
         let mut props = Vec::new();
         for (k, v) in args {
             if k == "qom-type" {
-                ty = Some(
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or(TlsError::WrongType {
-                            property: "qom-type",
-                            expected: "string",
-                        })?,
-                );
+                ty = Some(v.as_str().map(str::to_string).ok_or(TlsError::WrongType {
+                    property: "qom-type",
+                    expected: "string",
+                })?);
             } else {
                 props.push((k, Prop::Json(v)));
             }
@@ -245,9 +241,18 @@ mod tests {
             ("tls-creds-x509,id", "Expected '=' after parameter 'id'"),
             ("", "Parameter 'qom-type' does not accept value ''"),
             ("id=a,dir=/x", "Parameter 'qom-type' is missing"),
-            ("authz-simple,id=5a,identity=x", "Parameter 'id' expects an identifier"),
-            ("authz-simple,id=,identity=x", "Parameter 'id' expects an identifier"),
-            ("authz-simple,id=a b,identity=x", "Parameter 'id' expects an identifier"),
+            (
+                "authz-simple,id=5a,identity=x",
+                "Parameter 'id' expects an identifier",
+            ),
+            (
+                "authz-simple,id=,identity=x",
+                "Parameter 'id' expects an identifier",
+            ),
+            (
+                "authz-simple,id=a b,identity=x",
+                "Parameter 'id' expects an identifier",
+            ),
             ("authz-simple,id=a", "Parameter 'identity' is missing"),
         ] {
             assert_eq!(
