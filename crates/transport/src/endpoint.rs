@@ -179,6 +179,24 @@ impl Endpoint {
         }
     }
 
+    /// One `sendmsg` that never blocks (sockets only): `Ok(None)` when the socket buffer is
+    /// full or the call was interrupted; then [`wait_writable`](Self::wait_writable).
+    pub(crate) fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<Option<usize>> {
+        self.cancel.check()?;
+        if self.kind != FdKind::Socket {
+            return self.write_vectored(bufs).map(Some);
+        }
+        let bufs = bufs.get(..MAX_IOVECS).unwrap_or(bufs);
+        self.outcome(socket::send_vectored_nonblocking(self.file.as_fd(), bufs))
+    }
+
+    /// Waits until a write would not block, or the channel is shut down (an error).
+    pub(crate) fn wait_writable(&self) -> io::Result<()> {
+        self.cancel
+            .wait(&self.file, Interest::Write, None)
+            .map(|_| ())
+    }
+
     /// `Some(n)` on success, `None` to wait and retry (`EAGAIN`/`EINTR`), or the error
     /// (replaced by the shut-down error once cancelled).
     fn outcome(&self, r: io::Result<usize>) -> io::Result<Option<usize>> {

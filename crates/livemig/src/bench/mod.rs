@@ -36,6 +36,7 @@ mod pair;
 mod qemu;
 mod samehost;
 mod tls;
+mod tls_qemu;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;

@@ -18,6 +18,7 @@ pub mod args_type;
 pub mod command;
 pub mod help;
 pub mod info;
+mod object;
 pub mod set_param;
 pub mod size;
 pub mod table;

@@ -14,6 +14,7 @@ use migration::MigrationStatus;
 
 use super::args_type::HmpArgs;
 pub use super::command::{find, Handler, HmpCommand};
+use super::object::{hmp_object_add, hmp_object_del};
 use super::{help, info, set_param};
 use crate::backend::{CommandError, MigrateOptions};
 use crate::cmd::args::bad_enum;
@@ -110,6 +111,20 @@ pub static COMMANDS: &[HmpCommand] = &[
         "closefd name",
         "close a file descriptor previously passed via SCM rights",
         hmp_closefd,
+    ),
+    c(
+        "object_add",
+        "object:S",
+        "[qom-type=]type,id=str[,prop=value][,...]",
+        "create QOM object",
+        hmp_object_add,
+    ),
+    c(
+        "object_del",
+        "id:s",
+        "id",
+        "destroy QOM object",
+        hmp_object_del,
     ),
 ];
 

@@ -14,7 +14,8 @@
 //!
 //! Files are read when the object is created (`object-add`, `--object`), as QEMU does, so a
 //! missing or broken file is reported to the operator there and not in the middle of a
-//! migration. The result holds ready rustls configurations (ring provider).
+//! migration. The result holds ready rustls configurations (ring provider, suites ordered
+//! by [`suites`](super::suites)).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,7 +108,7 @@ const MAX_PEM_FILE: u64 = 1 << 20;
 impl TlsCreds {
     /// Reads the files of `options.dir` and builds the configuration. Errors name the file.
     pub fn load(options: X509Options) -> Result<TlsCreds, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = super::suites::provider();
         let dir = &options.dir;
         let config = match options.endpoint {
             CredsEndpoint::Server => {
@@ -220,7 +221,7 @@ fn server_config(
     key: &PrivateKeyDer<'static>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = super::suites::provider();
     let builder = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?;
@@ -233,6 +234,8 @@ fn server_config(
         .map_err(TlsError::Config)?;
     // One session per connection: nothing to resume, no tickets to send.
     cfg.send_tls13_tickets = 0;
+    // Our order (see `suites`), whatever the client prefers.
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }
 

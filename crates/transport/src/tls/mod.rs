@@ -21,6 +21,7 @@ mod authz;
 mod creds;
 mod object;
 mod session;
+mod suites;
 
 use std::sync::Arc;
 
@@ -136,14 +137,31 @@ pub enum TlsError {
         /// Why.
         reason: String,
     },
-    /// An object property with a value QEMU does not accept.
-    #[error("invalid value '{value}' for property '{property}'")]
+    /// An object property with a value QEMU does not accept (QEMU's text).
+    #[error("Parameter '{property}' does not accept value '{value}'")]
     BadProperty {
         /// The property.
         property: &'static str,
         /// The value given.
         value: String,
     },
+    /// A text boolean that is not one (QEMU's text).
+    #[error("Parameter '{0}' expects 'on' or 'off'")]
+    NotOnOff(&'static str),
+    /// A QMP member of the wrong JSON type (QEMU's text).
+    #[error("Invalid parameter type for '{property}', expected: {expected}")]
+    WrongType {
+        /// The property.
+        property: &'static str,
+        /// The JSON type wanted.
+        expected: &'static str,
+    },
+    /// An item without `=` after the first, in `key=value,...` (QEMU's text).
+    #[error("Expected '=' after parameter '{0}'")]
+    ExpectedEquals(String),
+    /// An `id` that is not an identifier (QEMU's text; HMP adds QEMU's hint line).
+    #[error("Parameter 'id' expects an identifier")]
+    BadId(String),
     /// Client credentials with `verify-peer=off`: livemig does not migrate to a destination
     /// it cannot authenticate.
     #[error("tls-creds '{0}': a client must verify its peer (verify-peer=off is refused)")]
@@ -220,19 +238,17 @@ pub enum TlsError {
     #[error("TLS needs a socket; this channel is not one")]
     NotASocket,
     /// `--object` / `object-add` with a type livemig does not have (QEMU's text).
-    #[error("invalid object type: {0}")]
+    #[error("Parameter 'qom-type' does not accept value '{0}'")]
     UnknownObjectType(String),
     /// A required property is missing (QEMU's text).
     #[error("Parameter '{0}' is missing")]
     MissingProperty(&'static str),
     /// A property the object type does not have (QEMU's text).
-    #[error("Property '{ty}.{property}' not found")]
-    UnknownProperty {
-        /// The object type.
-        ty: String,
-        /// The property given.
-        property: String,
-    },
+    #[error("Parameter '{0}' is unexpected")]
+    UnknownProperty(String),
+    /// A property without which the object cannot work, as QEMU names it for `dir`.
+    #[error("Missing '{0}' property value")]
+    MissingValue(&'static str),
     /// `tls-creds-psk`: see the `object` module documentation.
     #[error("tls-creds-psk is not supported: rustls offers no external pre-shared keys for TLS 1.3 (or TLS 1.2 PSK suites); use tls-creds-x509")]
     PskUnsupported,

@@ -7,8 +7,11 @@
 //! | `tls-creds-x509` | `dir` (required), `endpoint` (`server`/`client`, default `client`), `verify-peer` (default on) |
 //! | `authz-simple` | `identity` (required) |
 //!
-//! Command-line booleans accept `on`/`off`/`yes`/`no`/`true`/`false`; QMP wants JSON
-//! booleans. `tls-creds-psk` is refused with a message: rustls has no API for TLS 1.3
+//! The text form (`--object`, HMP `object_add`) is QEMU's `key=value,...`: the first item
+//! may omit `qom-type=`, and `,,` stands for a comma inside a value (`identity=CN=a,,O=b`).
+//! Text booleans accept `on`/`off`/`yes`/`no`/`true`/`false`; QMP wants JSON booleans. An
+//! `id` must be an identifier as QEMU's (a letter, then letters, digits, `-`, `.`, `_`).
+//! Error texts are QEMU 7.2's. `tls-creds-psk` is refused with a message: rustls has no API for TLS 1.3
 //! external pre-shared keys (nor TLS 1.2 PSK suites), so livemig cannot speak QEMU's PSK
 //! credentials.
 
@@ -42,19 +45,19 @@ impl TlsObject {
         }
     }
 
-    /// Parses `TYPE,id=ID,prop=value,...` (`--object`). Commas in values are not supported
-    /// (QEMU's `,,` escape is refused, not misread).
+    /// Parses `[qom-type=]TYPE,id=ID,prop=value,...` (`--object`, HMP `object_add`).
     pub fn parse_cli(s: &str) -> Result<TlsObject, TlsError> {
-        let mut parts = s.split(',');
-        let ty = parts.next().unwrap_or_default().to_string();
+        let mut ty = None;
         let mut props = Vec::new();
-        for part in parts {
-            let (k, v) = part.split_once('=').ok_or_else(|| TlsError::BadProperty {
-                property: "object",
-                value: part.to_string(),
-            })?;
-            props.push((k.to_string(), Prop::Text(v.to_string())));
+        for (i, item) in split_items(s).into_iter().enumerate() {
+            match item.split_once('=') {
+                Some(("qom-type", v)) => ty = Some(v.to_string()),
+                Some((k, v)) => props.push((k.to_string(), Prop::Text(v.to_string()))),
+                None if i == 0 => ty = Some(item),
+                None => return Err(TlsError::ExpectedEquals(item)),
+            }
         }
+        let ty = ty.ok_or(TlsError::MissingProperty("qom-type"))?;
         Self::from_props(&ty, props)
     }
 
@@ -64,14 +67,10 @@ impl TlsObject {
         let mut props = Vec::new();
         for (k, v) in args {
             if k == "qom-type" {
-                ty = Some(
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or(TlsError::BadProperty {
-                            property: "qom-type",
-                            value: v.to_string(),
-                        })?,
-                );
+                ty = Some(v.as_str().map(str::to_string).ok_or(TlsError::WrongType {
+                    property: "qom-type",
+                    expected: "string",
+                })?);
             } else {
                 props.push((k, Prop::Json(v)));
             }
@@ -94,10 +93,7 @@ impl TlsObject {
         let mut identity = None;
         for (k, v) in props {
             let Some(&key) = known.iter().find(|&&n| n == k) else {
-                return Err(TlsError::UnknownProperty {
-                    ty: ty.to_string(),
-                    property: k,
-                });
+                return Err(TlsError::UnknownProperty(k));
             };
             match key {
                 "id" => id = Some(string(key, v)?),
@@ -107,13 +103,14 @@ impl TlsObject {
                 _ => identity = Some(string(key, v)?),
             }
         }
-        let id = id
-            .filter(|i| !i.is_empty())
-            .ok_or(TlsError::MissingProperty("id"))?;
+        let id = id.ok_or(TlsError::MissingProperty("id"))?;
+        if !is_identifier(&id) {
+            return Err(TlsError::BadId(id));
+        }
         Ok(match ty {
             "tls-creds-x509" => TlsObject::X509(X509Options {
                 id,
-                dir: dir.ok_or(TlsError::MissingProperty("dir"))?,
+                dir: dir.ok_or(TlsError::MissingValue("dir"))?,
                 endpoint,
                 verify_peer,
             }),
@@ -125,13 +122,38 @@ impl TlsObject {
     }
 }
 
+/// Splits at single commas; `,,` is a comma inside an item.
+fn split_items(s: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut item = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != ',' {
+            item.push(c);
+        } else if chars.next_if_eq(&',').is_some() {
+            item.push(',');
+        } else {
+            items.push(std::mem::take(&mut item));
+        }
+    }
+    items.push(item);
+    items
+}
+
+/// QEMU's `id_wellformed`: a letter, then letters, digits, `-`, `.`, `_`.
+fn is_identifier(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
 fn string(property: &'static str, v: Prop) -> Result<String, TlsError> {
     match v {
         Prop::Text(s) => Ok(s),
         Prop::Json(Value::String(s)) => Ok(s),
-        Prop::Json(other) => Err(TlsError::BadProperty {
+        Prop::Json(_) => Err(TlsError::WrongType {
             property,
-            value: other.to_string(),
+            expected: "string",
         }),
     }
 }
@@ -142,11 +164,11 @@ fn boolean(property: &'static str, v: Prop) -> Result<bool, TlsError> {
         Prop::Text(s) => match s.as_str() {
             "on" | "yes" | "true" => Ok(true),
             "off" | "no" | "false" => Ok(false),
-            _ => Err(TlsError::BadProperty { property, value: s }),
+            _ => Err(TlsError::NotOnOff(property)),
         },
-        Prop::Json(other) => Err(TlsError::BadProperty {
+        Prop::Json(_) => Err(TlsError::WrongType {
             property,
-            value: other.to_string(),
+            expected: "boolean",
         }),
     }
 }
@@ -180,39 +202,58 @@ mod tests {
                 verify_peer: false,
             })
         );
+        // A lone comma ends the value; `,,` is a comma inside it.
         let a = TlsObject::parse_cli("authz-simple,id=auth0,identity=CN=a,O=b");
-        // A comma inside a value is not guessed at.
-        assert!(a.is_err());
-        let a = TlsObject::parse_cli("authz-simple,id=auth0,identity=CN=src").unwrap();
-        assert_eq!(a.id(), "auth0");
+        assert_eq!(a.unwrap_err().to_string(), "Parameter 'O' is unexpected");
+        let a = TlsObject::parse_cli("qom-type=authz-simple,id=auth0,identity=CN=a,,O=b").unwrap();
+        assert_eq!(
+            a,
+            TlsObject::Authz(AuthzSimple {
+                id: "auth0".into(),
+                identity: "CN=a,O=b".into(),
+            })
+        );
+        let x = TlsObject::parse_cli("tls-creds-x509,id=t,dir=/a,,b,,").unwrap();
+        assert!(matches!(x, TlsObject::X509(o) if o.dir == std::path::Path::new("/a,b,")));
     }
 
     #[test]
     fn hostile_or_wrong_input_is_a_typed_error() {
         for (input, expected) in [
             ("tls-creds-x509,dir=/x", "Parameter 'id' is missing"),
-            ("tls-creds-x509,id=a", "Parameter 'dir' is missing"),
+            ("tls-creds-x509,id=a", "Missing 'dir' property value"),
             (
                 "tls-creds-x509,id=a,dir=/x,endpoint=both",
-                "invalid value 'both' for property 'endpoint'",
+                "Parameter 'endpoint' does not accept value 'both'",
             ),
             (
                 "tls-creds-x509,id=a,dir=/x,verify-peer=maybe",
-                "invalid value 'maybe' for property 'verify-peer'",
+                "Parameter 'verify-peer' expects 'on' or 'off'",
             ),
             (
                 "tls-creds-x509,id=a,dir=/x,priority=NORMAL",
-                "Property 'tls-creds-x509.priority' not found",
+                "Parameter 'priority' is unexpected",
             ),
             (
                 "memory-backend-ram,id=m",
-                "invalid object type: memory-backend-ram",
+                "Parameter 'qom-type' does not accept value 'memory-backend-ram'",
+            ),
+            ("tls-creds-x509,id", "Expected '=' after parameter 'id'"),
+            ("", "Parameter 'qom-type' does not accept value ''"),
+            ("id=a,dir=/x", "Parameter 'qom-type' is missing"),
+            (
+                "authz-simple,id=5a,identity=x",
+                "Parameter 'id' expects an identifier",
             ),
             (
-                "tls-creds-x509,id",
-                "invalid value 'id' for property 'object'",
+                "authz-simple,id=,identity=x",
+                "Parameter 'id' expects an identifier",
             ),
-            ("", "invalid object type: "),
+            (
+                "authz-simple,id=a b,identity=x",
+                "Parameter 'id' expects an identifier",
+            ),
+            ("authz-simple,id=a", "Parameter 'identity' is missing"),
         ] {
             assert_eq!(
                 TlsObject::parse_cli(input).unwrap_err().to_string(),
@@ -225,10 +266,12 @@ mod tests {
         let qmp = |v: Value| TlsObject::from_qmp(v.as_object().cloned().unwrap());
         assert!(qmp(json!({"id": "a"})).is_err());
         assert!(qmp(json!({"qom-type": 5, "id": "a"})).is_err());
-        assert!(qmp(
-            json!({"qom-type": "tls-creds-x509", "id": "a", "dir": "/x", "verify-peer": "on"})
-        )
-        .is_err());
+        assert_eq!(
+            qmp(json!({"qom-type": "tls-creds-x509", "id": "a", "dir": "/x", "verify-peer": "on"}))
+                .unwrap_err()
+                .to_string(),
+            "Invalid parameter type for 'verify-peer', expected: boolean"
+        );
         assert!(qmp(json!({"qom-type": "tls-creds-x509", "id": 1, "dir": "/x"})).is_err());
     }
 }

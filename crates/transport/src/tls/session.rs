@@ -9,25 +9,37 @@
 //!
 //! | lock | guards | held while blocked on the socket? |
 //! | --- | --- | --- |
-//! | `conn` | the rustls state machine | never |
-//! | `out` | the ciphertext about to be sent, and the right to send it (keeps records in order) | yes, by the one sending |
+//! | `conn` | the rustls state machine (and its queue of encrypted records) | never: only across a `sendmsg` that cannot block |
+//! | `send` | the right to send what rustls queued (the "flush duty"; keeps records in order) | yes, by the one sending |
 //! | `inbuf` | ciphertext read but not yet given to rustls (reader side only) | yes, by the reader |
 //!
 //! ```text
-//! writer: lock out ─ lock conn ─ encrypt into out ─ unlock conn ─ send out ─┐
-//!         ┌──────────────────────────────────────────────────────────────────┘
-//!         └ lock conn ─ more queued? ─yes─ move it to out, unlock conn, send again
-//!                                   └no── unlock out, then conn   (the "flush duty" ends)
+//! writer: lock send ─ lock conn ─ encrypt (rustls queues records) ─┐
+//!         ┌─────────────────────────────────────────────────────────┘
+//!         └ queued? ─no── unlock send, then conn   (the flush duty ends)
+//!                   └yes─ one non-blocking sendmsg of the queued records, straight from
+//!                         rustls's buffers ─ sent ─▶ queued? …
+//!                                          └ socket full ─ unlock conn, wait until
+//!                                            writable, lock conn ─▶ queued? …
 //! reader: lock conn ─ plaintext? ─yes─ return it
-//!                               └no─ unlock; read the socket; lock conn; decrypt
-//!         rustls queued something (an alert, a key update)? ─ try_lock out:
+//!                               └no─ unlock; read the socket (up to READ_BUF); lock conn;
+//!                                    decrypt until a record's plaintext is ready
+//!         rustls queued something (an alert, a key update)? ─ try_lock send:
 //!               got it ─ send it ourselves │ busy ─ the sender holds the flush duty and
 //!                                          │        checks the queue under `conn` before it
-//!                                          │        lets `out` go, so nothing is left behind
+//!                                          │        lets `send` go, so nothing is left behind
 //! ```
 //!
-//! Lock order is `out` before `conn`; the reader only *tries* `out` while holding `conn`, so
+//! Lock order is `send` before `conn`; the reader only *tries* `send` while holding `conn`, so
 //! there is no deadlock.
+//!
+//! Costs per byte, which is what TLS throughput is on a host whose cores are all busy: the
+//! writer's plaintext is copied once by rustls as it encrypts in place, and the records go to
+//! the kernel from rustls's own buffers (`writev` of up to 64 records, about 1 MiB, per
+//! system call), with no copy in between; the reader takes up to [`READ_BUF`] bytes per
+//! system call and feeds rustls from that buffer. Encryption and sending of one channel do
+//! not overlap: on this 2-core host every core is already busy with another channel's
+//! sender or receiver, so a second thread per channel would only add switches.
 //!
 //! End of stream: `Ok(0)` only after the peer's `close_notify`. A peer that closes the TCP
 //! connection without it gives an [`io::ErrorKind::UnexpectedEof`] error carrying
@@ -46,11 +58,12 @@ use rustls::Connection;
 use super::{describe, TlsError};
 use crate::endpoint::Endpoint;
 
-/// Size of the buffer ciphertext is read into (a little more than one full TLS record).
-const READ_BUF: usize = 18 * 1024;
+/// Size of the buffer ciphertext is read into: up to 16 full TLS records per system call.
+const READ_BUF: usize = 256 * 1024;
 
-/// Most ciphertext rustls may queue for sending (one write call's worth).
-const SEND_LIMIT: usize = 256 * 1024;
+/// Most plaintext rustls takes per write call: 64 full records, as many as one `write_tls`
+/// hands to one `sendmsg`.
+const SEND_LIMIT: usize = 1024 * 1024;
 
 struct InBuf {
     buf: Vec<u8>,
@@ -62,7 +75,7 @@ struct InBuf {
 pub(crate) struct TlsSession {
     ep: Arc<Endpoint>,
     conn: Mutex<Connection>,
-    out: Mutex<Vec<u8>>,
+    send: Mutex<()>,
     inbuf: Mutex<InBuf>,
 }
 
@@ -81,7 +94,7 @@ impl TlsSession {
         TlsSession {
             ep,
             conn: Mutex::new(conn),
-            out: Mutex::new(Vec::new()),
+            send: Mutex::new(()),
             inbuf: Mutex::new(InBuf {
                 buf: vec![0; READ_BUF],
                 start: 0,
@@ -97,10 +110,10 @@ impl TlsSession {
     /// Runs the handshake to its end. Interrupted by the channel's shutdown handle.
     pub(crate) fn handshake(&self) -> Result<(), TlsError> {
         loop {
-            let out = lock(&self.out);
+            let duty = lock(&self.send);
             let c = lock(&self.conn);
             if c.wants_write() {
-                self.send_queued(c, out)
+                self.send_queued(c, duty)
                     .map_err(|e| handshake_error(self.classify_io(e, true)))?;
                 continue;
             }
@@ -108,7 +121,7 @@ impl TlsSession {
                 return Ok(());
             }
             drop(c);
-            drop(out);
+            drop(duty);
             match self.fill() {
                 Ok(true) => {}
                 Ok(false) => return Err(TlsError::ClosedDuringHandshake),
@@ -146,8 +159,9 @@ impl TlsSession {
         }
     }
 
-    /// Gives rustls more ciphertext: what is left in `inbuf`, else one socket read.
-    /// `Ok(false)`: the socket reached its end (rustls has been told).
+    /// Gives rustls more ciphertext: what is left in `inbuf`, else one socket read; decrypts
+    /// until a record's plaintext is ready, rustls has something to send, or `inbuf` is used
+    /// up. `Ok(false)`: the socket reached its end (rustls has been told).
     fn fill(&self) -> io::Result<bool> {
         let mut inb = lock(&self.inbuf);
         let mut eof = false;
@@ -158,17 +172,28 @@ impl TlsSession {
             eof = n == 0;
         }
         let mut c = lock(&self.conn);
-        let InBuf { buf, start, end } = &mut *inb;
-        let mut pending = &buf[*start..*end];
-        let before = pending.len();
-        c.read_tls(&mut pending)?;
-        *start += before - pending.len();
-        let processed = c.process_new_packets();
+        let processed = loop {
+            let InBuf { buf, start, end } = &mut *inb;
+            let mut pending = &buf[*start..*end];
+            let before = pending.len();
+            c.read_tls(&mut pending)?;
+            let taken = before - pending.len();
+            *start += taken;
+            match c.process_new_packets() {
+                Ok(state)
+                    if taken > 0
+                        && *start < *end
+                        && state.plaintext_bytes_to_read() == 0
+                        && !state.peer_has_closed()
+                        && !c.wants_write() => {}
+                r => break r,
+            }
+        };
         if c.wants_write() {
             // An alert, a key update: send it now, or leave it to the current sender.
-            match self.out.try_lock() {
-                Ok(out) => {
-                    let sent = self.send_queued(c, out);
+            match self.send.try_lock() {
+                Ok(duty) => {
+                    let sent = self.send_queued(c, duty);
                     if processed.is_ok() {
                         sent?;
                     }
@@ -196,17 +221,17 @@ impl TlsSession {
         if bufs.iter().all(|b| b.is_empty()) {
             return Ok(0);
         }
-        let out = lock(&self.out);
+        let duty = lock(&self.send);
         let mut c = lock(&self.conn);
         let n = io::Write::write_vectored(&mut c.writer(), bufs)?;
-        self.send_queued(c, out)
+        self.send_queued(c, duty)
             .map_err(|e| self.classify_io(e, false))?;
         if n == 0 {
             // Only possible if rustls's send buffer was full; it is empty now.
-            let out = lock(&self.out);
+            let duty = lock(&self.send);
             let mut c = lock(&self.conn);
             let n = io::Write::write_vectored(&mut c.writer(), bufs)?;
-            self.send_queued(c, out)
+            self.send_queued(c, duty)
                 .map_err(|e| self.classify_io(e, false))?;
             return Ok(n);
         }
@@ -215,40 +240,36 @@ impl TlsSession {
 
     /// Sends `close_notify`: the peer reads a clean end of stream.
     pub(crate) fn close_notify(&self) -> io::Result<()> {
-        let out = lock(&self.out);
+        let duty = lock(&self.send);
         let mut c = lock(&self.conn);
         c.send_close_notify();
-        self.send_queued(c, out)
+        self.send_queued(c, duty)
             .map_err(|e| self.classify_io(e, false))
     }
 
-    /// Holding the flush duty (`out`): moves everything rustls queued into `out` and sends
-    /// it, until rustls has nothing left; releases `out` while `conn` is still held.
+    /// Holding the flush duty (`send`): hands what rustls queued to the socket, straight from
+    /// rustls's buffers, until nothing is left; waits for the socket without holding `conn`.
+    /// Releases `send` while `conn` is still held.
     fn send_queued<'a>(
         &'a self,
         mut c: MutexGuard<'a, Connection>,
-        mut out: MutexGuard<'a, Vec<u8>>,
+        duty: MutexGuard<'a, ()>,
     ) -> io::Result<()> {
         loop {
-            out.clear();
-            while c.wants_write() {
-                c.write_tls(&mut *out)?;
-            }
-            if out.is_empty() {
-                drop(out);
+            if !c.wants_write() {
+                drop(duty);
                 drop(c);
                 return Ok(());
             }
-            drop(c);
-            let mut sent = 0;
-            while sent < out.len() {
-                let n = self.ep.write(&out[sent..])?;
-                if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
+            match c.write_tls(&mut SendNow(&self.ep)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(c);
+                    self.ep.wait_writable()?;
+                    c = lock(&self.conn);
                 }
-                sent += n;
+                Err(e) => return Err(e),
             }
-            c = lock(&self.conn);
         }
     }
 
@@ -306,6 +327,28 @@ impl TlsSession {
             while matches!(io::Read::read(&mut c.reader(), &mut sink), Ok(n) if n > 0) {}
         }
         None
+    }
+}
+
+/// The socket as rustls's `write_tls` target: one `sendmsg` of the records it offers (up to
+/// 64), `WouldBlock` instead of waiting when the socket buffer is full.
+struct SendNow<'a>(&'a Endpoint);
+
+impl io::Write for SendNow<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self.0.try_write_vectored(bufs)? {
+            Some(0) => Err(io::ErrorKind::WriteZero.into()),
+            Some(n) => Ok(n),
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
