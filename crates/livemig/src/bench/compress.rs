@@ -9,13 +9,10 @@
 //! Every run's destination RAM is compared with the source's.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use migration::{Capability, ParameterUpdate};
-use monitor::QmpClient;
 use serde_json::{json, Value};
 use vmm::machine::{Machine, MachineConfig};
 use vmm::soft::FillPattern;
@@ -25,7 +22,7 @@ use savevm::multifd_codec::{decompress_packet, Compression, Compressor, Decompre
 
 use super::link::ShapedLink;
 use super::pair::migrate_via;
-use super::qemu::QemuProcess;
+use super::qemu::{self, QemuVm};
 use crate::size::human;
 
 const METHODS: [&str; 3] = ["none", "zlib", "zstd"];
@@ -145,62 +142,6 @@ fn livemig_run(
     ))
 }
 
-/// A QEMU `-M none` with its RAM in `ram` (shared), and its QMP connection.
-struct Qemu {
-    process: QemuProcess,
-    qmp: QmpClient,
-}
-
-impl Qemu {
-    fn start(
-        dir: &Path,
-        name: &str,
-        ram: &Path,
-        size: u64,
-        extra: &[&str],
-    ) -> anyhow::Result<Qemu> {
-        let mut args: Vec<String> = [
-            "-nodefaults",
-            "-display",
-            "none",
-            "-accel",
-            "tcg",
-            "-object",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        args.push(format!(
-            "memory-backend-file,id=ram,size={size},mem-path={},share=on",
-            ram.display()
-        ));
-        args.extend(["-machine".into(), "none,memory-backend=ram".into()]);
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let (process, qmp) = QemuProcess::start(dir, name, &args)?;
-        Ok(Qemu { process, qmp })
-    }
-
-    fn configure(&mut self, method: &str) -> anyhow::Result<()> {
-        self.qmp.execute(
-            "migrate-set-capabilities",
-            // The return path as livemig (on by default there): the source completes when the
-            // destination has loaded everything, not when the last bytes sit in socket
-            // buffers before a slow link.
-            Some(json!({"capabilities": [
-                {"capability": "multifd", "state": true},
-                {"capability": "return-path", "state": true},
-            ]})),
-        )?;
-        self.qmp
-            .execute("migrate-set-parameters", Some(params(method)))?;
-        Ok(())
-    }
-
-    fn cpu(&self) -> anyhow::Result<f64> {
-        cpu_seconds(&self.process.pid().to_string())
-    }
-}
-
 fn qemu_run(
     dir: &Path,
     src_ram: &Path,
@@ -210,10 +151,10 @@ fn qemu_run(
 ) -> anyhow::Result<(Run, f64)> {
     let dst_ram = dir.join("qemu-dst.ram");
     std::fs::File::create(&dst_ram)?.set_len(size)?;
-    let mut dst = Qemu::start(dir, "dst", &dst_ram, size, &["-incoming", "defer"])?;
-    let mut src = Qemu::start(dir, "src", src_ram, size, &[])?;
-    dst.configure(method)?;
-    src.configure(method)?;
+    let mut dst = QemuVm::start(dir, "dst", &dst_ram, size, &["-incoming", "defer"])?;
+    let mut src = QemuVm::start(dir, "src", src_ram, size, &[])?;
+    dst.configure(true, params(method))?;
+    src.configure(true, params(method))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -222,32 +163,15 @@ fn qemu_run(
         Some(json!({"uri": format!("tcp:127.0.0.1:{port}")})),
     )?;
     let link = ShapedLink::start(([127, 0, 0, 1], port).into(), rate)?;
-    let (cpu0, link0) = (src.cpu()? + dst.cpu()?, cpu_seconds("self")?);
-    src.qmp
-        .execute("migrate", Some(json!({"uri": link.uri()})))?;
-    let t = Instant::now();
-    let info = loop {
-        let info = src.qmp.execute("query-migrate", None)?;
-        match info["status"].as_str() {
-            Some("completed") => break info,
-            Some("failed" | "cancelled") => bail!("QEMU {method} migration: {info}"),
-            _ if t.elapsed() > Duration::from_secs(600) => bail!("QEMU migration stuck: {info}"),
-            _ => std::thread::sleep(Duration::from_millis(5)),
-        }
-    };
-    // The destination is done once it runs (it has no vCPU, so it leaves `inmigrate`).
-    let t = Instant::now();
-    while dst.qmp.execute("query-status", None)?["status"] == "inmigrate" {
-        if t.elapsed() > Duration::from_secs(60) {
-            bail!("QEMU destination did not finish loading");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let cpu = src.cpu()? + dst.cpu()? - cpu0;
+    let cpu_of = |q: &QemuVm| cpu_seconds(&q.process.pid().to_string());
+    let (cpu0, link0) = (cpu_of(&src)? + cpu_of(&dst)?, cpu_seconds("self")?);
+    let info =
+        qemu::migrate(&mut src, &mut dst, &link.uri()).with_context(|| format!("QEMU {method}"))?;
+    let cpu = cpu_of(&src)? + cpu_of(&dst)? - cpu0;
     let link_cpu = cpu_seconds("self")? - link0;
     drop(src);
     drop(dst);
-    if std::fs::read(src_ram)? != std::fs::read(&dst_ram)? {
+    if !qemu::same_contents(src_ram, &dst_ram)? {
         bail!("QEMU {method}: destination RAM differs from the source");
     }
     let ms = info["total-time"].as_f64().context("no total-time")?;
@@ -319,10 +243,7 @@ pub(super) fn case_e(scale: u64, rounds: usize, mbit: u64) -> anyhow::Result<()>
             );
         }
     }
-    let have_qemu = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let have_qemu = qemu::installed();
     if !have_qemu {
         println!("  SKIP QEMU: qemu-system-x86_64 not installed");
     }
