@@ -23,11 +23,13 @@ use migration::{Capability, ParameterUpdate};
 use serde_json::{json, Value};
 use vmm::machine::{Machine, MachineConfig};
 
-use super::pair::migrate;
+use super::pair::{migrate, Outcome};
+use super::plot::Timeline;
 use super::qemu::{self, QemuVm};
 use super::table::Table;
 use super::{fill_random, raw_tcp_copy, GIB};
 use crate::size::human;
+use crate::timeline::Sample;
 
 /// Both implementations' own bandwidth limit, out of the way.
 const NO_LIMIT: u64 = 100_000_000_000;
@@ -59,14 +61,14 @@ fn shm_file(dir: &Path, name: &str) -> (PathBuf, Backing) {
     (path, backing)
 }
 
-/// One livemig migration of `src` into a fresh destination; its time in ms and dirty passes.
+/// One livemig migration of `src` into a fresh destination; its outcome.
 fn livemig_run(
     src: &Arc<Machine>,
     cfg: &MachineConfig,
     dir: &Path,
     digest: &[u8; 32],
     multifd: bool,
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<Outcome> {
     let (path, backing) = shm_file(dir, "livemig-dst.ram");
     let dst = Machine::new(MachineConfig {
         incoming: true,
@@ -86,14 +88,20 @@ fn livemig_run(
     // The next run migrates the same source again.
     src.cont()?;
     src.stop()?;
-    Ok((o.total_ms() as f64, o.passes()))
+    Ok(o)
 }
 
-/// One QEMU migration from a QEMU mapping `src_ram` into a fresh destination; its time in ms.
-fn qemu_run(dir: &Path, src_ram: &Path, size: u64, multifd: bool) -> anyhow::Result<f64> {
+/// One QEMU migration from a QEMU mapping `src_ram` into a fresh destination; its time in ms
+/// and its timeline.
+fn qemu_run(
+    dir: &Path,
+    src_ram: &Path,
+    size: u64,
+    multifd: bool,
+) -> anyhow::Result<(f64, Vec<Sample>)> {
     let dst_ram = dir.join("qemu-dst.ram");
     std::fs::File::create(&dst_ram)?.set_len(size)?;
-    let result = (|| -> anyhow::Result<f64> {
+    let result = (|| -> anyhow::Result<(f64, Vec<Sample>)> {
         let mut dst = QemuVm::start(dir, "dst", &dst_ram, size, &["-incoming", "defer"])?;
         let mut src = QemuVm::start(dir, "src", src_ram, size, &[])?;
         dst.configure(multifd, params())?;
@@ -104,19 +112,22 @@ fn qemu_run(dir: &Path, src_ram: &Path, size: u64, multifd: bool) -> anyhow::Res
         let uri = format!("tcp:127.0.0.1:{port}");
         dst.qmp
             .execute("migrate-incoming", Some(json!({ "uri": uri })))?;
-        let info = qemu::migrate(&mut src, &mut dst, &uri)?;
+        let (info, samples) = qemu::migrate(&mut src, &mut dst, &uri)?;
         drop((src, dst));
         if !qemu::same_contents(src_ram, &dst_ram)? {
             bail!("QEMU: destination RAM differs from the source");
         }
-        info["total-time"].as_f64().context("no total-time")
+        Ok((
+            info["total-time"].as_f64().context("no total-time")?,
+            samples,
+        ))
     })();
     std::fs::remove_file(&dst_ram)?;
     result
 }
 
-/// Runs case (a) with `rounds` alternating rounds and returns its table.
-pub(super) fn case_a(scale: u64, rounds: usize) -> anyhow::Result<Table> {
+/// Runs case (a) with `rounds` alternating rounds; its table and each way's last timeline.
+pub(super) fn case_a(scale: u64, rounds: usize) -> anyhow::Result<(Table, Vec<Timeline>)> {
     let size = 2 * GIB / scale;
     let have_qemu = qemu::installed();
     println!(
@@ -129,7 +140,7 @@ pub(super) fn case_a(scale: u64, rounds: usize) -> anyhow::Result<Table> {
             "; SKIP QEMU: qemu-system-x86_64 not installed"
         }
     );
-    let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir())?;
+    let dir = super::scratch_dir()?;
     let (src_ram, backing) = shm_file(dir.path(), "src.ram");
     let cfg = MachineConfig {
         memory: size,
@@ -153,8 +164,13 @@ fn rounds_of(
     size: u64,
     rounds: usize,
     have_qemu: bool,
-) -> anyhow::Result<Table> {
+) -> anyhow::Result<(Table, Vec<Timeline>)> {
     let block = &src.ram().blocks()[0];
+    let mut timelines: Vec<Timeline> = Vec::new();
+    let mut keep = |name: &str, samples: Vec<Sample>| {
+        timelines.retain(|(n, _)| n != name);
+        timelines.push((name.to_string(), samples));
+    };
     fill_random(block)?;
     let digest = block.digest();
     let raw = |dir: &Path| -> anyhow::Result<f64> {
@@ -176,10 +192,10 @@ fn rounds_of(
         size,
     );
     for round in 1..=rounds {
-        let mut line = format!("  round {round}:");
+        let mut parts = Vec::new();
         let ms = raw(dir)?;
         table.record(RAW, ms);
-        line += &format!(" {RAW} {ms:.0}");
+        parts.push(format!("{RAW} {ms:.0}"));
         for multifd in [false, true] {
             let (q, ours) = if multifd {
                 (QEMU_MULTIFD, OURS_MULTIFD)
@@ -187,15 +203,18 @@ fn rounds_of(
                 (QEMU_SINGLE, OURS_SINGLE)
             };
             if have_qemu {
-                let ms = qemu_run(dir, src_ram, size, multifd)?;
+                let (ms, samples) = qemu_run(dir, src_ram, size, multifd)?;
                 table.record(q, ms);
-                line += &format!(" | {q} {ms:.0}");
+                keep(q, samples);
+                parts.push(format!("{q} {ms:.0}"));
             }
-            let (ms, passes) = livemig_run(src, cfg, dir, &digest, multifd)?;
+            let o = livemig_run(src, cfg, dir, &digest, multifd)?;
+            let (ms, passes) = (o.total_ms() as f64, o.passes());
             table.record(ours, ms);
-            line += &format!(" | {ours} {ms:.0} ({passes} passes)");
+            keep(ours, o.timeline);
+            parts.push(format!("{ours} {ms:.0} ({passes} passes)"));
         }
-        println!("{line} (ms)");
+        println!("  round {round} (ms): {}", parts.join(" | "));
     }
     print!("{}", table.render());
     let ratio = |fast, slow| {
@@ -223,5 +242,5 @@ fn rounds_of(
             ratio(best_ours, best_qemu)
         );
     }
-    Ok(table)
+    Ok((table, timelines))
 }

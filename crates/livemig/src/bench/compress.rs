@@ -165,7 +165,7 @@ fn qemu_run(
     let link = ShapedLink::start(([127, 0, 0, 1], port).into(), rate)?;
     let cpu_of = |q: &QemuVm| cpu_seconds(&q.process.pid().to_string());
     let (cpu0, link0) = (cpu_of(&src)? + cpu_of(&dst)?, cpu_seconds("self")?);
-    let info =
+    let (info, _) =
         qemu::migrate(&mut src, &mut dst, &link.uri()).with_context(|| format!("QEMU {method}"))?;
     let cpu = cpu_of(&src)? + cpu_of(&dst)? - cpu0;
     let link_cpu = cpu_seconds("self")? - link0;
@@ -217,7 +217,7 @@ pub(super) fn case_e(scale: u64, rounds: usize, mbit: u64) -> anyhow::Result<()>
         ..Default::default()
     };
     let src = Machine::new(cfg.clone())?;
-    let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir())?;
+    let dir = super::scratch_dir()?;
     let src_ram = dir.path().join("qemu-src.ram");
     {
         let block = &src.ram().blocks()[0];

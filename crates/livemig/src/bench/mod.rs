@@ -11,6 +11,8 @@
 //! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `kvm`);
 //! * (e) text-like RAM over a shaped 1 Gbit/s link, multifd-compression none / zlib / zstd,
 //!   livemig beside QEMU 7.2 (see `compress`; not in the default set, it takes minutes).
+//! * (link) with `--link PRESET`: two simulated hosts (network namespaces, `tbf`, a latency
+//!   relay), livemig and QEMU 7.2 each as two processes (see `two_hosts`);
 //! * (t) what TLS costs: plain vs TLS, single channel and multifd, alternating rounds (see `tls`).
 //!
 //! livemig's source and destination are two VMs in this process connected by a real loopback
@@ -22,6 +24,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args;
 use guest_ram::RamBlock;
 use vmm::soft::{Pattern, WorkloadConfig};
@@ -31,12 +34,15 @@ use pair::{machines, migrate, Outcome};
 
 mod case_a;
 mod compress;
+pub mod delay;
 mod kvm;
 mod link;
 mod pair;
+mod plot;
 mod qemu;
 mod table;
 mod tls;
+mod two_hosts;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -60,6 +66,67 @@ pub struct BenchArgs {
     /// Link speed of case (e) in Mbit/s (the relay's pace).
     #[arg(long, default_value_t = 1000)]
     pub link_mbit: u64,
+    /// Migrate between two simulated hosts (network namespaces, needs root and iproute2)
+    /// over this link instead of running the loopback cases: `1gbit`, `10gbit`,
+    /// `100mbit,rtt=20ms` (any `<n>mbit`/`<n>gbit`, optional `rtt=<n>ms`).
+    #[arg(long)]
+    pub link: Option<two_hosts::LinkSpec>,
+    /// Draw SVG charts of case (a) and of `--link` into this directory (remaining bytes and
+    /// throughput over time for each way, a bar chart of the table).
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<std::path::PathBuf>,
+    /// With `--plot`: draw these timeline files (from `livemig migrate --timeline`) on the
+    /// same axes, named by their file names, instead of running any case.
+    #[arg(long, value_name = "FILE", requires = "plot")]
+    pub draw: Vec<std::path::PathBuf>,
+}
+
+/// Scratch directories of this run, removed by the Ctrl-C handler (no destructor runs then).
+static SCRATCH: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A scratch directory for RAM files: in `/dev/shm` where possible (guest RAM lives in memory,
+/// not on disk), removed when dropped or on Ctrl-C.
+pub(super) fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir())?;
+    SCRATCH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(dir.path().to_path_buf());
+    Ok(dir)
+}
+
+/// Child processes (QEMU, `livemig run`, relays) alive now, killed by the Ctrl-C handler.
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Lists (`alive`) or unlists a child process for the Ctrl-C handler.
+pub(super) fn track_child(pid: u32, alive: bool) {
+    let mut c = CHILDREN.lock().unwrap_or_else(|p| p.into_inner());
+    if alive {
+        c.push(pid);
+    } else {
+        c.retain(|&p| p != pid);
+    }
+}
+
+/// On Ctrl-C (or SIGTERM): kill the child processes, delete the namespaces and scratch files
+/// of this run, then exit (no destructor runs).
+fn cleanup_on_interrupt() {
+    let r = ctrlc::set_handler(|| {
+        eprintln!("livemig bench: interrupted; removing namespaces and scratch files");
+        for pid in CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        crate::netns::delete_all();
+        for dir in SCRATCH.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        std::process::exit(130);
+    });
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot install the Ctrl-C handler");
+    }
 }
 
 fn fill_random(block: &RamBlock) -> anyhow::Result<()> {
@@ -169,13 +236,47 @@ fn case_c(scale: u64, rate: Option<u64>) -> anyhow::Result<()> {
 /// Runs the benchmark and prints its figures.
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let scale = args.scale.max(1);
+    cleanup_on_interrupt();
+    let plot = |case: &str, (table, timelines): (table::Table, Vec<plot::Timeline>)| {
+        if let Some(dir) = &args.plot {
+            for p in plot::write(dir, case, &table, &timelines)? {
+                println!("  chart: {}", p.display());
+            }
+        }
+        anyhow::Ok(())
+    };
+    if let (Some(dir), false) = (&args.plot, args.draw.is_empty()) {
+        let mut timelines = Vec::new();
+        for f in &args.draw {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            let samples = crate::timeline::parse(&text)
+                .with_context(|| format!("{} is not a timeline", f.display()))?;
+            let name = f.file_name().map_or_else(
+                || f.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            timelines.push((name, samples));
+        }
+        for p in plot::write_timelines(dir, "timeline", "recorded migrations", &timelines)? {
+            println!("chart: {}", p.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(link) = &args.link {
+        plot(
+            "link",
+            two_hosts::case_link(link, scale, args.repeat.max(1))?,
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let want = |c: &str| args.only.is_empty() || args.only.iter().any(|o| o == c);
     println!(
         "livemig bench (scale 1/{scale}, loopback TCP, {} cores)",
         num_cpus()
     );
     if want("a") {
-        case_a::case_a(scale, args.repeat.max(1))?;
+        plot("a", case_a::case_a(scale, args.repeat.max(1))?)?;
     }
     if want("b") {
         case_b(scale)?;

@@ -11,6 +11,8 @@ use anyhow::{bail, Context};
 use monitor::QmpClient;
 use serde_json::{json, Value};
 
+use crate::timeline::{self, Sample};
+
 /// Whether `qemu-system-x86_64` can be run.
 pub(super) fn installed() -> bool {
     Command::new("qemu-system-x86_64")
@@ -19,13 +21,14 @@ pub(super) fn installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A running QEMU, killed on drop.
+/// A running child process (QEMU, or `livemig run`), killed on drop.
 pub(super) struct QemuProcess(Child);
 
 impl Drop for QemuProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        super::track_child(self.0.id(), false);
     }
 }
 
@@ -36,24 +39,45 @@ impl QemuProcess {
         name: &str,
         args: &[String],
     ) -> anyhow::Result<(QemuProcess, QmpClient)> {
+        let mut argv = vec!["qemu-system-x86_64".to_string()];
+        argv.extend(args.iter().cloned());
+        Self::spawn(dir, name, &argv, "-qmp")
+    }
+
+    /// Runs `argv` (program first) with `QMP_FLAG unix:DIR/NAME.qmp,server=on,wait=off`
+    /// appended, and connects to that QMP socket.
+    fn spawn(
+        dir: &Path,
+        name: &str,
+        argv: &[String],
+        qmp_flag: &str,
+    ) -> anyhow::Result<(QemuProcess, QmpClient)> {
         let sock = dir.join(format!("{name}.qmp"));
-        let child = Command::new("qemu-system-x86_64")
+        let (program, args) = argv.split_first().context("no program to run")?;
+        let child = Command::new(program)
             .args(args)
-            .arg("-qmp")
+            .arg(qmp_flag)
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("cannot start qemu-system-x86_64")?;
-        let vm = QemuProcess(child);
+            .with_context(|| format!("cannot start {program}"))?;
+        super::track_child(child.id(), true);
+        let mut vm = QemuProcess(child);
         let t = Instant::now();
         loop {
             if let Ok(c) = QmpClient::connect_unix(&sock) {
                 return Ok((vm, c));
             }
+            if let Ok(Some(status)) = vm.0.try_wait() {
+                bail!(
+                    "{} exited ({status}) before opening its QMP socket",
+                    argv.join(" ")
+                );
+            }
             if t.elapsed() > Duration::from_secs(10) {
-                bail!("QEMU did not open its QMP socket");
+                bail!("{program} did not open its QMP socket");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -65,7 +89,17 @@ impl QemuProcess {
     }
 }
 
-/// A QEMU `-M none` with its RAM in a file mapped shared, and its QMP connection.
+/// Which implementation a [`QemuVm`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Implementation {
+    /// QEMU 7.2, `-M none` with a `memory-backend-file`.
+    Qemu,
+    /// This binary's `livemig run -M none --backing file:PATH` (no vCPU).
+    Livemig,
+}
+
+/// A QEMU-like VM process (`-M none`) with its RAM in a file mapped shared, and its QMP
+/// connection: QEMU 7.2 or `livemig run`, driven alike.
 pub(super) struct QemuVm {
     pub(super) process: QemuProcess,
     pub(super) qmp: QmpClient,
@@ -81,24 +115,58 @@ impl QemuVm {
         size: u64,
         extra: &[&str],
     ) -> anyhow::Result<QemuVm> {
-        let mut args: Vec<String> = [
-            "-nodefaults",
-            "-display",
-            "none",
-            "-accel",
-            "tcg",
-            "-object",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        args.push(format!(
-            "memory-backend-file,id=ram,size={size},mem-path={},share=on",
-            ram.display()
-        ));
-        args.extend(["-machine".into(), "none,memory-backend=ram".into()]);
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let (process, qmp) = QemuProcess::start(dir, name, &args)?;
+        Self::start_in(&[], Implementation::Qemu, dir, name, ram, size, extra)
+    }
+
+    /// Starts `which` as [`QemuVm::start`] does, run through `wrapper` (e.g. `ip netns exec
+    /// NS`); `extra` is `["-incoming", "defer"]` or nothing, and is translated for livemig.
+    pub(super) fn start_in(
+        wrapper: &[&str],
+        which: Implementation,
+        dir: &Path,
+        name: &str,
+        ram: &Path,
+        size: u64,
+        extra: &[&str],
+    ) -> anyhow::Result<QemuVm> {
+        let mut argv: Vec<String> = wrapper.iter().map(|a| a.to_string()).collect();
+        let flag = match which {
+            Implementation::Qemu => {
+                argv.push("qemu-system-x86_64".into());
+                argv.extend(
+                    [
+                        "-nodefaults",
+                        "-display",
+                        "none",
+                        "-accel",
+                        "tcg",
+                        "-object",
+                    ]
+                    .map(String::from),
+                );
+                argv.push(format!(
+                    "memory-backend-file,id=ram,size={size},mem-path={},share=on",
+                    ram.display()
+                ));
+                argv.extend(["-machine".into(), "none,memory-backend=ram".into()]);
+                argv.extend(extra.iter().map(|a| a.to_string()));
+                "-qmp"
+            }
+            Implementation::Livemig => {
+                let exe = std::env::current_exe().context("cannot find this program")?;
+                argv.push(exe.display().to_string());
+                argv.extend(["run", "-M", "none", "--smp", "0", "-m"].map(String::from));
+                argv.push(size.to_string());
+                argv.push("--backing".into());
+                argv.push(format!("file:{}", ram.display()));
+                argv.extend(extra.iter().map(|a| match *a {
+                    "-incoming" => "--incoming".to_string(),
+                    a => a.to_string(),
+                }));
+                "--qmp"
+            }
+        };
+        let (process, qmp) = QemuProcess::spawn(dir, name, &argv, flag)?;
         Ok(QemuVm { process, qmp })
     }
 
@@ -120,19 +188,25 @@ impl QemuVm {
 
 /// Starts `src` migrating to `uri` (where `dst` was told to listen), waits until the source
 /// reports `completed` and the destination has left `inmigrate` (it has no vCPU, so it then
-/// runs), and returns the source's final `query-migrate`.
-pub(super) fn migrate(src: &mut QemuVm, dst: &mut QemuVm, uri: &str) -> anyhow::Result<Value> {
+/// runs), and returns the source's final `query-migrate` and the run's timeline.
+pub(super) fn migrate(
+    src: &mut QemuVm,
+    dst: &mut QemuVm,
+    uri: &str,
+) -> anyhow::Result<(Value, Vec<Sample>)> {
     src.qmp.execute("migrate", Some(json!({ "uri": uri })))?;
+    let mut samples = Vec::new();
     let t = Instant::now();
-    let info = loop {
-        let info = src.qmp.execute("query-migrate", None)?;
-        match info["status"].as_str() {
-            Some("completed") => break info,
-            Some("failed" | "cancelled") => bail!("QEMU migration: {info}"),
-            _ if t.elapsed() > Duration::from_secs(600) => bail!("QEMU migration stuck: {info}"),
-            _ => std::thread::sleep(Duration::from_millis(5)),
+    let info = timeline::record(&mut src.qmp, t, |s| {
+        samples.push(s.clone());
+        if t.elapsed() > Duration::from_secs(600) {
+            return Err(std::io::Error::other("migration stuck for 10 minutes"));
         }
-    };
+        Ok(())
+    })?;
+    if info["status"] != "completed" {
+        bail!("migration: {info}");
+    }
     let t = Instant::now();
     while dst.qmp.execute("query-status", None)?["status"] == "inmigrate" {
         if t.elapsed() > Duration::from_secs(60) {
@@ -140,7 +214,7 @@ pub(super) fn migrate(src: &mut QemuVm, dst: &mut QemuVm, uri: &str) -> anyhow::
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(info)
+    Ok((info, samples))
 }
 
 /// Whether two files hold the same bytes, compared 1 MiB at a time (they are guest RAM, so
