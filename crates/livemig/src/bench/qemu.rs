@@ -76,8 +76,9 @@ impl QemuProcess {
                     argv.join(" ")
                 );
             }
-            if t.elapsed() > Duration::from_secs(10) {
-                bail!("{program} did not open its QMP socket");
+            // Generous: the machines this runs on are often shared and loaded.
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("{} did not open its QMP socket", argv.join(" "));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
