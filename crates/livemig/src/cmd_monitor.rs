@@ -49,6 +49,10 @@ pub struct MigrateArgs {
     /// Print the final `query-migrate` reply as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Record the migration's timeline (`query-migrate` every 10 ms) to FILE as JSON lines
+    /// instead of showing a progress bar.
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<std::path::PathBuf>,
 }
 
 /// `livemig monitor`.
@@ -59,8 +63,19 @@ pub fn monitor(a: MonitorArgs) -> anyhow::Result<ExitCode> {
 
 /// `livemig migrate`.
 pub fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let info = monitor::migrate_with_progress(&a.qmp, &a.uri, !a.json)
-        .with_context(|| format!("migrate {} via {}", a.uri, a.qmp))?;
+    let info = match &a.timeline {
+        None => monitor::migrate_with_progress(&a.qmp, &a.uri, !a.json)
+            .with_context(|| format!("migrate {} via {}", a.uri, a.qmp))?,
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let mut qmp = monitor::QmpClient::connect(&a.qmp)
+                .with_context(|| format!("cannot connect to {}", a.qmp))?;
+            let mut out = std::io::BufWriter::new(file);
+            crate::timeline::migrate_recording(&mut qmp, &a.uri, &mut out)
+                .with_context(|| format!("migrate {} via {}", a.uri, a.qmp))?
+        }
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     }

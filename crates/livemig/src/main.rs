@@ -7,7 +7,9 @@ mod cmd_analyze;
 mod cmd_demo;
 mod cmd_monitor;
 mod cmd_run;
+mod netns;
 mod size;
+mod timeline;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,9 @@ enum Command {
     Migrate(cmd_monitor::MigrateArgs),
     /// Measure migration speed and downtime, with a raw TCP copy as the baseline.
     Bench(bench::BenchArgs),
+    /// The latency relay of `bench --link …,rtt=…` (run by the bench in a network namespace).
+    #[command(hide = true)]
+    BenchRelay(bench::delay::RelayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Monitor(a) => cmd_monitor::monitor(a),
         Command::Migrate(a) => cmd_monitor::migrate(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchRelay(a) => bench::delay::run(a),
     };
     match result {
         Ok(code) => code,

@@ -10,13 +10,10 @@
 //! Every run's destination RAM is compared with the source's.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use migration::{Capability, ParameterUpdate};
-use monitor::QmpClient;
 use serde_json::{json, Value};
 use vmm::machine::{Machine, MachineConfig};
 use vmm::soft::FillPattern;
@@ -26,7 +23,7 @@ use savevm::multifd_codec::{decompress_packet, Compression, Compressor, Decompre
 
 use super::link::ShapedLink;
 use super::pair::migrate_via;
-use super::qemu::QemuProcess;
+use super::qemu::{self, QemuVm};
 use crate::size::human;
 
 /// The runs of each round: the name printed, `multifd-compression`, and whether the source
@@ -168,63 +165,6 @@ fn livemig_run(
     ))
 }
 
-/// A QEMU `-M none` with its RAM in `ram` (shared), and its QMP connection.
-struct Qemu {
-    process: QemuProcess,
-    qmp: QmpClient,
-}
-
-impl Qemu {
-    fn start(
-        dir: &Path,
-        name: &str,
-        ram: &Path,
-        size: u64,
-        extra: &[&str],
-    ) -> anyhow::Result<Qemu> {
-        let mut args: Vec<String> = [
-            "-nodefaults",
-            "-display",
-            "none",
-            "-accel",
-            "tcg",
-            "-object",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        args.push(format!(
-            "memory-backend-file,id=ram,size={size},mem-path={},share=on",
-            ram.display()
-        ));
-        args.extend(["-machine".into(), "none,memory-backend=ram".into()]);
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let (process, qmp) = QemuProcess::start(dir, name, &args)?;
-        Ok(Qemu { process, qmp })
-    }
-
-    fn configure(&mut self, method: &str, zero_copy: bool) -> anyhow::Result<()> {
-        self.qmp.execute(
-            "migrate-set-capabilities",
-            // The return path as livemig (on by default there): the source completes when the
-            // destination has loaded everything, not when the last bytes sit in socket
-            // buffers before a slow link.
-            Some(json!({"capabilities": [
-                {"capability": "multifd", "state": true},
-                {"capability": "return-path", "state": true},
-                {"capability": "zero-copy-send", "state": zero_copy},
-            ]})),
-        )?;
-        self.qmp
-            .execute("migrate-set-parameters", Some(params(method)))?;
-        Ok(())
-    }
-
-    fn cpu(&self) -> anyhow::Result<f64> {
-        cpu_seconds(&self.process.pid().to_string())
-    }
-}
-
 fn qemu_run(
     dir: &Path,
     src_ram: &Path,
@@ -234,10 +174,16 @@ fn qemu_run(
 ) -> anyhow::Result<(Run, f64)> {
     let dst_ram = dir.join("qemu-dst.ram");
     std::fs::File::create(&dst_ram)?.set_len(size)?;
-    let mut dst = Qemu::start(dir, "dst", &dst_ram, size, &["-incoming", "defer"])?;
-    let mut src = Qemu::start(dir, "src", src_ram, size, &[])?;
-    dst.configure(method, false)?;
-    src.configure(method, zero_copy)?;
+    let mut dst = QemuVm::start(dir, "dst", &dst_ram, size, &["-incoming", "defer"])?;
+    let mut src = QemuVm::start(dir, "src", src_ram, size, &[])?;
+    dst.configure(true, params(method))?;
+    src.configure(true, params(method))?;
+    if zero_copy {
+        src.qmp.execute(
+            "migrate-set-capabilities",
+            Some(json!({"capabilities": [{"capability": "zero-copy-send", "state": true}]})),
+        )?;
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -246,32 +192,15 @@ fn qemu_run(
         Some(json!({"uri": format!("tcp:127.0.0.1:{port}")})),
     )?;
     let link = ShapedLink::start(([127, 0, 0, 1], port).into(), rate)?;
-    let (cpu0, link0) = (src.cpu()? + dst.cpu()?, cpu_seconds("self")?);
-    src.qmp
-        .execute("migrate", Some(json!({"uri": link.uri()})))?;
-    let t = Instant::now();
-    let info = loop {
-        let info = src.qmp.execute("query-migrate", None)?;
-        match info["status"].as_str() {
-            Some("completed") => break info,
-            Some("failed" | "cancelled") => bail!("QEMU {name} migration: {info}"),
-            _ if t.elapsed() > Duration::from_secs(600) => bail!("QEMU migration stuck: {info}"),
-            _ => std::thread::sleep(Duration::from_millis(5)),
-        }
-    };
-    // The destination is done once it runs (it has no vCPU, so it leaves `inmigrate`).
-    let t = Instant::now();
-    while dst.qmp.execute("query-status", None)?["status"] == "inmigrate" {
-        if t.elapsed() > Duration::from_secs(60) {
-            bail!("QEMU destination did not finish loading");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let cpu = src.cpu()? + dst.cpu()? - cpu0;
+    let cpu_of = |q: &QemuVm| cpu_seconds(&q.process.pid().to_string());
+    let (cpu0, link0) = (cpu_of(&src)? + cpu_of(&dst)?, cpu_seconds("self")?);
+    let (info, _) =
+        qemu::migrate(&mut src, &mut dst, &link.uri()).with_context(|| format!("QEMU {name}"))?;
+    let cpu = cpu_of(&src)? + cpu_of(&dst)? - cpu0;
     let link_cpu = cpu_seconds("self")? - link0;
     drop(src);
     drop(dst);
-    if std::fs::read(src_ram)? != std::fs::read(&dst_ram)? {
+    if !qemu::same_contents(src_ram, &dst_ram)? {
         bail!("QEMU {name}: destination RAM differs from the source");
     }
     let ms = info["total-time"].as_f64().context("no total-time")?;
@@ -317,7 +246,7 @@ pub(super) fn case_e(scale: u64, rounds: usize, mbit: u64) -> anyhow::Result<()>
         ..Default::default()
     };
     let src = Machine::new(cfg.clone())?;
-    let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir())?;
+    let dir = super::scratch_dir()?;
     let src_ram = dir.path().join("qemu-src.ram");
     {
         let block = &src.ram().blocks()[0];
@@ -349,10 +278,7 @@ pub(super) fn case_e(scale: u64, rounds: usize, mbit: u64) -> anyhow::Result<()>
             );
         }
     }
-    let have_qemu = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let have_qemu = qemu::installed();
     if !have_qemu {
         println!("  SKIP QEMU: qemu-system-x86_64 not installed");
     }

@@ -9,10 +9,14 @@ use migration::{MigrationInfo, MigrationStatus};
 use vmm::machine::{Machine, MachineConfig};
 use vmm::soft::WorkloadConfig;
 
-/// A finished migration: the source's `query-migrate` and the wall-clock time.
+use crate::timeline::{self, Sample};
+
+/// A finished migration: the source's `query-migrate`, the wall-clock time, and the
+/// timeline (`query-migrate` sampled every [`timeline::INTERVAL`]).
 pub(super) struct Outcome {
     pub(super) info: MigrationInfo,
     pub(super) wall: Duration,
+    pub(super) timeline: Vec<Sample>,
 }
 
 impl Outcome {
@@ -56,7 +60,14 @@ pub(super) fn migrate_listening<G>(
     let (uri, _route) = route(&direct)?;
     let t = Instant::now();
     src.migrate(&uri, &transport::NoFds, None)?;
+    let mut samples = Vec::new();
+    let mut next_sample = t;
     loop {
+        if Instant::now() >= next_sample {
+            let info = src.migration().info().to_json();
+            samples.push(Sample::from_query(t.elapsed(), &info));
+            next_sample += timeline::INTERVAL;
+        }
         let s = src.migration().status();
         if !s.is_running() {
             if s != MigrationStatus::Completed {
@@ -75,9 +86,12 @@ pub(super) fn migrate_listening<G>(
     if let Some(Err(e)) = dst.incoming_result() {
         bail!("destination failed: {e}");
     }
+    let info = src.migration().info();
+    samples.push(Sample::from_query(wall, &info.to_json()));
     Ok(Outcome {
-        info: src.migration().info(),
+        info,
         wall,
+        timeline: samples,
     })
 }
 

@@ -13,6 +13,7 @@ use crate::cases::{
     caps, guest_args, qemu_img_create, retry, settle, side_state, SideState, Variant,
 };
 use crate::common::{configure, deferred_destination, Vm};
+use crate::netns::{Host, Testbed};
 
 const MIB: u64 = 1 << 20;
 
@@ -107,101 +108,46 @@ fn a_full_destination_disk_fails_the_migration_and_leaves_everything_as_it_was()
     retry(dir.path(), v, &mut src);
 }
 
-/// Two network namespaces joined by a veth pair; removed on drop.
-struct Testbed {
-    a: String,
-    b: String,
-}
-
-impl Testbed {
-    fn new() -> Option<Testbed> {
-        let id = std::process::id() % 100_000;
-        let t = Testbed {
-            a: format!("lmA{id}"),
-            b: format!("lmB{id}"),
-        };
-        let (va, vb) = (format!("va{id}"), format!("vb{id}"));
-        let ok = run("ip", &["netns", "add", &t.a])
-            && run("ip", &["netns", "add", &t.b])
-            && run(
-                "ip",
-                &[
-                    "link", "add", &va, "netns", &t.a, "type", "veth", "peer", "name", &vb,
-                    "netns", &t.b,
-                ],
-            )
-            && run(
-                "ip",
-                &["-n", &t.a, "addr", "add", "10.77.0.1/24", "dev", &va],
-            )
-            && run(
-                "ip",
-                &["-n", &t.b, "addr", "add", "10.77.0.2/24", "dev", &vb],
-            )
-            && run("ip", &["-n", &t.a, "link", "set", &va, "up"])
-            && run("ip", &["-n", &t.b, "link", "set", &vb, "up"])
-            && run("ip", &["-n", &t.a, "link", "set", "lo", "up"])
-            && run("ip", &["-n", &t.b, "link", "set", "lo", "up"]);
-        ok.then_some(t)
-    }
-
-    fn link(&self, up: bool) {
-        let id = std::process::id() % 100_000;
-        let dev = format!("va{id}");
-        let state = if up { "up" } else { "down" };
-        assert!(run("ip", &["-n", &self.a, "link", "set", &dev, state]));
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.a]);
-        let _ = run("ip", &["netns", "del", &self.b]);
-    }
-}
-
 fn destination_in(tb: &Testbed, dir: &Path, name: &str, port: u16) -> Vm {
     let args = guest_args(dir, Variant::default(), "");
     let mut args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     args.extend(["--incoming", "defer"]);
-    let mut dst = Vm::start_wrapped(dir, name, &["ip", "netns", "exec", &tb.b], &args, |_| {});
+    let mut dst = Vm::start_wrapped(dir, name, &tb.exec(Host::B), &args, |_| {});
     configure(&mut dst, &caps(Variant::default()), Value::Null);
-    let uri = format!("tcp:10.77.0.2:{port}");
+    let uri = format!("tcp:{}:{port}", tb.addr(Host::B));
     dst.cmd("migrate-incoming", json!({ "uri": uri }));
     dst
 }
 
 #[test]
 fn a_link_that_goes_down_mid_migration_leaves_the_source_running_after_cancel() {
-    let Some(tb) = Testbed::new() else {
-        testkit::print_skip("cannot create network namespaces (needs root): link down");
-        return;
+    let tb = match Testbed::create("lmF") {
+        Ok(tb) => tb,
+        Err(e) => {
+            testkit::print_skip(&format!("link down: {e}"));
+            return;
+        }
     };
     let dir = tempfile::tempdir().unwrap();
     let mut dst = destination_in(&tb, dir.path(), "dst", 47011);
     let mut sargs = guest_args(dir.path(), Variant::default(), "");
     sargs.extend(["--fill", "16M"].map(String::from));
     let sargs: Vec<&str> = sargs.iter().map(|s| s.as_str()).collect();
-    let mut src = Vm::start_wrapped(
-        dir.path(),
-        "src",
-        &["ip", "netns", "exec", &tb.a],
-        &sargs,
-        |_| {},
-    );
+    let mut src = Vm::start_wrapped(dir.path(), "src", &tb.exec(Host::A), &sargs, |_| {});
     configure(
         &mut src,
         &caps(Variant::default()),
         json!({"max-bandwidth": 16 * MIB}),
     );
     src.wait_status("running");
-    src.cmd("migrate", json!({"uri": "tcp:10.77.0.2:47011"}));
+    let uri = format!("tcp:{}:47011", tb.addr(Host::B));
+    src.cmd("migrate", json!({ "uri": uri }));
     let t = Instant::now();
     while ram_stat(&mut src, "transferred") < 4 * MIB {
         assert!(t.elapsed() < Duration::from_secs(60), "no progress");
         std::thread::sleep(Duration::from_millis(5));
     }
-    tb.link(false);
+    tb.set_link(Host::A, false).unwrap();
     // Nothing arrives any more and nothing tells either side: the source keeps trying, its
     // guest running; the destination waits, its guest not started.
     std::thread::sleep(Duration::from_millis(1500));
@@ -216,13 +162,14 @@ fn a_link_that_goes_down_mid_migration_leaves_the_source_running_after_cancel() 
     assert_ne!(side_state(&mut dst), SideState::Running);
     dst.kill();
     // Once the link is back the source migrates to a new destination.
-    tb.link(true);
+    tb.set_link(Host::A, true).unwrap();
     let mut dst2 = destination_in(&tb, dir.path(), "dst2", 47012);
     src.cmd(
         "migrate-set-parameters",
         json!({"max-bandwidth": 1u64 << 30}),
     );
-    src.cmd("migrate", json!({"uri": "tcp:10.77.0.2:47012"}));
+    let uri = format!("tcp:{}:47012", tb.addr(Host::B));
+    src.cmd("migrate", json!({ "uri": uri }));
     let info = src.wait_migration();
     assert_eq!(info["status"], "completed", "{info}\n{}", dst2.stderr());
     dst2.wait_status("running");

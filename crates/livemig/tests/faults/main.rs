@@ -12,6 +12,8 @@ mod cases;
 #[path = "../common/mod.rs"]
 mod common;
 mod environment;
+#[path = "../../src/netns.rs"]
+mod netns;
 
 use cases::{run_case, Action, Outcome, Phase, Variant, ACTIONS, PHASES};
 

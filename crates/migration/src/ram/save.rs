@@ -33,6 +33,8 @@ pub struct RamSaver {
     counters: Arc<RamCounters>,
     bitmaps: Vec<Bitmap>,
     dirty_pages: u64,
+    /// Pages the last sync found newly dirtied (`u64::MAX` before the first one).
+    last_sync_new: u64,
     encoder: RamEncoder,
     /// Scan position: block index and page.
     pos: (usize, u64),
@@ -79,6 +81,7 @@ impl RamSaver {
             counters: Arc::default(),
             bitmaps: Vec::new(),
             dirty_pages: 0,
+            last_sync_new: u64::MAX,
             encoder: RamEncoder::new(),
             pos: (0, 0),
             in_downtime: false,
@@ -133,6 +136,7 @@ impl RamSaver {
             });
         }
         self.dirty_pages = self.bitmaps.iter().map(Bitmap::count_ones).sum();
+        self.last_sync_new = u64::MAX;
         let (xbzrle_cache, throttle) = features(s.settings());
         self.throttle = throttle;
         self.dirty_rate_high_cnt = 0;
@@ -236,6 +240,7 @@ impl RamSaver {
             0
         };
         self.dirty_pages += new;
+        self.last_sync_new = new;
         self.period_dirty += new;
         let c = self.counters.clone();
         let pass = c
@@ -296,7 +301,11 @@ impl RamSaver {
         threshold: u64,
         s: &mut OutgoingSession,
     ) -> Result<u64, MigrationError> {
-        if self.dirty_pages == 0 || self.dirty_pages * PAGE < threshold {
+        // Below the threshold QEMU syncs on every call. When the last sync found nothing new
+        // (a quiet or paused guest), another one before the pages already dirty are sent
+        // only costs a scan of the log: wait until they are (the switchover syncs anyway).
+        let below = self.dirty_pages * PAGE < threshold;
+        if self.dirty_pages == 0 || (below && self.last_sync_new != 0) {
             self.sync(s)?;
         }
         Ok(self.dirty_pages * PAGE)
