@@ -75,6 +75,16 @@ fn pair(
     (client, server.join().unwrap())
 }
 
+/// A client and a server channel, both with certificates for `localhost`, handshaken.
+fn connected() -> (Channel, Channel) {
+    let s = setup(Leaf::localhost("server"), Some(Leaf::localhost("client")));
+    let (c, d) = pair(
+        ClientTls::new(&s.client, "localhost").unwrap(),
+        ServerTls::new(&s.server, None).unwrap(),
+    );
+    (c.unwrap(), d.unwrap())
+}
+
 fn payload(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     (0..len)
@@ -89,12 +99,7 @@ fn payload(len: usize) -> Vec<u8> {
 
 #[test]
 fn stream_and_return_path_share_one_session() {
-    let s = setup(Leaf::localhost("server"), Some(Leaf::localhost("client")));
-    let (c, d) = pair(
-        ClientTls::new(&s.client, "localhost").unwrap(),
-        ServerTls::new(&s.server, None).unwrap(),
-    );
-    let (c, d) = (c.unwrap(), d.unwrap());
+    let (c, d) = connected();
     assert!(c.is_tls() && d.is_tls() && c.is_bidirectional());
     let data = payload(16 << 20);
     let expected = data.clone();
@@ -439,12 +444,7 @@ fn credentials_for_the_wrong_endpoint_or_missing_files_are_refused() {
 /// vectored writes shaped like multifd packets (a header, then 128 pages) arrive intact.
 #[test]
 fn vectored_writes_survive_a_full_socket() {
-    let s = setup(Leaf::localhost("server"), Some(Leaf::localhost("client")));
-    let (c, d) = pair(
-        ClientTls::new(&s.client, "localhost").unwrap(),
-        ServerTls::new(&s.server, None).unwrap(),
-    );
-    let (c, d) = (c.unwrap(), d.unwrap());
+    let (c, d) = connected();
     let data = payload(24 << 20);
     let expected = data.clone();
     let (mut d_reader, _d_writer) = d.into_split();
