@@ -1,7 +1,7 @@
 //! `livemig bench` case (t): what TLS costs. The same paused source (incompressible RAM) is
 //! migrated over loopback four ways — plain and TLS, single channel and multifd (2 channels)
 //! — by livemig (two VMs in this process) and, when it is installed, by QEMU 7.2 (two
-//! processes, see [`tls_qemu`](super::tls_qemu)) with the same bytes and the same
+//! processes, see [`tls_qemu`]) with the same bytes and the same
 //! certificates. All eight runs alternate round by round, so host noise hits each alike; the
 //! table gives each run's median throughput with its min–max spread, and the TLS / plain
 //! ratio of the medians for each implementation.
