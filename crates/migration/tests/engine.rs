@@ -1,7 +1,7 @@
 //! End-to-end tests of the engine in one process: a source registry migrates over a real
 //! transport into a destination registry, with a thread writing guest RAM meanwhile.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -47,6 +47,7 @@ fn writer(
     vm: &FakeVm,
     stop: Arc<AtomicBool>,
     ws: u64,
+    writes: Arc<AtomicU64>,
 ) -> thread::JoinHandle<u64> {
     let running = vm.running_flag();
     let gate = Arc::new(std::sync::Mutex::new(()));
@@ -70,6 +71,7 @@ fn writer(
             b.guest_write(p * 4096, &buf).unwrap();
             drop(held);
             n += 1;
+            writes.store(n, Ordering::SeqCst);
             if n % 64 == 0 {
                 thread::sleep(Duration::from_micros(200));
             }
@@ -89,7 +91,19 @@ fn live_migration_over_tcp_with_running_writer_and_verify() {
     fill(&src.ram, 32 * MIB, 1);
     enable_verify(&src);
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(src.ram.clone(), &src.vm, stop.clone(), 8 * MIB);
+    let writes = Arc::new(AtomicU64::new(0));
+    let w = writer(
+        src.ram.clone(),
+        &src.vm,
+        stop.clone(),
+        8 * MIB,
+        writes.clone(),
+    );
+    // The guest is writing before the migration starts (a loaded host may not schedule the
+    // writer before a short migration ends).
+    testkit::wait_for(Duration::from_secs(30), "the writer's first stores", || {
+        writes.load(Ordering::SeqCst) >= 64
+    });
     let uri = dst.listen("tcp:127.0.0.1:0");
     src.migrate(&uri).unwrap();
     assert_eq!(
@@ -101,7 +115,7 @@ fn live_migration_over_tcp_with_running_writer_and_verify() {
     src.finish().unwrap();
     dst.finish().expect("destination load");
     stop.store(true, Ordering::SeqCst);
-    assert!(w.join().unwrap() > 0);
+    w.join().expect("writer");
     assert_eq!(src.vm.run_state(), RunState::Postmigrate);
     assert_eq!(dst.vm.run_state(), RunState::Running);
     assert_eq!(dst.state.status(), MigrationStatus::Completed);
