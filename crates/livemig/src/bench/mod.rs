@@ -14,7 +14,11 @@
 //!   livemig beside QEMU 7.2 (see `compress`; not in the default set, it takes minutes).
 //! * (link) with `--link PRESET`: two simulated hosts (network namespaces, `tbf`, a latency
 //!   relay), livemig and QEMU 7.2 each as two processes (see `two_hosts`);
-//! * (t) what TLS costs: plain vs TLS, single channel and multifd, alternating rounds (see `tls`).
+//! * (h) same-host migration of running 1, 4 and 16 GiB guests (and a KVM guest) by memfd
+//!   handover and by a shared file, beside a loopback copy and QEMU 7.2 with x-ignore-shared
+//!   (see `samehost`; not in the default set);
+//! * (t) what TLS costs: plain vs TLS, single channel and multifd, alternating rounds, livemig
+//!   beside QEMU 7.2 with the same certificates (see `tls`; not in the default set).
 //!
 //! livemig's source and destination are two VMs in this process connected by a real loopback
 //! TCP socket; each side has its own threads, as in a two-process migration. Cases comparing
@@ -56,7 +60,7 @@ pub struct BenchArgs {
     /// Divide every RAM size by this factor (for quick runs on small machines).
     #[arg(long, default_value_t = 1)]
     pub scale: u64,
-    /// Only run the named cases (a, b, c, d, e, t); a to d when absent.
+    /// Only run the named cases (a, b, c, d, e, h, t); a to d when absent.
     #[arg(long)]
     pub only: Vec<String>,
     /// Rounds of case (a), each running every way in turn; medians and spread are reported
