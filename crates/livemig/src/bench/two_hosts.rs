@@ -218,7 +218,9 @@ pub(super) fn case_link(
         src_ram: &src_ram,
         size,
     };
-    let mut port = 40_000u16;
+    // Listening ports below the kernel's ephemeral range (32768–60999 by default), so that no
+    // connection of an earlier run (a relay's, in TIME_WAIT) holds the next run's port.
+    let mut port = 20_000u16;
     let mut timelines: Vec<Timeline> = Vec::new();
     for round in 1..=rounds {
         let mut parts = Vec::new();
@@ -227,7 +229,7 @@ pub(super) fn case_link(
                 if which == Implementation::Qemu && !have_qemu {
                     continue;
                 }
-                port = if port > 60_000 { 40_000 } else { port + 2 };
+                port = if port > 32_000 { 20_000 } else { port + 2 };
                 let (ms, samples) = one_run(&setup, which, multifd, port)?;
                 let name = match (which, multifd) {
                     (Implementation::Qemu, false) => QEMU_SINGLE,
