@@ -38,6 +38,7 @@ mod block;
 mod dirty;
 mod error;
 mod guest_ram;
+pub mod missing;
 mod pagemap;
 
 pub use bitmap::Bitmap;

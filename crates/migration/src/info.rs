@@ -217,6 +217,8 @@ fn ram_stats(r: &RamCounters, completed: bool, mbps: f64, pages_per_second: u64)
         pages_per_second,
         precopy_bytes: g(&r.precopy_bytes),
         downtime_bytes: g(&r.downtime_bytes),
+        postcopy_bytes: g(&r.postcopy_bytes),
+        postcopy_requests: g(&r.postcopy_requests),
         multifd_bytes: g(&r.multifd_bytes),
         dirty_sync_missed_zero_copy: g(&r.dirty_sync_missed_zero_copy),
         ..Default::default()
