@@ -32,7 +32,7 @@ pub struct RamStats {
     pub mbps: f64,
     /// Number of dirty bitmap syncs (passes).
     pub dirty_sync_count: u64,
-    /// Post-copy page requests (always 0).
+    /// Post-copy page requests served.
     pub postcopy_requests: u64,
     /// Target page size.
     pub page_size: u64,
@@ -44,7 +44,7 @@ pub struct RamStats {
     pub precopy_bytes: u64,
     /// RAM bytes sent while the guest was stopped.
     pub downtime_bytes: u64,
-    /// RAM bytes sent in post-copy (always 0).
+    /// RAM bytes sent after the switch to post-copy.
     pub postcopy_bytes: u64,
     /// Zero-copy fallbacks (always 0).
     pub dirty_sync_missed_zero_copy: u64,
