@@ -221,6 +221,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The page-hash table of a postcopy `ram-verify` cannot be allocated.
+    #[error("cannot allocate page hashes for {pages} pages (ram-verify in postcopy)")]
+    DigestTable {
+        /// Pages of the block.
+        pages: u64,
+    },
     /// Discarding a range of received pages failed.
     #[error("could not discard {len} bytes at offset {offset} of RAM block `{idstr}`")]
     Discard {

@@ -35,6 +35,7 @@
 
 mod bitmap;
 mod block;
+mod delivered;
 mod dirty;
 mod error;
 mod guest_ram;
@@ -43,6 +44,7 @@ mod pagemap;
 
 pub use bitmap::Bitmap;
 pub use block::{Backing, BlockMemory, RamBlock};
+pub use delivered::DeliveredPages;
 pub use dirty::{
     check_bitmaps, merge_vmm_writes, DirtyLog, FullDirtyLog, UffdDirtyLog, VmmDirtyTracker,
 };

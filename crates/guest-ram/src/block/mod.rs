@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use vm_memory::volatile_memory::VolatileSlice;
 
 use crate::{Bitmap, Error, VmmDirtyTracker, PAGE_SIZE};
+pub(crate) use digest::{digest_of_page_hashes, page_hash, zero_page_hash};
 pub use mapping::BlockMemory;
 
 /// What backs a RAM block.

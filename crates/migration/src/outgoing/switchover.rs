@@ -55,12 +55,14 @@ pub(super) fn stream(
                 runtime: &job.runtime,
                 global_state: &job.global_state,
             };
-            // ram-verify is checked after the last page, not in the package (its digest would
-            // read pages that are not there yet).
-            let o =
-                postcopy::source::run(&sw, registry, s, &mut f, rp, stopped, &mut |r, s, f| {
-                    write_device_sections(r, s, f, &[crate::verify::IDSTR]).map(drop)
-                })?;
+            // ram-verify goes after the last page, not in the package (the destination's RAM
+            // is incomplete then).
+            let mut devices =
+                |r: &mut Registry, s: &OutgoingSession, f: &mut QemuFileWriter, end: bool| {
+                    let keep = |id: &str| (id == crate::verify::IDSTR) == end;
+                    write_device_sections(r, s, f, &keep).map(drop)
+                };
+            let o = postcopy::source::run(&sw, registry, s, &mut f, rp, stopped, &mut devices)?;
             (o.stopped_at, Some(o.downtime))
         }
     };
@@ -129,7 +131,7 @@ fn write_devices(
     f: &mut QemuFileWriter,
     use_rp: bool,
 ) -> Result<(), MigrationError> {
-    let mut desc = write_device_sections(registry, s, f, &[])?;
+    let mut desc = write_device_sections(registry, s, f, &|_| true)?;
     if use_rp {
         desc.announce_commit();
     }
@@ -138,20 +140,20 @@ fn write_devices(
     Ok(())
 }
 
-/// The FULL sections of the needed devices but those named in `skip`, and their JSON
+/// The FULL sections of the needed devices whose idstr `keep` accepts, and their JSON
 /// description.
 pub(crate) fn write_device_sections(
     registry: &mut Registry,
     s: &OutgoingSession,
     f: &mut QemuFileWriter,
-    skip: &[&str],
+    keep: &dyn Fn(&str) -> bool,
 ) -> Result<vmdesc::VmDescBuilder, MigrationError> {
     let mut desc = vmdesc::VmDescBuilder::new(savevm::ram::TARGET_PAGE_SIZE as u64);
     for e in registry.entries_mut() {
         let EntryKind::Device(d) = &mut e.kind else {
             continue;
         };
-        if !d.needed(&s.settings().caps) || skip.contains(&e.idstr.as_str()) {
+        if !d.needed(&s.settings().caps) || !keep(&e.idstr) {
             continue;
         }
         d.pre_save()?;

@@ -123,6 +123,7 @@ pub(crate) fn handle_command(
         }
         MIG_CMD_POSTCOPY_RUN => {
             expect(s, PostcopyPhase::Listening, "POSTCOPY_RUN")?;
+            each_handler(registry, |h| h.run(s))?;
             s.set_postcopy_phase(PostcopyPhase::Running);
             Ok(Flow::Run)
         }

@@ -92,6 +92,9 @@ pub trait PostcopyHandler {
     /// Destination: drops received pages the source will send again.
     fn discard(&mut self, d: &Discard) -> Result<(), MigrationError>;
 
+    /// Destination: RUN, with the guest still stopped (e.g. hash what `ram-verify` will check).
+    fn run(&mut self, s: &IncomingSession) -> Result<(), MigrationError>;
+
     /// Destination: registers RAM for MISSING faults and starts the fault thread, which asks
     /// for pages on `rp`. From now on pages are placed, never written in place.
     fn listen(&mut self, rp: RpSender) -> Result<(), MigrationError>;

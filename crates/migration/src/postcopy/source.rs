@@ -6,7 +6,7 @@
 //!    ─ PACKAGED { LISTEN, FULL device sections, PING 3, RUN }      ◀── downtime ends here
 //!    ─ loop { PART ram: requested pages first, then dirty ones }    (max-postcopy-bandwidth;
 //!                                                                  requests are not held back)
-//!    ─ END ram (EOS) ─ EOF ─▶ the caller waits for SHUT 0
+//!    ─ END ram (EOS) ─ [FULL ram-verify] ─ EOF ─▶ the caller waits for SHUT 0
 //! ```
 //!
 //! From the moment the package is out the destination may run the guest: whatever fails later,
@@ -51,12 +51,14 @@ pub(crate) struct Outcome {
     pub downtime: Duration,
 }
 
-/// Writes the FULL device sections into a package (the migration thread's function, so both
-/// ends of the stream describe devices the same way).
+/// Writes FULL device sections (the migration thread's function, so both ends of the stream
+/// describe devices the same way): with `false` those of the package, with `true` those that
+/// go after the last page (`ram-verify`).
 pub(crate) type DeviceWriter<'a> = &'a mut dyn FnMut(
     &mut Registry,
     &OutgoingSession,
     &mut QemuFileWriter,
+    bool,
 ) -> Result<(), MigrationError>;
 
 /// The switch and the background phase, up to EOF. `stopped` is set as the switchover sets it,
@@ -113,6 +115,7 @@ pub(crate) fn run(
             record::write_footer(f, id);
         }
     }
+    devices(registry, s, f, true)?;
     record::write_eof(f);
     f.flush()?;
     Ok(Outcome {
@@ -145,7 +148,7 @@ fn package(
     let buf = SharedBuffer::new();
     let mut pf = QemuFileWriter::new(Box::new(buf.clone()));
     record::write_command(&mut pf, MIG_CMD_POSTCOPY_LISTEN, &[]);
-    devices(registry, s, &mut pf)?;
+    devices(registry, s, &mut pf, false)?;
     record::write_command(&mut pf, MIG_CMD_PING, &3u32.to_be_bytes());
     record::write_command(&mut pf, MIG_CMD_POSTCOPY_RUN, &[]);
     pf.flush()?;

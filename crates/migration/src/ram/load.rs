@@ -29,6 +29,8 @@ pub struct RamLoader {
     advised: bool,
     /// Postcopy LISTEN: pages are placed through userfaultfd.
     placer: Option<postcopy::Placer>,
+    /// Postcopy with `ram-verify`: the pages as delivered.
+    delivered: Option<Arc<guest_ram::DeliveredPages>>,
 }
 
 impl RamLoader {
@@ -44,6 +46,7 @@ impl RamLoader {
             ignore_shared: false,
             advised: false,
             placer: None,
+            delivered: None,
         }
     }
 

@@ -176,4 +176,8 @@ impl PostcopyHandler for RamHandler {
     fn listen(&mut self, rp: RpSender) -> Result<(), MigrationError> {
         self.loader.postcopy_listen(rp)
     }
+
+    fn run(&mut self, s: &IncomingSession) -> Result<(), MigrationError> {
+        self.loader.postcopy_run(s)
+    }
 }

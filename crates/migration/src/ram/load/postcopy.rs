@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use guest_ram::missing::{self, MissingPages};
+use guest_ram::missing::{self, MissingPages, Placed};
+use guest_ram::DeliveredPages;
 use savevm::qemu_file::QemuFileReader;
 use savevm::ram::{RamDecoder, RamRecord, TARGET_PAGE_SIZE};
 use savevm::record::postcopy::{Advise, Discard, PageRequest};
@@ -120,6 +121,17 @@ impl RamLoader {
         Ok(())
     }
 
+    /// RUN, guest still stopped: with `ram-verify`, hash the pages that are here, then every
+    /// page placed from now on ([`DeliveredPages`]).
+    pub(crate) fn postcopy_run(&mut self, s: &IncomingSession) -> Result<(), MigrationError> {
+        if s.settings().has(Capability::RamVerify) {
+            let d = Arc::new(DeliveredPages::snapshot(&self.ram)?);
+            self.ram.set_delivered(Some(d.clone()));
+            self.delivered = Some(d);
+        }
+        Ok(())
+    }
+
     /// Loads one section body with every page placed through userfaultfd.
     pub(super) fn load_placed(&mut self, f: &mut QemuFileReader) -> Result<(), MigrationError> {
         let Some(missing) = self.placer.as_ref().map(|p| p.missing.clone()) else {
@@ -135,17 +147,27 @@ impl RamLoader {
                     fill,
                 } => {
                     let (b, page) = self.target(block, offset, f)?;
-                    if fill == 0 {
-                        missing.place_zero(b, page)?;
+                    let placed = if fill == 0 {
+                        missing.place_zero(b, page)?
                     } else {
                         self.page_buf.fill(fill);
-                        missing.place_page(b, page, &self.page_buf)?;
+                        missing.place_page(b, page, &self.page_buf)?
+                    };
+                    if let (Placed::Placed, Some(d)) = (placed, &self.delivered) {
+                        if fill == 0 {
+                            d.record_zero(b, page);
+                        } else {
+                            d.record(b, page, &self.page_buf);
+                        }
                     }
                 }
                 RamRecord::Page { block, offset } => {
                     let (b, page) = self.target(block, offset, f)?;
                     f.get_buffer(&mut self.page_buf)?;
-                    missing.place_page(b, page, &self.page_buf)?;
+                    let placed = missing.place_page(b, page, &self.page_buf)?;
+                    if let (Placed::Placed, Some(d)) = (placed, &self.delivered) {
+                        d.record(b, page, &self.page_buf);
+                    }
                 }
                 RamRecord::Eos => return Ok(()),
                 RamRecord::MemSize { .. } => {
@@ -180,6 +202,9 @@ impl RamLoader {
 
     /// A fresh decoder for the next stream (the CONTINUE state does not carry over).
     pub(super) fn reset_postcopy(&mut self) {
+        if self.delivered.take().is_some() {
+            self.ram.set_delivered(None);
+        }
         self.placer = None;
         self.advised = false;
         self.decoder = RamDecoder::new();
