@@ -234,7 +234,74 @@ fn write_discard(f: &mut QemuFileWriter, block: &str, ranges: Vec<(u64, u64)>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use guest_ram::{Backing, FullDirtyLog, GuestRam, RamBlock};
+
     use super::*;
+
+    /// A saver over one 64-page block `pc.ram`, switched to postcopy.
+    fn saver() -> RamSaver {
+        let block = RamBlock::new("pc.ram", 64 * PAGE, Backing::Anonymous).unwrap();
+        let ram = Arc::new(GuestRam::new(vec![block]));
+        let mut s = RamSaver::new(ram.clone(), Box::new(FullDirtyLog::new(ram.clone())));
+        s.ignored = vec![false];
+        s.postcopy.queued = ram.new_bitmaps();
+        s.postcopy.active = true;
+        s
+    }
+
+    fn req(block: Option<&str>, start: u64, len: u32) -> PageRequest {
+        PageRequest {
+            block: block.map(str::to_string),
+            start,
+            len,
+        }
+    }
+
+    #[test]
+    fn hostile_page_requests_are_typed_errors() {
+        let mut s = saver();
+        let bad = |s: &mut RamSaver, r| match s.postcopy_request(r) {
+            Err(MigrationError::Postcopy(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            bad(&mut s, req(None, 0, 4096)),
+            PostcopyError::RequestWithoutBlock
+        ));
+        assert!(matches!(
+            s.postcopy_request(req(Some("nosuch"), 0, 4096)),
+            Err(MigrationError::UnknownRamBlock(_))
+        ));
+        for (start, len) in [
+            (64 * PAGE, 4096),
+            (63 * PAGE, 8192),
+            (u64::MAX - 4095, 4096),
+            (0, u32::MAX),
+            (1, 4096),
+            (0, 0),
+        ] {
+            assert!(
+                matches!(
+                    bad(&mut s, req(Some("pc.ram"), start, len)),
+                    PostcopyError::BadRequest { .. }
+                ),
+                "{start:#x}+{len:#x}"
+            );
+        }
+        // Valid, then the same pages again: queued once.
+        s.postcopy_request(req(Some("pc.ram"), 0, 3 * 4096))
+            .unwrap();
+        s.postcopy_request(req(None, 4096, 4096)).unwrap();
+        assert_eq!(s.postcopy.queue.len(), 3);
+        // Before the switch nothing is served.
+        s.postcopy.active = false;
+        assert!(matches!(
+            bad(&mut s, req(Some("pc.ram"), 0, 4096)),
+            PostcopyError::BadRequest { .. }
+        ));
+    }
 
     #[test]
     fn runs_of_dirty_pages() {
