@@ -11,8 +11,9 @@
 //!                                                 │          └─▶ pre-switchover ─▶ device ┘
 //!                                                 ├──────────┴──────────┴─────────┴──▶ failed
 //!                                                 └──cancel──▶ cancelling ──▶ cancelled
-//!  active ──migrate-start-postcopy──▶ postcopy-active ──▶ completed | failed (no cancel: the
-//!                                     guest may already run on the destination)
+//!  active ──migrate-start-postcopy──▶ postcopy-active ──▶ completed | failed | cancelling
+//!  (after the switch a failed or cancelled migration leaves the source's guest paused: it may
+//!  already have run on the destination)
 //! ```
 //!
 //! As in QEMU 7.2, `device` is only used after `pre-switchover` (`migrate-continue`); without
@@ -135,7 +136,7 @@ impl MigrationStatus {
                     Active,
                     PreSwitchover | Completed | Failed | Cancelling | PostcopyActive
                 )
-                | (PostcopyActive, Completed | Failed)
+                | (PostcopyActive, Completed | Failed | Cancelling)
                 | (PreSwitchover, Device | Failed | Cancelling)
                 | (Device, Completed | Failed | Cancelling)
                 | (Cancelling, Cancelled | Failed)

@@ -131,6 +131,48 @@ fn ram_verify_passes_while_the_destination_guest_writes() {
     assert!(src.state.info().ram.unwrap().postcopy_requests > 0);
 }
 
+/// A cancel in the middle of the background phase: the source ends `cancelled` with its guest
+/// paused (it may have run on the destination), the destination fails with the reason, its
+/// guest stopped (its RAM is incomplete); neither side hangs on a page that never comes.
+#[test]
+fn cancel_during_postcopy_leaves_no_guest_running() {
+    let (src, dst) = postcopy_pair(32 * MIB);
+    fill(&src.ram, 32 * MIB, 13);
+    src.set_params(serde_json::json!({
+        "max-bandwidth": 8 * MIB,
+        "max-postcopy-bandwidth": MIB,
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let w_dst = writer(dst.ram.clone(), &dst.vm, stop.clone(), 32 * MIB);
+    let uri = dst.listen("tcp:127.0.0.1:0");
+    src.migrate(&uri).unwrap();
+    testkit::wait_for(Duration::from_secs(30), "some pre-copy", || {
+        src.state.info().ram.is_some_and(|r| r.transferred > MIB)
+    });
+    src.state.start_postcopy().unwrap();
+    testkit::wait_for(Duration::from_secs(30), "the destination runs", || {
+        dst.vm.run_state() == RunState::Running
+    });
+    src.cancel();
+    assert_eq!(src.wait_final(), MigrationStatus::Cancelled);
+    assert!(matches!(src.finish(), Err(MigrationError::Cancelled)));
+    let err = dst.finish().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MigrationError::Postcopy(migration::postcopy::PostcopyError::FailedAfterRun(_))
+        ),
+        "{}",
+        err.report()
+    );
+    stop.store(true, Ordering::SeqCst);
+    w_dst.join().unwrap();
+    assert_eq!(src.vm.run_state(), RunState::Paused);
+    assert_eq!(src.vm.starts(), 0);
+    assert_eq!(dst.vm.run_state(), RunState::Paused);
+    assert_eq!(dst.state.status(), MigrationStatus::Failed);
+}
+
 #[test]
 fn start_postcopy_needs_the_capability_and_a_migration() {
     let s = side(4 * MIB, true);
