@@ -173,6 +173,22 @@ fn cancel_during_postcopy_leaves_no_guest_running() {
     assert_eq!(dst.state.status(), MigrationStatus::Failed);
 }
 
+/// With `postcopy-ram` on but no `migrate-start-postcopy`, a migration that converges ends
+/// as a plain pre-copy (the destination was only advised).
+#[test]
+fn advised_migration_may_end_as_precopy() {
+    let (src, dst) = postcopy_pair(16 * MIB);
+    fill(&src.ram, 16 * MIB, 5);
+    let uri = dst.listen("tcp:127.0.0.1:0");
+    src.migrate(&uri).unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Completed);
+    src.finish().unwrap();
+    dst.finish().expect("ram-verify passes");
+    assert_eq!(src.ram.blocks()[0].digest(), dst.ram.blocks()[0].digest());
+    assert_eq!(src.state.info().ram.unwrap().postcopy_bytes, 0);
+    assert_eq!(dst.vm.run_state(), RunState::Running);
+}
+
 #[test]
 fn start_postcopy_needs_the_capability_and_a_migration() {
     let s = side(4 * MIB, true);
