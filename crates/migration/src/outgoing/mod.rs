@@ -272,7 +272,10 @@ fn run(
         }
         Err(e) => return Err(e),
     };
-    if use_rp {
+    if use_rp && sent.postcopy {
+        // The guest already runs there: its report ends the migration, nothing to commit.
+        return_path.await_shut()?;
+    } else if use_rp {
         // Everything is sent; the destination reports before it starts the guest. Until then
         // the guest runs nowhere: `info migrate` says so, and migrate_cancel resumes it here.
         job.runtime.set_awaiting_destination(true);
@@ -301,6 +304,8 @@ struct Sent {
     downtime_start: Instant,
     /// Postcopy: stop → package sent (else the downtime ends with the destination's report).
     downtime: Option<std::time::Duration>,
+    /// The migration switched to postcopy.
+    postcopy: bool,
     /// Bytes written on the main channel.
     bytes: u64,
     /// The main channel, still open when the destination reports back (for the commit).

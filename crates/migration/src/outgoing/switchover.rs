@@ -76,6 +76,7 @@ pub(super) fn stream(
     }
     Ok(Sent {
         downtime_start,
+        postcopy: downtime.is_some(),
         downtime,
         bytes,
         writer,
