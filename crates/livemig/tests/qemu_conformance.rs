@@ -124,7 +124,7 @@ fn every_listed_capability_can_be_switched_on() {
     // A capability list copied from QEMU 7.2 (everything off) is accepted; switching on one
     // that is not listed is refused.
     for cap in [
-        "postcopy-ram",
+        "postcopy-preempt",
         "x-colo",
         "release-ram",
         "background-snapshot",
