@@ -197,4 +197,47 @@ pub enum Error {
         /// Bits in the bitmap.
         got: u64,
     },
+    /// A block index is outside the guest's block list.
+    #[error("there is no RAM block number {block}")]
+    BlockIndex {
+        /// The rejected index.
+        block: usize,
+    },
+    /// Reading or polling the userfaultfd failed.
+    #[error("could not read page faults from the userfaultfd")]
+    UffdRead {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Placing a page with UFFDIO_COPY / UFFDIO_ZEROPAGE failed.
+    #[error("could not place page {page} of RAM block `{idstr}`")]
+    Place {
+        /// The block.
+        idstr: String,
+        /// The page index.
+        page: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The page-hash table of a postcopy `ram-verify` cannot be allocated.
+    #[error("cannot allocate page hashes for {pages} pages (ram-verify in postcopy)")]
+    DigestTable {
+        /// Pages of the block.
+        pages: u64,
+    },
+    /// Discarding a range of received pages failed.
+    #[error("could not discard {len} bytes at offset {offset} of RAM block `{idstr}`")]
+    Discard {
+        /// The block.
+        idstr: String,
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
 }

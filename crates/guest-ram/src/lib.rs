@@ -35,13 +35,16 @@
 
 mod bitmap;
 mod block;
+mod delivered;
 mod dirty;
 mod error;
 mod guest_ram;
+pub mod missing;
 mod pagemap;
 
 pub use bitmap::Bitmap;
 pub use block::{Backing, BlockMemory, RamBlock};
+pub use delivered::DeliveredPages;
 pub use dirty::{
     check_bitmaps, merge_vmm_writes, DirtyLog, FullDirtyLog, UffdDirtyLog, VmmDirtyTracker,
 };

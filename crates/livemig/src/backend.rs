@@ -63,6 +63,13 @@ impl MonitorBackend for MachineBackend {
         self.machine.migrate_cancel();
     }
 
+    fn migrate_start_postcopy(&self) -> Result<(), CommandError> {
+        self.machine
+            .migration()
+            .start_postcopy()
+            .map_err(|e| CommandError::generic(e.to_string()))
+    }
+
     fn migrate_continue(&self, state: MigrationStatus) -> Result<(), CommandError> {
         Ok(self.machine.migration().migrate_continue(state)?)
     }

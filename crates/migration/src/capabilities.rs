@@ -109,7 +109,7 @@ const TABLE: [Row; 23] = [
     row(Capability::ZeroBlocks, "zero-blocks", true),
     row(Capability::Compress, "compress", false),
     row(Capability::Events, "events", true),
-    row(Capability::PostcopyRam, "postcopy-ram", false),
+    row(Capability::PostcopyRam, "postcopy-ram", true),
     row(Capability::XColo, "x-colo", false),
     // Belongs with postcopy-ram.
     row(Capability::ReleaseRam, "release-ram", false),
@@ -386,10 +386,10 @@ mod tests {
     fn apply_is_all_or_nothing() {
         let p = MigrationParameters::default();
         let mut caps = set(&[]);
-        let err = caps.apply(&[(C::Events, true), (C::PostcopyRam, true)], &p);
-        assert_eq!(err, Err(CapabilityError::Unsupported(C::PostcopyRam)));
+        let err = caps.apply(&[(C::Events, true), (C::Compress, true)], &p);
+        assert_eq!(err, Err(CapabilityError::Unsupported(C::Compress)));
         assert!(!caps.get(C::Events));
-        caps.apply(&[(C::Events, true), (C::PostcopyRam, false)], &p)
+        caps.apply(&[(C::Events, true), (C::Compress, false)], &p)
             .unwrap();
         assert!(caps.get(C::Events));
         assert_eq!(caps.list().len(), Capability::supported().count());

@@ -37,6 +37,10 @@ pub struct RamCounters {
     pub precopy_bytes: AtomicU64,
     /// Bytes sent while the guest was stopped.
     pub downtime_bytes: AtomicU64,
+    /// Bytes sent after the switch to postcopy.
+    pub postcopy_bytes: AtomicU64,
+    /// Page requests received from the destination in postcopy.
+    pub postcopy_requests: AtomicU64,
     /// XBZRLE: cache size in bytes (0 when XBZRLE is off).
     pub xbzrle_cache_size: AtomicU64,
     /// XBZRLE: bytes of delta records.

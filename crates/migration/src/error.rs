@@ -13,6 +13,9 @@ pub enum MigrationError {
     /// Guest RAM or dirty tracking failed.
     #[error("guest RAM error")]
     Ram(#[from] guest_ram::Error),
+    /// Postcopy failed (see [`PostcopyError`](crate::postcopy::PostcopyError)).
+    #[error(transparent)]
+    Postcopy(#[from] crate::postcopy::PostcopyError),
     /// Another migration (outgoing or incoming) is using the VM.
     #[error("There's a migration process in progress")]
     InProgress,

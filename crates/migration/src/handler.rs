@@ -85,6 +85,12 @@ pub trait LiveHandler: Send {
         Ok(())
     }
 
+    /// The handler's postcopy part, if it can keep sending after the switch (QEMU's
+    /// `has_postcopy`; only RAM does).
+    fn postcopy(&mut self) -> Option<&mut dyn crate::postcopy::PostcopyHandler> {
+        None
+    }
+
     /// Called once after every incoming stream, loaded or not: release what the load held and,
     /// when `failed`, discard what it wrote that must not survive (e.g. staged disk images).
     fn load_cleanup(&mut self, _failed: bool) {}

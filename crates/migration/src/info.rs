@@ -32,7 +32,7 @@ pub struct RamStats {
     pub mbps: f64,
     /// Number of dirty bitmap syncs (passes).
     pub dirty_sync_count: u64,
-    /// Post-copy page requests (always 0).
+    /// Post-copy page requests served.
     pub postcopy_requests: u64,
     /// Target page size.
     pub page_size: u64,
@@ -44,7 +44,7 @@ pub struct RamStats {
     pub precopy_bytes: u64,
     /// RAM bytes sent while the guest was stopped.
     pub downtime_bytes: u64,
-    /// RAM bytes sent in post-copy (always 0).
+    /// RAM bytes sent after the switch to post-copy.
     pub postcopy_bytes: u64,
     /// Zero-copy fallbacks (always 0).
     pub dirty_sync_missed_zero_copy: u64,
@@ -217,6 +217,8 @@ fn ram_stats(r: &RamCounters, completed: bool, mbps: f64, pages_per_second: u64)
         pages_per_second,
         precopy_bytes: g(&r.precopy_bytes),
         downtime_bytes: g(&r.downtime_bytes),
+        postcopy_bytes: g(&r.postcopy_bytes),
+        postcopy_requests: g(&r.postcopy_requests),
         multifd_bytes: g(&r.multifd_bytes),
         dirty_sync_missed_zero_copy: g(&r.dirty_sync_missed_zero_copy),
         ..Default::default()

@@ -33,6 +33,7 @@ pub mod info;
 pub mod outgoing;
 pub mod params;
 pub mod pause;
+pub mod postcopy;
 pub mod ram;
 pub mod registry;
 mod report;

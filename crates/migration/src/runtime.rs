@@ -23,6 +23,8 @@ pub struct Runtime {
     limits: Mutex<Limits>,
     cancel: CancelToken,
     awaiting_destination: AtomicBool,
+    /// `migrate-start-postcopy` was called for this migration.
+    postcopy_requested: AtomicBool,
 }
 
 /// The parameters an operator may change while the migration runs (QEMU applies
@@ -51,6 +53,7 @@ impl Runtime {
         Self {
             limits: Mutex::new(Limits::of(&settings)),
             awaiting_destination: AtomicBool::new(false),
+            postcopy_requested: AtomicBool::new(false),
             settings,
             ram: Arc::default(),
             disk: Arc::default(),
@@ -82,6 +85,15 @@ impl Runtime {
     /// True while the source, everything sent, waits for the destination's verdict.
     pub fn awaiting_destination(&self) -> bool {
         self.awaiting_destination.load(Ordering::SeqCst)
+    }
+
+    /// True once `migrate-start-postcopy` asked this migration to switch to postcopy.
+    pub fn postcopy_requested(&self) -> bool {
+        self.postcopy_requested.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn request_postcopy(&self) {
+        self.postcopy_requested.store(true, Ordering::SeqCst);
     }
 
     pub(crate) fn set_awaiting_destination(&self, on: bool) {

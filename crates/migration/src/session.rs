@@ -18,6 +18,7 @@ use transport::{ChannelReader, ChannelWriter, FdSlot};
 
 use crate::capabilities::Capability;
 use crate::events::{Event, EventBus};
+use crate::postcopy::PostcopyPhase;
 use crate::runtime::Runtime;
 use crate::settings::Settings;
 
@@ -94,6 +95,7 @@ pub struct IncomingSession {
     settings: Settings,
     multifd: Vec<ChannelReader>,
     handover_fds: Vec<OwnedFd>,
+    postcopy: PostcopyPhase,
 }
 
 impl IncomingSession {
@@ -106,6 +108,7 @@ impl IncomingSession {
             settings,
             multifd,
             handover_fds: Vec::new(),
+            postcopy: PostcopyPhase::None,
         }
     }
 
@@ -132,6 +135,15 @@ impl IncomingSession {
     /// The multifd channels (empty without `multifd`); the RAM handler takes them at setup.
     pub fn take_multifd_channels(&mut self) -> Vec<ChannelReader> {
         std::mem::take(&mut self.multifd)
+    }
+
+    /// Where this stream's postcopy is.
+    pub fn postcopy_phase(&self) -> PostcopyPhase {
+        self.postcopy
+    }
+
+    pub(crate) fn set_postcopy_phase(&mut self, phase: PostcopyPhase) {
+        self.postcopy = phase;
     }
 
     /// Sets the descriptors that came with the stream's first bytes.

@@ -290,6 +290,22 @@ impl MigrationState {
         self.set_status_from_any(MigrationStatus::Failed);
     }
 
+    /// `migrate-start-postcopy`: asks the running (or next) migration to switch to postcopy
+    /// at its next round (QEMU 7.2's checks and texts).
+    pub fn start_postcopy(&self) -> Result<(), crate::postcopy::PostcopyError> {
+        let s = self.lock();
+        if !s.settings.caps.get(Capability::PostcopyRam) {
+            return Err(crate::postcopy::PostcopyError::NotEnabled);
+        }
+        if s.status == MigrationStatus::None {
+            return Err(crate::postcopy::PostcopyError::NotStarted);
+        }
+        if let Some(r) = &s.runtime {
+            r.request_postcopy();
+        }
+        Ok(())
+    }
+
     /// `migrate_cancel`: cancels the running migration, if any (always succeeds). The status
     /// moves to `cancelling` before the migration thread is interrupted, so the thread always
     /// finds it there and ends in `cancelled`.

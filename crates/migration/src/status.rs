@@ -11,6 +11,9 @@
 //!                                                 │          └─▶ pre-switchover ─▶ device ┘
 //!                                                 ├──────────┴──────────┴─────────┴──▶ failed
 //!                                                 └──cancel──▶ cancelling ──▶ cancelled
+//!  active ──migrate-start-postcopy──▶ postcopy-active ──▶ completed | failed | cancelling
+//!  (after the switch a failed or cancelled migration leaves the source's guest paused: it may
+//!  already have run on the destination)
 //! ```
 //!
 //! As in QEMU 7.2, `device` is only used after `pre-switchover` (`migrate-continue`); without
@@ -33,7 +36,7 @@ pub enum MigrationStatus {
     Cancelled,
     /// Pre-copy iterations while the guest runs.
     Active,
-    /// Post-copy (not implemented by livemig; listed for wire compatibility).
+    /// Post-copy: the guest runs on the destination, which fetches missing pages.
     PostcopyActive,
     /// Post-copy paused (not implemented by livemig).
     PostcopyPaused,
@@ -113,7 +116,12 @@ impl MigrationStatus {
     pub fn has_ram_stats(self) -> bool {
         matches!(
             self,
-            Self::Active | Self::Cancelling | Self::Device | Self::Completed | Self::PreSwitchover
+            Self::Active
+                | Self::Cancelling
+                | Self::Device
+                | Self::Completed
+                | Self::PreSwitchover
+                | Self::PostcopyActive
         )
     }
 
@@ -124,7 +132,11 @@ impl MigrationStatus {
             (self, to),
             (None | Completed | Failed | Cancelled, Setup)
                 | (Setup, Active | Failed | Cancelling)
-                | (Active, PreSwitchover | Completed | Failed | Cancelling)
+                | (
+                    Active,
+                    PreSwitchover | Completed | Failed | Cancelling | PostcopyActive
+                )
+                | (PostcopyActive, Completed | Failed | Cancelling)
                 | (PreSwitchover, Device | Failed | Cancelling)
                 | (Device, Completed | Failed | Cancelling)
                 | (Cancelling, Cancelled | Failed)

@@ -9,6 +9,12 @@
 //! The section comes after the `ram` END section, so the destination's RAM is complete when it
 //! is checked. It is only sent with the capability on; a destination checks it whenever it is
 //! in the stream.
+//!
+//! Postcopy: the section is not in the package (the destination's RAM is incomplete then) but
+//! after the last page, and the destination compares it with the digest of its RAM *as
+//! delivered* ([`guest_ram::DeliveredPages`]: its guest has been running and writing). Version 2:
+//! the digest is built from page hashes (see `guest_ram`'s `RamBlock::digest`), which version 1
+//! peers computed differently.
 
 use std::sync::Arc;
 
@@ -37,7 +43,7 @@ impl RamVerify {
 impl DeviceState for RamVerify {
     fn description(&self) -> VmStateDescription {
         self.ram.blocks().iter().fold(
-            VmStateDescription::new(IDSTR, 1).minimum_version(1),
+            VmStateDescription::new(IDSTR, 2).minimum_version(2),
             |d, b| d.field(b.idstr(), FieldKind::Buffer(32)),
         )
     }
@@ -53,14 +59,19 @@ impl DeviceState for RamVerify {
     }
 
     fn load(&mut self, value: &VmStateValue, _version: u32) -> Result<(), MigrationError> {
-        for b in self.ram.blocks() {
+        let delivered = self.ram.delivered();
+        for (i, b) in self.ram.blocks().iter().enumerate() {
             let remote = value
                 .get_bytes(b.idstr())
                 .map_err(|e| MigrationError::DeviceLoad {
                     idstr: IDSTR.into(),
                     reason: e.to_string(),
                 })?;
-            if remote != b.digest() {
+            let local = match &delivered {
+                Some(d) => d.digest(i),
+                None => Some(b.digest()),
+            };
+            if local.as_ref().map(|l| l.as_slice()) != Some(remote) {
                 return Err(MigrationError::VerifyMismatch(b.idstr().to_string()));
             }
         }

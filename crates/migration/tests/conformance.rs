@@ -55,8 +55,8 @@ fn ram_verify_refuses_other_ram() {
     let mut dst = RamVerify::new(other);
     let bytes = testkit::conformance::save_bytes(&src);
     let desc = migration::DeviceState::description(&dst);
-    let v = savevm::vmstate::load(&desc, 1, &mut savevm::qemu_file::memory_reader(bytes)).unwrap();
-    let err = migration::DeviceState::load(&mut dst, &v, 1).unwrap_err();
+    let v = savevm::vmstate::load(&desc, 2, &mut savevm::qemu_file::memory_reader(bytes)).unwrap();
+    let err = migration::DeviceState::load(&mut dst, &v, 2).unwrap_err();
     assert!(
         matches!(err, migration::MigrationError::VerifyMismatch(ref b) if b == "vga.vram"),
         "{err:?}"

@@ -6,79 +6,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use guest_ram::GuestRam;
 use migration::incoming;
 use migration::{
     Capability, GlobalState, IncomingSession, MigrationError, MigrationStatus, Registry, RunState,
     VmControl,
 };
-use testkit::{ram_vm as side, FakeVm, RamVm as Vm};
+use testkit::{ram_vm as side, RamVm as Vm};
+
+mod common;
+use common::guest::{fill, writer_counted};
 
 const MIB: u64 = 1 << 20;
-
-fn fill(ram: &GuestRam, bytes: u64, seed: u64) {
-    let b = &ram.blocks()[0];
-    let mut x = seed;
-    let mut page = vec![0u8; 4096];
-    for p in 0..bytes / 4096 {
-        if p % 8 == 7 {
-            continue; // never touched: not sent at all
-        }
-        if p % 8 == 3 {
-            b.write_page(p, &[0u8; 4096]).unwrap(); // touched but zero: a ZERO record
-            continue;
-        }
-        for w in page.chunks_mut(8) {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            w.copy_from_slice(&x.to_le_bytes());
-        }
-        b.write_page(p, &page).unwrap();
-    }
-}
-
-/// Writes pages of the first `ws` bytes while the VM runs.
-/// A simulated vCPU rewriting `ws` bytes of RAM while `vm` runs. Each store happens under a
-/// gate that `vm_stop` takes after clearing the running flag, so no store is still in flight
-/// once the VM reports stopped (as a real VMM's vCPU pause guarantees).
-fn writer(
-    ram: Arc<GuestRam>,
-    vm: &FakeVm,
-    stop: Arc<AtomicBool>,
-    ws: u64,
-    writes: Arc<AtomicU64>,
-) -> thread::JoinHandle<u64> {
-    let running = vm.running_flag();
-    let gate = Arc::new(std::sync::Mutex::new(()));
-    let g = gate.clone();
-    vm.on_stop(move || drop(g.lock()));
-    thread::spawn(move || {
-        let b = ram.blocks()[0].clone();
-        let mut n = 0u64;
-        let mut buf = [0u8; 4096];
-        while !stop.load(Ordering::SeqCst) {
-            let held = gate.lock().unwrap_or_else(|p| p.into_inner());
-            if !running.load(Ordering::SeqCst) {
-                drop(held);
-                thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-            let p = (n * 7919) % (ws / 4096);
-            buf[..8].copy_from_slice(&n.to_le_bytes());
-            // A guest store (not write_page, which the VMM tracker marks): the kernel's dirty
-            // log has to see it.
-            b.guest_write(p * 4096, &buf).unwrap();
-            drop(held);
-            n += 1;
-            writes.store(n, Ordering::SeqCst);
-            if n % 64 == 0 {
-                thread::sleep(Duration::from_micros(200));
-            }
-        }
-        n
-    })
-}
 
 fn enable_verify(s: &Vm) {
     s.enable(&[Capability::RamVerify, Capability::Events]);
@@ -92,7 +30,7 @@ fn live_migration_over_tcp_with_running_writer_and_verify() {
     enable_verify(&src);
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
-    let w = writer(
+    let w = writer_counted(
         src.ram.clone(),
         &src.vm,
         stop.clone(),

@@ -28,6 +28,8 @@ pub trait MonitorBackend: Send + Sync + 'static {
     ) -> Result<(), CommandError>;
     /// Cancels the outgoing migration, if any (never fails, like QEMU's `migrate_cancel`).
     fn migrate_cancel(&self);
+    /// `migrate-start-postcopy`: the outgoing migration switches to postcopy at its next round.
+    fn migrate_start_postcopy(&self) -> Result<(), CommandError>;
     /// `migrate-continue`: releases a migration paused in `state` (`pre-switchover`).
     fn migrate_continue(&self, state: MigrationStatus) -> Result<(), CommandError>;
     /// True while QEMU's `migration` yank instance exists (a migration runs).

@@ -222,9 +222,19 @@ fn parameters_and_capabilities() {
         "Error: invalid parameter value: bogus\r\n"
     );
     assert_eq!(
-        c.hmp("migrate_set_capability postcopy-ram on"),
-        "Error: Capability 'postcopy-ram' is not supported by livemig\r\n"
+        c.hmp("migrate_set_capability x-colo on"),
+        "Error: Capability 'x-colo' is not supported by livemig\r\n"
     );
+    assert_eq!(
+        c.hmp("migrate_start_postcopy"),
+        "Error: Enable postcopy with migrate_set_capability before the start of migration\r\n"
+    );
+    assert_eq!(c.hmp("migrate_set_capability postcopy-ram on"), "");
+    assert_eq!(
+        c.hmp("migrate_start_postcopy"),
+        "Error: Postcopy must be started after migration has been started\r\n"
+    );
+    assert_eq!(c.hmp("migrate_set_capability postcopy-ram off"), "");
     let caps = c.hmp("info migrate_capabilities");
     assert!(caps.starts_with("xbzrle: off\r\n"));
     assert!(caps.contains("\r\nevents: on\r\n"));

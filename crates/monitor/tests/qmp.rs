@@ -189,8 +189,12 @@ fn framework_errors() {
             "Parameter 'bogus' is unexpected",
         ),
         (
-            r#"{"execute": "migrate-set-capabilities", "arguments": {"capabilities": [{"capability": "postcopy-ram", "state": true}]}}"#,
-            "Capability 'postcopy-ram' is not supported by livemig",
+            r#"{"execute": "migrate-set-capabilities", "arguments": {"capabilities": [{"capability": "x-colo", "state": true}]}}"#,
+            "Capability 'x-colo' is not supported by livemig",
+        ),
+        (
+            r#"{"execute": "migrate-start-postcopy"}"#,
+            "Enable postcopy with migrate_set_capability before the start of migration",
         ),
         (
             r#"{"exec-oob": "migrate-pause"}"#,

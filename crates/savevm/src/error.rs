@@ -310,6 +310,14 @@ pub enum Error {
         /// Its offset.
         offset: u64,
     },
+    /// A postcopy command or page request is malformed.
+    #[error("malformed postcopy {what}: {why}")]
+    BadPostcopyCommand {
+        /// Which message.
+        what: &'static str,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// A multifd hello or packet header is malformed.
     #[error("{0}")]
     Multifd(String),

@@ -108,6 +108,40 @@ impl BlockMemory {
         Ok(())
     }
 
+    /// Drops the pages of `offset..offset + len` (page aligned, inside the mapping): they read
+    /// as missing afterwards (postcopy discard). Shared memory has its file range punched out
+    /// first, so the pages leave the page cache, not only our page tables.
+    pub(super) fn discard(&self, offset: usize, len: usize) -> io::Result<()> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.len())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        if let Some(file) = self.file() {
+            // SAFETY: plain syscall on the block's own file descriptor with integer arguments.
+            let r = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset as libc::off_t,
+                    (end - offset) as libc::off_t,
+                )
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: `offset..end` lies inside our mapping (checked above); MADV_DONTNEED only
+        // drops pages, which then read as zero (or fault to userfaultfd when registered). No
+        // Rust reference into guest memory is held across it (guest memory is accessed through
+        // volatile copies or short-lived slices, see the type's docs).
+        let r =
+            unsafe { libc::madvise(self.as_ptr().add(offset).cast(), len, libc::MADV_DONTNEED) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Size in bytes.
     pub fn len(&self) -> usize {
         self.region.size()

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use vm_memory::volatile_memory::VolatileSlice;
 
 use crate::{Bitmap, Error, VmmDirtyTracker, PAGE_SIZE};
+pub(crate) use digest::{digest_of_page_hashes, page_hash, zero_page_hash};
 pub use mapping::BlockMemory;
 
 /// What backs a RAM block.
@@ -255,6 +256,33 @@ impl RamBlock {
     /// returned: holding it keeps the mapping alive. Page `n` is bytes `n * 4096..(n + 1) * 4096`.
     pub fn memory(&self) -> &Arc<BlockMemory> {
         &self.memory
+    }
+
+    /// Discards `offset..offset + len` (page aligned): the pages become missing, as they were
+    /// before anything was written there (postcopy: received pages that the source dirtied
+    /// again). Shared memory loses them from its file too.
+    pub fn discard_range(&self, offset: u64, len: u64) -> Result<(), Error> {
+        let bad = || Error::RangeOutOfBounds {
+            idstr: self.idstr.clone(),
+            offset,
+            len,
+            size: self.len(),
+        };
+        if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
+            return Err(bad());
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.len())
+            .ok_or_else(bad)?;
+        self.memory
+            .discard(offset as usize, (end - offset) as usize)
+            .map_err(|source| Error::Discard {
+                idstr: self.idstr.clone(),
+                offset,
+                len,
+                source,
+            })
     }
 
     /// The tracker of pages written by the VMM itself.

@@ -16,7 +16,7 @@
 //! * A KVM dirty log (`KVM_GET_DIRTY_LOG`) lives in the `vmm` crate and implements the same trait;
 //!   it should call [`merge_vmm_writes`] at the end of its `sync`.
 
-mod uffd;
+pub(crate) mod uffd;
 mod vmm_tracker;
 
 pub use uffd::UffdDirtyLog;

@@ -31,7 +31,7 @@ use super::{check_bitmaps, merge_vmm_writes, DirtyLog};
 use crate::pagemap::{self, PagemapScanner, ScanQuery};
 use crate::{Backing, Bitmap, Error, GuestRam, RamBlock};
 
-const UFFD_API: u64 = 0xAA;
+pub(crate) const UFFD_API: u64 = 0xAA;
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 
 /// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM`: write protection on shmem and hugetlbfs.
@@ -63,25 +63,25 @@ const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 
 #[repr(C)]
 #[derive(Default)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
+pub(crate) struct UffdioApi {
+    pub(crate) api: u64,
+    pub(crate) features: u64,
+    pub(crate) ioctls: u64,
 }
 
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
-struct UffdioRange {
-    start: u64,
-    len: u64,
+pub(crate) struct UffdioRange {
+    pub(crate) start: u64,
+    pub(crate) len: u64,
 }
 
 #[repr(C)]
 #[derive(Default)]
-struct UffdioRegister {
-    range: UffdioRange,
-    mode: u64,
-    ioctls: u64,
+pub(crate) struct UffdioRegister {
+    pub(crate) range: UffdioRange,
+    pub(crate) mode: u64,
+    pub(crate) ioctls: u64,
 }
 
 #[repr(C)]
@@ -91,14 +91,14 @@ struct UffdioWriteprotect {
     mode: u64,
 }
 
-const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+pub(crate) const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
     (dir << 30) | ((size as u64) << 16) | (UFFD_API << 8) | nr
 }
-const IOC_RW: u64 = 3;
-const IOC_R: u64 = 2;
-const UFFDIO_API: u64 = ioc(IOC_RW, 0x3F, std::mem::size_of::<UffdioApi>());
-const UFFDIO_REGISTER: u64 = ioc(IOC_RW, 0x00, std::mem::size_of::<UffdioRegister>());
-const UFFDIO_UNREGISTER: u64 = ioc(IOC_R, 0x01, std::mem::size_of::<UffdioRange>());
+pub(crate) const IOC_RW: u64 = 3;
+pub(crate) const IOC_R: u64 = 2;
+pub(crate) const UFFDIO_API: u64 = ioc(IOC_RW, 0x3F, std::mem::size_of::<UffdioApi>());
+pub(crate) const UFFDIO_REGISTER: u64 = ioc(IOC_RW, 0x00, std::mem::size_of::<UffdioRegister>());
+pub(crate) const UFFDIO_UNREGISTER: u64 = ioc(IOC_R, 0x01, std::mem::size_of::<UffdioRange>());
 const UFFDIO_WRITEPROTECT: u64 = ioc(IOC_RW, 0x06, std::mem::size_of::<UffdioWriteprotect>());
 const _: () = assert!(UFFDIO_API == 0xC018_AA3F);
 const _: () = assert!(UFFDIO_REGISTER == 0xC020_AA00);
@@ -109,7 +109,7 @@ const _: () = assert!(UFFDIO_WRITEPROTECT == 0xC018_AA06);
 ///
 /// # Safety
 /// `arg` must point to the structure type that `req` expects.
-unsafe fn uffd_ioctl<T>(fd: &OwnedFd, req: u64, arg: &mut T) -> io::Result<()> {
+pub(crate) unsafe fn uffd_ioctl<T>(fd: &OwnedFd, req: u64, arg: &mut T) -> io::Result<()> {
     // SAFETY: the caller guarantees `arg` has the layout `req` expects; it is a live exclusive
     // reference for the duration of the call.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as *mut T) };
@@ -119,7 +119,7 @@ unsafe fn uffd_ioctl<T>(fd: &OwnedFd, req: u64, arg: &mut T) -> io::Result<()> {
     Ok(())
 }
 
-fn open_uffd() -> Result<OwnedFd, Error> {
+pub(crate) fn open_uffd() -> Result<OwnedFd, Error> {
     let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
     // SAFETY: plain syscall with integer flags.
     let mut fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
@@ -175,7 +175,7 @@ fn open_wp_uffd(needed: u64) -> Result<OwnedFd, Error> {
     Ok(fd)
 }
 
-fn range(block: &RamBlock) -> UffdioRange {
+pub(crate) fn range(block: &RamBlock) -> UffdioRange {
     UffdioRange {
         start: block.host_ptr() as u64,
         len: block.len(),

@@ -109,3 +109,30 @@ impl Qemu {
         super::wait_final_migration(|| self.cmd("query-migrate", Value::Null))
     }
 }
+
+/// A RAM image: xorshift data in three pages of four over the first half, zero elsewhere.
+pub fn random_ram_image() -> Vec<u8> {
+    let mut data = vec![0u8; RAM as usize];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for (i, page) in data[..(RAM / 2) as usize].chunks_mut(4096).enumerate() {
+        if i % 4 == 3 {
+            continue;
+        }
+        for w in page.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+    }
+    data
+}
+
+/// Asserts that two RAM files hold the same bytes; names the first page that differs.
+pub fn assert_same_ram(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert_eq!(x.len(), y.len());
+    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
+        panic!("RAM differs at byte {i:#x} (page {})", i / 4096);
+    }
+}

@@ -52,7 +52,7 @@ async def migrate_and_watch(src_sock, uri):
     )
     caps = {c["capability"]: c["state"] for c in await src.execute("query-migrate-capabilities")}
     # Only what works is listed (post-copy is not implemented).
-    assert caps["events"] and caps["ram-verify"] and "postcopy-ram" not in caps, caps
+    assert caps["events"] and caps["ram-verify"] and "postcopy-preempt" not in caps, caps
     watcher = asyncio.create_task(collect_until(src, ("completed", "failed", "cancelled")))
     await asyncio.sleep(0)
     await src.execute("migrate", {"uri": uri})

@@ -6,7 +6,7 @@
 //! header ─ configuration (machine type check)
 //! loop: START/FULL id idstr instance version ─ find entry ─ check version ─ bind id ─ body ─ footer
 //!       PART/END id ─ entry bound to id ─ body ─ footer
-//!       COMMAND OPEN_RETURN_PATH | PING
+//!       COMMAND OPEN_RETURN_PATH | PING | postcopy (ADVISE, DISCARD, PACKAGED { LISTEN .. RUN })
 //!       EOF ─ VMDESCRIPTION (skipped)
 //! ```
 
@@ -19,6 +19,7 @@ use savevm::vmstate;
 use super::ReturnPath;
 use crate::capabilities::Capability;
 use crate::error::MigrationError;
+use crate::postcopy::{self, Flow, PostcopyPhase};
 use crate::registry::{EntryKind, Registry, SaveStateEntry};
 use crate::session::IncomingSession;
 use crate::settings::Settings;
@@ -49,7 +50,11 @@ pub fn load_stream(
     s: &mut IncomingSession,
 ) -> Result<(), MigrationError> {
     let mut f = QemuFileReader::with_capacity(reader, 1 << 20);
-    load_from(&mut f, registry, machine, rp, s)?;
+    let mut stage = load_from(&mut f, registry, machine, rp, s)?;
+    // Without a VM to start, a postcopy stream just goes on after RUN.
+    while let Stage::PostcopyRun = stage {
+        stage = load_rest(&mut f, registry, rp, s)?;
+    }
     commit_load(registry)
 }
 
@@ -61,6 +66,23 @@ pub(super) fn commit_load(registry: &mut Registry) -> Result<(), MigrationError>
         }
     }
     Ok(())
+}
+
+/// Where loading stopped.
+pub(super) enum Stage {
+    /// The whole stream is loaded.
+    Done(Loaded),
+    /// Postcopy RUN: the guest must start now; [`load_rest`] loads the rest of the RAM.
+    PostcopyRun,
+}
+
+/// Why [`load_records`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoadEnd {
+    /// `QEMU_VM_EOF`.
+    Eof,
+    /// Postcopy RUN.
+    Run,
 }
 
 /// What the end of a loaded stream said.
@@ -76,7 +98,7 @@ pub(super) fn load_from(
     machine: &str,
     rp: &mut ReturnPath,
     s: &mut IncomingSession,
-) -> Result<Loaded, MigrationError> {
+) -> Result<Stage, MigrationError> {
     let f = &mut *f;
     record::read_header(f)?;
     let offset = f.bytes_read();
@@ -99,6 +121,50 @@ pub(super) fn load_from(
             h.load_setup(s)?;
         }
     }
+    load_rest(f, registry, rp, s)
+}
+
+/// Loads records up to EOF (or a postcopy RUN), then finishes the stream: the VMDESCRIPTION
+/// trailer (none after a postcopy), the ram-verify check, every handler's `load_complete`.
+pub(super) fn load_rest(
+    f: &mut QemuFileReader,
+    registry: &mut Registry,
+    rp: &mut ReturnPath,
+    s: &mut IncomingSession,
+) -> Result<Stage, MigrationError> {
+    if load_records(f, registry, rp, s, false)? == LoadEnd::Run {
+        return Ok(Stage::PostcopyRun);
+    }
+    // QEMU ends a postcopy stream at EOF (it has sent its device description long before).
+    let vmdesc = if s.postcopy_phase() == PostcopyPhase::Running {
+        None
+    } else {
+        record::read_vmdesc(f)?
+    };
+    if vmdesc.is_none() {
+        tracing::info!("stream has no VMDESCRIPTION trailer");
+    }
+    // Before load_complete commits anything (disk images).
+    require_verify(s.settings(), registry)?;
+    for e in registry.entries_mut() {
+        if let EntryKind::Live(h) = &mut e.kind {
+            h.load_complete(s)?;
+        }
+    }
+    Ok(Stage::Done(Loaded {
+        commit_announced: vmdesc.is_some_and(|d| record::announces_commit(&d)),
+    }))
+}
+
+/// Loads sections and commands until EOF or, with `nested` (a postcopy package), RUN. A RUN
+/// in the main stream also returns, so the caller can start the guest.
+pub(crate) fn load_records(
+    f: &mut QemuFileReader,
+    registry: &mut Registry,
+    rp: &mut ReturnPath,
+    s: &mut IncomingSession,
+    nested: bool,
+) -> Result<LoadEnd, MigrationError> {
     loop {
         match record::read_record(f)? {
             Record::Section(h) => load_section(f, registry, h, s)?,
@@ -115,24 +181,15 @@ pub(super) fn load_from(
                     .map_err(|_| MigrationError::BadPing)?;
                 rp.send(RpMessage::Pong(v))?;
             }
+            Record::Command { cmd, data } if postcopy::is_postcopy_command(cmd) => {
+                if postcopy::handle_command(cmd, &data, f, registry, rp, s, nested)? == Flow::Run {
+                    return Ok(LoadEnd::Run);
+                }
+            }
             Record::Command { cmd, .. } => return Err(MigrationError::UnsupportedCommand(cmd)),
-            Record::Eof => break,
+            Record::Eof => return Ok(LoadEnd::Eof),
         }
     }
-    let vmdesc = record::read_vmdesc(f)?;
-    if vmdesc.is_none() {
-        tracing::info!("stream has no VMDESCRIPTION trailer");
-    }
-    // Before load_complete commits anything (disk images).
-    require_verify(s.settings(), registry)?;
-    for e in registry.entries_mut() {
-        if let EntryKind::Live(h) = &mut e.kind {
-            h.load_complete(s)?;
-        }
-    }
-    Ok(Loaded {
-        commit_announced: vmdesc.is_some_and(|d| record::announces_commit(&d)),
-    })
 }
 
 fn load_section(

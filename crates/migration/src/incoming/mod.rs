@@ -5,6 +5,8 @@
 //! migrate-incoming ─▶ start() ─ [setup] thread: accept main (+ multifd channels, QEMU's order)
 //!                 (with tls-creds: a TLS handshake on each, tls-authz checked)
 //!   ─▶ [active] load_stream (load.rs) ─ return path: PONGs, then SHUT 0|1
+//!      postcopy: at RUN ─▶ [postcopy-active], guest started, the rest of RAM loaded while it
+//!      runs (pages placed through userfaultfd, see `crate::postcopy`), SHUT 0 at the end
 //!   ─▶ disks activated (with late-block-activate: only if the guest starts now, else at cont)
 //!   ─▶ [completed] guest started if the source was running and no -S (or a cont came while
 //!      loading); else its run state
@@ -31,6 +33,7 @@ use crate::capabilities::Capability;
 use crate::error::MigrationError;
 use crate::global_state::GlobalState;
 use crate::handle::{self, Finished, MigrationHandle, OnFinished, Rejected};
+use crate::postcopy::{PostcopyError, PostcopyPhase};
 use crate::registry::{EntryKind, Registry};
 use crate::runtime::Runtime;
 use crate::session::IncomingSession;
@@ -41,7 +44,9 @@ use crate::vm::VmControl;
 
 pub use accept::SOURCE_HELLO_TIMEOUT;
 pub use load::load_stream;
-pub use return_path::ReturnPath;
+use load::Stage;
+pub(crate) use load::{load_records, LoadEnd};
+pub use return_path::{ReturnPath, RpSender};
 
 /// Everything the destination needs, handed over by value.
 pub struct Incoming {
@@ -122,8 +127,15 @@ pub fn start(job: Incoming, state: &Arc<MigrationState>) -> Result<MigrationHand
             job.state.end_incoming();
             match &result {
                 Ok(()) => {
-                    job.state
-                        .set_status(MigrationStatus::Active, MigrationStatus::Completed);
+                    if !job
+                        .state
+                        .set_status(MigrationStatus::Active, MigrationStatus::Completed)
+                    {
+                        job.state.set_status(
+                            MigrationStatus::PostcopyActive,
+                            MigrationStatus::Completed,
+                        );
+                    }
                 }
                 Err(_) if job.runtime.cancel_token().is_cancelled() => job.state.cancelled(),
                 Err(e) => {
@@ -199,12 +211,20 @@ impl Job {
         let mut session = IncomingSession::new(self.runtime.clone(), settings, multifd);
         session.set_handover_fds(main.fds);
         let mut f = QemuFileReader::with_capacity(main.reader, 1 << 20);
+        let late = session.settings().has(Capability::LateBlockActivate);
         let loaded = load::load_from(&mut f, registry, &self.machine, &mut rp, &mut session)
+            .and_then(|stage| match stage {
+                Stage::Done(l) => Ok(l),
+                Stage::PostcopyRun => self.postcopy_run(&mut f, registry, &mut rp, &mut session),
+            })
             .and_then(|l| cancel.check().map(|()| l));
         let loaded = match loaded {
             Ok(l) => l,
             Err(e) => {
                 let _ = rp.shut(false);
+                if session.postcopy_phase() == PostcopyPhase::Running {
+                    return Err(self.fail_after_run(registry, e));
+                }
                 return Err(e);
             }
         };
@@ -217,11 +237,53 @@ impl Job {
             }
         }
         load::commit_load(registry)?;
-        let late = session.settings().has(Capability::LateBlockActivate);
-        self.state
-            .with_autostart(|requested| self.start_guest(self.autostart || *requested, late))?;
+        if session.postcopy_phase() != PostcopyPhase::Running {
+            self.state
+                .with_autostart(|requested| self.start_guest(self.autostart || *requested, late))?;
+        }
         self.runtime.timings().total_time = Some(start.elapsed().as_millis() as u64);
         Ok(())
+    }
+
+    /// Postcopy RUN: `postcopy-active`, the guest starts here (as after a pre-copy), then the
+    /// rest of the RAM is loaded while it runs.
+    fn postcopy_run(
+        &self,
+        f: &mut QemuFileReader,
+        registry: &mut Registry,
+        rp: &mut ReturnPath,
+        s: &mut IncomingSession,
+    ) -> Result<load::Loaded, MigrationError> {
+        self.state
+            .set_status(MigrationStatus::Active, MigrationStatus::PostcopyActive);
+        let late = s.settings().has(Capability::LateBlockActivate);
+        self.state
+            .with_autostart(|requested| self.start_guest(self.autostart || *requested, late))?;
+        match load::load_rest(f, registry, rp, s)? {
+            Stage::Done(l) => Ok(l),
+            Stage::PostcopyRun => Err(PostcopyError::OutOfOrder {
+                command: "POSTCOPY_RUN",
+                phase: "running",
+            }
+            .into()),
+        }
+    }
+
+    /// The stream failed while the guest runs here on incomplete RAM: release the faulting
+    /// vCPUs (the RAM is unregistered, missing pages read as zero), then stop the guest.
+    fn fail_after_run(&self, registry: &mut Registry, e: MigrationError) -> MigrationError {
+        for entry in registry.entries_mut() {
+            if let EntryKind::Live(h) = &mut entry.kind {
+                h.load_cleanup(true);
+            }
+        }
+        if let Err(stop) = self.vm.vm_stop(RunState::Paused) {
+            tracing::error!(
+                "cannot stop the guest after a failed postcopy: {}",
+                crate::error_report(&stop)
+            );
+        }
+        PostcopyError::FailedAfterRun(Box::new(e)).into()
     }
 
     /// Starts the guest if the source was running and `autostart` (no `-S`, or a `cont` came

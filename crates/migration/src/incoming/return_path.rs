@@ -1,23 +1,40 @@
 //! The destination's side of the return path.
 
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use savevm::record::{self, RpMessage};
 
 use crate::error::MigrationError;
 
+type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
 /// The destination's side of the return path: opened when the source asks for it
-/// (`OPEN_RETURN_PATH`), answers `PING`s and ends with `SHUT` (0 = loaded, 1 = failed).
+/// (`OPEN_RETURN_PATH`), answers `PING`s and ends with `SHUT` (0 = loaded, 1 = failed). In
+/// postcopy the fault thread writes page requests on it too, through an [`RpSender`].
 pub struct ReturnPath {
-    writer: Option<Box<dyn Write + Send>>,
+    writer: Option<SharedWriter>,
     open: bool,
+}
+
+/// A handle that writes whole return-path messages from another thread (postcopy's page
+/// requests); messages of different threads never interleave.
+#[derive(Clone)]
+pub struct RpSender(SharedWriter);
+
+impl RpSender {
+    /// Writes one message.
+    pub fn send(&self, msg: &RpMessage) -> Result<(), MigrationError> {
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(record::write_rp(w.as_mut(), msg)?)
+    }
 }
 
 impl ReturnPath {
     /// A return path over `writer` (None: the transport has no reverse direction).
     pub fn new(writer: Option<Box<dyn Write + Send>>) -> Self {
         Self {
-            writer,
+            writer: writer.map(|w| Arc::new(Mutex::new(w))),
             open: false,
         }
     }
@@ -30,10 +47,18 @@ impl ReturnPath {
         Ok(())
     }
 
-    pub(super) fn send(&mut self, msg: RpMessage) -> Result<(), MigrationError> {
-        match (&mut self.writer, self.open) {
-            (Some(w), true) => Ok(record::write_rp(w.as_mut(), &msg)?),
-            _ => Err(MigrationError::PingWithoutReturnPath),
+    /// A sender for another thread, once the source opened the return path.
+    pub(crate) fn sender(&self) -> Option<RpSender> {
+        self.writer
+            .as_ref()
+            .filter(|_| self.open)
+            .map(|w| RpSender(w.clone()))
+    }
+
+    pub(crate) fn send(&mut self, msg: RpMessage) -> Result<(), MigrationError> {
+        match self.sender() {
+            Some(s) => s.send(&msg),
+            None => Err(MigrationError::PingWithoutReturnPath),
         }
     }
 

@@ -12,6 +12,7 @@
 //!           pause-before-switchover; else still [active])
 //!           ─ END sections ─ FULL device sections ─ EOF ─ VMDESCRIPTION
 //!                    ─ with return-path: wait for the destination's SHUT      switchover.rs
+//!        ─▶ or, after migrate-start-postcopy: [postcopy-active] see crate::postcopy
 //!        ─▶ [completed] run state postmigrate (the source stays paused; `cont` resumes it)
 //! any error ─▶ [failed]     the guest runs again if it was running; error kept for query-migrate
 //! cancel    ─▶ [cancelling] ─▶ [cancelled], same recovery
@@ -37,6 +38,8 @@ use crate::counters::RamCounters;
 use crate::error::MigrationError;
 use crate::global_state::GlobalState;
 use crate::handle::{self, Finished, MigrationHandle, OnFinished, Rejected};
+use crate::postcopy::rp_reader::SourceReturnPath;
+use crate::postcopy::PostcopyError;
 use crate::registry::{EntryKind, Registry};
 use crate::runtime::Runtime;
 use crate::session::OutgoingSession;
@@ -194,8 +197,10 @@ impl Job {
             Ok(()) => {
                 self.vm.set_run_state(RunState::Postmigrate);
                 // `active`, or `device` after a pause before switchover.
-                if !state.set_status(MigrationStatus::Active, MigrationStatus::Completed) {
-                    state.set_status(MigrationStatus::Device, MigrationStatus::Completed);
+                if !state.set_status(MigrationStatus::Active, MigrationStatus::Completed)
+                    && !state.set_status(MigrationStatus::Device, MigrationStatus::Completed)
+                {
+                    state.set_status(MigrationStatus::PostcopyActive, MigrationStatus::Completed);
                 }
             }
             Err(_) if self.runtime.cancel_token().is_cancelled() => state.cancelled(),
@@ -227,7 +232,12 @@ fn run(
         Some(tls) => transport::tls::client(channel, tls)?,
         None => channel,
     };
-    let use_rp = settings.has(Capability::ReturnPath) && channel.is_bidirectional();
+    let postcopy = settings.has(Capability::PostcopyRam);
+    if postcopy && !channel.is_bidirectional() {
+        return Err(PostcopyError::NoReturnPath.into());
+    }
+    // Postcopy needs the return path whether or not `return-path` is on (QEMU).
+    let use_rp = (settings.has(Capability::ReturnPath) || postcopy) && channel.is_bidirectional();
     if settings.has(Capability::ReturnPath) && !use_rp {
         tracing::info!("{} has no reverse direction: no return path", job.uri);
     }
@@ -238,26 +248,38 @@ fn run(
     };
     let mut session =
         OutgoingSession::new(job.runtime.clone(), job.state.events().clone(), multifd);
-    let (mut return_path, writer) = channel.into_split();
+    let (return_path, writer) = channel.into_split();
+    let mut return_path = SourceReturnPath::new(return_path, postcopy)?;
     session.set_fd_slot(writer.fd_slot());
-    let streamed = switchover::stream(job, registry, &mut session, use_rp, writer, stopped);
+    let streamed = switchover::stream(
+        job,
+        registry,
+        &mut session,
+        use_rp,
+        writer,
+        &mut return_path,
+        stopped,
+    );
     let sent = match streamed {
         Ok(sent) => sent,
         // The destination may have said why on the return path before it went away: a failed
         // load closes the connection, and that beats the broken pipe the source then sees.
         Err(e @ (MigrationError::Stream(_) | MigrationError::Transport(_))) if use_rp => {
-            return Err(match switchover::await_shut(&mut return_path) {
+            return Err(match return_path.await_shut() {
                 Err(reported @ MigrationError::DestinationFailed(_)) => reported,
                 _ => e,
             })
         }
         Err(e) => return Err(e),
     };
-    if use_rp {
+    if use_rp && sent.postcopy {
+        // The guest already runs there: its report ends the migration, nothing to commit.
+        return_path.await_shut()?;
+    } else if use_rp {
         // Everything is sent; the destination reports before it starts the guest. Until then
         // the guest runs nowhere: `info migrate` says so, and migrate_cancel resumes it here.
         job.runtime.set_awaiting_destination(true);
-        let verdict = switchover::await_shut(&mut return_path);
+        let verdict = return_path.await_shut();
         job.runtime.set_awaiting_destination(false);
         verdict?;
         job.runtime.cancel_token().check()?;
@@ -265,7 +287,9 @@ fn run(
     }
     let mut t = job.runtime.timings();
     let total = t.elapsed_ms();
-    let downtime = sent.downtime_start.elapsed();
+    let downtime = sent
+        .downtime
+        .unwrap_or_else(|| sent.downtime_start.elapsed());
     tracing::info!(?downtime, "switchover done");
     t.total_time = Some(total);
     t.downtime = Some(downtime.as_millis() as u64);
@@ -278,6 +302,10 @@ fn run(
 struct Sent {
     /// When the guest was stopped.
     downtime_start: Instant,
+    /// Postcopy: stop → package sent (else the downtime ends with the destination's report).
+    downtime: Option<std::time::Duration>,
+    /// The migration switched to postcopy.
+    postcopy: bool,
     /// Bytes written on the main channel.
     bytes: u64,
     /// The main channel, still open when the destination reports back (for the commit).

@@ -69,23 +69,35 @@ impl Pacing {
     }
 }
 
-/// Runs pre-copy rounds until switchover; applies the rate limit and the throttle that the
-/// handlers ask for on the way. Throttling ends when the loop does.
+/// How pre-copy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PrecopyEnd {
+    /// Converged: switch over with the guest stopped.
+    Converged,
+    /// `migrate-start-postcopy`: switch to postcopy.
+    Postcopy,
+}
+
+/// Runs pre-copy rounds until switchover (or a postcopy request); applies the rate limit and
+/// the throttle that the handlers ask for on the way. Throttling ends when the loop does.
 pub(super) fn precopy(
     job: &Job,
     registry: &mut Registry,
     s: &mut OutgoingSession,
     f: &mut QemuFileWriter,
-) -> Result<(), MigrationError> {
+) -> Result<PrecopyEnd, MigrationError> {
     let rt = job.runtime.clone();
     let mut pacing = Pacing::new(f, &rt.ram);
     f.set_rate_limit(convergence::window_budget(rt.limits().max_bandwidth));
     loop {
         rt.cancel_token().check()?;
+        if rt.postcopy_requested() {
+            return Ok(PrecopyEnd::Postcopy);
+        }
         if !f.is_rate_limited() {
             let pending = pending(registry, s, pacing.threshold)?;
             if pacing.decide(pending, sent_bytes(f, &rt.ram)) == Decision::Complete {
-                return Ok(());
+                return Ok(PrecopyEnd::Converged);
             }
             iterate_round(registry, s, f)?;
         }

@@ -2,6 +2,7 @@
 //! START section per active live handler.
 
 use savevm::qemu_file::QemuFileWriter;
+use savevm::record::postcopy::Advise;
 use savevm::record::{self, Configuration, SectionHeader};
 use transport::tls::ClientTls;
 use transport::{ChannelWriter, MigrationUri};
@@ -66,6 +67,18 @@ pub(super) fn write_setup(
     .write_to(f);
     if use_rp {
         record::write_command(f, record::MIG_CMD_OPEN_RETURN_PATH, &[]);
+    }
+    if settings.has(Capability::PostcopyRam) {
+        // Every block is in 4 KiB pages: the summary is that one size.
+        let page = savevm::ram::TARGET_PAGE_SIZE as u64;
+        let advise = Advise {
+            page_size_summary: page,
+            target_page_size: page,
+        };
+        record::write_command(f, record::MIG_CMD_POSTCOPY_ADVISE, &advise.encode());
+        // Its PONG tells the switch that the destination accepted ADVISE.
+        let ping = crate::postcopy::source::ADVISE_PING;
+        record::write_command(f, record::MIG_CMD_PING, &ping.to_be_bytes());
     }
     for e in registry.entries_mut() {
         let EntryKind::Live(h) = &mut e.kind else {

@@ -6,13 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use savevm::qemu_file::QemuFileWriter;
-use savevm::record::{self, RpMessage, SectionHeader};
+use savevm::record::{self, SectionHeader};
 use savevm::{vmdesc, vmstate};
-use transport::{ChannelReader, ChannelWriter};
+use transport::ChannelWriter;
 
+use super::precopy::PrecopyEnd;
 use super::{precopy, setup, Job, Sent};
 use crate::capabilities::Capability;
 use crate::error::MigrationError;
+use crate::postcopy::rp_reader::SourceReturnPath;
+use crate::postcopy::source::Switch;
+use crate::postcopy::{self, PostcopyError};
 use crate::registry::{EntryKind, Registry};
 use crate::session::OutgoingSession;
 use crate::status::{MigrationStatus, RunState};
@@ -25,6 +29,7 @@ pub(super) fn stream(
     s: &mut OutgoingSession,
     use_rp: bool,
     writer: ChannelWriter,
+    rp: &mut SourceReturnPath,
     stopped: &mut Option<bool>,
 ) -> Result<Sent, MigrationError> {
     let slot = Arc::new(Mutex::new(Some(writer)));
@@ -40,8 +45,27 @@ pub(super) fn stream(
     {
         return Err(MigrationError::Cancelled);
     }
-    precopy::precopy(job, registry, s, &mut f)?;
-    let downtime_start = complete(job, registry, s, &mut f, use_rp, stopped)?;
+    let (downtime_start, downtime) = match precopy::precopy(job, registry, s, &mut f)? {
+        PrecopyEnd::Converged => (complete(job, registry, s, &mut f, use_rp, stopped)?, None),
+        PrecopyEnd::Postcopy => {
+            let rp = rp.thread().ok_or(PostcopyError::NoReturnPath)?;
+            let sw = Switch {
+                vm: job.vm.as_ref(),
+                state: &job.state,
+                runtime: &job.runtime,
+                global_state: &job.global_state,
+            };
+            // ram-verify goes after the last page, not in the package (the destination's RAM
+            // is incomplete then).
+            let mut devices =
+                |r: &mut Registry, s: &OutgoingSession, f: &mut QemuFileWriter, end: bool| {
+                    let keep = |id: &str| (id == crate::verify::IDSTR) == end;
+                    write_device_sections(r, s, f, &keep).map(drop)
+                };
+            let o = postcopy::source::run(&sw, registry, s, &mut f, rp, stopped, &mut devices)?;
+            (o.stopped_at, Some(o.downtime))
+        }
+    };
     let bytes = f.total_transferred();
     drop(f);
     let mut writer = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -52,6 +76,8 @@ pub(super) fn stream(
     }
     Ok(Sent {
         downtime_start,
+        postcopy: downtime.is_some(),
+        downtime,
         bytes,
         writer,
     })
@@ -106,15 +132,29 @@ fn write_devices(
     f: &mut QemuFileWriter,
     use_rp: bool,
 ) -> Result<(), MigrationError> {
-    let mut desc = vmdesc::VmDescBuilder::new(savevm::ram::TARGET_PAGE_SIZE as u64);
+    let mut desc = write_device_sections(registry, s, f, &|_| true)?;
     if use_rp {
         desc.announce_commit();
     }
+    record::write_eof(f);
+    record::write_vmdesc(f, desc.to_qemu_json().as_bytes());
+    Ok(())
+}
+
+/// The FULL sections of the needed devices whose idstr `keep` accepts, and their JSON
+/// description.
+pub(crate) fn write_device_sections(
+    registry: &mut Registry,
+    s: &OutgoingSession,
+    f: &mut QemuFileWriter,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<vmdesc::VmDescBuilder, MigrationError> {
+    let mut desc = vmdesc::VmDescBuilder::new(savevm::ram::TARGET_PAGE_SIZE as u64);
     for e in registry.entries_mut() {
         let EntryKind::Device(d) = &mut e.kind else {
             continue;
         };
-        if !d.needed(&s.settings().caps) {
+        if !d.needed(&s.settings().caps) || !keep(&e.idstr) {
             continue;
         }
         d.pre_save()?;
@@ -129,9 +169,7 @@ fn write_devices(
         record::write_footer(f, e.section_id);
         desc.add_device(&e.idstr, e.instance_id, body);
     }
-    record::write_eof(f);
-    record::write_vmdesc(f, desc.to_qemu_json().as_bytes());
-    Ok(())
+    Ok(desc)
 }
 
 /// Confirms the switchover after the destination's `SHUT 0`: from now on the guest is the
@@ -147,18 +185,6 @@ pub(super) fn commit(writer: Option<ChannelWriter>) {
             "the switchover commit did not go out ({e}): the guest is paused here and not \
              started there; `cont` resumes it here"
         );
-    }
-}
-
-/// Waits for the destination's verdict on the return path.
-pub(super) fn await_shut(rp: &mut ChannelReader) -> Result<(), MigrationError> {
-    loop {
-        match record::read_rp(rp)? {
-            Some(RpMessage::Shut(0)) => return Ok(()),
-            Some(RpMessage::Shut(status)) => return Err(MigrationError::DestinationFailed(status)),
-            Some(other) => tracing::debug!(?other, "return-path message"),
-            None => return Err(MigrationError::ReturnPathClosed),
-        }
     }
 }
 

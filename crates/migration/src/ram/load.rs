@@ -1,6 +1,8 @@
 //! Destination side of RAM migration: applies RAM records to local guest memory after
 //! validating block names, sizes and offsets.
 
+mod postcopy;
+
 use std::sync::Arc;
 
 use guest_ram::GuestRam;
@@ -23,6 +25,12 @@ pub struct RamLoader {
     xbzrle_buf: Box<[u8]>,
     /// `x-ignore-shared` is on for this stream.
     ignore_shared: bool,
+    /// Postcopy ADVISE accepted.
+    advised: bool,
+    /// Postcopy LISTEN: pages are placed through userfaultfd.
+    placer: Option<postcopy::Placer>,
+    /// Postcopy with `ram-verify`: the pages as delivered.
+    delivered: Option<Arc<guest_ram::DeliveredPages>>,
 }
 
 impl RamLoader {
@@ -36,6 +44,9 @@ impl RamLoader {
             page_buf: vec![0u8; TARGET_PAGE_SIZE].into_boxed_slice(),
             xbzrle_buf: vec![0u8; TARGET_PAGE_SIZE].into_boxed_slice(),
             ignore_shared: false,
+            advised: false,
+            placer: None,
+            delivered: None,
         }
     }
 
@@ -68,6 +79,7 @@ impl RamLoader {
     /// Ends the multifd receivers after the stream.
     pub fn finish(&mut self) {
         self.multifd = None;
+        self.reset_postcopy();
     }
 
     fn check_mem_size(
@@ -144,6 +156,9 @@ impl RamLoader {
 
     /// Loads one section body: records up to and including EOS.
     pub fn load(&mut self, f: &mut QemuFileReader) -> Result<(), MigrationError> {
+        if self.placer.is_some() {
+            return self.load_placed(f);
+        }
         loop {
             match self.decoder.read_record(f)? {
                 RamRecord::MemSize { blocks, .. } => {

@@ -29,9 +29,12 @@ use std::sync::Arc;
 
 use guest_ram::{DirtyLog, GuestRam};
 use savevm::qemu_file::{QemuFileReader, QemuFileWriter};
+use savevm::record::postcopy::{Advise, Discard, PageRequest};
 
 use crate::error::MigrationError;
 use crate::handler::LiveHandler;
+use crate::incoming::RpSender;
+use crate::postcopy::PostcopyHandler;
 use crate::session::{IncomingSession, OutgoingSession};
 
 pub use save::RamSaver;
@@ -116,6 +119,10 @@ impl LiveHandler for RamHandler {
         self.loader.finish();
     }
 
+    fn postcopy(&mut self) -> Option<&mut dyn PostcopyHandler> {
+        Some(self)
+    }
+
     fn load(
         &mut self,
         f: &mut QemuFileReader,
@@ -130,5 +137,47 @@ impl LiveHandler for RamHandler {
             });
         }
         self.loader.load(f)
+    }
+}
+
+impl PostcopyHandler for RamHandler {
+    fn discard_dirty(
+        &mut self,
+        f: &mut QemuFileWriter,
+        s: &mut OutgoingSession,
+    ) -> Result<(), MigrationError> {
+        self.saver.postcopy_discard(f, s)
+    }
+
+    fn queue_request(&mut self, req: PageRequest) -> Result<(), MigrationError> {
+        self.saver.postcopy_request(req)
+    }
+
+    fn iterate_postcopy(
+        &mut self,
+        f: &mut QemuFileWriter,
+        poll: &mut dyn FnMut() -> Result<Vec<PageRequest>, MigrationError>,
+    ) -> Result<bool, MigrationError> {
+        self.saver.postcopy_iterate(f, poll)
+    }
+
+    fn complete_postcopy(&mut self, f: &mut QemuFileWriter) -> Result<(), MigrationError> {
+        self.saver.postcopy_complete(f)
+    }
+
+    fn advise(&mut self, a: &Advise, s: &IncomingSession) -> Result<(), MigrationError> {
+        self.loader.postcopy_advise(a, s)
+    }
+
+    fn discard(&mut self, d: &Discard) -> Result<(), MigrationError> {
+        self.loader.postcopy_discard(d)
+    }
+
+    fn listen(&mut self, rp: RpSender) -> Result<(), MigrationError> {
+        self.loader.postcopy_listen(rp)
+    }
+
+    fn run(&mut self, s: &IncomingSession) -> Result<(), MigrationError> {
+        self.loader.postcopy_run(s)
     }
 }

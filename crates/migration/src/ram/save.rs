@@ -1,5 +1,7 @@
 //! Source side of RAM migration: dirty bitmaps, the page scan and the page records.
 
+mod postcopy;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +64,8 @@ pub struct RamSaver {
     multifd_accounted: u64,
     /// Per block: skipped by `x-ignore-shared` (never in the bitmaps).
     ignored: Vec<bool>,
+    /// Postcopy: request queue, and whether the switch happened.
+    postcopy: postcopy::SourcePostcopy,
 }
 
 /// What [`RamSaver::send_page`] put on the wire.
@@ -98,6 +102,7 @@ impl RamSaver {
             multifd: None,
             multifd_accounted: 0,
             ignored: Vec::new(),
+            postcopy: postcopy::SourcePostcopy::default(),
         }
     }
 
@@ -157,6 +162,7 @@ impl RamSaver {
         self.multifd_accounted = 0;
         self.block_base = shared::block_bases(&self.ram);
         self.encoder.reset();
+        self.postcopy = postcopy::SourcePostcopy::default();
         self.pos = (0, 0);
         self.in_downtime = false;
         self.period_start = Instant::now();
@@ -214,7 +220,9 @@ impl RamSaver {
     fn account(&self, bytes: u64) {
         let c = self.counters();
         RamCounters::add(&c.transferred, bytes);
-        if self.in_downtime {
+        if self.postcopy.active {
+            RamCounters::add(&c.postcopy_bytes, bytes);
+        } else if self.in_downtime {
             RamCounters::add(&c.downtime_bytes, bytes);
         } else {
             RamCounters::add(&c.precopy_bytes, bytes);

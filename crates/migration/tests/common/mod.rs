@@ -1,1 +1,2 @@
 pub mod disks;
+pub mod guest;

@@ -51,7 +51,9 @@ pub enum Command {
     MigrateCancel,
     /// `migrate-continue`.
     MigrateContinue(migrate_continue::MigrateContinue),
-    /// `migrate-pause` (post-copy only: always refused).
+    /// `migrate-start-postcopy`.
+    MigrateStartPostcopy,
+    /// `migrate-pause` (post-copy recovery: always refused).
     MigratePause,
     /// `migrate-recover` (post-copy only: always refused).
     MigrateRecover(postcopy::MigrateRecover),
@@ -123,6 +125,9 @@ pub const COMMANDS: &[(&str, Parser)] = &[
     ("migrate_cancel", |_| Ok(Command::MigrateCancel)),
     ("migrate-continue", |a| {
         migrate_continue::MigrateContinue::parse(a).map(Command::MigrateContinue)
+    }),
+    ("migrate-start-postcopy", |_| {
+        Ok(Command::MigrateStartPostcopy)
     }),
     ("migrate-pause", |_| Ok(Command::MigratePause)),
     ("migrate-recover", |a| {
@@ -198,6 +203,7 @@ impl Command {
                 Ok(empty())
             }
             Command::MigrateContinue(c) => c.run(s).map(|()| empty()),
+            Command::MigrateStartPostcopy => postcopy::start(s).map(|()| empty()),
             Command::MigratePause => postcopy::pause().map(|()| empty()),
             Command::MigrateRecover(c) => c.run().map(|()| empty()),
             Command::QueryMigrate => Ok(query_migrate::run(s)),

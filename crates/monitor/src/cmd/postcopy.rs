@@ -1,11 +1,19 @@
-//! `migrate-pause` and `migrate-recover`: the post-copy recovery commands.
+//! The post-copy commands: `migrate-start-postcopy` (switch the outgoing migration to
+//! postcopy), and `migrate-pause` / `migrate-recover` (recovery).
 //!
-//! livemig has no post-copy, so no migration is ever in `postcopy-active` or
-//! `postcopy-paused`; the commands exist (managers probe for them and may call them out of
-//! band) and answer as QEMU 7.2 does in every other state, with its `GenericError` texts.
+//! livemig has no postcopy recovery, so no migration is ever in `postcopy-paused`; those two
+//! commands exist (managers probe for them and may call them out of band) and answer as
+//! QEMU 7.2 does outside `postcopy-paused`, with its `GenericError` texts.
 
 use super::args::Args;
 use crate::backend::CommandError;
+use crate::session::Session;
+
+/// `migrate-start-postcopy` (QMP) / `migrate_start_postcopy` (HMP): QEMU's checks and texts
+/// are the backend's.
+pub fn start(s: &Session) -> Result<(), CommandError> {
+    s.backend.migrate_start_postcopy()
+}
 
 /// Arguments of `migrate-recover`.
 #[derive(Debug, Clone, PartialEq, Eq)]

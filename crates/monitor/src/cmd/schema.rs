@@ -144,6 +144,7 @@ pub fn command_args(name: &str) -> Option<Vec<Member>> {
         }
         "human-monitor-command" => vec![req("command-line", STR), opt("cpu-index", INT)],
         "migrate_cancel"
+        | "migrate-start-postcopy"
         | "migrate-pause"
         | "query-yank"
         | "query-fdsets"

@@ -333,7 +333,8 @@ tls-authz: ''
         // Only what livemig implements, in QEMU's order, the extension last.
         assert!(t.starts_with("xbzrle: off\nauto-converge: off\n"), "{t}");
         assert!(t.contains("\nevents: on\n"));
-        assert!(!t.contains("postcopy-ram"), "{t}");
+        assert!(t.contains("\npostcopy-ram: off\n"), "{t}");
+        assert!(!t.contains("postcopy-preempt"), "{t}");
         assert!(t.ends_with("\nram-verify: off\n"), "{t}");
         assert_eq!(
             t.lines().count(),

@@ -68,6 +68,15 @@ pub static COMMANDS: &[HmpCommand] = &[
         hmp_migrate_cancel,
     ),
     c(
+        "migrate_start_postcopy",
+        "",
+        "",
+        "Followup to a migration command to switch the migration to postcopy mode. The \
+         postcopy-ram capability must be set on both source and destination before the \
+         original migration command .",
+        hmp_migrate_start_postcopy,
+    ),
+    c(
         "migrate_continue",
         "state:s",
         "state",
@@ -217,6 +226,14 @@ fn wait_for_migration(s: &Session) -> Result<(), CommandError> {
 fn hmp_migrate_cancel(s: &mut Session, _: &HmpArgs, _: &mut String) -> Result<(), CommandError> {
     crate::cmd::migrate_cancel::run(s);
     Ok(())
+}
+
+fn hmp_migrate_start_postcopy(
+    s: &mut Session,
+    _: &HmpArgs,
+    _: &mut String,
+) -> Result<(), CommandError> {
+    crate::cmd::postcopy::start(s)
 }
 
 fn hmp_migrate_continue(s: &mut Session, a: &HmpArgs, _: &mut String) -> Result<(), CommandError> {

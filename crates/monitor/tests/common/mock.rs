@@ -182,6 +182,21 @@ impl MonitorBackend for MockBackend {
         }
     }
 
+    fn migrate_start_postcopy(&self) -> Result<(), CommandError> {
+        let s = self.state();
+        if !s.caps.get(Capability::PostcopyRam) {
+            return Err(CommandError::generic(
+                "Enable postcopy with migrate_set_capability before the start of migration",
+            ));
+        }
+        if s.status == MigrationStatus::None {
+            return Err(CommandError::generic(
+                "Postcopy must be started after migration has been started",
+            ));
+        }
+        Ok(())
+    }
+
     fn migrate_continue(&self, state: MigrationStatus) -> Result<(), CommandError> {
         let s = self.state();
         if s.status != state {

@@ -20,6 +20,7 @@
 
 mod commit;
 mod configuration;
+pub mod postcopy;
 mod return_path;
 mod section;
 
