@@ -30,14 +30,7 @@ fn migrate_and_check(src: &mut Vm, dst: &mut Vm, uri: &str) -> Value {
     src.enable_verify();
     std::thread::sleep(Duration::from_millis(100));
     src.cmd("migrate", json!({ "uri": uri }));
-    let info = src.wait_migration();
-    assert_eq!(
-        info["status"],
-        "completed",
-        "{info}\nsource: {}\ndestination: {}",
-        src.stderr(),
-        dst.stderr()
-    );
+    let info = src.wait_completed(dst);
     dst.wait_status("running");
     assert_eq!(src.status(), "postmigrate");
     assert_eq!(dst.cmd("query-migrate", Value::Null)["status"], "completed");

@@ -31,14 +31,7 @@ fn soft_guest_switches_to_postcopy_with_ram_verified() {
         info["ram"]["transferred"].as_u64().unwrap_or(0) > 2 << 20
     });
     src.cmd("migrate-start-postcopy", Value::Null);
-    let info = src.wait_migration();
-    assert_eq!(
-        info["status"],
-        "completed",
-        "{info}\nsource: {}\ndestination: {}",
-        src.stderr(),
-        dst.stderr()
-    );
+    let info = src.wait_completed(&dst);
     let ram = &info["ram"];
     assert!(ram["postcopy-bytes"].as_u64().unwrap() > 0, "{info}");
     assert!(ram["postcopy-requests"].as_u64().unwrap() > 0, "{info}");

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::qemu::{Qemu, RAM};
+use common::qemu::{assert_same_ram, Qemu, RAM};
 use common::Vm;
 use monitor::QmpClient;
 use serde_json::{json, Value};
@@ -65,14 +65,6 @@ fn set_caps(qmp: &mut QmpClient, caps: &[&str]) {
         Some(json!({ "capabilities": list })),
     )
     .unwrap();
-}
-
-fn assert_same_file(a: &Path, b: &Path) {
-    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
-    assert_eq!(x.len(), y.len());
-    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
-        panic!("RAM differs at byte {i:#x} (page {})", i / 4096);
-    }
 }
 
 #[test]
@@ -160,7 +152,7 @@ fn qemu_to_livemig_with(caps: &[&str], params: Value) -> Option<Value> {
     dst.wait_status("running");
     // The destination starts the guest before it reports `completed` (as QEMU does).
     assert_eq!(dst.wait_migration()["status"], "completed");
-    assert_same_file(&qemu_ram, &our_ram);
+    assert_same_ram(&qemu_ram, &our_ram);
     Some(info)
 }
 
@@ -286,7 +278,7 @@ fn livemig_to_qemu_with(caps: &[&str], params: Value) -> Option<Value> {
     assert_eq!(qemu.cmd("query-status", Value::Null)["status"], "running");
     // livemig's source stays paused after switchover, so its RAM file is the switchover state.
     assert_eq!(src.status(), "postmigrate");
-    assert_same_file(&our_ram, &qemu_ram);
+    assert_same_ram(&our_ram, &qemu_ram);
     Some(info)
 }
 

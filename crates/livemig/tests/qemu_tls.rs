@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::qemu::{Qemu, RAM};
+use common::qemu::{assert_same_ram, random_ram_image, Qemu, RAM};
 use serde_json::{json, Value};
 use testkit::tls::{Leaf, TestCa};
 
@@ -22,37 +22,12 @@ fn credentials(dir: &Path) -> (String, String) {
     (server.display().to_string(), client.display().to_string())
 }
 
-fn ram_image() -> Vec<u8> {
-    let mut data = vec![0u8; RAM as usize];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for (i, page) in data[..(RAM / 2) as usize].chunks_mut(4096).enumerate() {
-        if i % 4 == 3 {
-            continue;
-        }
-        for w in page.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            w.copy_from_slice(&x.to_le_bytes());
-        }
-    }
-    data
-}
-
 fn caps_json(caps: &[&str]) -> Value {
     let list: Vec<Value> = caps
         .iter()
         .map(|c| json!({"capability": c, "state": true}))
         .collect();
     json!({ "capabilities": list })
-}
-
-fn assert_same_file(a: &Path, b: &Path) {
-    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
-    assert_eq!(x.len(), y.len());
-    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
-        panic!("RAM differs at byte {i:#x} (page {})", i / 4096);
-    }
 }
 
 fn qemu_to_livemig(caps: &[&str]) {
@@ -62,7 +37,7 @@ fn qemu_to_livemig(caps: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (server_dir, client_dir) = credentials(dir.path());
     let qemu_ram = dir.path().join("qemu.ram");
-    std::fs::write(&qemu_ram, ram_image()).unwrap();
+    std::fs::write(&qemu_ram, random_ram_image()).unwrap();
     let our_ram = dir.path().join("livemig.ram");
     let backing = format!("file:{}", our_ram.display());
     let object = format!("tls-creds-x509,id=tls0,dir={server_dir},endpoint=server");
@@ -97,7 +72,7 @@ fn qemu_to_livemig(caps: &[&str]) {
     assert_eq!(info["status"], "completed", "{info}\n{}", dst.stderr());
     dst.wait_status("running");
     assert_eq!(dst.cmd("query-migrate", Value::Null)["status"], "completed");
-    assert_same_file(&qemu_ram, &our_ram);
+    assert_same_ram(&qemu_ram, &our_ram);
 }
 
 fn livemig_to_qemu(caps: &[&str]) -> Option<Value> {
@@ -154,7 +129,7 @@ fn livemig_to_qemu(caps: &[&str]) -> Option<Value> {
     assert_eq!(info["status"], "completed", "{info}\n{}", src.stderr());
     let qinfo = qemu.wait_migration();
     assert_eq!(qinfo["status"], "completed", "{qinfo}");
-    assert_same_file(&our_ram, &qemu_ram);
+    assert_same_ram(&our_ram, &qemu_ram);
     Some(info)
 }
 

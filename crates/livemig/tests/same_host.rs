@@ -72,14 +72,7 @@ fn file_backing(shm: &Path) -> (PathBuf, String) {
 /// Migrates `src` to `uri` and checks it completed and the guest runs on `dst` only.
 fn migrate_completed(src: &mut Vm, dst: &mut Vm, uri: &str) -> Value {
     src.cmd("migrate", json!({ "uri": uri }));
-    let info = src.wait_migration();
-    assert_eq!(
-        info["status"],
-        "completed",
-        "{info}\nsource: {}\ndestination: {}",
-        src.stderr(),
-        dst.stderr()
-    );
+    let info = src.wait_completed(dst);
     dst.wait_status("running");
     assert_eq!(src.status(), "postmigrate");
     assert_eq!(dst.cmd("query-migrate", Value::Null)["status"], "completed");

@@ -104,14 +104,7 @@ fn the_destination_reopens_the_image_and_nothing_of_it_is_sent() {
     };
     let (mut src, mut dst, uri) = pair(dir.path(), &img, "1", "1");
     src.cmd("migrate", json!({ "uri": uri }));
-    let info = src.wait_migration();
-    assert_eq!(
-        info["status"],
-        "completed",
-        "{info}\nsource: {}\ndestination: {}",
-        src.stderr(),
-        dst.stderr()
-    );
+    let info = src.wait_completed(&dst);
     dst.wait_status("running");
     // No block migration ran, and the whole stream (device state included) is smaller than
     // one page: neither RAM nor the disk crossed the socket.

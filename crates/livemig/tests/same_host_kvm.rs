@@ -83,14 +83,7 @@ fn moves_without_copying(dir: &Path, backing: &str, caps: &[&str]) {
     });
     configure(&mut src, caps, Value::Null);
     src.cmd("migrate", json!({ "uri": uri }));
-    let info = src.wait_migration();
-    assert_eq!(
-        info["status"],
-        "completed",
-        "{info}\nsource: {}\ndestination: {}",
-        src.stderr(),
-        dst.stderr()
-    );
+    let info = src.wait_completed(&dst);
     // ram-verify passed, and not one page went over the socket.
     let ram = &info["ram"];
     assert_eq!(ram["normal"], 0, "{info}");

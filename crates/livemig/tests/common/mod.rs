@@ -143,6 +143,20 @@ impl Vm {
         );
     }
 
+    /// [`wait_migration`](Self::wait_migration), asserting it completed (the failure shows
+    /// both sides' stderr).
+    pub fn wait_completed(&mut self, dst: &Vm) -> Value {
+        let info = self.wait_migration();
+        assert_eq!(
+            info["status"],
+            "completed",
+            "{info}\nsource: {}\ndestination: {}",
+            self.stderr(),
+            dst.stderr()
+        );
+        info
+    }
+
     /// Polls `query-migrate` until the status is final; returns the reply.
     pub fn wait_migration(&mut self) -> Value {
         let t = Instant::now();
