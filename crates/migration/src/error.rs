@@ -202,6 +202,14 @@ pub enum MigrationError {
     /// A multifd channel id beyond `multifd-channels`.
     #[error("multifd channel id {0} out of range")]
     MultifdChannelRange(usize),
+    /// The source closed its main channel before it connected every multifd channel.
+    #[error("the source closed the migration stream after {connected} of {expected} multifd channels connected")]
+    MultifdSourceGone {
+        /// Channels accepted so far.
+        connected: usize,
+        /// `multifd-channels`.
+        expected: usize,
+    },
     /// A multifd channel thread ended before its work was done.
     #[error("a multifd channel thread ended early")]
     MultifdThreadEnded,

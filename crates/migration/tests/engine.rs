@@ -441,3 +441,31 @@ fn pause_before_switchover_waits_for_continue_and_can_be_cancelled() {
         }
     }
 }
+
+/// A source that opens the main stream and goes before it connects its multifd channels
+/// (killed, or its migration failed) must not leave the destination waiting forever.
+#[test]
+fn a_multifd_destination_whose_source_leaves_before_its_channels_fails() {
+    use std::io::Write;
+    let dst = side(8 * MIB, false);
+    dst.enable(&[Capability::Multifd]);
+    let uri = dst.listen("tcp:127.0.0.1:0");
+    let addr = uri.strip_prefix("tcp:").unwrap();
+    let mut main = std::net::TcpStream::connect(addr).unwrap();
+    // The stream's magic and version, then nothing more: the source is gone.
+    main.write_all(&[0x51, 0x45, 0x56, 0x4d, 0, 0, 0, 3])
+        .unwrap();
+    drop(main);
+    let err = dst.finish().expect_err("the destination must fail");
+    assert!(
+        matches!(
+            err,
+            MigrationError::MultifdSourceGone {
+                connected: 0,
+                expected: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert_ne!(dst.vm.run_state(), RunState::Running);
+}

@@ -49,6 +49,13 @@ impl Half {
         }
     }
 
+    fn peer_closed(&self) -> bool {
+        match self {
+            Half::Plain(ep) => ep.peer_closed(),
+            Half::Tls(s) => s.endpoint().peer_closed(),
+        }
+    }
+
     fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Half::Plain(ep) => ep.read(buf),
@@ -277,6 +284,14 @@ impl ChannelWriter {
     /// The URI of the channel.
     pub fn description(&self) -> &str {
         &self.shared.description
+    }
+
+    /// Whether the peer of this socket channel has gone (closed or shut down its sending
+    /// side, or reset the connection), checked without reading or blocking: a destination
+    /// waiting for more connections checks that the source of its main channel still exists.
+    /// False for channels that are not sockets.
+    pub fn peer_closed(&self) -> bool {
+        self.half.as_ref().is_some_and(Half::peer_closed)
     }
 
     /// Where to attach descriptors for the peer; `None` unless this is a unix-domain socket.

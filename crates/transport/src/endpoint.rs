@@ -245,7 +245,17 @@ impl Endpoint {
         r
     }
 
-    /// `shutdown(2)` on a socket; a no-op for other descriptors.
+    /// Whether the peer of a socket has closed or shut down its sending side, or the socket
+    /// failed (a non-blocking check; unread data does not hide it). Always false for other
+    /// descriptors.
+    pub(crate) fn peer_closed(&self) -> bool {
+        if self.kind != FdKind::Socket {
+            return false;
+        }
+        let mut set = [sys::PollFd::new(&self.file, Interest::PeerClosed)];
+        sys::poll(&mut set, Some(std::time::Duration::ZERO)).is_ok() && set[0].is_hung_up()
+    }
+
     /// Runs `call` on the descriptor.
     pub(crate) fn with_fd<R>(&self, call: impl FnOnce(BorrowedFd<'_>) -> R) -> R {
         call(self.file.as_fd())

@@ -42,6 +42,9 @@ use crate::status::{MigrationStatus, RunState};
 use crate::tls::TlsObjects;
 use crate::vm::VmControl;
 
+/// How often a destination waiting for multifd connections checks its main channel.
+const CHANNEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub use accept::SOURCE_HELLO_TIMEOUT;
 pub use load::load_stream;
 use load::Stage;
@@ -189,8 +192,21 @@ impl Job {
         let mut multifd = Vec::new();
         if settings.has(Capability::Multifd) {
             // QEMU 7.2: the first connection is the main stream, then one per multifd channel.
-            for _ in 0..settings.params.multifd_channels {
-                let c = listener.accept_next()?;
+            let expected = usize::from(settings.params.multifd_channels);
+            for connected in 0..expected {
+                // A source that failed before it connected them all never will: waiting
+                // ends when its main channel goes (QEMU 7.2's destination waits forever).
+                let c = loop {
+                    if let Some(c) = listener.accept_timeout(CHANNEL_POLL)? {
+                        break c;
+                    }
+                    if main.writer.peer_closed() {
+                        return Err(MigrationError::MultifdSourceGone {
+                            connected,
+                            expected,
+                        });
+                    }
+                };
                 cancel.register(c.shutdown_handle());
                 let c = match &tls {
                     Some(tls) => transport::tls::server(c, tls)?,

@@ -17,6 +17,8 @@ pub enum Interest {
     Write,
     /// Nothing but errors and hang-ups (`events = 0`).
     HangUp,
+    /// `POLLRDHUP`: the peer shut its sending side (even with unread data still queued).
+    PeerClosed,
 }
 
 /// One entry of a [`poll`] set.
@@ -33,6 +35,7 @@ impl<'a> PollFd<'a> {
             Interest::Read => libc::POLLIN,
             Interest::Write => libc::POLLOUT,
             Interest::HangUp => 0,
+            Interest::PeerClosed => libc::POLLRDHUP,
         };
         PollFd {
             raw: libc::pollfd {
@@ -50,9 +53,10 @@ impl<'a> PollFd<'a> {
         self.raw.revents != 0
     }
 
-    /// Whether the last [`poll`] reported a hang-up or an error.
+    /// Whether the last [`poll`] reported a hang-up or an error (or, for
+    /// [`Interest::PeerClosed`], the peer's shutdown).
     pub fn is_hung_up(&self) -> bool {
-        self.raw.revents & (libc::POLLHUP | libc::POLLERR) != 0
+        self.raw.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP) != 0
     }
 }
 
