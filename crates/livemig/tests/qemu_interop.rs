@@ -313,7 +313,7 @@ fn qemu_to_livemig_ignoring_shared_ram() {
     assert_eq!(info["status"], "completed", "{info}\n{}", dst.stderr());
     assert_eq!(info["ram"]["normal"], 0, "{info}");
     dst.wait_status("running");
-    assert_eq!(dst.cmd("query-migrate", Value::Null)["status"], "completed");
+    assert_eq!(dst.wait_migration()["status"], "completed");
     assert!(
         std::fs::read(&ram).unwrap() == image,
         "the shared RAM changed"

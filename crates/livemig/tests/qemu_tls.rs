@@ -71,7 +71,7 @@ fn qemu_to_livemig(caps: &[&str]) {
     let info = qemu.wait_migration();
     assert_eq!(info["status"], "completed", "{info}\n{}", dst.stderr());
     dst.wait_status("running");
-    assert_eq!(dst.cmd("query-migrate", Value::Null)["status"], "completed");
+    assert_eq!(dst.wait_migration()["status"], "completed");
     assert_same_ram(&qemu_ram, &our_ram);
 }
 

@@ -75,7 +75,7 @@ fn migrate_completed(src: &mut Vm, dst: &mut Vm, uri: &str) -> Value {
     let info = src.wait_completed(dst);
     dst.wait_status("running");
     assert_eq!(src.status(), "postmigrate");
-    assert_eq!(dst.cmd("query-migrate", Value::Null)["status"], "completed");
+    assert_eq!(dst.wait_migration()["status"], "completed");
     info
 }
 
@@ -183,7 +183,7 @@ fn running_guest_on_a_memfd_is_handed_over_as_a_descriptor() {
     );
     dst.wait_status("running");
     assert_eq!(src.status(), "postmigrate");
-    assert_eq!(dst.cmd("query-migrate", Value::Null)["status"], "completed");
+    assert_eq!(dst.wait_migration()["status"], "completed");
 }
 
 #[test]
