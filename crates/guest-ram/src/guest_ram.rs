@@ -32,6 +32,11 @@ impl GuestRam {
         &self.blocks
     }
 
+    /// The index (migration order) of the block named `idstr`, if any.
+    pub fn block_index(&self, idstr: &str) -> Option<usize> {
+        self.blocks.iter().position(|b| b.idstr() == idstr)
+    }
+
     /// The block named `idstr`, if any.
     pub fn block_by_name(&self, idstr: &str) -> Option<&Arc<RamBlock>> {
         self.blocks.iter().find(|b| b.idstr() == idstr)

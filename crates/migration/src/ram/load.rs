@@ -91,9 +91,7 @@ impl RamLoader {
         for (i, info) in blocks.iter().enumerate() {
             let idx = self
                 .ram
-                .blocks()
-                .iter()
-                .position(|b| b.idstr() == info.idstr)
+                .block_index(&info.idstr)
                 .ok_or_else(|| MigrationError::UnknownRamBlock(info.idstr.clone()))?;
             let local = &self.ram.blocks()[idx];
             if local.len() != info.used_length {
@@ -132,9 +130,7 @@ impl RamLoader {
         if let Some(name) = block {
             let idx = self
                 .ram
-                .blocks()
-                .iter()
-                .position(|b| b.idstr() == name)
+                .block_index(&name)
                 .ok_or(MigrationError::UnknownRamBlock(name))?;
             self.current = Some(idx);
         }

@@ -78,9 +78,7 @@ impl RamSaver {
             Some(name) => {
                 let b = self
                     .ram
-                    .blocks()
-                    .iter()
-                    .position(|blk| blk.idstr() == name)
+                    .block_index(name)
                     .ok_or_else(|| MigrationError::UnknownRamBlock(name.clone()))?;
                 self.postcopy.last_block = Some(b);
                 b
