@@ -37,9 +37,11 @@ pub const MULTIFD_FLAG_ZSTD: u32 = 2 << 1;
 /// Largest compressed payload of one packet: QEMU 7.2's per-channel buffer, twice the
 /// 512 KiB of pages (a sender whose output does not fit fails, as QEMU's does).
 pub const MULTIFD_COMPRESSED_MAX: usize = 2 * 512 * 1024;
-/// Largest zstd window the receiver accepts (2^27 = 128 MiB, zstd's own default limit; QEMU
-/// 7.2's highest level, 20, uses less).
-pub const ZSTD_WINDOW_LOG_MAX: i32 = 27;
+/// Largest zstd window the receiver accepts: 2^25 = 32 MiB, what zstd's level 20 (the
+/// highest `multifd-zstd-level` QEMU 7.2 and livemig allow) uses. A frame asking for more
+/// would make the decoder allocate it (the fuzzer found a 96 MiB request under zstd's own
+/// 2^27 default), so it is refused.
+pub const ZSTD_WINDOW_LOG_MAX: i32 = 25;
 
 /// The compression method of a channel and its level, as set by the operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
