@@ -240,4 +240,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Preallocating a block failed (no memory, or a kernel without `MADV_POPULATE_WRITE`).
+    #[error("could not preallocate the {size} bytes of RAM block `{idstr}` (needs the memory now, and Linux 5.14 or later)")]
+    Prealloc {
+        /// The block.
+        idstr: String,
+        /// Its size.
+        size: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
 }

@@ -194,6 +194,27 @@ fn populated_pages_reports_touched_pages_only() {
 }
 
 #[test]
+fn prealloc_populates_every_page_and_keeps_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    for backing in backings(&dir) {
+        let b = RamBlock::new("ram", 8 * MIB, backing.clone()).unwrap();
+        b.write_page(5, &page_of(7)).unwrap();
+        let before = b.digest();
+        b.prealloc().unwrap();
+        let pages = b.len() / 4096;
+        assert_eq!(
+            b.populated_pages().unwrap().count_ones(),
+            pages,
+            "{backing}"
+        );
+        assert_eq!(b.digest(), before, "{backing}: contents changed");
+        let mut buf = [0u8; 4096];
+        b.copy_page_to(5, &mut buf).unwrap();
+        assert_eq!(buf.to_vec(), page_of(7), "{backing}");
+    }
+}
+
+#[test]
 fn populated_pages_sees_writes_through_another_mapping_of_a_shared_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared");

@@ -103,6 +103,10 @@ pub struct RunArgs {
     /// Do not start the vCPUs (like QEMU's -S).
     #[arg(short = 'S')]
     pub start_paused: bool,
+    /// Allocate all guest RAM at start (like QEMU's -mem-prealloc): a destination then pays
+    /// page allocation before the migration instead of during it, and holds all its memory.
+    #[arg(long)]
+    pub mem_prealloc: bool,
     /// QMP monitor endpoint, QEMU style: `unix:PATH,server=on,wait=off`, `tcp:HOST:PORT,...`,
     /// `stdio`. May be repeated.
     #[arg(long)]
@@ -216,6 +220,7 @@ impl RunArgs {
             start_paused: self.start_paused,
             incoming: self.incoming.is_some(),
             uuid: self.uuid,
+            prealloc: self.mem_prealloc,
         })
     }
 }

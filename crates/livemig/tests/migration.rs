@@ -54,11 +54,13 @@ fn tcp_with_running_guest_and_verify() {
     assert!(dst.quit().status.success());
 }
 
+/// Also a destination started with `--mem-prealloc` (all RAM allocated, reading as zero,
+/// before the stream arrives): `ram-verify` shows it loaded exactly the source's RAM.
 #[test]
-fn unix_socket() {
+fn unix_socket_into_a_preallocated_destination() {
     let dir = tempfile::tempdir().unwrap();
     let sock = format!("unix:{}", dir.path().join("mig.sock").display());
-    let (mut dst, uri) = destination(dir.path(), "dst", &args(&[]), &sock);
+    let (mut dst, uri) = destination(dir.path(), "dst", &args(&["--mem-prealloc"]), &sock);
     let mut src = Vm::start(dir.path(), "src", &args(&["--fill", "16M"]));
     migrate_and_check(&mut src, &mut dst, &uri);
 }

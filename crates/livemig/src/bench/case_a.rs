@@ -11,8 +11,16 @@
 //! channels) and the return path on, so a source completes once its destination has loaded
 //! everything; the time is the source's `total-time`.
 //!
-//! Each round runs, in this order: raw copy, QEMU single channel, livemig single channel,
-//! QEMU multifd×2, livemig multifd×2 — alternating, so the host's noise hits each alike.
+//! Each round runs, in this order: raw copy (into a fresh and into a preallocated file), then for 1 channel and for multifd×2: QEMU,
+//! livemig, QEMU with a preallocated destination, livemig with one — alternating, so the
+//! host's noise hits each alike.
+//!
+//! **Preallocation.** Under this nested KVM a fresh page costs more to fault in and zero than
+//! to receive, so a destination spends most of a migration allocating. QEMU's `-mem-prealloc`
+//! (livemig's `run --mem-prealloc`) moves that cost before the migration: the destination
+//! allocates all its RAM at start, while it waits for the stream. The time is then not in
+//! the migration's total, but the destination holds all of its memory from the start, so the
+//! rows with it are labelled and the time livemig's allocation took is printed beside them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,10 +43,25 @@ use crate::timeline::Sample;
 const NO_LIMIT: u64 = 100_000_000_000;
 
 pub(super) const RAW: &str = "raw TCP copy";
+const RAW_PRE: &str = "raw TCP copy, prealloc";
 pub(super) const QEMU_SINGLE: &str = "QEMU 7.2, 1 channel";
 pub(super) const OURS_SINGLE: &str = "livemig, 1 channel";
 pub(super) const QEMU_MULTIFD: &str = "QEMU 7.2, multifd x2";
 pub(super) const OURS_MULTIFD: &str = "livemig, multifd x2";
+const QEMU_SINGLE_PRE: &str = "QEMU 7.2, 1 channel, prealloc";
+const OURS_SINGLE_PRE: &str = "livemig, 1 channel, prealloc";
+const QEMU_MULTIFD_PRE: &str = "QEMU 7.2, multifd x2, prealloc";
+const OURS_MULTIFD_PRE: &str = "livemig, multifd x2, prealloc";
+
+/// The rows of one way of migrating: (QEMU's, livemig's).
+fn rows(multifd: bool, prealloc: bool) -> (&'static str, &'static str) {
+    match (multifd, prealloc) {
+        (false, false) => (QEMU_SINGLE, OURS_SINGLE),
+        (true, false) => (QEMU_MULTIFD, OURS_MULTIFD),
+        (false, true) => (QEMU_SINGLE_PRE, OURS_SINGLE_PRE),
+        (true, true) => (QEMU_MULTIFD_PRE, OURS_MULTIFD_PRE),
+    }
+}
 
 fn params() -> Value {
     json!({"max-bandwidth": NO_LIMIT, "multifd-channels": 2})
@@ -61,20 +84,24 @@ fn shm_file(dir: &Path, name: &str) -> (PathBuf, Backing) {
     (path, backing)
 }
 
-/// One livemig migration of `src` into a fresh destination; its outcome.
+/// One livemig migration of `src` into a fresh destination; its outcome and the time the
+/// destination took to start (its preallocation, if asked).
 fn livemig_run(
     src: &Arc<Machine>,
     cfg: &MachineConfig,
     dir: &Path,
     digest: &[u8; 32],
-    multifd: bool,
-) -> anyhow::Result<Outcome> {
+    (multifd, prealloc): (bool, bool),
+) -> anyhow::Result<(Outcome, f64)> {
     let (path, backing) = shm_file(dir, "livemig-dst.ram");
+    let started = std::time::Instant::now();
     let dst = Machine::new(MachineConfig {
         incoming: true,
         backing,
+        prealloc,
         ..cfg.clone()
     })?;
+    let start_ms = started.elapsed().as_secs_f64() * 1000.0;
     configure(src, multifd)?;
     configure(&dst, multifd)?;
     let o = migrate(src, &dst)?;
@@ -88,7 +115,7 @@ fn livemig_run(
     // The next run migrates the same source again.
     src.cont()?;
     src.stop()?;
-    Ok(o)
+    Ok((o, start_ms))
 }
 
 /// One QEMU migration from a QEMU mapping `src_ram` into a fresh destination; its time in ms
@@ -97,12 +124,17 @@ fn qemu_run(
     dir: &Path,
     src_ram: &Path,
     size: u64,
-    multifd: bool,
+    (multifd, prealloc): (bool, bool),
 ) -> anyhow::Result<(f64, Vec<Sample>)> {
     let dst_ram = dir.join("qemu-dst.ram");
     std::fs::File::create(&dst_ram)?.set_len(size)?;
     let result = (|| -> anyhow::Result<(f64, Vec<Sample>)> {
-        let mut dst = QemuVm::start(dir, "dst", &dst_ram, size, &["-incoming", "defer"])?;
+        let args: &[&str] = if prealloc {
+            &["-incoming", "defer", "-mem-prealloc"]
+        } else {
+            &["-incoming", "defer"]
+        };
+        let mut dst = QemuVm::start(dir, "dst", &dst_ram, size, args)?;
         let mut src = QemuVm::start(dir, "src", src_ram, size, &[])?;
         dst.configure(multifd, params())?;
         src.configure(multifd, params())?;
@@ -173,9 +205,12 @@ fn rounds_of(
     };
     fill_random(block)?;
     let digest = block.digest();
-    let raw = |dir: &Path| -> anyhow::Result<f64> {
+    let raw = |dir: &Path, prealloc: bool| -> anyhow::Result<f64> {
         let (path, backing) = shm_file(dir, "raw-dst.ram");
         let dst = RamBlock::new("raw", size, backing)?;
+        if prealloc {
+            dst.prealloc()?;
+        }
         let t = raw_tcp_copy(block, &dst);
         drop(dst);
         std::fs::remove_file(&path)?;
@@ -183,7 +218,7 @@ fn rounds_of(
     };
     // An uncounted first copy: the first read of the source file's pages is not any one
     // way's cost.
-    raw(dir)?;
+    raw(dir, false)?;
     let mut table = Table::new(
         &format!(
             "(a) {}, medians and spread over {rounds} rounds",
@@ -191,24 +226,26 @@ fn rounds_of(
         ),
         size,
     );
+    let mut prealloc_ms = Vec::new();
     for round in 1..=rounds {
         let mut parts = Vec::new();
-        let ms = raw(dir)?;
-        table.record(RAW, ms);
-        parts.push(format!("{RAW} {ms:.0}"));
-        for multifd in [false, true] {
-            let (q, ours) = if multifd {
-                (QEMU_MULTIFD, OURS_MULTIFD)
-            } else {
-                (QEMU_SINGLE, OURS_SINGLE)
-            };
+        for (name, prealloc) in [(RAW, false), (RAW_PRE, true)] {
+            let ms = raw(dir, prealloc)?;
+            table.record(name, ms);
+            parts.push(format!("{name} {ms:.0}"));
+        }
+        for way in [(false, false), (false, true), (true, false), (true, true)] {
+            let (q, ours) = rows(way.0, way.1);
             if have_qemu {
-                let (ms, samples) = qemu_run(dir, src_ram, size, multifd)?;
+                let (ms, samples) = qemu_run(dir, src_ram, size, way)?;
                 table.record(q, ms);
                 keep(q, samples);
                 parts.push(format!("{q} {ms:.0}"));
             }
-            let o = livemig_run(src, cfg, dir, &digest, multifd)?;
+            let (o, start_ms) = livemig_run(src, cfg, dir, &digest, way)?;
+            if way.1 {
+                prealloc_ms.push(start_ms);
+            }
             let (ms, passes) = (o.total_ms() as f64, o.passes());
             table.record(ours, ms);
             keep(ours, o.timeline);
@@ -217,22 +254,35 @@ fn rounds_of(
         println!("  round {round} (ms): {}", parts.join(" | "));
     }
     print!("{}", table.render());
+    if let Some(s) = super::table::Spread::of(&prealloc_ms) {
+        println!(
+            "  prealloc: the destination allocates all {} at start, before the migration, in \
+             {:.0} [{:.0}-{:.0}] ms (livemig; not in the totals above)",
+            human(size),
+            s.median,
+            s.min,
+            s.max
+        );
+    }
     let ratio = |fast, slow| {
         table
             .speedup(fast, slow)
             .map_or("-".to_string(), |r| format!("{r:.2}"))
     };
     println!(
-        "  => throughput livemig / raw copy (medians): 1 channel {}, multifd {} (target >= 0.9)",
+        "  => throughput livemig / raw copy (medians): 1 channel {}, multifd {}; with \
+         prealloc (both): 1 channel {}, multifd {} (target >= 0.9)",
         ratio(OURS_SINGLE, RAW),
-        ratio(OURS_MULTIFD, RAW)
+        ratio(OURS_MULTIFD, RAW),
+        ratio(OURS_SINGLE_PRE, RAW_PRE),
+        ratio(OURS_MULTIFD_PRE, RAW_PRE)
     );
     if have_qemu {
         let best_qemu = table
-            .fastest(&[QEMU_SINGLE, QEMU_MULTIFD])
+            .fastest(&[QEMU_SINGLE, QEMU_MULTIFD, QEMU_SINGLE_PRE, QEMU_MULTIFD_PRE])
             .unwrap_or(QEMU_SINGLE);
         let best_ours = table
-            .fastest(&[OURS_SINGLE, OURS_MULTIFD])
+            .fastest(&[OURS_SINGLE, OURS_MULTIFD, OURS_SINGLE_PRE, OURS_MULTIFD_PRE])
             .unwrap_or(OURS_SINGLE);
         println!(
             "  => time QEMU / livemig (medians): 1 channel {}, multifd {}; best vs best \

@@ -7,7 +7,7 @@
 //!   the raw copy, ≥ 1.6× faster than QEMU's best);
 //! * (b) 4 GiB of never-touched RAM — total time (target ≤ 50 ms);
 //! * (c) 1 GiB with a running 64 MiB working-set writer — downtime (target ≤ 20 ms), at a
-//!   bounded write rate and at an unbounded one;
+//!   bounded write rate and at an unbounded one, over `--repeat` rounds (see `running`);
 //! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `kvm`);
 //! * (e) text-like RAM over a shaped 1 Gbit/s link, multifd-compression none / zlib / zstd
 //!   and zero-copy-send,
@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use guest_ram::RamBlock;
-use vmm::soft::{Pattern, WorkloadConfig};
 
 use crate::size::human;
 use pair::{machines, migrate, Outcome};
@@ -45,6 +44,7 @@ mod link;
 mod pair;
 mod plot;
 mod qemu;
+mod running;
 mod samehost;
 mod table;
 mod tls;
@@ -63,8 +63,8 @@ pub struct BenchArgs {
     /// Only run the named cases (a, b, c, d, e, h, t); a to d when absent.
     #[arg(long)]
     pub only: Vec<String>,
-    /// Rounds of case (a), each running every way in turn; medians and spread are reported
-    /// (the host's noise varies a lot).
+    /// Rounds of cases (a) and (c), each running every way in turn; medians and spread are
+    /// reported (the host's noise varies a lot).
     #[arg(long, default_value_t = 7)]
     pub repeat: usize,
     /// Rounds of case (e), each running every method on both implementations in turn.
@@ -208,38 +208,6 @@ fn case_b(scale: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn case_c(scale: u64, rate: Option<u64>) -> anyhow::Result<()> {
-    let size = GIB / scale;
-    let ws = 64 * MIB / scale;
-    let rate_text = rate.map_or("unbounded".to_string(), |r| format!("{}/s", human(r)));
-    println!(
-        "(c) {} RAM, running writer over {} at {rate_text}",
-        human(size),
-        human(ws)
-    );
-    let workload = WorkloadConfig {
-        vcpus: 1,
-        working_set: ws,
-        write_rate: rate,
-        pattern: Pattern::Random,
-        seed: 7,
-        ..Default::default()
-    };
-    let (src, dst) = machines(size, Some(workload), false)?;
-    fill_random(&src.ram().blocks()[0])?;
-    std::thread::sleep(Duration::from_millis(200));
-    let o = migrate(&src, &dst)?;
-    report("livemig", &o);
-    println!(
-        "  => downtime {} ms (target <= 20 ms), guest writes on the source: {}",
-        o.info.downtime.unwrap_or(0),
-        src.vcpus().map_or(0, |v| v.total_writes())
-    );
-    src.shutdown();
-    dst.shutdown();
-    Ok(())
-}
-
 /// Runs the benchmark and prints its figures.
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let scale = args.scale.max(1);
@@ -289,8 +257,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         case_b(scale)?;
     }
     if want("c") {
-        case_c(scale, Some(256 * MIB))?;
-        case_c(scale, None)?;
+        running::case_c(scale, args.repeat.max(1))?;
     }
     if want("d") {
         kvm::case_d()?;

@@ -120,7 +120,7 @@ impl QemuVm {
     }
 
     /// Starts `which` as [`QemuVm::start`] does, run through `wrapper` (e.g. `ip netns exec
-    /// NS`); `extra` is `["-incoming", "defer"]` or nothing, and is translated for livemig.
+    /// NS`); `extra` holds `-incoming defer` and `-mem-prealloc` or neither, translated for livemig.
     pub(super) fn start_in(
         wrapper: &[&str],
         which: Implementation,
@@ -162,6 +162,7 @@ impl QemuVm {
                 argv.push(format!("file:{}", ram.display()));
                 argv.extend(extra.iter().map(|a| match *a {
                     "-incoming" => "--incoming".to_string(),
+                    "-mem-prealloc" => "--mem-prealloc".to_string(),
                     a => a.to_string(),
                 }));
                 "--qmp"

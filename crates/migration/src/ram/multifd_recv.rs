@@ -206,10 +206,11 @@ fn load_pages(
     } = input;
     let Some(d) = decompressor else {
         // Read in place: the destination's vCPUs do not run while RAM is loaded, and each
-        // page is sent once per packet, by one channel, between two SYNCs.
-        for &page in &pages {
+        // page is sent once per packet, by one channel, between two SYNCs. Consecutive pages
+        // (the usual packet) are one read into guest RAM, not one per page.
+        for (first, count) in runs(&pages) {
             block
-                .fill_page(page, |p| r.read_exact(p))?
+                .fill_range(first * PAGE as u64, count * PAGE, |p| r.read_exact(p))?
                 .map_err(savevm::Error::from)?;
         }
         return Ok(());
@@ -239,6 +240,23 @@ fn load_pages(
     Ok(())
 }
 
+/// The runs of consecutive page numbers in `pages`, in order: (first page, count).
+fn runs(pages: &[u64]) -> impl Iterator<Item = (u64, usize)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = *pages.get(i)?;
+        let mut n = 1;
+        while first
+            .checked_add(n as u64)
+            .is_some_and(|next| pages.get(i + n) == Some(&next))
+        {
+            n += 1;
+        }
+        i += n;
+        Some((first, n))
+    })
+}
+
 impl MultifdReceiver {
     /// Waits for one SYNC from every channel, then lets them go on (at each RAM EOS).
     pub fn sync(&self) -> Result<(), MigrationError> {
@@ -264,5 +282,18 @@ impl Drop for MultifdReceiver {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn runs_split_at_gaps_and_repeats() {
+        let r: Vec<_> = runs(&[4, 5, 6, 9, 10, 3, 3, 0]).collect();
+        assert_eq!(r, vec![(4, 3), (9, 2), (3, 1), (3, 1), (0, 1)]);
+        assert_eq!(runs(&[]).count(), 0);
+        assert_eq!(runs(&[u64::MAX]).collect::<Vec<_>>(), vec![(u64::MAX, 1)]);
     }
 }

@@ -50,6 +50,9 @@ pub(super) fn build(cfg: &MachineConfig) -> Result<Parts, MachineError> {
         cfg.memory,
         cfg.backing.clone(),
     )?;
+    if cfg.prealloc {
+        block.prealloc()?;
+    }
     let ram = Arc::new(GuestRam::new(vec![block]));
     let events = Arc::new(EventBus::new());
     let state = Arc::new(MigrationState::new(events.clone()));

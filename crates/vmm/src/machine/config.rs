@@ -70,6 +70,8 @@ pub struct MachineConfig {
     pub disk_workload: Option<DiskWorkload>,
     /// The VM's UUID (`--uuid`, QEMU's `-uuid`): `query-uuid`, and `validate-uuid`.
     pub uuid: Option<migration::uuid::VmUuid>,
+    /// `--mem-prealloc` (QEMU's `-mem-prealloc`): allocate all of RAM at start.
+    pub prealloc: bool,
 }
 
 /// The accelerator.
@@ -127,6 +129,7 @@ impl Default for MachineConfig {
             drives: Vec::new(),
             disk_workload: None,
             uuid: None,
+            prealloc: false,
         }
     }
 }
