@@ -49,6 +49,13 @@ impl Half {
         }
     }
 
+    fn unsent_bytes(&self) -> Option<u64> {
+        match self {
+            Half::Plain(ep) => ep.unsent_bytes(),
+            Half::Tls(s) => s.endpoint().unsent_bytes(),
+        }
+    }
+
     fn peer_closed(&self) -> bool {
         match self {
             Half::Plain(ep) => ep.peer_closed(),
@@ -292,6 +299,13 @@ impl ChannelWriter {
     /// False for channels that are not sockets.
     pub fn peer_closed(&self) -> bool {
         self.half.as_ref().is_some_and(Half::peer_closed)
+    }
+
+    /// Bytes written to this socket channel that the peer has not received yet (queued in
+    /// the kernel or in flight; under TLS, the encrypted bytes): what a sender on a slow
+    /// link still has to wait for. `None` where the channel is not a socket.
+    pub fn unsent_bytes(&self) -> Option<u64> {
+        self.half.as_ref().and_then(Half::unsent_bytes)
     }
 
     /// Where to attach descriptors for the peer; `None` unless this is a unix-domain socket.

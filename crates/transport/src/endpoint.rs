@@ -256,6 +256,15 @@ impl Endpoint {
         sys::poll(&mut set, Some(std::time::Duration::ZERO)).is_ok() && set[0].is_hung_up()
     }
 
+    /// Bytes written but not yet received by the peer (see [`sys::socket::unsent_bytes`]);
+    /// `None` for descriptors that are not sockets or cannot tell.
+    pub(crate) fn unsent_bytes(&self) -> Option<u64> {
+        if self.kind != FdKind::Socket {
+            return None;
+        }
+        sys::socket::unsent_bytes(self.file.as_fd()).ok()
+    }
+
     /// Runs `call` on the descriptor.
     pub(crate) fn with_fd<R>(&self, call: impl FnOnce(BorrowedFd<'_>) -> R) -> R {
         call(self.file.as_fd())

@@ -113,6 +113,40 @@ fn tcp_roundtrip_on_ephemeral_port() {
     assert_roundtrip(source, dest);
 }
 
+/// What a sender on a slow link still waits for: bytes the peer has not read count as
+/// unsent until it reads them; a file is not a socket and cannot tell.
+#[test]
+fn unsent_bytes_count_what_the_peer_has_not_received() {
+    for listen_at in ["tcp:127.0.0.1:0", "unix:"] {
+        let dir = tempfile::tempdir().unwrap();
+        let at = if listen_at == "unix:" {
+            format!("unix:{}", dir.path().join("s").display())
+        } else {
+            listen_at.to_string()
+        };
+        let listener = listen(&uri(&at), &NoFds).unwrap();
+        let mut source = connect(&uri(&listener.local_description()), &NoFds).unwrap();
+        let mut dest = listener.accept().unwrap();
+        assert_eq!(source.writer.unsent_bytes(), Some(0), "{at}");
+        source.writer.write_all(&[7u8; 50_000]).unwrap();
+        assert!(source.writer.unsent_bytes().unwrap() > 0, "{at}");
+        let mut got = vec![0u8; 50_000];
+        dest.reader.read_exact(&mut got).unwrap();
+        // TCP counts bytes until they are acknowledged, which follows the read at once here.
+        let drained = (0..1000).any(|_| {
+            thread::sleep(Duration::from_millis(2));
+            source.writer.unsent_bytes() == Some(0)
+        });
+        assert!(drained, "{at}: {:?} left", source.writer.unsent_bytes());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = connect(
+        &uri(&format!("file:{}", dir.path().join("f").display())),
+        &NoFds,
+    );
+    assert_eq!(file.unwrap().writer.unsent_bytes(), None);
+}
+
 #[test]
 fn tcp_listener_from_bound_socket_reports_address() {
     let bound = TcpListener::bind("127.0.0.1:0").unwrap();

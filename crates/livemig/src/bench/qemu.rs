@@ -120,7 +120,8 @@ impl QemuVm {
     }
 
     /// Starts `which` as [`QemuVm::start`] does, run through `wrapper` (e.g. `ip netns exec
-    /// NS`); `extra` holds `-incoming defer` and `-mem-prealloc` or neither, translated for livemig.
+    /// NS`); `extra` holds `-incoming defer`, `-mem-prealloc`, both or neither, translated for
+    /// livemig, and for livemig possibly a writer (`--smp 1 --write-rate ...`).
     pub(super) fn start_in(
         wrapper: &[&str],
         which: Implementation,
@@ -156,7 +157,12 @@ impl QemuVm {
             Implementation::Livemig => {
                 let exe = std::env::current_exe().context("cannot find this program")?;
                 argv.push(exe.display().to_string());
-                argv.extend(["run", "-M", "none", "--smp", "0", "-m"].map(String::from));
+                argv.extend(["run", "-M", "none"].map(String::from));
+                // No vCPU unless the caller asks for a writer.
+                if !extra.contains(&"--smp") {
+                    argv.extend(["--smp", "0"].map(String::from));
+                }
+                argv.push("-m".into());
                 argv.push(size.to_string());
                 argv.push("--backing".into());
                 argv.push(format!("file:{}", ram.display()));

@@ -25,7 +25,7 @@ use super::case_a::{OURS_MULTIFD, OURS_SINGLE, QEMU_MULTIFD, QEMU_SINGLE};
 use super::delay::Relay;
 use super::plot::Timeline;
 use super::qemu::{self, Implementation, QemuVm};
-use super::table::Table;
+use super::table::{Spread, Table};
 use super::{fill_random, GIB};
 use crate::netns::{Host, Testbed};
 use crate::size::human;
@@ -96,6 +96,25 @@ impl std::fmt::Display for LinkSpec {
     }
 }
 
+/// The running guest of the link case: one vCPU rewriting `working_set` bytes at random at
+/// `rate` bytes/s.
+struct Writer {
+    working_set: u64,
+    rate: u64,
+}
+
+impl Writer {
+    /// `livemig run` options for it.
+    fn args(&self) -> Vec<String> {
+        let (ws, rate) = (self.working_set.to_string(), self.rate.to_string());
+        ["--smp", "1", "--pattern", "random", "--working-set", &ws]
+            .into_iter()
+            .chain(["--write-rate", &rate])
+            .map(String::from)
+            .collect()
+    }
+}
+
 /// Both implementations' own bandwidth limit, out of the way of the link's.
 const NO_LIMIT: u64 = 100_000_000_000;
 
@@ -110,14 +129,23 @@ struct Setup<'a> {
     size: u64,
 }
 
+/// What one run measured: the source's `total-time` and `downtime` (ms), its timeline.
+struct RunFigures {
+    total_ms: f64,
+    downtime_ms: f64,
+    samples: Vec<Sample>,
+}
+
 /// One migration from a source mapping `src_ram` to a fresh destination, both `which`, across
-/// the testbed; the source's `total-time` in ms.
+/// the testbed; `src_extra` goes to the source's command line (livemig: a writer), and
+/// `converge` asks the source for 20 ms with auto-converge.
 fn one_run(
     setup: &Setup,
     which: Implementation,
-    multifd: bool,
+    (multifd, converge): (bool, bool),
     port: u16,
-) -> anyhow::Result<(f64, Vec<Sample>)> {
+    src_extra: &[&str],
+) -> anyhow::Result<RunFigures> {
     let Setup {
         tb,
         link,
@@ -127,14 +155,24 @@ fn one_run(
     } = *setup;
     let dst_ram = dir.join("dst.ram");
     std::fs::File::create(&dst_ram)?.set_len(size)?;
-    let result = (|| -> anyhow::Result<(f64, Vec<Sample>)> {
+    let result = (|| -> anyhow::Result<RunFigures> {
         let (a, b) = (tb.exec(Host::A), tb.exec(Host::B));
         let incoming = ["-incoming", "defer"];
         let mut dst = QemuVm::start_in(&b, which, dir, "dst", &dst_ram, size, &incoming)?;
-        let mut src = QemuVm::start_in(&a, which, dir, "src", src_ram, size, &[])?;
+        let mut src = QemuVm::start_in(&a, which, dir, "src", src_ram, size, src_extra)?;
         let params = json!({"max-bandwidth": NO_LIMIT, "multifd-channels": 2});
         dst.configure(multifd, params.clone())?;
         src.configure(multifd, params)?;
+        if converge {
+            src.qmp.execute(
+                "migrate-set-capabilities",
+                Some(json!({"capabilities": [{"capability": "auto-converge", "state": true}]})),
+            )?;
+            src.qmp.execute(
+                "migrate-set-parameters",
+                Some(json!({"downtime-limit": 20})),
+            )?;
+        }
         let b_addr: std::net::IpAddr = tb.addr(Host::B).parse()?;
         let (listen, _relay, target): (SocketAddr, Option<Relay>, SocketAddr) = match link.rtt {
             None => {
@@ -159,10 +197,11 @@ fn one_run(
         if !qemu::same_contents(src_ram, &dst_ram)? {
             bail!("{which:?}: destination RAM differs from the source");
         }
-        Ok((
-            info["total-time"].as_f64().context("no total-time")?,
+        Ok(RunFigures {
+            total_ms: info["total-time"].as_f64().context("no total-time")?,
+            downtime_ms: info["downtime"].as_f64().context("no downtime")?,
             samples,
-        ))
+        })
     })();
     std::fs::remove_file(&dst_ram)?;
     result
@@ -222,6 +261,12 @@ pub(super) fn case_link(
     // connection of an earlier run (a relay's, in TIME_WAIT) holds the next run's port.
     let mut port = 20_000u16;
     let mut timelines: Vec<Timeline> = Vec::new();
+    let writer = Writer {
+        working_set: (64 << 20) / scale,
+        rate: link.bits_per_sec / 16,
+    };
+    // Total and downtime (ms) of the running guest's runs: default limit, 20 ms + converge.
+    let mut running = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     for round in 1..=rounds {
         let mut parts = Vec::new();
         for multifd in [false, true] {
@@ -230,7 +275,11 @@ pub(super) fn case_link(
                     continue;
                 }
                 port = if port > 32_000 { 20_000 } else { port + 2 };
-                let (ms, samples) = one_run(&setup, which, multifd, port)?;
+                let RunFigures {
+                    total_ms: ms,
+                    samples,
+                    ..
+                } = one_run(&setup, which, (multifd, false), port, &[])?;
                 let name = match (which, multifd) {
                     (Implementation::Qemu, false) => QEMU_SINGLE,
                     (Implementation::Qemu, true) => QEMU_MULTIFD,
@@ -243,9 +292,55 @@ pub(super) fn case_link(
                 timelines.push((name.to_string(), samples));
             }
         }
+        // A running guest: livemig only (QEMU's `-M none` has no vCPU to write); with the
+        // default 300 ms limit, and with 20 ms + auto-converge.
+        let args = writer.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for (converge, figures) in [false, true].into_iter().zip(running.iter_mut()) {
+            port = if port > 32_000 { 20_000 } else { port + 2 };
+            let r = one_run(
+                &setup,
+                Implementation::Livemig,
+                (false, converge),
+                port,
+                &args,
+            )?;
+            parts.push(format!(
+                "livemig + writer{} {:.0} (downtime {:.0})",
+                if converge {
+                    ", 20 ms + auto-converge"
+                } else {
+                    ""
+                },
+                r.total_ms,
+                r.downtime_ms
+            ));
+            figures.0.push(r.total_ms);
+            figures.1.push(r.downtime_ms);
+        }
         println!("  round {round} (ms): {}", parts.join(" | "));
     }
     print!("{}", table.render());
+    let spread = |v: &[f64]| {
+        Spread::of(v).map_or("-".into(), |s| {
+            format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max)
+        })
+    };
+    println!(
+        "  livemig, 1 channel, a running vCPU rewriting {} at random at {}/s (half the link):",
+        human(writer.working_set),
+        human(writer.rate),
+    );
+    for (way, (total, down)) in ["default 300 ms limit", "20 ms limit + auto-converge"]
+        .iter()
+        .zip(&running)
+    {
+        println!(
+            "    {way}: downtime {} ms (target <= 20), total {} ms",
+            spread(down),
+            spread(total)
+        );
+    }
     for name in [OURS_SINGLE, OURS_MULTIFD] {
         if let Some(t) = table.time(name) {
             println!(

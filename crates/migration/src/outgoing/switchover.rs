@@ -45,7 +45,15 @@ pub(super) fn stream(
     {
         return Err(MigrationError::Cancelled);
     }
-    let (downtime_start, downtime) = match precopy::precopy(job, registry, s, &mut f)? {
+    // What the main channel's socket still holds: on a slow link, megabytes that the
+    // destination must receive before it can run, so they count as pending.
+    let unsent = || {
+        slot.try_lock()
+            .ok()
+            .and_then(|w| w.as_ref().and_then(ChannelWriter::unsent_bytes))
+            .unwrap_or(0)
+    };
+    let (downtime_start, downtime) = match precopy::precopy(job, registry, s, &mut f, &unsent)? {
         PrecopyEnd::Converged => (complete(job, registry, s, &mut f, use_rp, stopped)?, None),
         PrecopyEnd::Postcopy => {
             let rp = rp.thread().ok_or(PostcopyError::NoReturnPath)?;

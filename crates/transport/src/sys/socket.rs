@@ -23,6 +23,19 @@ pub fn recv_nonblocking(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usiz
     usize::try_from(r).map_err(|_| io::Error::last_os_error())
 }
 
+/// Bytes written to the socket that its peer has not received yet (`SIOCOUTQ`): for TCP,
+/// what is queued and what is in flight unacknowledged; for a unix socket, what the peer has
+/// not read.
+pub fn unsent_bytes(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (== TIOCOUTQ) writes one int through the pointer, valid for the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u64::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
 /// `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`: `WouldBlock` instead of blocking, `EPIPE`
 /// instead of `SIGPIPE`.
 pub fn send_nonblocking(sock: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
