@@ -81,4 +81,40 @@ pub enum PostcopyError {
     /// The source's stream failed after the guest started here.
     #[error("postcopy failed after the guest started on this destination: its RAM is incomplete, the guest is stopped")]
     FailedAfterRun(#[source] Box<crate::MigrationError>),
+    /// `migrate` with `resume` while no postcopy is paused (QEMU 7.2's text).
+    #[error("Cannot resume if there is no paused migration")]
+    NothingToResume,
+    /// `migrate-recover` outside `postcopy-paused` (QEMU 7.2's text).
+    #[error("Migrate recover can only be run when postcopy is paused.")]
+    RecoverNotPaused,
+    /// `migrate-pause` outside `postcopy-active` (QEMU 7.2's text).
+    #[error("migrate-pause is currently only supported during postcopy-active state")]
+    PauseNotActive,
+    /// The destination named a block the source does not migrate in its RECV_BITMAP.
+    #[error("received-pages bitmap for unknown RAM block '{0}'")]
+    RecvBitmapBlock(String),
+    /// A received-pages bitmap whose size does not fit the block.
+    #[error("ramblock '{block}' bitmap size mismatch ({got:#x} != {want:#x})")]
+    RecvBitmapSize {
+        /// The block.
+        block: String,
+        /// Bytes received.
+        got: u64,
+        /// Bytes the block needs.
+        want: u64,
+    },
+    /// A received-pages bitmap not followed by the end marker.
+    #[error("ramblock '{block}' end mark incorrect: {found:#x}")]
+    RecvBitmapEnd {
+        /// The block.
+        block: String,
+        /// The be64 found instead.
+        found: u64,
+    },
+    /// A RESUME_ACK with another value than 1.
+    #[error("illegal resume_ack value {0}")]
+    BadResumeAck(u32),
+    /// A recovery message from the peer at a time it makes no sense.
+    #[error("unexpected {0} during postcopy recovery")]
+    UnexpectedRecoveryMessage(&'static str),
 }

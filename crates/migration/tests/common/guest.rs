@@ -85,3 +85,40 @@ pub fn writer_counted(
         n
     })
 }
+
+/// A destination "vCPU": once the VM runs, reads every page of the first block in a scattered
+/// order (a read of a page not there yet waits in the kernel until the source's copy is
+/// placed), then keeps going until stopped. Returns the pages read.
+pub fn reader(ram: Arc<GuestRam>, vm: &FakeVm, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
+    let running = vm.running_flag();
+    thread::spawn(move || {
+        let b = ram.blocks()[0].clone();
+        let pages = b.pages();
+        let mut buf = vec![0u8; 4096];
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            if !running.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            b.copy_page_to((n * 7919) % pages, &mut buf).unwrap();
+            n += 1;
+        }
+        n
+    })
+}
+
+/// A source (running) and a destination of `size` bytes of RAM with `postcopy-ram`, `events`
+/// and `ram-verify` on.
+pub fn postcopy_pair(size: u64) -> (testkit::RamVm, testkit::RamVm) {
+    let src = testkit::ram_vm(size, true);
+    let dst = testkit::ram_vm(size, false);
+    for s in [&src, &dst] {
+        s.enable(&[
+            migration::Capability::PostcopyRam,
+            migration::Capability::Events,
+            migration::Capability::RamVerify,
+        ]);
+    }
+    (src, dst)
+}

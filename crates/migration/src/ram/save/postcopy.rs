@@ -35,6 +35,17 @@ pub(super) struct SourcePostcopy {
     last_block: Option<usize>,
 }
 
+impl SourcePostcopy {
+    /// Recovery: the queued requests went to a destination that will ask again.
+    pub(super) fn forget_requests(&mut self) {
+        self.queue.clear();
+        for q in &mut self.queued {
+            q.clear_all();
+        }
+        self.last_block = None;
+    }
+}
+
 impl RamSaver {
     /// The switch: final sync, then the runs of pages still to send as DISCARD commands.
     pub(crate) fn postcopy_discard(
