@@ -15,7 +15,7 @@ use testkit::relay::{FaultRelay, Trigger};
 use testkit::RamVm;
 
 mod common;
-use common::guest::{fill, postcopy_pair, reader, writer};
+use common::guest::{fill, postcopy_pair, reader, slow_postcopy, start_postcopy, writer};
 
 const MIB: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(60);
@@ -29,25 +29,6 @@ fn recovery_listener() -> (transport::Listener, String) {
 
 fn wait_status(side: &RamVm, what: &str, want: MigrationStatus) {
     testkit::wait_for(WAIT, what, || side.state.status() == want);
-}
-
-/// Starts a migration of `src` into `dst` through `to` (a URI), with a slow background phase,
-/// switches to postcopy and waits until some postcopy pages went out.
-fn start_postcopy(src: &RamVm, dst: &RamVm, to: &str) {
-    src.migrate(to).unwrap();
-    testkit::wait_for(WAIT, "some pre-copy", || {
-        src.state
-            .info()
-            .ram
-            .is_some_and(|r| r.transferred > 2 * MIB)
-    });
-    src.state.start_postcopy().unwrap();
-    testkit::wait_for(WAIT, "the destination runs the guest", || {
-        dst.vm.run_state() == RunState::Running
-    });
-    testkit::wait_for(WAIT, "some postcopy pages", || {
-        src.state.info().ram.is_some_and(|r| r.postcopy_bytes > MIB)
-    });
 }
 
 /// Both sides paused, the guest running on the destination only.
@@ -173,14 +154,7 @@ fn migrate_pause_on_each_side_then_recover_twice() {
 /// (its guest never restarts: it ran on the destination); only a cancel ends it.
 #[test]
 fn destination_gone_source_stays_paused_and_says_why() {
-    let (src, dst) = postcopy_pair(16 * MIB);
-    fill(&src.ram, 16 * MIB, 25);
-    src.set_params(serde_json::json!({
-        "max-bandwidth": 8 * MIB,
-        "max-postcopy-bandwidth": MIB,
-    }));
-    let uri = dst.listen("tcp:127.0.0.1:0");
-    start_postcopy(&src, &dst, &uri);
+    let (src, dst) = slow_postcopy(25);
     src.state.migrate_pause().unwrap();
     assert_paused(&src, &dst);
     dst.cancel();
@@ -215,14 +189,7 @@ fn destination_gone_source_stays_paused_and_says_why() {
 /// why it paused; a `migrate-recover` nobody answers changes nothing.
 #[test]
 fn source_gone_destination_keeps_running_and_waits() {
-    let (src, dst) = postcopy_pair(16 * MIB);
-    fill(&src.ram, 16 * MIB, 27);
-    src.set_params(serde_json::json!({
-        "max-bandwidth": 8 * MIB,
-        "max-postcopy-bandwidth": MIB,
-    }));
-    let uri = dst.listen("tcp:127.0.0.1:0");
-    start_postcopy(&src, &dst, &uri);
+    let (src, dst) = slow_postcopy(27);
     src.cancel();
     assert_eq!(src.wait_final(), MigrationStatus::Cancelled);
     assert!(src.finish().is_err());
