@@ -4,6 +4,9 @@
 //! thread is busy writing: it decodes them (hostile bytes: typed errors) and hands them over a
 //! bounded queue (a flooding destination is slowed by its own socket, not by our memory).
 //!
+//! In a recovery the new connection gets a new thread that also takes RECV_BITMAP (its bitmap
+//! read outside the message framing, refused over the largest block's size) and RESUME_ACK.
+//!
 //! The thread ends with the destination's SHUT, at the end of the connection, or on an error;
 //! it is not joined (it may sit in `read` until the destination closes after a failure).
 
