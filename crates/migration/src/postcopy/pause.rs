@@ -88,8 +88,11 @@ pub(crate) fn is_link_failure(e: &MigrationError) -> bool {
 
 /// Moves to `postcopy-paused` from `postcopy-active` or `postcopy-recover` (or stays there),
 /// keeping `why` as the error `query-migrate` shows; false if the migration is being
-/// cancelled.
-pub(crate) fn enter(state: &MigrationState, why: &MigrationError) -> bool {
+/// cancelled. The connections are shut down (QEMU closes its file): a link broken in one
+/// direction only, or a recovery connection that failed half way, is then broken for the
+/// peer too, which pauses instead of waiting on it.
+pub(crate) fn enter(state: &MigrationState, cancel: &CancelToken, why: &MigrationError) -> bool {
+    cancel.yank();
     let paused = state.status() == MigrationStatus::PostcopyPaused
         || state.set_status(
             MigrationStatus::PostcopyActive,

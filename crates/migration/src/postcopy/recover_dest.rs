@@ -50,7 +50,7 @@ pub(crate) fn pause_until_recovered(
     let recovering = s.postcopy_phase() == PostcopyPhase::Recovering;
     if cancel.is_cancelled()
         || !(recovering || pause::is_link_failure(&cause))
-        || !pause::enter(state, &cause)
+        || !pause::enter(state, cancel, &cause)
     {
         return Err(cause);
     }

@@ -40,7 +40,10 @@ pub(super) fn pause_until_resumed(
     cause: MigrationError,
 ) -> Result<(), MigrationError> {
     let cancel = sw.runtime.cancel_token();
-    if cancel.is_cancelled() || !pause::is_link_failure(&cause) || !pause::enter(sw.state, &cause) {
+    if cancel.is_cancelled()
+        || !pause::is_link_failure(&cause)
+        || !pause::enter(sw.state, cancel, &cause)
+    {
         return Err(cause);
     }
     tracing::error!(
@@ -59,7 +62,7 @@ pub(super) fn pause_until_resumed(
             Err(_) if cancel.is_cancelled() => return Err(MigrationError::Cancelled),
             Err(e) => {
                 tracing::error!("postcopy recovery over {uri} failed: {}", e.report());
-                if !pause::enter(sw.state, &e) {
+                if !pause::enter(sw.state, cancel, &e) {
                     return Err(MigrationError::Cancelled);
                 }
             }
