@@ -109,6 +109,9 @@ fn cut_link_pauses_both_sides_and_recovery_completes() {
         "migrate-pause is currently only supported during postcopy-active state"
     );
     let before = dst.vm.run_state();
+    // A first migrate-recover the source never uses: the second one replaces it.
+    let (unused, _) = recovery_listener();
+    dst.state.recover_postcopy(unused).unwrap();
     recover(&src, &dst);
     completed_with_ram_verified(&src, &dst);
     assert_eq!(before, RunState::Running);

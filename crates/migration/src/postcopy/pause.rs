@@ -58,6 +58,11 @@ impl Recovery {
         self.posted.notify_all();
     }
 
+    /// The operator's command, if one came.
+    pub(crate) fn try_take(&self) -> Option<ResumeWith> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// Waits for the operator's command; `Cancelled` on `migrate_cancel`.
     pub(crate) fn wait(&self, cancel: &CancelToken) -> Result<ResumeWith, MigrationError> {
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());

@@ -22,6 +22,7 @@ use savevm::record::recovery::{
 };
 use savevm::record::RpMessage;
 use transport::tls::ServerTls;
+use transport::Listener;
 
 use super::dest::each_handler;
 use super::pause::{self, ResumeWith};
@@ -33,6 +34,10 @@ use crate::runtime::Runtime;
 use crate::session::IncomingSession;
 use crate::state::MigrationState;
 use crate::status::MigrationStatus;
+
+/// How often the destination, waiting for the source on a `migrate-recover` listener, looks
+/// for a newer `migrate-recover` (and a cancel).
+const ACCEPT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Loading the rest of a running postcopy failed with `cause`: a link failure (or any failure
 /// while recovering) pauses until the source's new connection is accepted, and returns its
@@ -63,33 +68,55 @@ pub(crate) fn pause_until_recovered(
         "postcopy paused: {}; the guest keeps running here, waiting for migrate-recover",
         cause.report()
     );
+    let mut listening: Option<Listener> = None;
     loop {
-        let ResumeWith::Listen(listener) = runtime.recovery.wait(cancel)? else {
-            continue;
+        let listener = match listening.take() {
+            Some(l) => l,
+            None => match runtime.recovery.wait(cancel)? {
+                ResumeWith::Listen(l) => {
+                    cancel.register_listener(l.shutdown_handle());
+                    l
+                }
+                ResumeWith::Connect(_) => continue,
+            },
         };
-        cancel.register_listener(listener.shutdown_handle());
-        let accepted = listener
-            .accept_next()
-            .map_err(MigrationError::from)
-            .and_then(|c| {
-                cancel.register(c.shutdown_handle());
-                Ok(match tls {
-                    Some(tls) => transport::tls::server(c, tls)?,
-                    None => c,
-                })
-            });
-        let channel = match accepted {
-            Ok(c) if c.is_bidirectional() => c,
-            Ok(_) => {
-                note(state, PostcopyError::NoReturnPath.into());
+        let c = match listener.accept_timeout(ACCEPT_POLL) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                // A new migrate-recover replaces this listener (QEMU releases the old one).
+                listening = Some(match runtime.recovery.try_take() {
+                    Some(ResumeWith::Listen(l)) => {
+                        cancel.register_listener(l.shutdown_handle());
+                        l
+                    }
+                    _ => listener,
+                });
+                cancel.check()?;
                 continue;
             }
             Err(_) if cancel.is_cancelled() => return Err(MigrationError::Cancelled),
             Err(e) => {
-                note(state, e);
+                note(state, e.into());
                 continue;
             }
         };
+        cancel.register(c.shutdown_handle());
+        let channel = match tls {
+            Some(tls) => match transport::tls::server(c, tls) {
+                Ok(c) => c,
+                Err(e) => {
+                    note(state, e.into());
+                    listening = Some(listener);
+                    continue;
+                }
+            },
+            None => c,
+        };
+        if !channel.is_bidirectional() {
+            note(state, PostcopyError::NoReturnPath.into());
+            listening = Some(listener);
+            continue;
+        }
         tracing::info!("postcopy recovery: the source reconnected");
         let (reader, writer) = channel.into_split();
         rp.replace_writer(Box::new(writer));
