@@ -114,6 +114,28 @@ pub enum PostcopyError {
     /// A RESUME_ACK with another value than 1.
     #[error("illegal resume_ack value {0}")]
     BadResumeAck(u32),
+    /// The link broke in the background phase: the migration is paused.
+    #[error("postcopy paused: the link to the {peer} broke; the guest runs on the {runs}, waiting for {waits}")]
+    LinkBroken {
+        /// "source" or "destination".
+        peer: &'static str,
+        /// Where the guest runs: "destination" or "destination (here)".
+        runs: &'static str,
+        /// The command that resumes it.
+        waits: &'static str,
+        /// What broke.
+        #[source]
+        cause: Box<crate::MigrationError>,
+    },
+    /// A recovery attempt failed: the migration is paused again.
+    #[error("postcopy recovery over {uri} failed; still paused")]
+    RecoveryFailed {
+        /// Where the attempt went.
+        uri: String,
+        /// Why.
+        #[source]
+        cause: Box<crate::MigrationError>,
+    },
     /// A recovery message from the peer at a time it makes no sense.
     #[error("unexpected {0} during postcopy recovery")]
     UnexpectedRecoveryMessage(&'static str),

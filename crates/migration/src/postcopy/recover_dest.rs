@@ -53,21 +53,25 @@ pub(crate) fn pause_until_recovered(
 ) -> Result<QemuFileReader, MigrationError> {
     let cancel = runtime.cancel_token();
     let recovering = s.postcopy_phase() == PostcopyPhase::Recovering;
-    if cancel.is_cancelled()
-        || !(recovering || pause::is_link_failure(&cause))
-        || !pause::enter(state, cancel, &cause)
-    {
+    if cancel.is_cancelled() || !(recovering || pause::is_link_failure(&cause)) {
         return Err(cause);
+    }
+    let paused = MigrationError::from(PostcopyError::LinkBroken {
+        peer: "source",
+        runs: "destination (here)",
+        waits: "migrate-recover URI",
+        cause: Box::new(cause),
+    });
+    if !pause::enter(state, cancel, &paused) {
+        // Only a cancel leaves postcopy now.
+        return Err(MigrationError::Cancelled);
     }
     s.set_postcopy_phase(PostcopyPhase::Recovering);
     each_handler(registry, |p| {
         p.pause_incoming();
         Ok(())
     })?;
-    tracing::error!(
-        "postcopy paused: {}; the guest keeps running here, waiting for migrate-recover",
-        cause.report()
-    );
+    tracing::error!("{}", paused.report());
     let mut listening: Option<Listener> = None;
     loop {
         let listener = match listening.take() {

@@ -40,16 +40,20 @@ pub(super) fn pause_until_resumed(
     cause: MigrationError,
 ) -> Result<(), MigrationError> {
     let cancel = sw.runtime.cancel_token();
-    if cancel.is_cancelled()
-        || !pause::is_link_failure(&cause)
-        || !pause::enter(sw.state, cancel, &cause)
-    {
+    if cancel.is_cancelled() || !pause::is_link_failure(&cause) {
         return Err(cause);
     }
-    tracing::error!(
-        "postcopy paused: {}; the guest runs on the destination, waiting for `migrate -r URI`",
-        cause.report()
-    );
+    let paused = MigrationError::from(PostcopyError::LinkBroken {
+        peer: "destination",
+        runs: "destination",
+        waits: "migrate -r URI",
+        cause: Box::new(cause),
+    });
+    if !pause::enter(sw.state, cancel, &paused) {
+        // Only a cancel leaves postcopy now.
+        return Err(MigrationError::Cancelled);
+    }
+    tracing::error!("{}", paused.report());
     loop {
         let ResumeWith::Connect(uri) = sw.runtime.recovery.wait(cancel)? else {
             continue;
@@ -61,7 +65,11 @@ pub(super) fn pause_until_resumed(
             }
             Err(_) if cancel.is_cancelled() => return Err(MigrationError::Cancelled),
             Err(e) => {
-                tracing::error!("postcopy recovery over {uri} failed: {}", e.report());
+                let e = MigrationError::from(PostcopyError::RecoveryFailed {
+                    uri: uri.to_string(),
+                    cause: Box::new(e),
+                });
+                tracing::error!("{}", e.report());
                 if !pause::enter(sw.state, cancel, &e) {
                     return Err(MigrationError::Cancelled);
                 }
