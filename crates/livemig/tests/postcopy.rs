@@ -125,4 +125,28 @@ fn soft_guest_postcopy_recovers_after_pauses_over_qmp_and_hmp() {
     assert_eq!(hmp(&mut dst, &format!("migrate_recover {second}")), "");
     assert_eq!(hmp(&mut src, &format!("migrate -d -r {second}")), "");
     both_completed(&mut src, &mut dst);
+    // MIGRATION events on both sides, as QEMU 7.2 sends them.
+    let cycle = ["postcopy-paused", "postcopy-recover", "postcopy-active"];
+    let mut want = vec!["postcopy-active"];
+    want.extend(cycle);
+    want.extend(cycle);
+    want.push("completed");
+    for vm in [&mut src, &mut dst] {
+        let mut seen = Vec::new();
+        while let Some(ev) = vm.qmp().next_event(Duration::from_millis(200)).unwrap() {
+            if ev["event"] == "MIGRATION" {
+                seen.push(
+                    ev["data"]["status"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+        let from = seen
+            .iter()
+            .position(|s| s == "postcopy-active")
+            .unwrap_or(0);
+        assert_eq!(seen[from..], want, "{seen:?}");
+    }
 }
