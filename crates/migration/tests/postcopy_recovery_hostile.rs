@@ -6,9 +6,12 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use migration::{MigrationStatus, RunState, VmControl};
+use savevm::record::postcopy::{PageRequest, RP_REQ_PAGES_ID};
 use savevm::record::recovery::{
     encode_bitmap_tail, encode_block_name, read_bitmap_tail, RECV_BITMAP_END, RP_RECV_BITMAP,
     RP_RESUME_ACK,
@@ -17,7 +20,7 @@ use savevm::record::{read_rp, write_rp, RpMessage, MIG_CMD_POSTCOPY_RESUME, MIG_
 use testkit::RamVm;
 
 mod common;
-use common::guest::slow_postcopy;
+use common::guest::{reader, slow_postcopy};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The test RAM: 16 MiB, 4096 pages, a 512-byte bitmap.
@@ -190,4 +193,46 @@ fn destination_answers_bitmaps_refuses_bad_commands_and_stays_paused() {
     dst.cancel();
     assert!(dst.finish().is_err());
     assert_eq!(dst.vm.run_state(), RunState::Paused);
+}
+
+/// After RESUME the destination acknowledges (RESUME_ACK 1), then asks again, naming the
+/// block, for the pages its guest waits for: the requests in flight when the link broke are
+/// gone with it.
+#[test]
+fn destination_acks_resume_then_asks_again_for_the_pages_it_waits_for() {
+    let (src, dst) = slow_postcopy(33);
+    let stop = Arc::new(AtomicBool::new(false));
+    // The guest reads pages in a scattered order: it soon waits for a missing one.
+    let r = reader(dst.ram.clone(), &dst.vm, stop.clone());
+    src.state.migrate_pause().unwrap();
+    testkit::wait_for(WAIT, "paused", || {
+        dst.state.status() == MigrationStatus::PostcopyPaused
+    });
+    src.cancel();
+    assert!(src.finish().is_err());
+    let mut c = fake_source(&dst, &command(MIG_CMD_POSTCOPY_RESUME, &[]));
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(
+        read_rp(&mut c).unwrap().unwrap(),
+        RpMessage::Other {
+            kind: RP_RESUME_ACK,
+            data: vec![0, 0, 0, 1]
+        }
+    );
+    assert_eq!(dst.state.status(), MigrationStatus::PostcopyActive);
+    let Some(RpMessage::Other { kind, data }) = read_rp(&mut c).unwrap() else {
+        panic!("a page request")
+    };
+    let req = PageRequest::decode(kind, &data).unwrap();
+    assert_eq!(kind, RP_REQ_PAGES_ID);
+    assert_eq!(req.block.as_deref(), Some("pc.ram"));
+    assert_eq!(req.len, 4096);
+    drop(c);
+    testkit::wait_for(WAIT, "paused again", || {
+        dst.state.status() == MigrationStatus::PostcopyPaused
+    });
+    dst.cancel();
+    assert!(dst.finish().is_err());
+    stop.store(true, Ordering::SeqCst);
+    r.join().unwrap();
 }
