@@ -216,3 +216,28 @@ fn source_gone_destination_keeps_running_and_waits() {
     assert_eq!(dst.vm.run_state(), RunState::Paused);
     assert_eq!(dst.state.status(), MigrationStatus::Cancelled);
 }
+
+/// With multifd channels (which a recovery would not reconnect), a broken link fails both
+/// sides as before recovery existed: the source's guest stays paused, the destination's stops.
+#[test]
+fn multifd_postcopy_fails_instead_of_pausing() {
+    let (src, dst) = postcopy_pair(16 * MIB);
+    for s in [&src, &dst] {
+        s.enable(&[migration::Capability::Multifd]);
+    }
+    fill(&src.ram, 16 * MIB, 29);
+    src.set_params(serde_json::json!({
+        "max-bandwidth": 8 * MIB,
+        "max-postcopy-bandwidth": MIB,
+    }));
+    let uri = dst.listen("tcp:127.0.0.1:0");
+    start_postcopy(&src, &dst, &uri);
+    src.state.migrate_pause().unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Failed);
+    assert!(src.finish().is_err());
+    assert_eq!(dst.wait_final(), MigrationStatus::Failed);
+    assert!(dst.finish().is_err());
+    assert_eq!(src.vm.starts(), 0);
+    assert_ne!(src.vm.run_state(), RunState::Running);
+    assert_eq!(dst.vm.run_state(), RunState::Paused);
+}

@@ -14,7 +14,8 @@
 //! (and may never restart its guest: it ran on the destination), the destination keeps
 //! running its guest (vCPUs touching a missing page simply wait in userfaultfd) with its
 //! fault thread and what it received. Only a link failure pauses (an I/O error or the end of a
-//! channel); a peer that sends garbage while postcopy is active still fails the migration.
+//! channel); a peer that sends garbage while postcopy is active still fails the migration, and
+//! so does any failure with `multifd` on (a recovery reconnects the main channel only).
 //!
 //! The operator's commands hand a [`ResumeWith`] to the migration thread through the
 //! runtime's [`Recovery`] slot; `migrate-pause` is a yank of the current connections, which
@@ -78,6 +79,12 @@ impl Recovery {
                 .0;
         }
     }
+}
+
+/// Whether a migration with these settings can pause: not with multifd channels, which a
+/// recovery does not reconnect (it then fails as before recovery existed).
+pub(crate) fn can_pause(settings: &crate::settings::Settings) -> bool {
+    !settings.has(crate::capabilities::Capability::Multifd)
 }
 
 /// True for the failures that pause a postcopy instead of failing it: the link broke (an I/O

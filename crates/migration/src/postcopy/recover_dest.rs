@@ -53,7 +53,10 @@ pub(crate) fn pause_until_recovered(
 ) -> Result<QemuFileReader, MigrationError> {
     let cancel = runtime.cancel_token();
     let recovering = s.postcopy_phase() == PostcopyPhase::Recovering;
-    if cancel.is_cancelled() || !(recovering || pause::is_link_failure(&cause)) {
+    if cancel.is_cancelled()
+        || !(recovering || pause::is_link_failure(&cause))
+        || !pause::can_pause(s.settings())
+    {
         return Err(cause);
     }
     let paused = MigrationError::from(PostcopyError::LinkBroken {

@@ -40,7 +40,10 @@ pub(super) fn pause_until_resumed(
     cause: MigrationError,
 ) -> Result<(), MigrationError> {
     let cancel = sw.runtime.cancel_token();
-    if cancel.is_cancelled() || !pause::is_link_failure(&cause) {
+    if cancel.is_cancelled()
+        || !pause::is_link_failure(&cause)
+        || !pause::can_pause(sw.runtime.settings())
+    {
         return Err(cause);
     }
     let paused = MigrationError::from(PostcopyError::LinkBroken {
