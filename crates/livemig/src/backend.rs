@@ -28,6 +28,29 @@ impl MachineBackend {
     }
 }
 
+fn postcopy_err(e: migration::postcopy::PostcopyError) -> CommandError {
+    CommandError::generic(e.to_string())
+}
+
+/// QEMU 7.2's text for a URI of no known transport.
+fn bad_uri() -> CommandError {
+    CommandError::generic("Parameter 'uri' expects a valid migration protocol")
+}
+
+impl MachineBackend {
+    /// `migrate -r URI`: a paused postcopy reconnects (QEMU checks the state first).
+    fn resume(&self, uri: &str) -> Result<(), CommandError> {
+        let state = self.machine.migration();
+        if state.status() != MigrationStatus::PostcopyPaused || state.is_incoming() {
+            return Err(postcopy_err(
+                migration::postcopy::PostcopyError::NothingToResume,
+            ));
+        }
+        let parsed: transport::MigrationUri = uri.parse().map_err(|_| bad_uri())?;
+        state.resume_postcopy(parsed).map_err(postcopy_err)
+    }
+}
+
 fn err(e: MachineError) -> CommandError {
     // The top-level text is QEMU's; causes are appended so operators see why.
     CommandError::generic(migration::error_report(&e))
@@ -41,9 +64,7 @@ impl MonitorBackend for MachineBackend {
         fds: &dyn transport::FdSource,
     ) -> Result<(), CommandError> {
         if opts.resume {
-            return Err(CommandError::generic(
-                "Cannot resume if there is no paused migration",
-            ));
+            return self.resume(uri);
         }
         let block = (opts.blk || opts.inc).then_some(BlockMigrationOptions {
             incremental: opts.inc,
@@ -57,6 +78,27 @@ impl MonitorBackend for MachineBackend {
         fds: &dyn transport::FdSource,
     ) -> Result<(), CommandError> {
         self.machine.migrate_incoming(uri, fds).map_err(err)
+    }
+
+    fn migrate_pause(&self) -> Result<(), CommandError> {
+        self.machine
+            .migration()
+            .migrate_pause()
+            .map_err(postcopy_err)
+    }
+
+    fn migrate_recover(
+        &self,
+        uri: &str,
+        fds: &dyn transport::FdSource,
+    ) -> Result<(), CommandError> {
+        let state = self.machine.migration();
+        // QEMU checks the state before it listens.
+        state.check_recoverable().map_err(postcopy_err)?;
+        let parsed: transport::MigrationUri = uri.parse().map_err(|_| bad_uri())?;
+        let listener = transport::listen(&parsed, fds)
+            .map_err(|e| CommandError::generic(migration::error_report(&e)))?;
+        state.recover_postcopy(listener).map_err(postcopy_err)
     }
 
     fn migrate_cancel(&self) {

@@ -153,7 +153,11 @@ pub(crate) fn build(s: Snapshot<'_>) -> MigrationInfo {
         return info;
     }
     info.status = Some(status);
-    if status == MigrationStatus::Failed {
+    // livemig also says why a postcopy is paused (QEMU 7.2 only logs it).
+    if matches!(
+        status,
+        MigrationStatus::Failed | MigrationStatus::PostcopyPaused
+    ) {
         info.error_desc = s.error.map(str::to_string);
     }
     // A destination reports its status only (QEMU's `fill_destination_migration_info`);

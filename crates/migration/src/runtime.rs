@@ -25,6 +25,8 @@ pub struct Runtime {
     awaiting_destination: AtomicBool,
     /// `migrate-start-postcopy` was called for this migration.
     postcopy_requested: AtomicBool,
+    /// A paused postcopy's way on (`migrate resume=true`, `migrate-recover`).
+    pub(crate) recovery: crate::postcopy::Recovery,
 }
 
 /// The parameters an operator may change while the migration runs (QEMU applies
@@ -54,6 +56,7 @@ impl Runtime {
             limits: Mutex::new(Limits::of(&settings)),
             awaiting_destination: AtomicBool::new(false),
             postcopy_requested: AtomicBool::new(false),
+            recovery: Default::default(),
             settings,
             ram: Arc::default(),
             disk: Arc::default(),

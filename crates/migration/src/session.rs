@@ -96,6 +96,8 @@ pub struct IncomingSession {
     multifd: Vec<ChannelReader>,
     handover_fds: Vec<OwnedFd>,
     postcopy: PostcopyPhase,
+    /// The VM's migration state, for the status changes of postcopy recovery.
+    state: Option<Arc<crate::state::MigrationState>>,
 }
 
 impl IncomingSession {
@@ -109,7 +111,17 @@ impl IncomingSession {
             multifd,
             handover_fds: Vec::new(),
             postcopy: PostcopyPhase::None,
+            state: None,
         }
+    }
+
+    /// The VM's migration state, for status changes the loader makes (postcopy recovery).
+    pub(crate) fn set_migration_state(&mut self, state: Arc<crate::state::MigrationState>) {
+        self.state = Some(state);
+    }
+
+    pub(crate) fn migration_state(&self) -> Option<&crate::state::MigrationState> {
+        self.state.as_deref()
     }
 
     /// A session for loading one stream outside a migration thread (a file, a fuzzer, a

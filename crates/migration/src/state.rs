@@ -283,6 +283,12 @@ impl MigrationState {
         }
     }
 
+    /// Records `e` as the error `query-migrate` shows, without changing the status (a paused
+    /// postcopy says why it paused).
+    pub(crate) fn note_error(&self, e: &MigrationError) {
+        self.lock().error = Some(e.report());
+    }
+
     /// Records `e` and moves to `failed` (the caller logs it in its side's words).
     pub(crate) fn fail(&self, e: &MigrationError) {
         let msg = e.report();

@@ -122,6 +122,8 @@ impl MigrationStatus {
                 | Self::Completed
                 | Self::PreSwitchover
                 | Self::PostcopyActive
+                | Self::PostcopyPaused
+                | Self::PostcopyRecover
         )
     }
 
@@ -136,7 +138,15 @@ impl MigrationStatus {
                     Active,
                     PreSwitchover | Completed | Failed | Cancelling | PostcopyActive
                 )
-                | (PostcopyActive, Completed | Failed | Cancelling)
+                | (
+                    PostcopyActive,
+                    Completed | Failed | Cancelling | PostcopyPaused
+                )
+                | (PostcopyPaused, PostcopyRecover | Failed | Cancelling)
+                | (
+                    PostcopyRecover,
+                    PostcopyActive | PostcopyPaused | Failed | Cancelling
+                )
                 | (PreSwitchover, Device | Failed | Cancelling)
                 | (Device, Completed | Failed | Cancelling)
                 | (Cancelling, Cancelled | Failed)

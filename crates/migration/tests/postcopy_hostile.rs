@@ -205,3 +205,29 @@ fn listen_needs_a_return_path_and_packages_are_bounded() {
     );
     assert!(matches!(postcopy_err(e), PostcopyError::NestedPackage));
 }
+
+/// RECV_BITMAP and POSTCOPY_RESUME belong to a paused postcopy's recovery: anywhere else
+/// (before ADVISE, after it) they are refused.
+#[test]
+fn recovery_commands_outside_recovery() {
+    for advised in [false, true] {
+        for (cmd, payload) in [
+            (record::MIG_CMD_RECV_BITMAP, &b"\x06pc.ram"[..]),
+            (record::MIG_CMD_POSTCOPY_RESUME, &[][..]),
+        ] {
+            let e = load(
+                stream(|f| {
+                    if advised {
+                        advise(f, PAGE);
+                    }
+                    record::write_command(f, cmd, payload);
+                }),
+                true,
+            );
+            assert!(
+                matches!(postcopy_err(e), PostcopyError::UnexpectedRecoveryMessage(_)),
+                "command {cmd}"
+            );
+        }
+    }
+}

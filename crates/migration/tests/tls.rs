@@ -278,3 +278,59 @@ fn unknown_authz_or_wrong_endpoint_is_refused_up_front() {
     );
     assert_eq!(src.vm.run_state(), RunState::Running);
 }
+
+/// Postcopy recovery with `tls-creds`: the source's new connection runs its own handshake and
+/// the whole recovery (RECV_BITMAP naming the block, the bitmap, the pages) goes over TLS.
+#[test]
+fn postcopy_recovery_over_tls() {
+    let (src, dst, _pki) = tls_pair(16 * MIB, false);
+    fill(&src.ram, 16 * MIB);
+    for s in [&src, &dst] {
+        s.enable(&[Capability::PostcopyRam]);
+    }
+    src.set_params(serde_json::json!({
+        "max-bandwidth": 8 * MIB,
+        "max-postcopy-bandwidth": MIB,
+    }));
+    let uri = dst.listen("tcp:127.0.0.1:0");
+    src.migrate(&uri).unwrap();
+    testkit::wait_for(std::time::Duration::from_secs(60), "some pre-copy", || {
+        src.state
+            .info()
+            .ram
+            .is_some_and(|r| r.transferred > 2 * MIB)
+    });
+    src.state.start_postcopy().unwrap();
+    testkit::wait_for(std::time::Duration::from_secs(60), "postcopy", || {
+        src.state.info().ram.is_some_and(|r| r.postcopy_bytes > MIB)
+    });
+    src.state.migrate_pause().unwrap();
+    for s in [&src, &dst] {
+        testkit::wait_for(std::time::Duration::from_secs(60), "paused", || {
+            s.state.status() == MigrationStatus::PostcopyPaused
+        });
+    }
+    // The resumed background phase at full speed (read when it restarts).
+    src.set_params(serde_json::json!({"max-postcopy-bandwidth": 0}));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("tcp:{}", l.local_addr().unwrap());
+    dst.state
+        .recover_postcopy(transport::Listener::from_tcp(l).unwrap())
+        .unwrap();
+    let (relay_uri, wire) = relay(&target);
+    src.state
+        .resume_postcopy(relay_uri.parse().unwrap())
+        .unwrap();
+    assert_eq!(src.wait_final(), MigrationStatus::Completed);
+    src.finish().unwrap();
+    dst.finish().expect("destination load, ram-verify");
+    assert_eq!(src.ram.blocks()[0].digest(), dst.ram.blocks()[0].digest());
+    assert_eq!(dst.vm.run_state(), RunState::Running);
+    let wire = wire.lock().unwrap();
+    assert!(wire.len() > 4096, "the recovery went through the relay");
+    assert!(
+        !wire.windows(6).any(|w| w == b"pc.ram"),
+        "RECV_BITMAP in clear text"
+    );
+    assert!(!wire.windows(10).any(|w| w == b"GUESTPAGE "));
+}

@@ -30,6 +30,25 @@ pub trait MonitorBackend: Send + Sync + 'static {
     fn migrate_cancel(&self);
     /// `migrate-start-postcopy`: the outgoing migration switches to postcopy at its next round.
     fn migrate_start_postcopy(&self) -> Result<(), CommandError>;
+    /// `migrate-pause`: breaks the links of a `postcopy-active` migration (either side), which
+    /// then pauses. Backends without postcopy refuse it with QEMU's text.
+    fn migrate_pause(&self) -> Result<(), CommandError> {
+        Err(CommandError::generic(
+            migration::postcopy::PostcopyError::PauseNotActive.to_string(),
+        ))
+    }
+    /// `migrate-recover`: a destination in `postcopy-paused` listens on `uri` for the source
+    /// to come back. Backends without postcopy refuse it with QEMU's text.
+    fn migrate_recover(
+        &self,
+        uri: &str,
+        fds: &dyn transport::FdSource,
+    ) -> Result<(), CommandError> {
+        let _ = (uri, fds);
+        Err(CommandError::generic(
+            migration::postcopy::PostcopyError::RecoverNotPaused.to_string(),
+        ))
+    }
     /// `migrate-continue`: releases a migration paused in `state` (`pre-switchover`).
     fn migrate_continue(&self, state: MigrationStatus) -> Result<(), CommandError>;
     /// True while QEMU's `migration` yank instance exists (a migration runs).

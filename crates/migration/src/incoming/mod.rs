@@ -225,20 +225,26 @@ impl Job {
             .then(|| Box::new(writer) as Box<dyn Write + Send>);
         let mut rp = ReturnPath::new(rp_writer);
         let mut session = IncomingSession::new(self.runtime.clone(), settings, multifd);
+        session.set_migration_state(self.state.clone());
         session.set_handover_fds(main.fds);
         let mut f = QemuFileReader::with_capacity(main.reader, 1 << 20);
         let late = session.settings().has(Capability::LateBlockActivate);
         let loaded = load::load_from(&mut f, registry, &self.machine, &mut rp, &mut session)
             .and_then(|stage| match stage {
                 Stage::Done(l) => Ok(l),
-                Stage::PostcopyRun => self.postcopy_run(&mut f, registry, &mut rp, &mut session),
+                Stage::PostcopyRun => {
+                    self.postcopy_run(&mut f, registry, &mut rp, &mut session, tls.as_ref())
+                }
             })
             .and_then(|l| cancel.check().map(|()| l));
         let loaded = match loaded {
             Ok(l) => l,
             Err(e) => {
                 let _ = rp.shut(false);
-                if session.postcopy_phase() == PostcopyPhase::Running {
+                if matches!(
+                    session.postcopy_phase(),
+                    PostcopyPhase::Running | PostcopyPhase::Recovering
+                ) {
                     return Err(self.fail_after_run(registry, e));
                 }
                 return Err(e);
@@ -262,26 +268,43 @@ impl Job {
     }
 
     /// Postcopy RUN: `postcopy-active`, the guest starts here (as after a pre-copy), then the
-    /// rest of the RAM is loaded while it runs.
+    /// rest of the RAM is loaded while it runs; a broken link pauses until the source comes
+    /// back (`crate::postcopy`'s recovery), and loading goes on from its new connection.
     fn postcopy_run(
         &self,
         f: &mut QemuFileReader,
         registry: &mut Registry,
         rp: &mut ReturnPath,
         s: &mut IncomingSession,
+        tls: Option<&transport::tls::ServerTls>,
     ) -> Result<load::Loaded, MigrationError> {
         self.state
             .set_status(MigrationStatus::Active, MigrationStatus::PostcopyActive);
         let late = s.settings().has(Capability::LateBlockActivate);
         self.state
             .with_autostart(|requested| self.start_guest(self.autostart || *requested, late))?;
-        match load::load_rest(f, registry, rp, s)? {
-            Stage::Done(l) => Ok(l),
-            Stage::PostcopyRun => Err(PostcopyError::OutOfOrder {
-                command: "POSTCOPY_RUN",
-                phase: "running",
+        loop {
+            match load::load_rest(f, registry, rp, s) {
+                Ok(Stage::Done(l)) => return Ok(l),
+                Ok(Stage::PostcopyRun) => {
+                    return Err(PostcopyError::OutOfOrder {
+                        command: "POSTCOPY_RUN",
+                        phase: "running",
+                    }
+                    .into())
+                }
+                Err(e) => {
+                    *f = crate::postcopy::pause_until_recovered(
+                        &self.state,
+                        &self.runtime,
+                        registry,
+                        rp,
+                        s,
+                        tls,
+                        e,
+                    )?
+                }
             }
-            .into()),
         }
     }
 

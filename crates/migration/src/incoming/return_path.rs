@@ -25,8 +25,20 @@ pub struct RpSender(SharedWriter);
 impl RpSender {
     /// Writes one message.
     pub fn send(&self, msg: &RpMessage) -> Result<(), MigrationError> {
+        self.send_with_tail(msg, &[])
+    }
+
+    /// Writes one message followed by `tail` outside its framing (RECV_BITMAP's bitmap),
+    /// with no other message in between.
+    pub fn send_with_tail(&self, msg: &RpMessage, tail: &[u8]) -> Result<(), MigrationError> {
         let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(record::write_rp(w.as_mut(), msg)?)
+        record::write_rp(w.as_mut(), msg)?;
+        if !tail.is_empty() {
+            w.write_all(tail)
+                .and_then(|()| w.flush())
+                .map_err(savevm::Error::from)?;
+        }
+        Ok(())
     }
 }
 
@@ -45,6 +57,14 @@ impl ReturnPath {
         }
         self.open = true;
         Ok(())
+    }
+
+    /// Postcopy recovery: from now on every sender writes on `writer` (the new connection).
+    pub(crate) fn replace_writer(&mut self, writer: Box<dyn Write + Send>) {
+        match &self.writer {
+            Some(w) => *w.lock().unwrap_or_else(|p| p.into_inner()) = writer,
+            None => self.writer = Some(Arc::new(Mutex::new(writer))),
+        }
     }
 
     /// A sender for another thread, once the source opened the return path.

@@ -62,6 +62,7 @@ pub(super) fn stream(
                 state: &job.state,
                 runtime: &job.runtime,
                 global_state: &job.global_state,
+                tls: &job.tls,
             };
             // ram-verify goes after the last page, not in the package (the destination's RAM
             // is incomplete then).

@@ -5,7 +5,8 @@
 //!                  (a plain pre-copy may still end here with EOF)     (inside PACKAGED)
 //! ```
 //!
-//! Any other order is refused (typed error). PACKAGED reads its be32-announced bytes in 1 MiB
+//! RECV_BITMAP and POSTCOPY_RESUME belong to recovery (`recover_dest.rs`) and are refused
+//! outside it. Any other order is refused (typed error). PACKAGED reads its be32-announced bytes in 1 MiB
 //! steps (a hostile length costs what the peer really sends, not 4 GiB up front) and loads them
 //! as a nested stream that must end with RUN; a package inside a package is refused.
 
@@ -15,7 +16,8 @@ use savevm::qemu_file::QemuFileReader;
 use savevm::record::postcopy::{Advise, Discard};
 use savevm::record::{
     MIG_CMD_PACKAGED, MIG_CMD_POSTCOPY_ADVISE, MIG_CMD_POSTCOPY_LISTEN,
-    MIG_CMD_POSTCOPY_RAM_DISCARD, MIG_CMD_POSTCOPY_RUN,
+    MIG_CMD_POSTCOPY_RAM_DISCARD, MIG_CMD_POSTCOPY_RESUME, MIG_CMD_POSTCOPY_RUN,
+    MIG_CMD_RECV_BITMAP,
 };
 
 use super::{PostcopyError, PostcopyPhase};
@@ -45,6 +47,8 @@ pub(crate) fn is_postcopy_command(cmd: u16) -> bool {
             | MIG_CMD_POSTCOPY_LISTEN
             | MIG_CMD_POSTCOPY_RUN
             | MIG_CMD_PACKAGED
+            | MIG_CMD_RECV_BITMAP
+            | MIG_CMD_POSTCOPY_RESUME
     )
 }
 
@@ -54,6 +58,7 @@ fn phase_name(p: PostcopyPhase) -> &'static str {
         PostcopyPhase::Advised => "advised",
         PostcopyPhase::Listening => "listening",
         PostcopyPhase::Running => "running",
+        PostcopyPhase::Recovering => "recovering",
     }
 }
 
@@ -74,7 +79,7 @@ fn expect(
 }
 
 /// Runs `f` on the postcopy part of every live handler that has one.
-fn each_handler(
+pub(super) fn each_handler(
     registry: &mut Registry,
     mut f: impl FnMut(&mut dyn super::PostcopyHandler) -> Result<(), MigrationError>,
 ) -> Result<(), MigrationError> {
@@ -140,6 +145,12 @@ pub(crate) fn handle_command(
                 LoadEnd::Run => Ok(Flow::Run),
                 LoadEnd::Eof => Err(PostcopyError::PackageWithoutRun.into()),
             }
+        }
+        MIG_CMD_RECV_BITMAP => {
+            super::recover_dest::recv_bitmap(data, registry, rp, s).map(|()| Flow::Continue)
+        }
+        MIG_CMD_POSTCOPY_RESUME => {
+            super::recover_dest::resume(registry, rp, s).map(|()| Flow::Continue)
         }
         _ => Err(MigrationError::UnsupportedCommand(cmd)),
     }

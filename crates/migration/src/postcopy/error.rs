@@ -81,4 +81,62 @@ pub enum PostcopyError {
     /// The source's stream failed after the guest started here.
     #[error("postcopy failed after the guest started on this destination: its RAM is incomplete, the guest is stopped")]
     FailedAfterRun(#[source] Box<crate::MigrationError>),
+    /// `migrate` with `resume` while no postcopy is paused (QEMU 7.2's text).
+    #[error("Cannot resume if there is no paused migration")]
+    NothingToResume,
+    /// `migrate-recover` outside `postcopy-paused` (QEMU 7.2's text).
+    #[error("Migrate recover can only be run when postcopy is paused.")]
+    RecoverNotPaused,
+    /// `migrate-pause` outside `postcopy-active` (QEMU 7.2's text).
+    #[error("migrate-pause is currently only supported during postcopy-active state")]
+    PauseNotActive,
+    /// The destination named a block the source does not migrate in its RECV_BITMAP.
+    #[error("received-pages bitmap for unknown RAM block '{0}'")]
+    RecvBitmapBlock(String),
+    /// A received-pages bitmap whose size does not fit the block.
+    #[error("ramblock '{block}' bitmap size mismatch ({got:#x} != {want:#x})")]
+    RecvBitmapSize {
+        /// The block.
+        block: String,
+        /// Bytes received.
+        got: u64,
+        /// Bytes the block needs.
+        want: u64,
+    },
+    /// A received-pages bitmap not followed by the end marker.
+    #[error("ramblock '{block}' end mark incorrect: {found:#x}")]
+    RecvBitmapEnd {
+        /// The block.
+        block: String,
+        /// The be64 found instead.
+        found: u64,
+    },
+    /// A RESUME_ACK with another value than 1.
+    #[error("illegal resume_ack value {0}")]
+    BadResumeAck(u32),
+    /// The link broke in the background phase: the migration is paused.
+    #[error("postcopy paused: the link to the {peer} broke; the guest runs on the {runs}, waiting for {waits}")]
+    LinkBroken {
+        /// "source" or "destination".
+        peer: &'static str,
+        /// Where the guest runs: "destination" or "destination (here)".
+        runs: &'static str,
+        /// The command that resumes it.
+        waits: &'static str,
+        /// What broke.
+        #[source]
+        cause: Box<crate::MigrationError>,
+    },
+    /// A recovery attempt failed: the migration is paused again.
+    #[error("postcopy recovery over {uri} failed; still paused")]
+    RecoveryFailed {
+        /// Where the attempt went.
+        uri: String,
+        /// Why.
+        #[source]
+        cause: Box<crate::MigrationError>,
+    },
+    /// A recovery message from the peer at a time it makes no sense.
+    #[error("unexpected {0} during postcopy recovery")]
+    UnexpectedRecoveryMessage(&'static str),
 }

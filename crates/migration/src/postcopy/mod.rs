@@ -24,24 +24,35 @@
 //! | `rp_reader.rs` | the source's return-path reader thread (page requests, SHUT) |
 //! | `dest.rs` | the destination's commands: ADVISE, DISCARD, LISTEN, PACKAGED, RUN |
 //! | `error.rs` | [`PostcopyError`] |
+//! | `pause.rs` | `postcopy-paused`: which failures pause, the operator's commands |
+//! | `recover_source.rs` | the source's pause and resume handshake |
+//! | `recover_dest.rs` | the destination's pause, new connection, RECV_BITMAP and RESUME |
 //!
 //! The RAM handler does the RAM part through [`PostcopyHandler`] (`ram/save/postcopy.rs`,
 //! `ram/load/postcopy.rs`); the userfaultfd code is `guest_ram::missing`.
 //!
 //! Once the destination runs the guest, the source no longer holds the only complete copy: a
-//! failure after RUN never restarts the source's guest (it stays paused in `postmigrate`), and
-//! the destination stops its own guest, whose RAM is then incomplete.
+//! failure after RUN never restarts the source's guest. A broken link pauses both sides
+//! (`postcopy-paused`, the guest still running on the destination) until the operator
+//! recovers it over a new connection (`pause.rs`); any other failure ends the migration, the
+//! source's guest paused and the destination's stopped, its RAM incomplete.
 
 mod dest;
 mod error;
+mod pause;
+mod recover_dest;
+mod recover_source;
 pub(crate) mod rp_reader;
 pub(crate) mod source;
 
 pub(crate) use dest::{handle_command, is_postcopy_command, Flow};
 pub use error::PostcopyError;
+pub(crate) use pause::Recovery;
+pub(crate) use recover_dest::pause_until_recovered;
 
 use savevm::qemu_file::QemuFileWriter;
 use savevm::record::postcopy::{Advise, Discard, PageRequest};
+use savevm::record::recovery::BitmapTail;
 
 use crate::error::MigrationError;
 use crate::incoming::RpSender;
@@ -59,6 +70,9 @@ pub enum PostcopyPhase {
     Listening,
     /// RUN: the guest runs here; RAM still arrives.
     Running,
+    /// The guest runs here; the link broke and a new one is being set up (`postcopy-paused`,
+    /// `postcopy-recover`): RECV_BITMAP and RESUME are expected.
+    Recovering,
 }
 
 /// The postcopy part of a live handler that keeps sending after the switch (QEMU's
@@ -98,4 +112,23 @@ pub trait PostcopyHandler {
     /// Destination: registers RAM for MISSING faults and starts the fault thread, which asks
     /// for pages on `rp`. From now on pages are placed, never written in place.
     fn listen(&mut self, rp: RpSender) -> Result<(), MigrationError>;
+
+    /// Source, recovery: the blocks to ask the destination about, with their bitmap sizes.
+    fn recovery_blocks(&self) -> Vec<(String, u64)>;
+
+    /// Source, recovery: the destination's received-pages bitmap of `block` becomes the
+    /// complement of what is left to send.
+    fn reload_received(&mut self, block: &str, tail: &BitmapTail) -> Result<(), MigrationError>;
+
+    /// Source, recovery: before the background phase goes on over the new link.
+    fn resume_prepare(&mut self);
+
+    /// Destination: the link broke; page requests wait for recovery.
+    fn pause_incoming(&mut self);
+
+    /// Destination, recovery: the received-pages bitmap of `block` (None: no such block).
+    fn received_bitmap(&self, block: &str) -> Option<Vec<u64>>;
+
+    /// Destination, RESUME: ask again for the pages still waited for.
+    fn resume_incoming(&mut self);
 }

@@ -4,6 +4,9 @@
 //! thread is busy writing: it decodes them (hostile bytes: typed errors) and hands them over a
 //! bounded queue (a flooding destination is slowed by its own socket, not by our memory).
 //!
+//! In a recovery the new connection gets a new thread that also takes RECV_BITMAP (its bitmap
+//! read outside the message framing, refused over the largest block's size) and RESUME_ACK.
+//!
 //! The thread ends with the destination's SHUT, at the end of the connection, or on an error;
 //! it is not joined (it may sit in `read` until the destination closes after a failure).
 
@@ -13,6 +16,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError
 use std::time::Duration;
 
 use savevm::record::postcopy::{PageRequest, RP_REQ_PAGES, RP_REQ_PAGES_ID};
+use savevm::record::recovery::{self as rec, BitmapTail, RP_RECV_BITMAP, RP_RESUME_ACK};
 use savevm::record::{self, RpMessage};
 use transport::ChannelReader;
 
@@ -24,6 +28,10 @@ const QUEUE: usize = 4096;
 enum RpEvent {
     Request(PageRequest),
     Pong(u32),
+    /// Recovery: a block's received-pages bitmap.
+    Bitmap(String, BitmapTail),
+    /// Recovery: RESUME_ACK's value.
+    ResumeAck(u32),
     Shut(u32),
     Closed,
     Failed(savevm::Error),
@@ -41,7 +49,7 @@ impl SourceReturnPath {
     /// `reader` read directly, or by a thread when `postcopy`.
     pub(crate) fn new(reader: ChannelReader, postcopy: bool) -> Result<Self, MigrationError> {
         Ok(if postcopy {
-            Self::Thread(RpReader::spawn(reader)?)
+            Self::Thread(RpReader::spawn(reader, 0)?)
         } else {
             Self::Direct(reader)
         })
@@ -86,20 +94,31 @@ pub(crate) struct RpReader {
     end: Option<RpEvent>,
     /// PONG values received.
     pongs: Vec<u32>,
+    /// Recovery: bitmaps received, not taken yet.
+    bitmaps: VecDeque<(String, BitmapTail)>,
+    /// Recovery: the RESUME_ACK value, once received.
+    resume_ack: Option<u32>,
 }
 
 impl RpReader {
-    fn spawn(mut reader: ChannelReader) -> Result<Self, MigrationError> {
+    /// The reader thread over `reader`; `max_bitmap`: the largest received-pages bitmap
+    /// accepted, in bytes (0 outside recovery: any bitmap is refused).
+    pub(crate) fn spawn(
+        mut reader: ChannelReader,
+        max_bitmap: u64,
+    ) -> Result<Self, MigrationError> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("return_path".into())
-            .spawn(move || read_loop(&mut reader, &tx))
+            .spawn(move || read_loop(&mut reader, &tx, max_bitmap))
             .map_err(MigrationError::Spawn)?;
         Ok(Self {
             rx,
             pending: VecDeque::new(),
             end: None,
             pongs: Vec::new(),
+            bitmaps: VecDeque::new(),
+            resume_ack: None,
         })
     }
 
@@ -112,6 +131,8 @@ impl RpReader {
                     self.pongs.push(v);
                 }
             }
+            RpEvent::Bitmap(block, tail) => self.bitmaps.push_back((block, tail)),
+            RpEvent::ResumeAck(v) => self.resume_ack = Some(v),
             end => self.end = Some(end),
         }
     }
@@ -131,7 +152,14 @@ impl RpReader {
     /// before the end is kept for [`Self::await_shut`].
     fn check_end(&self) -> Result<(), MigrationError> {
         match &self.end {
-            None | Some(RpEvent::Shut(0) | RpEvent::Request(_) | RpEvent::Pong(_)) => Ok(()),
+            None
+            | Some(
+                RpEvent::Shut(0)
+                | RpEvent::Request(_)
+                | RpEvent::Pong(_)
+                | RpEvent::Bitmap(..)
+                | RpEvent::ResumeAck(_),
+            ) => Ok(()),
             Some(RpEvent::Shut(s)) => Err(MigrationError::DestinationFailed(*s)),
             Some(RpEvent::Closed) => Err(MigrationError::ReturnPathClosed),
             Some(RpEvent::Failed(e)) => Err(e.clone().into()),
@@ -145,10 +173,36 @@ impl RpReader {
         value: u32,
         cancel: &crate::cancel::CancelToken,
     ) -> Result<(), MigrationError> {
+        self.await_with(cancel, |me| me.pongs.contains(&value).then_some(()))
+    }
+
+    /// Recovery: waits for the next received-pages bitmap.
+    pub(crate) fn await_bitmap(
+        &mut self,
+        cancel: &crate::cancel::CancelToken,
+    ) -> Result<(String, BitmapTail), MigrationError> {
+        self.await_with(cancel, |me| me.bitmaps.pop_front())
+    }
+
+    /// Recovery: waits for RESUME_ACK and returns its value.
+    pub(crate) fn await_resume_ack(
+        &mut self,
+        cancel: &crate::cancel::CancelToken,
+    ) -> Result<u32, MigrationError> {
+        self.await_with(cancel, |me| me.resume_ack.take())
+    }
+
+    /// Waits until `got` finds what it wants in what arrived; fails if the destination fails
+    /// or goes away first.
+    fn await_with<T>(
+        &mut self,
+        cancel: &crate::cancel::CancelToken,
+        mut got: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Result<T, MigrationError> {
         loop {
             self.fill();
-            if self.pongs.contains(&value) {
-                return Ok(());
+            if let Some(t) = got(self) {
+                return Ok(t);
             }
             self.check_end()?;
             if self.end.is_some() {
@@ -202,9 +256,21 @@ impl RpReader {
     }
 }
 
-fn read_loop(r: &mut dyn Read, tx: &SyncSender<RpEvent>) {
+fn read_loop(r: &mut dyn Read, tx: &SyncSender<RpEvent>, max_bitmap: u64) {
     loop {
         let event = match record::read_rp(r) {
+            Ok(Some(RpMessage::Other { kind, data })) if kind == RP_RECV_BITMAP => {
+                read_bitmap(r, &data, max_bitmap)
+            }
+            Ok(Some(RpMessage::Other { kind, data })) if kind == RP_RESUME_ACK => {
+                match <[u8; 4]>::try_from(data.as_slice()) {
+                    Ok(v) => RpEvent::ResumeAck(u32::from_be_bytes(v)),
+                    Err(_) => RpEvent::Failed(savevm::Error::BadPostcopyCommand {
+                        what: "RESUME_ACK",
+                        why: "not 4 bytes",
+                    }),
+                }
+            }
             Ok(Some(RpMessage::Shut(s))) => RpEvent::Shut(s),
             Ok(Some(RpMessage::Pong(v))) => RpEvent::Pong(v),
             Ok(Some(RpMessage::Other { kind, data }))
@@ -222,9 +288,29 @@ fn read_loop(r: &mut dyn Read, tx: &SyncSender<RpEvent>) {
             Ok(None) => RpEvent::Closed,
             Err(e) => RpEvent::Failed(e),
         };
-        let last = !matches!(event, RpEvent::Request(_) | RpEvent::Pong(_));
+        let last = matches!(
+            event,
+            RpEvent::Shut(_) | RpEvent::Closed | RpEvent::Failed(_)
+        );
         if tx.send(event).is_err() || last {
             return;
         }
+    }
+}
+
+/// An RP RECV_BITMAP: the block name in the message, then the bitmap outside it. Refused
+/// outside recovery (`max` 0) and when larger than any block's.
+fn read_bitmap(r: &mut dyn Read, data: &[u8], max: u64) -> RpEvent {
+    if max == 0 {
+        return RpEvent::Failed(savevm::Error::BadPostcopyCommand {
+            what: "RECV_BITMAP",
+            why: "no bitmap was asked for",
+        });
+    }
+    let read = rec::decode_block_name("RECV_BITMAP", data)
+        .and_then(|block| Ok((block, rec::read_bitmap_tail(r, max)?)));
+    match read {
+        Ok((block, tail)) => RpEvent::Bitmap(block, tail),
+        Err(e) => RpEvent::Failed(e),
     }
 }

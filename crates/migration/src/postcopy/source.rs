@@ -10,7 +10,8 @@
 //! ```
 //!
 //! From the moment the package is out the destination may run the guest: whatever fails later,
-//! the source's guest is not restarted.
+//! the source's guest is not restarted. A broken link during the background phase pauses it
+//! (`recover_source.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,8 @@ pub(crate) struct Switch<'a> {
     pub state: &'a MigrationState,
     pub runtime: &'a Runtime,
     pub global_state: &'a GlobalState,
+    /// For a recovery's new connection.
+    pub tls: &'a crate::tls::TlsObjects,
 }
 
 /// What the postcopy phase reports.
@@ -107,7 +110,10 @@ pub(crate) fn run(
     *stopped = Some(false);
     let downtime = stopped_at.elapsed();
     tracing::info!(?downtime, "postcopy: package sent, background phase");
-    background(sw, registry, s, f, rp)?;
+    // A broken link pauses here until the operator resumes over a new one.
+    while let Err(e) = background(sw, registry, s, f, rp) {
+        super::recover_source::pause_until_resumed(sw, registry, s, f, rp, e)?;
+    }
     for (id, h) in active_live(registry, s) {
         if let Some(p) = h.postcopy() {
             SectionHeader::End { section_id: id }.write_to(f);
@@ -125,7 +131,7 @@ pub(crate) fn run(
 }
 
 /// The active live handlers with their section ids.
-fn active_live<'a>(
+pub(super) fn active_live<'a>(
     registry: &'a mut Registry,
     s: &OutgoingSession,
 ) -> impl Iterator<Item = (u32, &'a mut Box<dyn LiveHandler>)> + 'a {

@@ -2,6 +2,7 @@
 //! validating block names, sizes and offsets.
 
 mod postcopy;
+mod recover;
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub struct RamLoader {
     placer: Option<postcopy::Placer>,
     /// Postcopy with `ram-verify`: the pages as delivered.
     delivered: Option<Arc<guest_ram::DeliveredPages>>,
+    /// Postcopy: the pages this destination holds (recovery's received-pages bitmaps).
+    received: Vec<guest_ram::Bitmap>,
 }
 
 impl RamLoader {
@@ -47,6 +50,7 @@ impl RamLoader {
             advised: false,
             placer: None,
             delivered: None,
+            received: Vec::new(),
         }
     }
 

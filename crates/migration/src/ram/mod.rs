@@ -180,4 +180,32 @@ impl PostcopyHandler for RamHandler {
     fn run(&mut self, s: &IncomingSession) -> Result<(), MigrationError> {
         self.loader.postcopy_run(s)
     }
+
+    fn recovery_blocks(&self) -> Vec<(String, u64)> {
+        self.saver.recovery_blocks()
+    }
+
+    fn reload_received(
+        &mut self,
+        block: &str,
+        tail: &savevm::record::recovery::BitmapTail,
+    ) -> Result<(), MigrationError> {
+        self.saver.reload_received(block, tail)
+    }
+
+    fn resume_prepare(&mut self) {
+        self.saver.resume_prepare();
+    }
+
+    fn pause_incoming(&mut self) {
+        self.loader.postcopy_pause();
+    }
+
+    fn received_bitmap(&self, block: &str) -> Option<Vec<u64>> {
+        self.loader.received_bitmap(block)
+    }
+
+    fn resume_incoming(&mut self) {
+        self.loader.postcopy_resume();
+    }
 }

@@ -1,6 +1,7 @@
 //! Source side of RAM migration: dirty bitmaps, the page scan and the page records.
 
 mod postcopy;
+mod recover;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

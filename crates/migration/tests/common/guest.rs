@@ -9,6 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use guest_ram::GuestRam;
+use migration::VmControl;
 use testkit::FakeVm;
 
 /// Fills the first `bytes` of the first block: pseudo-random pages from `seed`, every 8th page
@@ -84,4 +85,80 @@ pub fn writer_counted(
         }
         n
     })
+}
+
+/// A destination "vCPU": once the VM runs, reads every page of the first block in a scattered
+/// order (a read of a page not there yet waits in the kernel until the source's copy is
+/// placed), then keeps going until stopped. Returns the pages read.
+pub fn reader(ram: Arc<GuestRam>, vm: &FakeVm, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
+    let running = vm.running_flag();
+    thread::spawn(move || {
+        let b = ram.blocks()[0].clone();
+        let pages = b.pages();
+        let mut buf = vec![0u8; 4096];
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            if !running.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            b.copy_page_to((n * 7919) % pages, &mut buf).unwrap();
+            n += 1;
+        }
+        n
+    })
+}
+
+/// A source (running) and a destination of `size` bytes of RAM with `postcopy-ram`, `events`
+/// and `ram-verify` on.
+pub fn postcopy_pair(size: u64) -> (testkit::RamVm, testkit::RamVm) {
+    let src = testkit::ram_vm(size, true);
+    let dst = testkit::ram_vm(size, false);
+    for s in [&src, &dst] {
+        s.enable(&[
+            migration::Capability::PostcopyRam,
+            migration::Capability::Events,
+            migration::Capability::RamVerify,
+        ]);
+    }
+    (src, dst)
+}
+
+/// Starts a migration of `src` into `dst` through `to` (a URI), with a slow background phase,
+/// switches to postcopy and waits until some postcopy pages went out.
+pub fn start_postcopy(src: &testkit::RamVm, dst: &testkit::RamVm, to: &str) {
+    src.migrate(to).unwrap();
+    testkit::wait_for(Duration::from_secs(60), "some pre-copy", || {
+        src.state
+            .info()
+            .ram
+            .is_some_and(|r| r.transferred > 2 * (1 << 20))
+    });
+    src.state.start_postcopy().unwrap();
+    testkit::wait_for(
+        Duration::from_secs(60),
+        "the destination runs the guest",
+        || dst.vm.run_state() == migration::RunState::Running,
+    );
+    testkit::wait_for(Duration::from_secs(60), "some postcopy pages", || {
+        src.state
+            .info()
+            .ram
+            .is_some_and(|r| r.postcopy_bytes > (1 << 20))
+    });
+}
+
+/// A 16 MiB pair (see [`postcopy_pair`], RAM filled from `seed`) in postcopy over TCP, with
+/// a 1 MiB/s background phase that lasts while a test breaks the link.
+pub fn slow_postcopy(seed: u64) -> (testkit::RamVm, testkit::RamVm) {
+    const MIB: u64 = 1 << 20;
+    let (src, dst) = postcopy_pair(16 * MIB);
+    fill(&src.ram, 16 * MIB, seed);
+    src.set_params(serde_json::json!({
+        "max-bandwidth": 8 * MIB,
+        "max-postcopy-bandwidth": MIB,
+    }));
+    let uri = dst.listen("tcp:127.0.0.1:0");
+    start_postcopy(&src, &dst, &uri);
+    (src, dst)
 }

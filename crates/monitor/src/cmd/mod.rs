@@ -204,8 +204,8 @@ impl Command {
             }
             Command::MigrateContinue(c) => c.run(s).map(|()| empty()),
             Command::MigrateStartPostcopy => postcopy::start(s).map(|()| empty()),
-            Command::MigratePause => postcopy::pause().map(|()| empty()),
-            Command::MigrateRecover(c) => c.run().map(|()| empty()),
+            Command::MigratePause => postcopy::pause(s).map(|()| empty()),
+            Command::MigrateRecover(c) => c.run(s).map(|()| empty()),
             Command::QueryMigrate => Ok(query_migrate::run(s)),
             Command::SetCapabilities(c) => c.run(s).map(|()| empty()),
             Command::QueryCapabilities => Ok(capabilities::query(s)),

@@ -1,9 +1,6 @@
 //! The post-copy commands: `migrate-start-postcopy` (switch the outgoing migration to
-//! postcopy), and `migrate-pause` / `migrate-recover` (recovery).
-//!
-//! livemig has no postcopy recovery, so no migration is ever in `postcopy-paused`; those two
-//! commands exist (managers probe for them and may call them out of band) and answer as
-//! QEMU 7.2 does outside `postcopy-paused`, with its `GenericError` texts.
+//! postcopy), and `migrate-pause` / `migrate-recover` (recovery of a postcopy whose link
+//! broke: QEMU 7.2's checks and texts are the backend's).
 
 use super::args::Args;
 use crate::backend::CommandError;
@@ -30,17 +27,13 @@ impl MigrateRecover {
         })
     }
 
-    /// Refused: only a post-copy destination in `postcopy-paused` can recover.
-    pub fn run(&self) -> Result<(), CommandError> {
-        Err(CommandError::generic(
-            "Migrate recover can only be run when postcopy is paused.",
-        ))
+    /// Asks the backend to listen again; only a destination in `postcopy-paused` may.
+    pub fn run(&self, s: &Session) -> Result<(), CommandError> {
+        s.backend.migrate_recover(&self.uri, &*s.fds)
     }
 }
 
-/// `migrate-pause`: refused, only a `postcopy-active` migration can be paused.
-pub fn pause() -> Result<(), CommandError> {
-    Err(CommandError::generic(
-        "migrate-pause is currently only supported during postcopy-active state",
-    ))
+/// `migrate-pause`: only a `postcopy-active` migration can be paused.
+pub fn pause(s: &Session) -> Result<(), CommandError> {
+    s.backend.migrate_pause()
 }

@@ -91,6 +91,20 @@ pub static COMMANDS: &[HmpCommand] = &[
         hmp_migrate_incoming,
     ),
     c(
+        "migrate_recover",
+        "uri:s",
+        "uri",
+        "Continue a paused incoming postcopy migration",
+        hmp_migrate_recover,
+    ),
+    c(
+        "migrate_pause",
+        "",
+        "",
+        "Pause an ongoing migration (postcopy-only)",
+        hmp_migrate_pause,
+    ),
+    c(
         "migrate_set_capability",
         "capability:s,state:b",
         "capability state",
@@ -247,6 +261,17 @@ fn hmp_migrate_incoming(s: &mut Session, a: &HmpArgs, _: &mut String) -> Result<
         uri: a.str("uri").unwrap_or_default().to_string(),
     }
     .run(s)
+}
+
+fn hmp_migrate_recover(s: &mut Session, a: &HmpArgs, _: &mut String) -> Result<(), CommandError> {
+    crate::cmd::postcopy::MigrateRecover {
+        uri: a.str("uri").unwrap_or_default().to_string(),
+    }
+    .run(s)
+}
+
+fn hmp_migrate_pause(s: &mut Session, _: &HmpArgs, _: &mut String) -> Result<(), CommandError> {
+    crate::cmd::postcopy::pause(s)
 }
 
 fn hmp_set_capability(s: &mut Session, a: &HmpArgs, _: &mut String) -> Result<(), CommandError> {

@@ -21,6 +21,7 @@
 mod commit;
 mod configuration;
 pub mod postcopy;
+pub mod recovery;
 mod return_path;
 mod section;
 

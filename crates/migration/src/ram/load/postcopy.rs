@@ -6,7 +6,7 @@
 //! fault on a missing page, on the one thread that could bring it in.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use guest_ram::missing::{self, MissingPages, Placed};
@@ -16,6 +16,7 @@ use savevm::ram::{RamDecoder, RamRecord, TARGET_PAGE_SIZE};
 use savevm::record::postcopy::{Advise, Discard, PageRequest};
 use savevm::record::RpMessage;
 
+use super::recover::FaultLink;
 use super::RamLoader;
 use crate::capabilities::Capability;
 use crate::error::MigrationError;
@@ -31,6 +32,8 @@ const FAULT_POLL_MS: i32 = 50;
 /// RAM registered for MISSING faults and the thread that requests them. Dropping it stops the
 /// thread, then unregisters the RAM (faulting threads then retry as ordinary faults).
 pub(super) struct Placer {
+    /// Recovery's hold on the fault thread (see `recover.rs`).
+    pub(super) link: Arc<Mutex<FaultLink>>,
     missing: Arc<MissingPages>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -71,6 +74,10 @@ impl RamLoader {
             .into());
         }
         missing::probe(&self.ram).map_err(PostcopyError::Unavailable)?;
+        self.received = self.ram.new_bitmaps();
+        self.received
+            .iter_mut()
+            .for_each(guest_ram::Bitmap::set_all);
         self.advised = true;
         Ok(())
     }
@@ -78,8 +85,8 @@ impl RamLoader {
     /// DISCARD: the ranges become missing pages.
     pub(crate) fn postcopy_discard(&mut self, d: &Discard) -> Result<(), MigrationError> {
         self.require_advised("POSTCOPY_RAM_DISCARD")?;
-        let block = self
-            .ram
+        let ram = self.ram.clone();
+        let block = ram
             .block_by_name(&d.block)
             .ok_or_else(|| MigrationError::UnknownRamBlock(d.block.clone()))?;
         for &(start, len) in &d.ranges {
@@ -95,6 +102,7 @@ impl RamLoader {
                 return Err(bad().into());
             }
             block.discard_range(start, len)?;
+            self.unreceive(&d.block, start, len);
         }
         Ok(())
     }
@@ -105,15 +113,18 @@ impl RamLoader {
         let missing =
             Arc::new(MissingPages::register(self.ram.clone()).map_err(PostcopyError::Unavailable)?);
         let stop = Arc::new(AtomicBool::new(false));
+        let link = Arc::new(Mutex::new(FaultLink::default()));
         let thread = std::thread::Builder::new()
             .name("postcopy/fault".into())
             .spawn({
                 let missing = missing.clone();
                 let stop = stop.clone();
-                move || fault_loop(&missing, &rp, &stop)
+                let link = link.clone();
+                move || fault_loop(&missing, &rp, &stop, &link)
             })
             .map_err(MigrationError::Spawn)?;
         self.placer = Some(Placer {
+            link,
             missing,
             stop,
             thread: Some(thread),
@@ -153,6 +164,7 @@ impl RamLoader {
                         self.page_buf.fill(fill);
                         missing.place_page(b, page, &self.page_buf)?
                     };
+                    self.mark_received(b, page);
                     if let (Placed::Placed, Some(d)) = (placed, &self.delivered) {
                         if fill == 0 {
                             d.record_zero(b, page);
@@ -165,6 +177,7 @@ impl RamLoader {
                     let (b, page) = self.target(block, offset, f)?;
                     f.get_buffer(&mut self.page_buf)?;
                     let placed = missing.place_page(b, page, &self.page_buf)?;
+                    self.mark_received(b, page);
                     if let (Placed::Placed, Some(d)) = (placed, &self.delivered) {
                         d.record(b, page, &self.page_buf);
                     }
@@ -206,6 +219,7 @@ impl RamLoader {
             self.ram.set_delivered(None);
         }
         self.placer = None;
+        self.received = Vec::new();
         self.advised = false;
         self.decoder = RamDecoder::new();
     }
@@ -213,10 +227,14 @@ impl RamLoader {
 
 /// The fault thread: each missing page a guest thread touches is asked for once, by name the
 /// first time a block comes up (REQ_PAGES_ID) and without afterwards (REQ_PAGES).
-fn fault_loop(missing: &MissingPages, rp: &RpSender, stop: &AtomicBool) {
+fn fault_loop(missing: &MissingPages, rp: &RpSender, stop: &AtomicBool, link: &Mutex<FaultLink>) {
     let mut requested = missing.ram().new_bitmaps();
     let mut last_block = None;
     while !stop.load(Ordering::SeqCst) {
+        if let Some(received) = FaultLink::take_resend(link) {
+            last_block = None;
+            super::recover::resend(missing, rp, &requested, &received, &mut last_block);
+        }
         let fault = match missing.next_fault(FAULT_POLL_MS) {
             Ok(Some(fault)) => fault,
             Ok(None) => continue,
@@ -225,22 +243,35 @@ fn fault_loop(missing: &MissingPages, rp: &RpSender, stop: &AtomicBool) {
                 return;
             }
         };
-        if !requested[fault.block].set(fault.page) {
+        // While paused the page is only noted: recovery asks for it on the new link.
+        if !requested[fault.block].set(fault.page) || FaultLink::is_paused(link) {
             continue;
         }
-        let block = &missing.ram().blocks()[fault.block];
-        let req = PageRequest {
-            block: (last_block != Some(fault.block)).then(|| block.idstr().to_string()),
-            start: fault.page * PAGE,
-            len: PAGE as u32,
-        };
-        let Some((kind, data)) = req.encode() else {
-            continue;
-        };
-        if let Err(e) = rp.send(&RpMessage::Other { kind, data }) {
-            tracing::error!("postcopy: cannot request a page: {}", e.report());
-            return;
+        if let Err(e) = request(missing, rp, fault.block, fault.page, &mut last_block) {
+            // The link broke: the migration pauses, and recovery asks again.
+            tracing::warn!("postcopy: cannot request a page: {}", e.report());
         }
-        last_block = Some(fault.block);
     }
+}
+
+/// Asks for one page, by block name when the block differs from the last request's.
+pub(super) fn request(
+    missing: &MissingPages,
+    rp: &RpSender,
+    block: usize,
+    page: u64,
+    last_block: &mut Option<usize>,
+) -> Result<(), MigrationError> {
+    let req = PageRequest {
+        block: (*last_block != Some(block))
+            .then(|| missing.ram().blocks()[block].idstr().to_string()),
+        start: page * PAGE,
+        len: PAGE as u32,
+    };
+    let Some((kind, data)) = req.encode() else {
+        return Ok(());
+    };
+    rp.send(&RpMessage::Other { kind, data })?;
+    *last_block = Some(block);
+    Ok(())
 }

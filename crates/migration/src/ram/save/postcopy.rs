@@ -35,6 +35,17 @@ pub(super) struct SourcePostcopy {
     last_block: Option<usize>,
 }
 
+impl SourcePostcopy {
+    /// Recovery: the queued requests went to a destination that will ask again.
+    pub(super) fn forget_requests(&mut self) {
+        self.queue.clear();
+        for q in &mut self.queued {
+            q.clear_all();
+        }
+        self.last_block = None;
+    }
+}
+
 impl RamSaver {
     /// The switch: final sync, then the runs of pages still to send as DISCARD commands.
     pub(crate) fn postcopy_discard(
@@ -299,6 +310,52 @@ mod tests {
             bad(&mut s, req(Some("pc.ram"), 0, 4096)),
             PostcopyError::BadRequest { .. }
         ));
+    }
+
+    /// Recovery: what is left to send is exactly what the destination did not receive; the
+    /// queued requests are dropped; a bitmap for another block, of another size or with a bad
+    /// end marker is refused.
+    #[test]
+    fn recovery_rebuilds_what_is_left_from_the_received_bitmap() {
+        use savevm::record::recovery::{BitmapTail, RECV_BITMAP_END};
+        let mut s = saver();
+        s.bitmaps = s.ram.new_bitmaps();
+        s.postcopy_request(req(Some("pc.ram"), 0, 4096)).unwrap();
+        assert_eq!(s.recovery_blocks(), vec![("pc.ram".to_string(), 8)]);
+        let tail = |words: Vec<u64>, end| BitmapTail { words, end };
+        // Pages 0..4 and 63 not received.
+        let received = !0b1111u64 & !(1 << 63);
+        s.reload_received("pc.ram", &tail(vec![received], RECV_BITMAP_END))
+            .unwrap();
+        s.resume_prepare();
+        assert_eq!(s.dirty_pages, 5);
+        assert_eq!(
+            s.bitmaps[0].iter_ones().collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 63]
+        );
+        assert!(s.postcopy.queue.is_empty());
+        let err = |s: &mut RamSaver, block, t| match s.reload_received(block, &t) {
+            Err(MigrationError::Postcopy(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            err(&mut s, "nosuch", tail(vec![0], RECV_BITMAP_END)),
+            PostcopyError::RecvBitmapBlock(_)
+        ));
+        assert!(matches!(
+            err(&mut s, "pc.ram", tail(vec![0, 0], RECV_BITMAP_END)),
+            PostcopyError::RecvBitmapSize {
+                got: 16,
+                want: 8,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(&mut s, "pc.ram", tail(vec![0], 0)),
+            PostcopyError::RecvBitmapEnd { found: 0, .. }
+        ));
+        // Refused bitmaps changed nothing.
+        assert_eq!(s.dirty_pages, 5);
     }
 
     #[test]
