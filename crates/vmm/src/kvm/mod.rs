@@ -39,6 +39,7 @@
 mod boot;
 mod dirty;
 mod error;
+pub mod microvm;
 mod pod;
 mod serial;
 mod shared;
@@ -164,12 +165,17 @@ impl KvmVm {
     ///
     /// `ram` must have exactly one block of [`MIN_RAM`]..=[`MAX_RAM`] bytes.
     pub fn new(ram: Arc<GuestRam>, cfg: KvmConfig) -> Result<KvmVm, KvmError> {
-        let block = match ram.blocks() {
-            [b] => b.clone(),
+        let (block, bios) = match ram.blocks() {
+            [b] => (b.clone(), None),
+            [b, f] if f.idstr() == microvm::BIOS_BLOCK && f.len() == microvm::BIOS_SIZE => {
+                (b.clone(), Some(f.clone()))
+            }
             bs => {
                 return Err(KvmError::RamLayout(format!(
-                    "{} RAM blocks, exactly one is supported",
-                    bs.len()
+                    "{} RAM blocks; one, or one and a {}-byte `{}`, are supported",
+                    bs.len(),
+                    microvm::BIOS_SIZE,
+                    microvm::BIOS_BLOCK
                 )))
             }
         };
@@ -208,6 +214,17 @@ impl KvmVm {
         };
         slot.set_flags(&vm, 0)
             .map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        if let Some(f) = &bios {
+            // QEMU maps the firmware read-only right below 4 GiB; guest writes there exit.
+            MemSlot {
+                slot: 1,
+                gpa: (4u64 << 30) - f.len(),
+                size: f.len(),
+                host: f.host_ptr() as u64,
+            }
+            .set_flags(&vm, kvm_bindings::KVM_MEM_READONLY)
+            .map_err(kvm("KVM_SET_USER_MEMORY_REGION (pc.bios)"))?;
+        }
         let irq = EventFd::new(EFD_NONBLOCK).map_err(|e| KvmError::Kvm {
             op: "eventfd",
             source: io_to_kvm(e),
