@@ -59,6 +59,36 @@ pub const BIOS_BLOCK: &str = "pc.bios";
 /// Size of QEMU 7.2's microvm firmware (qboot).
 pub const BIOS_SIZE: u64 = 64 << 10;
 
+/// QEMU devices / options whose RAM blocks (announced before the source stops its guest)
+/// livemig's microvm does not model, by block-name prefix.
+const UNMODELLED_BLOCKS: [(&str, &str); 2] = [
+    (
+        "/rom@etc/acpi/",
+        "device acpi-ged (QEMU microvm's ACPI, on by default)",
+    ),
+    (
+        "/rom@etc/table-loader",
+        "device acpi-ged (QEMU microvm's ACPI, on by default)",
+    ),
+];
+
+/// The QEMU options livemig's microvm matches.
+pub const QEMU_OPTIONS: &str = "-M microvm,x-option-roms=off,rtc=off,acpi=off,isa-serial=on";
+
+/// The refusal of a stream announcing RAM block `block` that this machine lacks: the
+/// loader's `report`, the QEMU device that owns the block when it is known, and the QEMU
+/// options livemig matches. The source learns of it while its guest still runs.
+pub fn explain_unknown_block(report: &str, block: &str) -> String {
+    let owner = UNMODELLED_BLOCKS
+        .iter()
+        .find(|(prefix, _)| block.starts_with(prefix))
+        .map_or("a QEMU device", |(_, d)| d);
+    format!(
+        "{report}: it belongs to {owner}, which livemig's microvm does not model; \
+         start QEMU with {QEMU_OPTIONS} -accel kvm"
+    )
+}
+
 /// Host facts the loaders check against.
 #[derive(Debug, Clone, Copy)]
 struct Host {

@@ -1,0 +1,239 @@
+//! A running guest moves live from QEMU 7.2's `microvm` machine (KVM) into
+//! `livemig run --machine microvm --accel kvm`, over a TCP socket: the payload's serial
+//! counter goes on where QEMU stopped it, with no reboot, and its self-check passes on
+//! livemig's side. And the refusals: a QEMU microvm with devices livemig does not model is
+//! refused naming the device, and the QEMU source keeps its guest running.
+//!
+//! QEMU runs `-cpu host,-arch-capabilities` (livemig's vCPUs get what KVM supports, i.e. the
+//! host model; QEMU 7.2 cannot set IA32_ARCH_CAPABILITIES under nested KVM). Prints SKIP
+//! without qemu-system-x86_64 or a usable /dev/kvm.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{destination, retry_connect};
+use monitor::QmpClient;
+use payload::{Output, SelfCheck};
+use serde_json::{json, Value};
+
+/// The QEMU options livemig's microvm presents.
+const MICROVM: &str = "microvm,x-option-roms=off,rtc=off,acpi=off,isa-serial=on";
+const GUEST: &str = "fill=1048576 ws=262144 selfcheck=5";
+
+/// QEMU 7.2 microvm running the payload on KVM; killed on drop.
+struct QemuMicrovm {
+    child: Child,
+    qmp: QmpClient,
+    serial: PathBuf,
+}
+
+impl Drop for QemuMicrovm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl QemuMicrovm {
+    fn start(qemu: &Path, dir: &Path, machine: &str) -> QemuMicrovm {
+        let elf = dir.join("payload.elf");
+        std::fs::write(&elf, payload::PAYLOAD_ELF).unwrap();
+        let serial = dir.join("qemu.serial");
+        let sock = dir.join("qemu.qmp");
+        let child = Command::new(qemu)
+            .args([
+                "-M",
+                machine,
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host,-arch-capabilities",
+            ])
+            .args([
+                "-m",
+                "256M",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+            ])
+            .arg("-kernel")
+            .arg(&elf)
+            .args(["-append", GUEST])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start qemu");
+        let t = Instant::now();
+        while !sock.exists() {
+            assert!(t.elapsed() < Duration::from_secs(20), "no QMP socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let qmp = retry_connect(|| QmpClient::connect_unix(&sock));
+        QemuMicrovm { child, qmp, serial }
+    }
+
+    fn cmd(&mut self, name: &str, args: Value) -> Value {
+        let args = if args.is_null() { None } else { Some(args) };
+        self.qmp
+            .execute(name, args)
+            .unwrap_or_else(|e| panic!("QEMU {name}: {e}"))
+    }
+
+    fn status(&mut self) -> String {
+        self.cmd("query-status", Value::Null)["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Waits until the guest printed at least `n` counts.
+    fn wait_counts(&self, n: usize) -> Output {
+        wait_output(&self.serial, |o| o.counts.len() >= n)
+    }
+}
+
+/// Waits (up to 120 s: nested KVM is slow) until `done` holds for the serial output at `path`.
+fn wait_output(path: &Path, done: impl Fn(&Output) -> bool) -> Output {
+    let t = Instant::now();
+    loop {
+        let out = Output::parse(&std::fs::read_to_string(path).unwrap_or_default());
+        if done(&out) {
+            return out;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "serial output {} stalled: {out:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_final(q: &mut QemuMicrovm) -> Value {
+    common::wait_final_migration(|| q.cmd("query-migrate", Value::Null))
+}
+
+fn ready(test: &str) -> Option<PathBuf> {
+    let qemu = testkit::require_qemu_system(test)?;
+    testkit::require_kvm(test).then_some(qemu)
+}
+
+#[test]
+fn qemu_microvm_guest_moves_live_into_livemig() {
+    let Some(qemu) = ready("qemu_microvm_guest_moves_live_into_livemig") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dst_serial = dir.path().join("livemig.serial");
+    let spec = format!("file:{}", dst_serial.display());
+    let args = [
+        "--machine",
+        "microvm",
+        "--accel",
+        "kvm",
+        "-m",
+        "256M",
+        "--serial",
+        &spec,
+    ];
+    let (mut dst, uri) = destination(dir.path(), "dst", &args, "tcp:127.0.0.1:0");
+    let mut src = QemuMicrovm::start(&qemu, dir.path(), MICROVM);
+    src.wait_counts(2);
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = wait_final(&mut src);
+    assert_eq!(info["status"], "completed", "{info}\n{}", dst.stderr());
+    assert_eq!(src.status(), "postmigrate");
+    dst.wait_status("running");
+    // The guest goes on on livemig's side: its next self-check runs there.
+    let after = wait_output(&dst_serial, |o| {
+        !o.selfchecks.is_empty() && o.counts.len() >= 2
+    });
+    let before = Output::parse(&src.output());
+    // A line may be cut where QEMU stopped the vCPU: read both sides as one stream.
+    let both = Output::parse(&(src.output() + &std::fs::read_to_string(&dst_serial).unwrap()));
+    assert_eq!(after.starts, 0, "livemig rebooted the guest: {after:?}");
+    assert_eq!(both.starts, 1, "{both:?}");
+    let first = both.counts[0];
+    assert!(
+        both.counts.iter().zip(first..).all(|(c, want)| *c == want),
+        "a gap or a repeat in the counter across the hop: {both:?}"
+    );
+    let last_qemu = *before.counts.last().unwrap();
+    assert!(
+        both.counts.last().unwrap() > &(last_qemu + 1),
+        "livemig's side did not count on: {both:?}"
+    );
+    assert!(
+        after
+            .selfchecks
+            .iter()
+            .all(|c| matches!(c, SelfCheck::Ok { .. })),
+        "{after:?}"
+    );
+    let _ = dst.cmd("quit", Value::Null);
+}
+
+/// Migrates QEMU microvm `machine` into livemig, which refuses it: asserts that QEMU's
+/// migration failed and its guest goes on counting; returns livemig's error output.
+fn refused(qemu: &Path, machine: &str, return_path: bool) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--machine", "microvm", "--accel", "kvm", "-m", "256M"];
+    let (mut dst, uri) = destination(dir.path(), "dst", &args, "tcp:127.0.0.1:0");
+    let mut src = QemuMicrovm::start(qemu, dir.path(), machine);
+    if return_path {
+        src.cmd(
+            "migrate-set-capabilities",
+            json!({ "capabilities": [{ "capability": "return-path", "state": true }] }),
+        );
+    }
+    let seen = src.wait_counts(1).counts.len();
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = wait_final(&mut src);
+    assert_eq!(info["status"], "failed", "{info}");
+    assert_eq!(src.status(), "running", "QEMU's guest must keep running");
+    src.wait_counts(seen + 2);
+    let out = dst.wait_exit();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned() + &dst.stderr()
+}
+
+/// Default `-M microvm` has ACPI (device acpi-ged, its ROM blocks announced in the RAM setup):
+/// livemig refuses the stream before QEMU stops its guest, naming the device.
+#[test]
+fn qemu_microvm_with_acpi_is_refused_and_keeps_running() {
+    let Some(qemu) = ready("qemu_microvm_with_acpi_is_refused_and_keeps_running") else {
+        return;
+    };
+    let err = refused(&qemu, "microvm", false);
+    assert!(
+        err.contains("acpi-ged"),
+        "the refusal names the device: {err}"
+    );
+}
+
+/// A device section livemig does not model (rtc=on adds `mc146818rtc`) comes after QEMU
+/// stopped its guest: with the return path, livemig reports the failure and QEMU resumes.
+#[test]
+fn qemu_microvm_with_rtc_is_refused_and_qemu_resumes() {
+    let Some(qemu) = ready("qemu_microvm_with_rtc_is_refused_and_qemu_resumes") else {
+        return;
+    };
+    let machine = "microvm,x-option-roms=off,rtc=on,acpi=off,isa-serial=on";
+    let err = refused(&qemu, machine, true);
+    assert!(
+        err.contains("mc146818rtc"),
+        "the refusal names the device: {err}"
+    );
+}
