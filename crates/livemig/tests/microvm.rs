@@ -1,7 +1,7 @@
 //! A running guest moves live from QEMU 7.2's `microvm` machine (KVM) into
-//! `livemig run --machine microvm --accel kvm`, over a TCP socket: the payload's serial
-//! counter goes on where QEMU stopped it, with no reboot, and its self-check passes on
-//! livemig's side. And the refusals: a QEMU microvm with devices livemig does not model is
+//! `livemig run --machine microvm --accel kvm` and on into a second QEMU, over TCP sockets:
+//! the payload's serial counter goes on where the previous VMM stopped it, with no reboot and
+//! no gap, and its self-check passes after each hop. And the refusals: a QEMU microvm with devices livemig does not model is
 //! refused naming the device, and the QEMU source keeps its guest running.
 //!
 //! QEMU runs `-cpu host,-arch-capabilities` (livemig's vCPUs get what KVM supports, i.e. the
@@ -39,10 +39,21 @@ impl Drop for QemuMicrovm {
 
 impl QemuMicrovm {
     fn start(qemu: &Path, dir: &Path, machine: &str) -> QemuMicrovm {
+        Self::start_named(qemu, dir, "qemu", machine, &[])
+    }
+
+    /// QEMU `name` (its files in `dir` carry the name) with `extra` arguments.
+    fn start_named(
+        qemu: &Path,
+        dir: &Path,
+        name: &str,
+        machine: &str,
+        extra: &[&str],
+    ) -> QemuMicrovm {
         let elf = dir.join("payload.elf");
         std::fs::write(&elf, payload::PAYLOAD_ELF).unwrap();
-        let serial = dir.join("qemu.serial");
-        let sock = dir.join("qemu.qmp");
+        let serial = dir.join(format!("{name}.serial"));
+        let sock = dir.join(format!("{name}.qmp"));
         let child = Command::new(qemu)
             .args([
                 "-M",
@@ -67,6 +78,7 @@ impl QemuMicrovm {
             .arg(format!("file:{}", serial.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -130,9 +142,23 @@ fn ready(test: &str) -> Option<PathBuf> {
     testkit::require_kvm(test).then_some(qemu)
 }
 
+/// Reads serial outputs `parts` as one stream (a line may be cut where a VMM stopped the
+/// vCPU) and asserts one boot and a counter without gap or repeat.
+fn assert_one_run(parts: &[String]) -> Output {
+    let both = Output::parse(&parts.concat());
+    assert_eq!(both.starts, 1, "the guest rebooted: {both:?}");
+    let first = both.counts[0];
+    assert!(
+        both.counts.iter().zip(first..).all(|(c, want)| *c == want),
+        "a gap or a repeat in the counter across the hops: {both:?}"
+    );
+    both
+}
+
+/// QEMU → livemig → QEMU, live over TCP, the guest running throughout.
 #[test]
-fn qemu_microvm_guest_moves_live_into_livemig() {
-    let Some(qemu) = ready("qemu_microvm_guest_moves_live_into_livemig") else {
+fn qemu_microvm_guest_moves_live_into_livemig_and_back() {
+    let Some(qemu) = ready("qemu_microvm_guest_moves_live_into_livemig_and_back") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -151,6 +177,8 @@ fn qemu_microvm_guest_moves_live_into_livemig() {
     let (mut dst, uri) = destination(dir.path(), "dst", &args, "tcp:127.0.0.1:0");
     let mut src = QemuMicrovm::start(&qemu, dir.path(), MICROVM);
     src.wait_counts(2);
+
+    // Hop 1: QEMU → livemig.
     src.cmd("migrate", json!({ "uri": uri }));
     let info = wait_final(&mut src);
     assert_eq!(info["status"], "completed", "{info}\n{}", dst.stderr());
@@ -160,20 +188,13 @@ fn qemu_microvm_guest_moves_live_into_livemig() {
     let after = wait_output(&dst_serial, |o| {
         !o.selfchecks.is_empty() && o.counts.len() >= 2
     });
-    let before = Output::parse(&src.output());
-    // A line may be cut where QEMU stopped the vCPU: read both sides as one stream.
-    let both = Output::parse(&(src.output() + &std::fs::read_to_string(&dst_serial).unwrap()));
+    let livemig_out = || std::fs::read_to_string(&dst_serial).unwrap();
     assert_eq!(after.starts, 0, "livemig rebooted the guest: {after:?}");
-    assert_eq!(both.starts, 1, "{both:?}");
-    let first = both.counts[0];
-    assert!(
-        both.counts.iter().zip(first..).all(|(c, want)| *c == want),
-        "a gap or a repeat in the counter across the hop: {both:?}"
-    );
-    let last_qemu = *before.counts.last().unwrap();
+    let last_qemu = *Output::parse(&src.output()).counts.last().unwrap();
+    let both = assert_one_run(&[src.output(), livemig_out()]);
     assert!(
         both.counts.last().unwrap() > &(last_qemu + 1),
-        "livemig's side did not count on: {both:?}"
+        "livemig did not count on: {both:?}"
     );
     assert!(
         after
@@ -181,6 +202,42 @@ fn qemu_microvm_guest_moves_live_into_livemig() {
             .iter()
             .all(|c| matches!(c, SelfCheck::Ok { .. })),
         "{after:?}"
+    );
+
+    // Hop 2: livemig → a second QEMU.
+    let port = testkit::free_tcp_port();
+    let mut back =
+        QemuMicrovm::start_named(&qemu, dir.path(), "back", MICROVM, &["-incoming", "defer"]);
+    let back_uri = format!("tcp:127.0.0.1:{port}");
+    back.cmd("migrate-incoming", json!({ "uri": back_uri }));
+    dst.cmd("migrate", json!({ "uri": back_uri }));
+    let info = dst.wait_migration();
+    assert_eq!(info["status"], "completed", "{info}\n{}", dst.stderr());
+    assert_eq!(dst.status(), "postmigrate");
+    let t = Instant::now();
+    while back.status() != "running" {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "QEMU did not start the guest"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let resumed = wait_output(&back.serial, |o| {
+        !o.selfchecks.is_empty() && o.counts.len() >= 2
+    });
+    assert_eq!(resumed.starts, 0, "QEMU rebooted the guest: {resumed:?}");
+    assert!(
+        resumed
+            .selfchecks
+            .iter()
+            .all(|c| matches!(c, SelfCheck::Ok { .. })),
+        "{resumed:?}"
+    );
+    let all = assert_one_run(&[src.output(), livemig_out(), back.output()]);
+    let last_livemig = *Output::parse(&livemig_out()).counts.last().unwrap();
+    assert!(
+        all.counts.last().unwrap() > &(last_livemig + 1),
+        "QEMU did not count on: {all:?}"
     );
     let _ = dst.cmd("quit", Value::Null);
 }

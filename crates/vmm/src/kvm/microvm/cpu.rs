@@ -34,7 +34,7 @@ pub const HF_SMM: u64 = 1 << 19;
 /// `hflags2` bit: NMIs blocked.
 pub const HF2_NMI: u64 = 1 << 2;
 /// `hflags` bit: guest mode of nested SVM.
-pub const HF_GUEST: u64 = 1 << 22;
+pub const HF_GUEST: u64 = 1 << 21;
 
 /// What the `cpu` section holds beyond [`VcpuState`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

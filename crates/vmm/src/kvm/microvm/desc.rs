@@ -170,6 +170,26 @@ pub fn cpu_common() -> VmStateDescription {
         .field("interrupt_request", FieldKind::U32)
 }
 
+/// The be32 fields of `kvm-tpr-opt`'s `rom_state` struct after its 8 unused bytes.
+pub const TPR_ROM_FIELDS: [&str; 7] = [
+    "vaddr",
+    "fixup_start",
+    "fixup_end",
+    "vapic_vaddr",
+    "vapic_size",
+    "vcpu_shift",
+    "real_tpr_addr",
+];
+
+/// The be32 fields of `kvm-tpr-opt` after `rom_state`.
+pub const TPR_FIELDS: [&str; 5] = [
+    "state",
+    "real_tpr_addr",
+    "rom_state_vaddr",
+    "vapic_paddr",
+    "rom_state_paddr",
+];
+
 /// Section `kvm-tpr-opt` v1 (hw/i386/kvmvapic.c).
 pub fn tpr_opt() -> VmStateDescription {
     let handlers = st(exact("kvmvapic-handlers", 1)
@@ -178,26 +198,12 @@ pub fn tpr_opt() -> VmStateDescription {
         .field("get_tpr", arr(FieldKind::U32, 8))
         .field("get_tpr_stack", FieldKind::U32));
     let mut rom = exact("kvmvapic-guest-rom", 1).field("unused", FieldKind::Unused(8));
-    for f in [
-        "vaddr",
-        "fixup_start",
-        "fixup_end",
-        "vapic_vaddr",
-        "vapic_size",
-        "vcpu_shift",
-        "real_tpr_addr",
-    ] {
+    for f in TPR_ROM_FIELDS {
         rom = rom.field(f, FieldKind::U32);
     }
     let rom = rom.field("up", handlers.clone()).field("mp", handlers);
     let mut d = exact("kvm-tpr-opt", 1).field("rom_state", st(rom));
-    for f in [
-        "state",
-        "real_tpr_addr",
-        "rom_state_vaddr",
-        "vapic_paddr",
-        "rom_state_paddr",
-    ] {
+    for f in TPR_FIELDS {
         d = d.field(f, FieldKind::U32);
     }
     d

@@ -98,6 +98,44 @@ pub fn fw_cfg_check(v: &VmStateValue) -> Result<(), String> {
     Ok(())
 }
 
+/// `fw_cfg` of a guest livemig booted: no entry selected.
+pub fn fw_cfg_idle() -> VmStateValue {
+    VmStateValue::new()
+        .with("cur_entry", Value::Uint(0))
+        .with("cur_offset", Value::Uint(0))
+}
+
+/// `cpu_common` of a vCPU.
+pub fn cpu_common_value(halted: bool) -> VmStateValue {
+    VmStateValue::new()
+        .with("halted", Value::Uint(halted.into()))
+        .with("interrupt_request", Value::Uint(0))
+}
+
+/// `kvm-tpr-opt` inactive (QEMU's state when the TPR-access optimisation never ran).
+pub fn tpr_opt_inactive() -> VmStateValue {
+    let zeros = |n| Value::List(vec![Value::Uint(0); n]);
+    let handlers = || {
+        Value::Struct(
+            VmStateValue::new()
+                .with("set_tpr", Value::Uint(0))
+                .with("set_tpr_eax", Value::Uint(0))
+                .with("get_tpr", zeros(8))
+                .with("get_tpr_stack", Value::Uint(0)),
+        )
+    };
+    let mut rom = VmStateValue::new();
+    for f in super::desc::TPR_ROM_FIELDS {
+        rom.set(f, Value::Uint(0));
+    }
+    let rom = rom.with("up", handlers()).with("mp", handlers());
+    let mut v = VmStateValue::new().with("rom_state", Value::Struct(rom));
+    for f in super::desc::TPR_FIELDS {
+        v.set(f, Value::Uint(0));
+    }
+    v
+}
+
 mod ioctls {
     #![allow(missing_docs)]
     vmm_sys_util::ioctl_iow_nr!(KVM_X86_SETUP_MCE, kvm_bindings::KVMIO, 0x9c, u64);

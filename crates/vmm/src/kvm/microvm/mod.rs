@@ -23,13 +23,16 @@
 //! `KVM_SET_TSC_KHZ` when it differs; a host without TSC scaling keeps its own, as QEMU does,
 //! with a warning).
 //!
-//! Direction: loading QEMU's sections is implemented. Saving them (livemig → QEMU) is not:
-//! `pre_save` fails the migration with [`MigrationError::DeviceSave`], and the guest keeps
-//! running here.
+//! Both directions: `load` converts QEMU's sections into KVM state; `pre_save` (guest stopped)
+//! converts KVM's state back ([`cpu_save`], `to_qemu` / `to_kvm` pairs) and `save` sends it; a
+//! capture failure fails the migration with [`MigrationError::DeviceSave`] and the guest keeps
+//! running here. `fw_cfg` and `kvm-tpr-opt`, which livemig does not model, go back as
+//! received (idle / inactive for a guest livemig booted).
 
 pub mod apic;
 pub mod chips;
 pub mod cpu;
+pub mod cpu_save;
 pub mod desc;
 mod fields;
 pub mod fpu;
@@ -44,6 +47,7 @@ use savevm::vmstate::{VmStateDescription, VmStateValue};
 
 use super::serial::SerialPort;
 use super::shared::{lock, Shared};
+use super::state::cpu::get_msrs;
 use super::state::vm::{VmSection, VmSectionState};
 use super::KvmVm;
 use crate::machine::Timer;
@@ -143,6 +147,12 @@ pub type Section = (String, u32, Box<dyn DeviceState>);
 struct MicrovmDevice {
     ctx: Arc<Ctx>,
     kind: Kind,
+    /// What a loaded section carried that KVM does not hold (fw_cfg, kvm-tpr-opt: the whole
+    /// value; cpu: IA32_MCG_CAP and the TSC frequency), sent back as received.
+    kept: Option<VmStateValue>,
+    extras: Option<CpuExtras>,
+    /// The value `pre_save` captured.
+    saved: VmStateValue,
 }
 
 /// The microvm machine's sections, as `(idstr, instance, device)` in QEMU's registration
@@ -193,6 +203,9 @@ pub fn devices(vm: &KvmVm, timer: Timer) -> Result<Vec<Section>, super::KvmError
             let d: Box<dyn DeviceState> = Box::new(MicrovmDevice {
                 ctx: ctx.clone(),
                 kind,
+                kept: None,
+                extras: None,
+                saved: VmStateValue::new(),
             });
             (kind.idstr().to_owned(), inst as u32, d)
         })
@@ -200,7 +213,7 @@ pub fn devices(vm: &KvmVm, timer: Timer) -> Result<Vec<Section>, super::KvmError
 }
 
 impl MicrovmDevice {
-    fn load_cpu(&self, index: usize, v: &VmStateValue) -> Result<(), String> {
+    fn load_cpu(&mut self, index: usize, v: &VmStateValue) -> Result<(), String> {
         let sh = &self.ctx.shared;
         let base = sh.vcpu_state(index).map_err(|e| e.to_string())?;
         let (mut state, extras) = cpu::from_qemu(v, &base, self.ctx.host.phys_bits)?;
@@ -234,7 +247,9 @@ impl MicrovmDevice {
                 }
             }
         }
-        sh.set_pending_vcpu(index, state)
+        sh.set_pending_vcpu(index, state)?;
+        self.extras = Some(extras);
+        Ok(())
     }
 
     fn load_apic(&self, index: usize, v: &VmStateValue) -> Result<(), String> {
@@ -268,11 +283,19 @@ impl MicrovmDevice {
         sh.set_pending_vm(VmSection::Irqchip, VmSectionState::Irqchip(chips))
     }
 
-    fn load_inner(&self, v: &VmStateValue) -> Result<(), String> {
+    fn load_inner(&mut self, v: &VmStateValue) -> Result<(), String> {
         match self.kind {
-            Kind::FwCfg => misc::fw_cfg_check(v),
+            Kind::FwCfg => {
+                misc::fw_cfg_check(v)?;
+                self.kept = Some(v.clone());
+                Ok(())
+            }
             Kind::CpuCommon => misc::cpu_common_check(v),
-            Kind::TprOpt => misc::tpr_opt_check(v),
+            Kind::TprOpt => {
+                misc::tpr_opt_check(v)?;
+                self.kept = Some(v.clone());
+                Ok(())
+            }
             Kind::Cpu(i) => self.load_cpu(i, v),
             Kind::Apic(i) => self.load_apic(i, v),
             Kind::Ioapic => self.update_irqchip(2, |c| chips::ioapic_from_qemu(v, c)),
@@ -295,6 +318,73 @@ impl MicrovmDevice {
                 self.ctx.serial.restore(&s)
             }
         }
+    }
+}
+
+impl MicrovmDevice {
+    /// The section's value now (the guest is stopped).
+    fn capture(&self) -> Result<VmStateValue, String> {
+        let sh = &self.ctx.shared;
+        let vm_state = |section| sh.vm_state(section).map_err(|e| e.to_string());
+        let e = |e: super::KvmError| e.to_string();
+        Ok(match self.kind {
+            Kind::FwCfg => self.kept.clone().unwrap_or_else(misc::fw_cfg_idle),
+            Kind::TprOpt => self.kept.clone().unwrap_or_else(misc::tpr_opt_inactive),
+            Kind::CpuCommon => {
+                let halted =
+                    sh.vcpu_state(0).map_err(e)?.mp_state == kvm_bindings::KVM_MP_STATE_HALTED;
+                misc::cpu_common_value(halted)
+            }
+            Kind::Cpu(i) => {
+                let state = sh.vcpu_state(i).map_err(e)?;
+                let fd = sh.vcpus.get(i).ok_or_else(|| format!("no vCPU {i}"))?;
+                let fd = lock(fd);
+                let extras = match self.extras {
+                    Some(x) => x,
+                    None => CpuExtras {
+                        mcg_cap: get_msrs(&fd, &[msrs::MSR_MCG_CAP]).map_err(e)?[0].1,
+                        tsc_khz: fd.get_tsc_khz().map_or(0, u64::from),
+                    },
+                };
+                let banks = (extras.mcg_cap & 0xff).min(msrs::MAX_BANKS) as u32;
+                let mut mce: Vec<u32> = (0..banks * 4).map(|b| msrs::MSR_MC0_CTL + b).collect();
+                if extras.mcg_cap != 0 {
+                    mce.push(0x17a);
+                }
+                if extras.mcg_cap & (1 << 8) != 0 {
+                    mce.push(0x17b);
+                }
+                let extra = get_msrs(&fd, &mce).map_err(e)?;
+                cpu_save::to_qemu(&state, extras, &extra, self.ctx.host.phys_bits)
+            }
+            Kind::Apic(i) => {
+                let s = sh.vcpu_state(i).map_err(e)?;
+                ApicRegs::from_kvm(&s.lapic, s.sregs.apic_base).to_qemu()
+            }
+            Kind::Ioapic | Kind::Pic(_) => {
+                let VmSectionState::Irqchip(chips) = vm_state(VmSection::Irqchip)? else {
+                    return Err("irqchip state of another kind".into());
+                };
+                match self.kind {
+                    Kind::Pic(n) => chips::pic_to_qemu(&chips[n.min(1)]),
+                    _ => chips::ioapic_to_qemu(&chips[2]),
+                }
+            }
+            Kind::Pit => {
+                let VmSectionState::Pit(p) = vm_state(VmSection::Pit)? else {
+                    return Err("PIT state of another kind".into());
+                };
+                let virt = self.ctx.timer.state().cpu_clock_offset;
+                chips::pit_to_qemu(&p, virt, misc::monotonic_ns())
+            }
+            Kind::Kvmclock => {
+                let VmSectionState::Clock(ns) = vm_state(VmSection::Clock)? else {
+                    return Err("clock state of another kind".into());
+                };
+                VmStateValue::new().with("clock", savevm::vmstate::Value::Uint(ns))
+            }
+            Kind::Serial => misc::serial_to_qemu(&self.ctx.serial.state()),
+        })
     }
 }
 
@@ -328,15 +418,18 @@ impl DeviceState for MicrovmDevice {
     }
 
     fn pre_save(&mut self) -> Result<(), MigrationError> {
-        Err(MigrationError::DeviceSave {
-            idstr: self.kind.idstr().into(),
-            reason: "livemig loads QEMU microvm state but cannot save it yet (livemig → QEMU is not implemented)".into(),
-        })
+        self.saved = self
+            .capture()
+            .map_err(|reason| MigrationError::DeviceSave {
+                idstr: self.kind.idstr().into(),
+                reason,
+            })?;
+        Ok(())
     }
 
     fn save(&self) -> VmStateValue {
-        // Never reached: pre_save fails every outgoing migration first.
-        VmStateValue::new()
+        // Without pre_save the value is empty and the destination refuses the section.
+        self.saved.clone()
     }
 
     fn load(&mut self, v: &VmStateValue, _version: u32) -> Result<(), MigrationError> {

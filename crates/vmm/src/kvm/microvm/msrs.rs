@@ -28,6 +28,8 @@ pub const MTRR_FIXED: [u32; 11] = [
 ];
 /// IA32_MISC_ENABLE's reset value in QEMU (fast strings).
 pub const MISC_ENABLE_DEFAULT: u64 = 1;
+/// IA32_MCG_CAP (read-only for the guest; KVM returns what `KVM_X86_SETUP_MCE` set).
+pub const MSR_MCG_CAP: u32 = 0x179;
 /// IA32_MC0_CTL.
 pub const MSR_MC0_CTL: u32 = 0x400;
 /// Largest bank count QEMU's `mce_banks[40]` holds.
