@@ -242,6 +242,59 @@ fn qemu_microvm_guest_moves_live_into_livemig_and_back() {
     let _ = dst.cmd("quit", Value::Null);
 }
 
+/// A guest livemig booted moves live into QEMU 7.2 microvm: QEMU accepts livemig's sections.
+#[test]
+fn livemig_microvm_guest_moves_live_into_qemu() {
+    let Some(qemu) = ready("livemig_microvm_guest_moves_live_into_qemu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src_serial = dir.path().join("livemig.serial");
+    let spec = format!("file:{}", src_serial.display());
+    let args = [
+        "--machine",
+        "microvm",
+        "--accel",
+        "kvm",
+        "-m",
+        "256M",
+        "--append",
+        GUEST,
+        "--serial",
+        &spec,
+    ];
+    let mut src = common::Vm::start(dir.path(), "src", &args);
+    wait_output(&src_serial, |o| o.counts.len() >= 2);
+    let port = testkit::free_tcp_port();
+    let mut dst =
+        QemuMicrovm::start_named(&qemu, dir.path(), "dst", MICROVM, &["-incoming", "defer"]);
+    let uri = format!("tcp:127.0.0.1:{port}");
+    dst.cmd("migrate-incoming", json!({ "uri": uri }));
+    src.cmd("migrate", json!({ "uri": uri }));
+    let info = src.wait_migration();
+    assert_eq!(info["status"], "completed", "{info}\n{}", src.stderr());
+    assert_eq!(src.status(), "postmigrate");
+    let resumed = wait_output(&dst.serial, |o| {
+        !o.selfchecks.is_empty() && o.counts.len() >= 2
+    });
+    assert_eq!(resumed.starts, 0, "QEMU rebooted the guest: {resumed:?}");
+    assert!(
+        resumed
+            .selfchecks
+            .iter()
+            .all(|c| matches!(c, SelfCheck::Ok { .. })),
+        "{resumed:?}"
+    );
+    let src_out = std::fs::read_to_string(&src_serial).unwrap();
+    let all = assert_one_run(&[src_out.clone(), dst.output()]);
+    let last = *Output::parse(&src_out).counts.last().unwrap();
+    assert!(
+        all.counts.last().unwrap() > &(last + 1),
+        "QEMU did not count on: {all:?}"
+    );
+    assert_eq!(dst.status(), "running");
+}
+
 /// Migrates QEMU microvm `machine` into livemig, which refuses it: asserts that QEMU's
 /// migration failed and its guest goes on counting; returns livemig's error output.
 fn refused(qemu: &Path, machine: &str, return_path: bool) -> String {

@@ -173,6 +173,17 @@ pub fn devices(vm: &KvmVm, timer: Timer) -> Result<Vec<Section>, super::KvmError
             _ => {}
         }
     }
+    // QEMU's vCPUs get machine-check banks at creation (IA32_MCG_CAP = MCG_CTL_P | MCG_SER_P |
+    // 10 banks on KVM); so do these, else KVM's default (32 banks) cannot go to QEMU.
+    for fd in &vm.shared.vcpus {
+        let fd = lock(fd);
+        let ok = msrs::QEMU_MCG_CAP
+            .iter()
+            .any(|&cap| misc::setup_mce(&fd, cap).is_ok());
+        if !ok {
+            tracing::warn!("KVM refuses QEMU's machine-check configuration; the vCPU keeps KVM's");
+        }
+    }
     let ctx = Arc::new(Ctx {
         shared: vm.shared.clone(),
         serial: vm.serial.clone(),
@@ -346,7 +357,15 @@ impl MicrovmDevice {
                         tsc_khz: fd.get_tsc_khz().map_or(0, u64::from),
                     },
                 };
-                let banks = (extras.mcg_cap & 0xff).min(msrs::MAX_BANKS) as u32;
+                let banks = extras.mcg_cap & 0xff;
+                if banks > msrs::MAX_BANKS {
+                    return Err(format!(
+                        "IA32_MCG_CAP {:#x} has {banks} machine-check banks; QEMU holds at most {}",
+                        extras.mcg_cap,
+                        msrs::MAX_BANKS
+                    ));
+                }
+                let banks = banks as u32;
                 let mut mce: Vec<u32> = (0..banks * 4).map(|b| msrs::MSR_MC0_CTL + b).collect();
                 if extras.mcg_cap != 0 {
                     mce.push(0x17a);

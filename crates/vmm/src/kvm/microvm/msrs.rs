@@ -28,6 +28,9 @@ pub const MTRR_FIXED: [u32; 11] = [
 ];
 /// IA32_MISC_ENABLE's reset value in QEMU (fast strings).
 pub const MISC_ENABLE_DEFAULT: u64 = 1;
+/// IA32_MCG_CAP values QEMU 7.2 gives a KVM vCPU (`-cpu host`, no LMCE), the first KVM
+/// accepts wins: MCG_SER_P | MCG_CTL_P | 10 banks, else without MCG_SER_P.
+pub const QEMU_MCG_CAP: [u64; 2] = [0x100_010a, 0x10a];
 /// IA32_MCG_CAP (read-only for the guest; KVM returns what `KVM_X86_SETUP_MCE` set).
 pub const MSR_MCG_CAP: u32 = 0x179;
 /// IA32_MC0_CTL.
