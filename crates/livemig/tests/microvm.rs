@@ -295,6 +295,80 @@ fn livemig_microvm_guest_moves_live_into_qemu() {
     assert_eq!(dst.status(), "running");
 }
 
+/// The VMDESCRIPTION JSON of a stream file, via `livemig analyze --desc`.
+fn vmdesc(stream: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_livemig"))
+        .args(["analyze", "--desc"])
+        .arg(stream)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Each device's description without its subsections (which depend on the state: QEMU sends
+/// a subsection only when its values differ from the defaults), keyed by idstr and instance.
+fn main_fields(desc: &Value) -> Vec<(String, Value)> {
+    desc["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            d.as_object_mut().unwrap().remove("subsections");
+            (format!("{} {}", d["name"], d["instance_id"]), d)
+        })
+        .collect()
+}
+
+/// livemig's microvm stream describes the same sections, field for field (names, types,
+/// sizes, struct versions), as QEMU 7.2's: tools reading QEMU's streams read livemig's.
+#[test]
+fn livemig_microvm_describes_its_sections_as_qemu_does() {
+    let Some(qemu) = ready("livemig_microvm_describes_its_sections_as_qemu_does") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let q_stream = dir.path().join("qemu.stream");
+    let l_stream = dir.path().join("livemig.stream");
+    let mut q = QemuMicrovm::start(&qemu, dir.path(), MICROVM);
+    q.wait_counts(1);
+    q.cmd(
+        "migrate",
+        json!({ "uri": format!("exec:cat > {}", q_stream.display()) }),
+    );
+    assert_eq!(wait_final(&mut q)["status"], "completed");
+    let args = [
+        "--machine",
+        "microvm",
+        "--accel",
+        "kvm",
+        "-m",
+        "256M",
+        "--append",
+        GUEST,
+    ];
+    let mut l = common::Vm::start(dir.path(), "src", &args);
+    l.wait_status("running");
+    l.cmd(
+        "migrate",
+        json!({ "uri": format!("exec:cat > {}", l_stream.display()) }),
+    );
+    assert_eq!(l.wait_migration()["status"], "completed", "{}", l.stderr());
+    let (qd, ld) = (vmdesc(&q_stream), vmdesc(&l_stream));
+    assert_eq!(qd["page_size"], ld["page_size"]);
+    let (qm, lm) = (main_fields(&qd), main_fields(&ld));
+    assert_eq!(qm.len(), lm.len(), "{qm:?}\n{lm:?}");
+    for ((qk, qv), (lk, lv)) in qm.iter().zip(&lm) {
+        assert_eq!(qk, lk);
+        assert_eq!(qv, lv, "device {qk} is described differently");
+    }
+}
+
 /// Migrates QEMU microvm `machine` into livemig, which refuses it: asserts that QEMU's
 /// migration failed and its guest goes on counting; returns livemig's error output.
 fn refused(qemu: &Path, machine: &str, return_path: bool) -> String {

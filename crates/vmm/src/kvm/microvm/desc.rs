@@ -339,10 +339,12 @@ pub fn serial() -> VmStateDescription {
     exact("serial", 3).field("state", st(inner))
 }
 
-/// Section `fw_cfg` v2 (hw/nvram/fw_cfg.c, I/O-port variant) with `fw_cfg/dma`.
+/// Section `fw_cfg` v2 (hw/nvram/fw_cfg.c, I/O-port variant) with `fw_cfg/dma`. QEMU's
+/// description has a second, version-1-only `cur_offset` (not on the wire at v2), so its
+/// JSON names the v2 field `cur_offset[1]`; livemig names it so to describe it identically.
 pub fn fw_cfg() -> VmStateDescription {
     exact("fw_cfg", 2)
         .field("cur_entry", FieldKind::U16)
-        .field("cur_offset", FieldKind::U32)
+        .field("cur_offset[1]", FieldKind::U32)
         .subsection(exact("fw_cfg/dma", 0).field("dma_addr", FieldKind::U64))
 }

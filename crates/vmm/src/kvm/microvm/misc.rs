@@ -94,7 +94,7 @@ pub fn cpu_common_check(v: &VmStateValue) -> Result<(), String> {
 /// `fw_cfg`: accepted as sent (see the module docs); the fields are validated as numbers.
 pub fn fw_cfg_check(v: &VmStateValue) -> Result<(), String> {
     uint::<u16>(v, "cur_entry")?;
-    uint::<u32>(v, "cur_offset")?;
+    uint::<u32>(v, "cur_offset[1]")?;
     Ok(())
 }
 
@@ -102,7 +102,7 @@ pub fn fw_cfg_check(v: &VmStateValue) -> Result<(), String> {
 pub fn fw_cfg_idle() -> VmStateValue {
     VmStateValue::new()
         .with("cur_entry", Value::Uint(0))
-        .with("cur_offset", Value::Uint(0))
+        .with("cur_offset[1]", Value::Uint(0))
 }
 
 /// `cpu_common` of a vCPU.
