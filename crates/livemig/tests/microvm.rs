@@ -22,6 +22,17 @@ use serde_json::{json, Value};
 /// The QEMU options livemig's microvm presents.
 const MICROVM: &str = "microvm,x-option-roms=off,rtc=off,acpi=off,isa-serial=on";
 const GUEST: &str = "fill=1048576 ws=262144 selfcheck=5";
+/// `livemig run` arguments of the machine that matches [`MICROVM`].
+const LIVEMIG_MICROVM: [&str; 6] = ["--machine", "microvm", "--accel", "kvm", "-m", "256M"];
+
+/// [`LIVEMIG_MICROVM`] followed by `more`.
+fn livemig_args<'a>(more: &[&'a str]) -> Vec<&'a str> {
+    LIVEMIG_MICROVM
+        .iter()
+        .copied()
+        .chain(more.iter().copied())
+        .collect()
+}
 
 /// QEMU 7.2 microvm running the payload on KVM; killed on drop.
 struct QemuMicrovm {
@@ -164,16 +175,7 @@ fn qemu_microvm_guest_moves_live_into_livemig_and_back() {
     let dir = tempfile::tempdir().unwrap();
     let dst_serial = dir.path().join("livemig.serial");
     let spec = format!("file:{}", dst_serial.display());
-    let args = [
-        "--machine",
-        "microvm",
-        "--accel",
-        "kvm",
-        "-m",
-        "256M",
-        "--serial",
-        &spec,
-    ];
+    let args = livemig_args(&["--serial", &spec]);
     let (mut dst, uri) = destination(dir.path(), "dst", &args, "tcp:127.0.0.1:0");
     let mut src = QemuMicrovm::start(&qemu, dir.path(), MICROVM);
     src.wait_counts(2);
@@ -251,18 +253,7 @@ fn livemig_microvm_guest_moves_live_into_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let src_serial = dir.path().join("livemig.serial");
     let spec = format!("file:{}", src_serial.display());
-    let args = [
-        "--machine",
-        "microvm",
-        "--accel",
-        "kvm",
-        "-m",
-        "256M",
-        "--append",
-        GUEST,
-        "--serial",
-        &spec,
-    ];
+    let args = livemig_args(&["--append", GUEST, "--serial", &spec]);
     let mut src = common::Vm::start(dir.path(), "src", &args);
     wait_output(&src_serial, |o| o.counts.len() >= 2);
     let port = testkit::free_tcp_port();
@@ -342,16 +333,7 @@ fn livemig_microvm_describes_its_sections_as_qemu_does() {
         json!({ "uri": format!("exec:cat > {}", q_stream.display()) }),
     );
     assert_eq!(wait_final(&mut q)["status"], "completed");
-    let args = [
-        "--machine",
-        "microvm",
-        "--accel",
-        "kvm",
-        "-m",
-        "256M",
-        "--append",
-        GUEST,
-    ];
+    let args = livemig_args(&["--append", GUEST]);
     let mut l = common::Vm::start(dir.path(), "src", &args);
     l.wait_status("running");
     l.cmd(
@@ -373,8 +355,7 @@ fn livemig_microvm_describes_its_sections_as_qemu_does() {
 /// migration failed and its guest goes on counting; returns livemig's error output.
 fn refused(qemu: &Path, machine: &str, return_path: bool) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--machine", "microvm", "--accel", "kvm", "-m", "256M"];
-    let (mut dst, uri) = destination(dir.path(), "dst", &args, "tcp:127.0.0.1:0");
+    let (mut dst, uri) = destination(dir.path(), "dst", &LIVEMIG_MICROVM, "tcp:127.0.0.1:0");
     let mut src = QemuMicrovm::start(qemu, dir.path(), machine);
     if return_path {
         src.cmd(
