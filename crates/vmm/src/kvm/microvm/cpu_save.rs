@@ -302,7 +302,7 @@ mod tests {
     use crate::kvm::microvm::cpu::from_qemu;
     use kvm_bindings::kvm_segment;
 
-    fn sample() -> VcpuState {
+    pub(super) fn sample() -> VcpuState {
         let seg = |sel: u16, flags: u32| {
             let mut k: kvm_segment =
                 super::super::cpu::segment_from_qemu(sel, 0, 0xffff_ffff, flags);
@@ -420,5 +420,66 @@ mod tests {
         ] {
             assert!(back.msrs.contains(&m), "{m:x?} in {:x?}", back.msrs);
         }
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    //! A peer's `cpu` section with values KVM would refuse or misread: each is a load error
+    //! naming the field, never a panic.
+    use super::tests_support::{sample_state, EXTRAS};
+    use super::*;
+    use crate::kvm::microvm::cpu::from_qemu;
+
+    fn load(v: &VmStateValue) -> Result<(), String> {
+        let base = sample_state();
+        let (s, _) = from_qemu(v, &base, 40)?;
+        crate::kvm::microvm::check_vcpu(&s)
+    }
+
+    #[test]
+    fn hostile_cpu_sections_are_refused() {
+        let good = to_qemu(&sample_state(), EXTRAS, &[], 40);
+        load(&good).unwrap();
+        let cases: Vec<(&str, Value)> = vec![
+            ("env.interrupt_injected", Value::Int(300)),
+            ("env.exception_nr", Value::Int(2)),
+            ("env.exception_nr", Value::Int(1 << 40)),
+            ("env.mp_state", Value::Uint(77)),
+            ("env.hflags", Value::Uint(1 << 19)),
+            ("env.vm_vmcb", Value::Uint(0x1000)),
+            ("env.fpregs_format_vmstate", Value::Uint(1)),
+            ("env.mxcsr", Value::Uint(0xdead_0000)),
+            ("env.regs", uints([1, 2, 3])),
+            ("env.segs", Value::List(vec![])),
+            ("env.nmi_pending", Value::Uint(300)),
+            ("env.sipi_vector", Value::Uint(1 << 33)),
+            ("env.mcg_cap", Value::Uint(0x1ff)),
+            ("env.cr[0]", Value::Uint(1 << 40)),
+            ("env.efer", Value::Bytes(vec![1])),
+        ];
+        for (field, bad) in cases {
+            let mut v = good.clone();
+            v.set(field, bad.clone());
+            assert!(load(&v).is_err(), "{field} = {bad:?} accepted");
+        }
+        let mut v = good.clone();
+        v.fields.retain(|(n, _)| n != "env.eip");
+        assert!(load(&v).unwrap_err().contains("env.eip"));
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+
+    pub(super) const EXTRAS: CpuExtras = CpuExtras {
+        mcg_cap: 0x100_010a,
+        tsc_khz: 2_000_000,
+    };
+
+    /// A 64-bit vCPU as the payload runs it.
+    pub(super) fn sample_state() -> VcpuState {
+        super::tests::sample()
     }
 }

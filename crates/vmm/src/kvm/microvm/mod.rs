@@ -408,7 +408,7 @@ impl MicrovmDevice {
 }
 
 /// The checks the `kvm-cpu` section applies, on converted state.
-fn check_vcpu(s: &super::state::cpu::VcpuState) -> Result<(), String> {
+pub(crate) fn check_vcpu(s: &super::state::cpu::VcpuState) -> Result<(), String> {
     use crate::kvm::state::check;
     check::mp_state(s.mp_state)?;
     check::xsave(&s.xsave)?;
