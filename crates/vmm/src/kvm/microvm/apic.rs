@@ -10,7 +10,7 @@
 //! 0x380 timer initial count                    0x3e0 divide configuration
 //! ```
 //!
-//! `apicbase` is IA32_APIC_BASE, written through `kvm_sregs.apic_base`; CR8 is TPR[7:4].
+//! `apicbase` is IA32_APIC_BASE, written through `kvm_sregs.apic_base`; CR8 is TPR bits 7:4.
 //! The timer's QEMU-side fields (`initial_count_load_time`, `next_time`, `timer_expiry`)
 //! belong to QEMU's user-space APIC; with KVM the in-kernel timer restarts from the
 //! initial count and divide configuration, as it does under QEMU.

@@ -11,7 +11,7 @@
 //! | `exception_nr`, `has_error_code`, `interrupt_injected`, `soft_interrupt`, `nmi_*`, `sipi_vector`, hflags INHIBIT_IRQ (bit 3), hflags2 NMI (bit 2) | `KVM_SET_VCPU_EVENTS` |
 //! | `dr[0..3]`, `dr[6]`, `dr[7]` | `KVM_SET_DEBUGREGS` |
 //! | `mp_state` | `KVM_SET_MP_STATE` |
-//! | MSR images (see [`msrs`]), `mcg_cap` | `KVM_SET_MSRS`, `KVM_X86_SETUP_MCE` |
+//! | MSR images (see [`super::msrs`]), `mcg_cap` | `KVM_SET_MSRS`, `KVM_X86_SETUP_MCE` |
 //!
 //! The APIC's registers and `apicbase`, and CR8 (the TPR) come from the `apic` section, which
 //! follows. QEMU does not migrate the exception error code; neither can livemig. System
