@@ -20,7 +20,8 @@
 //! hands the source's memfd over, see `slot`).
 //!
 //! RAM above 3 GiB would overlap the PCI hole of a PC memory map; the VM refuses it (one slot,
-//! one block, GPA 0). The guest code runs only on vCPU 0 at boot; other vCPUs wait for SIPI.
+//! one block, GPA 0; the `microvm` machine adds its read-only firmware block below 4 GiB, see
+//! [`microvm`]). The guest code runs only on vCPU 0 at boot; other vCPUs wait for SIPI.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -163,7 +164,9 @@ impl KvmVm {
     /// Creates the VM: KVM VM with irqchip and PIT, RAM as memory slot 0 at GPA 0, the UART,
     /// and `cfg.vcpus` vCPUs (with KVM's supported CPUID). Nothing runs yet.
     ///
-    /// `ram` must have exactly one block of [`MIN_RAM`]..=[`MAX_RAM`] bytes.
+    /// `ram` must have one block of [`MIN_RAM`]..=[`MAX_RAM`] bytes (at GPA 0), optionally
+    /// followed by QEMU microvm's firmware block ([`microvm::BIOS_BLOCK`], mapped read-only
+    /// just below 4 GiB as memory slot 1; never written by the guest, so not dirty-logged).
     pub fn new(ram: Arc<GuestRam>, cfg: KvmConfig) -> Result<KvmVm, KvmError> {
         let (block, bios) = match ram.blocks() {
             [b] => (b.clone(), None),

@@ -8,10 +8,9 @@
 //! subsections are not modelled: a stream with them is refused.
 //!
 //! `kvm-tpr-opt` (QEMU's TPR-access patching for 32-bit Windows guests) must be inactive
-//! (`state` = 0): livemig has no ROM to patch. `fw_cfg`: livemig has no firmware
-//! configuration device; the position of an unfinished firmware read cannot be carried and is
-//! refused (`cur_entry` must be idle or the guest must not be reading, `cur_offset` 0 is not
-//! required because QEMU leaves the last entry selected after boot).
+//! (`state` = 0): livemig has no ROM to patch. `fw_cfg`: livemig has no firmware configuration
+//! device (the guest booted long before); its selector and offset are kept as received and
+//! sent back on the next hop, so QEMU finds them as it left them.
 
 use kvm_ioctls::VcpuFd;
 use savevm::vmstate::{Value, VmStateValue};

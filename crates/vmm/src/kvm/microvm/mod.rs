@@ -23,6 +23,13 @@
 //! `KVM_SET_TSC_KHZ` when it differs; a host without TSC scaling keeps its own, as QEMU does,
 //! with a warning).
 //!
+//! Not modelled (a stream that needs them is refused, or the state is named here): ACPI
+//! (`acpi-ged`), the RTC, option ROMs, virtio-mmio devices, x2APIC, SMM, nested
+//! virtualisation, PKRU / AVX-512 / AMX register state (QEMU's `cpu/pkru`, `cpu/avx512`...
+//! subsections are refused on load; livemig does not send them), the 16550's FIFO
+//! subsections, and QEMU's read-only alias of the firmware at 0xf0000–0xfffff (livemig's
+//! guest sees RAM there).
+//!
 //! Both directions: `load` converts QEMU's sections into KVM state; `pre_save` (guest stopped)
 //! converts KVM's state back ([`cpu_save`], `to_qemu` / `to_kvm` pairs) and `save` sends it; a
 //! capture failure fails the migration with [`MigrationError::DeviceSave`] and the guest keeps
