@@ -13,6 +13,10 @@ use super::fpu::FpuRegs;
 use super::msrs::{MISC_ENABLE_DEFAULT, MSR_MC0_CTL, MSR_TSC, MTRR_FIXED};
 use crate::kvm::state::cpu::VcpuState;
 
+/// XSTATE_BV bits of state QEMU's `cpu` section carries only in subsections livemig does not
+/// write: MPX (3, 4), AVX-512 (5–7), AMX (17, 18).
+pub const UNSENT_XSTATE: u64 = 0x18 | 0xe0 | (3 << 17);
+
 /// `hflags2` bit: global interrupt flag (always set outside nested SVM).
 const HF2_GIF: u64 = 1;
 /// `hflags2` bit: virtual GIF (QEMU sets it with GIF).

@@ -25,8 +25,8 @@
 //!
 //! Not modelled (a stream that needs them is refused, or the state is named here): ACPI
 //! (`acpi-ged`), the RTC, option ROMs, virtio-mmio devices, x2APIC, SMM, nested
-//! virtualisation, PKRU / AVX-512 / AMX register state (QEMU's `cpu/pkru`, `cpu/avx512`...
-//! subsections are refused on load; livemig does not send them), the 16550's FIFO
+//! virtualisation, MPX / AVX-512 / AMX register state (QEMU's `cpu/mpx`, `cpu/avx512`...
+//! subsections are refused on load; a vCPU holding such state is not sent), the 16550's FIFO
 //! subsections, and QEMU's read-only alias of the firmware at 0xf0000–0xfffff (livemig's
 //! guest sees RAM there).
 //!
@@ -107,6 +107,8 @@ struct Host {
     xcr0: u64,
     /// Physical address bits (CPUID 0x80000008 EAX[7:0]).
     phys_bits: u32,
+    /// Offset of the PKRU component in the standard XSAVE area (CPUID 0xD.9 EBX), if any.
+    pkru_offset: Option<usize>,
 }
 
 struct Ctx {
@@ -172,11 +174,13 @@ pub fn devices(vm: &KvmVm, timer: Timer) -> Result<Vec<Section>, super::KvmError
     let mut host = Host {
         xcr0: 0,
         phys_bits: 36,
+        pkru_offset: None,
     };
     for e in cpuid.as_slice() {
         match (e.function, e.index) {
             (0xd, 0) => host.xcr0 = u64::from(e.eax) | u64::from(e.edx) << 32,
             (0x8000_0008, _) => host.phys_bits = e.eax & 0xff,
+            (0xd, 9) if e.eax >= 4 => host.pkru_offset = Some(e.ebx as usize),
             _ => {}
         }
     }
@@ -235,6 +239,16 @@ impl MicrovmDevice {
         let sh = &self.ctx.shared;
         let base = sh.vcpu_state(index).map_err(|e| e.to_string())?;
         let (mut state, extras) = cpu::from_qemu(v, &base, self.ctx.host.phys_bits)?;
+        if let Some(pkru) = v.subsection("cpu/pkru") {
+            let value: u32 = fields::uint(pkru, "env.pkru")?;
+            let at = self
+                .ctx
+                .host
+                .pkru_offset
+                .filter(|at| at + 4 <= state.xsave.len())
+                .ok_or("PKRU state, but this host's KVM has no PKRU")?;
+            state.xsave[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        }
         state.msrs = msrs::host_subset(std::mem::take(&mut state.msrs), &sh.msr_indices)?;
         let xcr0 = state.xcrs.xcrs[0].value;
         if xcr0 & !self.ctx.host.xcr0 != 0 {
@@ -381,7 +395,30 @@ impl MicrovmDevice {
                     mce.push(0x17b);
                 }
                 let extra = get_msrs(&fd, &mce).map_err(e)?;
-                cpu_save::to_qemu(&state, extras, &extra, self.ctx.host.phys_bits)
+                let xstate_bv = FpuRegs::from_xsave(&state.xsave).map_or(0, |f| f.xstate_bv);
+                if xstate_bv & cpu_save::UNSENT_XSTATE != 0 {
+                    return Err(format!(
+                        "the vCPU holds MPX / AVX-512 / AMX state (XSTATE_BV {xstate_bv:#x}), \
+                         which livemig cannot send to QEMU"
+                    ));
+                }
+                let mut v = cpu_save::to_qemu(&state, extras, &extra, self.ctx.host.phys_bits);
+                let pkru = self
+                    .ctx
+                    .host
+                    .pkru_offset
+                    .and_then(|at| state.xsave.get(at..at + 4));
+                if let Some(&[a, b, c, d]) = pkru {
+                    let pkru = u32::from_le_bytes([a, b, c, d]);
+                    if xstate_bv & (1 << 9) != 0 && pkru != 0 {
+                        v.set_subsection(
+                            "cpu/pkru",
+                            VmStateValue::new()
+                                .with("env.pkru", savevm::vmstate::Value::Uint(pkru.into())),
+                        );
+                    }
+                }
+                v
             }
             Kind::Apic(i) => {
                 let s = sh.vcpu_state(i).map_err(e)?;
