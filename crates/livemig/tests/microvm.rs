@@ -23,7 +23,18 @@ use serde_json::{json, Value};
 const MICROVM: &str = "microvm,x-option-roms=off,rtc=off,acpi=off,isa-serial=on";
 const GUEST: &str = "fill=1048576 ws=262144 selfcheck=5";
 /// `livemig run` arguments of the machine that matches [`MICROVM`].
-const LIVEMIG_MICROVM: [&str; 6] = ["--machine", "microvm", "--accel", "kvm", "-m", "256M"];
+/// Two vCPUs on every side: the guest runs on vCPU 0, vCPU 1 waits for its SIPI, and both
+/// vCPUs' and LAPICs' state crosses each hop.
+const LIVEMIG_MICROVM: [&str; 8] = [
+    "--machine",
+    "microvm",
+    "--accel",
+    "kvm",
+    "--smp",
+    "2",
+    "-m",
+    "256M",
+];
 
 /// [`LIVEMIG_MICROVM`] followed by `more`.
 fn livemig_args<'a>(more: &[&'a str]) -> Vec<&'a str> {
@@ -75,6 +86,8 @@ impl QemuMicrovm {
                 "host,-arch-capabilities",
             ])
             .args([
+                "-smp",
+                "2",
                 "-m",
                 "256M",
                 "-nodefaults",

@@ -6,8 +6,9 @@
 //! 4 GiB, as QEMU names, sizes and maps them (see `KvmVm::new`). Sections, in QEMU's order:
 //!
 //! ```text
-//! timer(0) fw_cfg(0) cpu_common(N) cpu(N) kvm-tpr-opt(0) apic(N) ioapic(0) kvmclock(0)
-//! i8259(0) i8259(1) i8254(0) serial(0) globalstate(0)
+//! timer(0) fw_cfg(0) cpu_common(0) cpu(0) kvm-tpr-opt(0) apic(0) [cpu_common(i) cpu(i)
+//! apic(i) for each further vCPU i] ioapic(0) kvmclock(0) i8259(0) i8259(1) i8254(0) serial(0)
+//! globalstate(0)
 //! ```
 //!
 //! Each handler reads QEMU's vmstate layout ([`desc`]) and converts it into KVM's state
@@ -121,7 +122,7 @@ struct Ctx {
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     FwCfg,
-    CpuCommon,
+    CpuCommon(usize),
     Cpu(usize),
     TprOpt,
     Apic(usize),
@@ -136,7 +137,7 @@ impl Kind {
     fn idstr(self) -> &'static str {
         match self {
             Kind::FwCfg => "fw_cfg",
-            Kind::CpuCommon => "cpu_common",
+            Kind::CpuCommon(_) => "cpu_common",
             Kind::Cpu(_) => "cpu",
             Kind::TprOpt => "kvm-tpr-opt",
             Kind::Apic(_) => "apic",
@@ -203,12 +204,14 @@ pub fn devices(vm: &KvmVm, timer: Timer) -> Result<Vec<Section>, super::KvmError
     });
     let n = vm.vcpu_count();
     let mut kinds = vec![(Kind::FwCfg, 0)];
+    // Per vCPU as QEMU registers them: cpu_common, cpu, (the TPR optimisation with the first
+    // APIC), apic.
     for i in 0..n {
-        kinds.push((Kind::CpuCommon, i));
+        kinds.push((Kind::CpuCommon(i), i));
         kinds.push((Kind::Cpu(i), i));
-    }
-    kinds.push((Kind::TprOpt, 0));
-    for i in 0..n {
+        if i == 0 {
+            kinds.push((Kind::TprOpt, 0));
+        }
         kinds.push((Kind::Apic(i), i));
     }
     kinds.extend([
@@ -322,7 +325,7 @@ impl MicrovmDevice {
                 self.kept = Some(v.clone());
                 Ok(())
             }
-            Kind::CpuCommon => misc::cpu_common_check(v),
+            Kind::CpuCommon(_) => misc::cpu_common_check(v),
             Kind::TprOpt => {
                 misc::tpr_opt_check(v)?;
                 self.kept = Some(v.clone());
@@ -362,9 +365,9 @@ impl MicrovmDevice {
         Ok(match self.kind {
             Kind::FwCfg => self.kept.clone().unwrap_or_else(misc::fw_cfg_idle),
             Kind::TprOpt => self.kept.clone().unwrap_or_else(misc::tpr_opt_inactive),
-            Kind::CpuCommon => {
+            Kind::CpuCommon(i) => {
                 let halted =
-                    sh.vcpu_state(0).map_err(e)?.mp_state == kvm_bindings::KVM_MP_STATE_HALTED;
+                    sh.vcpu_state(i).map_err(e)?.mp_state == kvm_bindings::KVM_MP_STATE_HALTED;
                 misc::cpu_common_value(halted)
             }
             Kind::Cpu(i) => {
@@ -468,7 +471,7 @@ impl DeviceState for MicrovmDevice {
     fn description(&self) -> VmStateDescription {
         match self.kind {
             Kind::FwCfg => desc::fw_cfg(),
-            Kind::CpuCommon => desc::cpu_common(),
+            Kind::CpuCommon(_) => desc::cpu_common(),
             Kind::Cpu(_) => desc::cpu(),
             Kind::TprOpt => desc::tpr_opt(),
             Kind::Apic(_) => desc::apic(),
