@@ -174,6 +174,11 @@ impl RunArgs {
         let accel = match self.accel {
             // QEMU's none machine has no CPUs: KVM vCPU state would be sections QEMU rejects.
             AccelArg::Kvm if none => bail!("--machine none runs the software guest (--accel soft)"),
+            AccelArg::Soft | AccelArg::Auto
+                if matches!(self.machine, MachineArg::Microvm) && !vmm::kvm::kvm_available() =>
+            {
+                bail!("--machine microvm needs KVM (--accel kvm and a usable /dev/kvm)")
+            }
             AccelArg::Soft if matches!(self.machine, MachineArg::Microvm) => {
                 bail!("--machine microvm needs --accel kvm")
             }
