@@ -23,6 +23,9 @@ pub enum MachineArg {
     Soft,
     /// What QEMU's `-M none` presents (RAM block `ram`), for interop with QEMU.
     None,
+    /// What QEMU 7.2's `-M microvm,x-option-roms=off,rtc=off,acpi=off,isa-serial=on -accel
+    /// kvm` presents (KVM only): a running QEMU guest migrates into it.
+    Microvm,
 }
 
 /// Accelerators on the command line.
@@ -175,6 +178,14 @@ impl RunArgs {
         let accel = match self.accel {
             // QEMU's none machine has no CPUs: KVM vCPU state would be sections QEMU rejects.
             AccelArg::Kvm if none => bail!("--machine none runs the software guest (--accel soft)"),
+            AccelArg::Soft | AccelArg::Auto
+                if matches!(self.machine, MachineArg::Microvm) && !vmm::kvm::kvm_available() =>
+            {
+                bail!("--machine microvm needs KVM (--accel kvm and a usable /dev/kvm)")
+            }
+            AccelArg::Soft if matches!(self.machine, MachineArg::Microvm) => {
+                bail!("--machine microvm needs --accel kvm")
+            }
             AccelArg::Kvm => Accel::Kvm,
             AccelArg::Soft => Accel::Soft,
             AccelArg::Auto if !none && vmm::kvm::kvm_available() => Accel::Kvm,
@@ -208,6 +219,7 @@ impl RunArgs {
             machine: match self.machine {
                 MachineArg::Soft => MachineType::Soft,
                 MachineArg::None => MachineType::None,
+                MachineArg::Microvm => MachineType::Microvm,
             },
             memory: self.memory,
             backing,

@@ -172,6 +172,14 @@ pub enum MigrationError {
         /// Why.
         reason: String,
     },
+    /// A device cannot save its state (its `pre_save` failed); the source keeps the guest.
+    #[error("device '{idstr}' cannot save its state: {reason}")]
+    DeviceSave {
+        /// Device idstr.
+        idstr: String,
+        /// Why.
+        reason: String,
+    },
     /// The source asked for a return path over a transport that has no reverse direction.
     #[error("the source asked for a return path, but this transport has none")]
     NoReturnPathTransport,

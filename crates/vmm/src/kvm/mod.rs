@@ -20,7 +20,8 @@
 //! hands the source's memfd over, see `slot`).
 //!
 //! RAM above 3 GiB would overlap the PCI hole of a PC memory map; the VM refuses it (one slot,
-//! one block, GPA 0). The guest code runs only on vCPU 0 at boot; other vCPUs wait for SIPI.
+//! one block, GPA 0; the `microvm` machine adds its read-only firmware block below 4 GiB, see
+//! [`microvm`]). The guest code runs only on vCPU 0 at boot; other vCPUs wait for SIPI.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -39,6 +40,7 @@
 mod boot;
 mod dirty;
 mod error;
+pub mod microvm;
 mod pod;
 mod serial;
 mod shared;
@@ -162,14 +164,21 @@ impl KvmVm {
     /// Creates the VM: KVM VM with irqchip and PIT, RAM as memory slot 0 at GPA 0, the UART,
     /// and `cfg.vcpus` vCPUs (with KVM's supported CPUID). Nothing runs yet.
     ///
-    /// `ram` must have exactly one block of [`MIN_RAM`]..=[`MAX_RAM`] bytes.
+    /// `ram` must have one block of [`MIN_RAM`]..=[`MAX_RAM`] bytes (at GPA 0), optionally
+    /// followed by QEMU microvm's firmware block ([`microvm::BIOS_BLOCK`], mapped read-only
+    /// just below 4 GiB as memory slot 1; never written by the guest, so not dirty-logged).
     pub fn new(ram: Arc<GuestRam>, cfg: KvmConfig) -> Result<KvmVm, KvmError> {
-        let block = match ram.blocks() {
-            [b] => b.clone(),
+        let (block, bios) = match ram.blocks() {
+            [b] => (b.clone(), None),
+            [b, f] if f.idstr() == microvm::BIOS_BLOCK && f.len() == microvm::BIOS_SIZE => {
+                (b.clone(), Some(f.clone()))
+            }
             bs => {
                 return Err(KvmError::RamLayout(format!(
-                    "{} RAM blocks, exactly one is supported",
-                    bs.len()
+                    "{} RAM blocks; one, or one and a {}-byte `{}`, are supported",
+                    bs.len(),
+                    microvm::BIOS_SIZE,
+                    microvm::BIOS_BLOCK
                 )))
             }
         };
@@ -208,6 +217,17 @@ impl KvmVm {
         };
         slot.set_flags(&vm, 0)
             .map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        if let Some(f) = &bios {
+            // QEMU maps the firmware read-only right below 4 GiB; guest writes there exit.
+            MemSlot {
+                slot: 1,
+                gpa: (4u64 << 30) - f.len(),
+                size: f.len(),
+                host: f.host_ptr() as u64,
+            }
+            .set_flags(&vm, kvm_bindings::KVM_MEM_READONLY)
+            .map_err(kvm("KVM_SET_USER_MEMORY_REGION (pc.bios)"))?;
+        }
         let irq = EventFd::new(EFD_NONBLOCK).map_err(|e| KvmError::Kvm {
             op: "eventfd",
             source: io_to_kvm(e),

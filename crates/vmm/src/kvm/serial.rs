@@ -161,14 +161,14 @@ impl SerialPort {
             .unwrap_or_default()
     }
 
-    fn state(&self) -> SerialState {
+    pub(crate) fn state(&self) -> SerialState {
         lock(&self.uart)
             .as_ref()
             .map(|u| u.state())
             .unwrap_or_default()
     }
 
-    fn restore(&self, state: &SerialState) -> Result<(), String> {
+    pub(crate) fn restore(&self, state: &SerialState) -> Result<(), String> {
         let mut g = lock(&self.uart);
         let Some(old) = g.take() else {
             return Err("the serial port is gone".into());
@@ -292,7 +292,7 @@ const MSR_VALUE: u8 = 0xb0;
 /// and LSR bits and never recomputes them, so e.g. an IIR without the "no interrupt" bit and
 /// without a cause keeps the guest's driver in its interrupt handler. DLL, DLM, LCR, MCR and
 /// SCR hold whatever the guest wrote, every value of them is valid.
-fn check_registers(s: &SerialState) -> Result<(), String> {
+pub(crate) fn check_registers(s: &SerialState) -> Result<(), String> {
     use crate::kvm::state::check::invalid;
     if s.interrupt_enable & !IER_BITS != 0 {
         return Err(invalid("ier", s.interrupt_enable, "bits 3:0"));

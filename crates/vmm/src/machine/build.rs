@@ -53,7 +53,21 @@ pub(super) fn build(cfg: &MachineConfig) -> Result<Parts, MachineError> {
     if cfg.prealloc {
         block.prealloc()?;
     }
-    let ram = Arc::new(GuestRam::new(vec![block]));
+    let mut blocks = vec![block];
+    if cfg.machine == MachineType::Microvm {
+        // Its own memory: a file given for RAM holds `microvm.ram` alone.
+        let backing = match &cfg.backing {
+            guest_ram::Backing::File { .. } => guest_ram::Backing::Anonymous,
+            other => other.clone(),
+        };
+        blocks.push(RamBlock::new(
+            crate::kvm::microvm::BIOS_BLOCK,
+            crate::kvm::microvm::BIOS_SIZE,
+            backing,
+        )?);
+    }
+    let ram = Arc::new(GuestRam::new(blocks));
+    let timer = Timer::default();
     let events = Arc::new(EventBus::new());
     let state = Arc::new(MigrationState::new(events.clone()));
     let initial = if cfg.incoming {
@@ -101,7 +115,11 @@ pub(super) fn build(cfg: &MachineConfig) -> Result<Parts, MachineError> {
                 vm.boot()?;
             }
             vm.set_run_state(initial);
-            devices.extend(vm.devices());
+            if cfg.machine == MachineType::Microvm {
+                devices.extend(crate::kvm::microvm::devices(&vm, timer.clone())?);
+            } else {
+                devices.extend(vm.devices());
+            }
             let log = vm.dirty_log();
             (Guest::Kvm(vm), log)
         }
@@ -140,9 +158,9 @@ pub(super) fn build(cfg: &MachineConfig) -> Result<Parts, MachineError> {
 
     let global = GlobalState::new();
     let mut registry = Registry::new();
-    if cfg.machine == MachineType::None {
-        // QEMU's none machine registers `timer` first (section id 0).
-        registry.register_device("timer", Some(0), Box::new(Timer::default()));
+    if matches!(cfg.machine, MachineType::None | MachineType::Microvm) {
+        // QEMU's none and microvm machines register `timer` first (section id 0).
+        registry.register_device("timer", Some(0), Box::new(timer));
     }
     // Always present, so a destination accepts a `block` section; active only with `-b`/`-i`.
     registry.register_live(Box::new(BlockHandler::new(disks.clone())));

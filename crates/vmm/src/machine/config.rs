@@ -17,6 +17,9 @@ pub enum MachineType {
     /// What QEMU 7.2's `-M none` presents: RAM block `ram`, `timer` and `globalstate`
     /// (interop with QEMU); the software guest's vCPU state is not migrated.
     None,
+    /// What QEMU 7.2's `microvm` machine presents on KVM (`crate::kvm::microvm`): RAM blocks
+    /// `microvm.ram` and `pc.bios`, QEMU's device sections. KVM only.
+    Microvm,
 }
 
 impl MachineType {
@@ -25,6 +28,7 @@ impl MachineType {
         match self {
             Self::Soft => "livemig-soft",
             Self::None => "none",
+            Self::Microvm => "microvm",
         }
     }
 
@@ -33,6 +37,7 @@ impl MachineType {
         match self {
             Self::Soft => "pc.ram",
             Self::None => "ram",
+            Self::Microvm => crate::kvm::microvm::RAM_BLOCK,
         }
     }
 }

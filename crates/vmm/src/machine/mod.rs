@@ -220,7 +220,16 @@ impl Machine {
             Home::Outgoing(h) => Ok(h.join()?.registry),
             Home::Incoming(h) => {
                 let finished = h.join()?;
-                *lock(&self.incoming_result) = Some(finished.result.map_err(|e| e.report()));
+                let machine = self.cfg.machine;
+                *lock(&self.incoming_result) = Some(finished.result.map_err(|e| {
+                    let report = e.report();
+                    match (&e, machine) {
+                        (MigrationError::UnknownRamBlock(b), MachineType::Microvm) => {
+                            crate::kvm::microvm::explain_unknown_block(&report, b)
+                        }
+                        _ => report,
+                    }
+                }));
                 Ok(finished.registry)
             }
             Home::Lost => Err(MigrationError::ThreadPanicked.into()),

@@ -154,7 +154,7 @@ pub fn description() -> VmStateDescription {
 }
 
 /// Reads MSRs `indices` from `vcpu`; fails unless all of them could be read.
-fn get_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, KvmError> {
+pub(crate) fn get_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, KvmError> {
     let entries: Vec<kvm_msr_entry> = indices
         .iter()
         .map(|&index| kvm_msr_entry {
