@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
-
+use common::postcopy_switch::migrate_with_switch;
 use common::{configure, deferred_destination, Vm, SMALL};
 use serde_json::{json, Value};
 
@@ -25,25 +24,7 @@ fn soft_guest_switches_to_postcopy_with_ram_verified() {
         &CAPS,
         json!({"max-bandwidth": 8 << 20, "max-postcopy-bandwidth": 8 << 20}),
     );
-    src.cmd("migrate", json!({ "uri": uri }));
-    testkit::wait_for(Duration::from_secs(60), "some pre-copy", || {
-        let info = src.cmd("query-migrate", Value::Null);
-        info["ram"]["transferred"].as_u64().unwrap_or(0) > 2 << 20
-    });
-    src.cmd("migrate-start-postcopy", Value::Null);
-    let info = src.wait_completed(&dst);
-    let ram = &info["ram"];
-    assert!(ram["postcopy-bytes"].as_u64().unwrap() > 0, "{info}");
-    assert!(ram["postcopy-requests"].as_u64().unwrap() > 0, "{info}");
-    // ram-verify failing would fail the destination's load.
-    assert_eq!(
-        dst.wait_migration()["status"],
-        "completed",
-        "{}",
-        dst.stderr()
-    );
-    assert_eq!(dst.status(), "running");
-    assert_eq!(src.status(), "postmigrate");
+    migrate_with_switch(&mut src, &mut dst, &uri, 2 << 20);
     let text = src.cmd(
         "human-monitor-command",
         json!({"command-line": "info migrate"}),
