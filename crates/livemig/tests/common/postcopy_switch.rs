@@ -1,7 +1,7 @@
 //! The postcopy tests' common run: migrate, switch to postcopy after some pre-copy, and check
 //! that it ended where a postcopy must (pages sent after the switch and requested by the
-//! destination, the destination's load completed — `ram-verify` included — and the guest
-//! running there only).
+//! destination, the destination's load completed — `ram-verify` included — and timed its
+//! page requests, and the guest running there only).
 
 use std::time::Duration;
 
@@ -24,11 +24,15 @@ pub fn migrate_with_switch(src: &mut Vm, dst: &mut Vm, uri: &str, switch_after: 
     assert!(ram["postcopy-bytes"].as_u64().unwrap() > 0, "{info}");
     assert!(ram["postcopy-requests"].as_u64().unwrap() > 0, "{info}");
     // ram-verify failing would fail the destination's load.
-    assert_eq!(
-        dst.wait_migration()["status"],
-        "completed",
-        "{}",
-        dst.stderr()
+    let dst_info = dst.wait_migration();
+    assert_eq!(dst_info["status"], "completed", "{}", dst.stderr());
+    // The destination timed its requests (livemig's x-postcopy-latency).
+    let lat = &dst_info["x-postcopy-latency"];
+    let n = |k: &str| lat[k].as_u64().unwrap_or_else(|| panic!("{k}: {dst_info}"));
+    assert!(n("count") > 0, "{dst_info}");
+    assert!(
+        n("p50-us") <= n("p99-us") && n("p99-us") <= n("max-us"),
+        "{dst_info}"
     );
     assert_eq!(dst.status(), "running");
     assert_eq!(src.status(), "postmigrate");

@@ -2,6 +2,7 @@
 //! validating block names, sizes and offsets.
 
 mod postcopy;
+mod request_clock;
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub struct RamLoader {
     placer: Option<postcopy::Placer>,
     /// Postcopy with `ram-verify`: the pages as delivered.
     delivered: Option<Arc<guest_ram::DeliveredPages>>,
+    /// This stream's statistics (postcopy request latency).
+    counters: Arc<crate::counters::RamCounters>,
 }
 
 impl RamLoader {
@@ -47,6 +50,7 @@ impl RamLoader {
             advised: false,
             placer: None,
             delivered: None,
+            counters: Arc::default(),
         }
     }
 
@@ -54,6 +58,7 @@ impl RamLoader {
     /// if the incoming side accepted multifd channels.
     pub fn setup(&mut self, s: &mut IncomingSession) -> Result<(), MigrationError> {
         super::handover::take_over(&self.ram, s)?;
+        self.counters = s.runtime().ram.clone();
         self.decoder = RamDecoder::new();
         self.ignore_shared = s.settings().has(Capability::XIgnoreShared);
         self.decoder.set_mem_size_layout(MemSizeLayout {

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use guest_ram::missing::{self, MissingPages, Placed};
 use guest_ram::DeliveredPages;
@@ -16,6 +17,7 @@ use savevm::ram::{RamDecoder, RamRecord, TARGET_PAGE_SIZE};
 use savevm::record::postcopy::{Advise, Discard, PageRequest};
 use savevm::record::RpMessage;
 
+use super::request_clock::RequestClock;
 use super::RamLoader;
 use crate::capabilities::Capability;
 use crate::error::MigrationError;
@@ -32,6 +34,7 @@ const FAULT_POLL_MS: i32 = 50;
 /// thread, then unregisters the RAM (faulting threads then retry as ordinary faults).
 pub(super) struct Placer {
     missing: Arc<MissingPages>,
+    clock: Arc<RequestClock>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -105,16 +108,19 @@ impl RamLoader {
         let missing =
             Arc::new(MissingPages::register(self.ram.clone()).map_err(PostcopyError::Unavailable)?);
         let stop = Arc::new(AtomicBool::new(false));
+        let clock = Arc::new(RequestClock::new(self.counters.clone()));
         let thread = std::thread::Builder::new()
             .name("postcopy/fault".into())
             .spawn({
                 let missing = missing.clone();
                 let stop = stop.clone();
-                move || fault_loop(&missing, &rp, &stop)
+                let clock = clock.clone();
+                move || fault_loop(&missing, &rp, &stop, &clock)
             })
             .map_err(MigrationError::Spawn)?;
         self.placer = Some(Placer {
             missing,
+            clock,
             stop,
             thread: Some(thread),
         });
@@ -134,7 +140,11 @@ impl RamLoader {
 
     /// Loads one section body with every page placed through userfaultfd.
     pub(super) fn load_placed(&mut self, f: &mut QemuFileReader) -> Result<(), MigrationError> {
-        let Some(missing) = self.placer.as_ref().map(|p| p.missing.clone()) else {
+        let Some((missing, clock)) = self
+            .placer
+            .as_ref()
+            .map(|p| (p.missing.clone(), p.clock.clone()))
+        else {
             return Err(MigrationError::UnexpectedRamRecord(
                 "postcopy page before LISTEN",
             ));
@@ -153,6 +163,9 @@ impl RamLoader {
                         self.page_buf.fill(fill);
                         missing.place_page(b, page, &self.page_buf)?
                     };
+                    if placed == Placed::Placed {
+                        clock.placed(b, page);
+                    }
                     if let (Placed::Placed, Some(d)) = (placed, &self.delivered) {
                         if fill == 0 {
                             d.record_zero(b, page);
@@ -165,6 +178,9 @@ impl RamLoader {
                     let (b, page) = self.target(block, offset, f)?;
                     f.get_buffer(&mut self.page_buf)?;
                     let placed = missing.place_page(b, page, &self.page_buf)?;
+                    if placed == Placed::Placed {
+                        clock.placed(b, page);
+                    }
                     if let (Placed::Placed, Some(d)) = (placed, &self.delivered) {
                         d.record(b, page, &self.page_buf);
                     }
@@ -213,12 +229,13 @@ impl RamLoader {
 
 /// The fault thread: each missing page a guest thread touches is asked for once, by name the
 /// first time a block comes up (REQ_PAGES_ID) and without afterwards (REQ_PAGES).
-fn fault_loop(missing: &MissingPages, rp: &RpSender, stop: &AtomicBool) {
+/// Each request is timed from the moment its fault was read ([`RequestClock`]).
+fn fault_loop(missing: &MissingPages, rp: &RpSender, stop: &AtomicBool, clock: &RequestClock) {
     let mut requested = missing.ram().new_bitmaps();
     let mut last_block = None;
     while !stop.load(Ordering::SeqCst) {
-        let fault = match missing.next_fault(FAULT_POLL_MS) {
-            Ok(Some(fault)) => fault,
+        let (fault, read_at) = match missing.next_fault(FAULT_POLL_MS) {
+            Ok(Some(fault)) => (fault, Instant::now()),
             Ok(None) => continue,
             Err(e) => {
                 tracing::error!("postcopy fault thread: {}", crate::error_report(&e));
@@ -237,6 +254,7 @@ fn fault_loop(missing: &MissingPages, rp: &RpSender, stop: &AtomicBool) {
         let Some((kind, data)) = req.encode() else {
             continue;
         };
+        clock.requested(fault.block, fault.page, read_at);
         if let Err(e) = rp.send(&RpMessage::Other { kind, data }) {
             tracing::error!("postcopy: cannot request a page: {}", e.report());
             return;
