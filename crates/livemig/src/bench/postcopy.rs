@@ -1,5 +1,6 @@
 //! `livemig bench` case (p): a guest whose working set is rewritten faster than the link
-//! carries it — two software vCPUs writing unbounded over all of its 256 MiB (÷ scale) of RAM,
+//! carries it — two software vCPUs writing unbounded over all of its 256 MiB (÷ scale) of RAM
+//! (first filled with incompressible bytes),
 //! the link limited to [`LINK`] with `max-bandwidth` — migrated three ways, in alternating
 //! rounds over loopback TCP (two VMs in this process, each with its own threads):
 //!
@@ -28,7 +29,7 @@ use vmm::soft::{Pattern, WorkloadConfig};
 
 use super::pair::machines;
 use super::postcopy_table::{k_rate, PostcopyTable, RoundResult};
-use super::MIB;
+use super::{fill_random, MIB};
 use crate::size::human;
 
 /// Link speed (`max-bandwidth`, and `max-postcopy-bandwidth` for postcopy).
@@ -70,6 +71,8 @@ struct Watch {
     completed: bool,
     /// Dirty syncs last seen while it ran (a cancelled migration shows no statistics).
     passes: u64,
+    /// The highest vCPU throttle seen (auto-converge), percent.
+    throttle: u64,
     /// The source's last write seen, the destination's first.
     last_src_write: Instant,
     first_dst_write: Option<Instant>,
@@ -83,6 +86,7 @@ fn watch(src: &Machine, dst: &Machine, strategy: &str, start: Instant) -> anyhow
         end: start,
         completed: false,
         passes: 0,
+        throttle: 0,
         last_src_write: start,
         first_dst_write: None,
     };
@@ -111,8 +115,12 @@ fn watch(src: &Machine, dst: &Machine, strategy: &str, start: Instant) -> anyhow
             }
             break;
         }
-        let passes = src.migration().info().ram.map_or(0, |r| r.dirty_sync_count);
-        if strategy == POSTCOPY && !switched && passes >= 2 {
+        let info = src.migration().info();
+        if let Some(r) = info.ram {
+            w.passes = r.dirty_sync_count;
+        }
+        w.throttle = w.throttle.max(info.cpu_throttle_percentage.unwrap_or(0));
+        if strategy == POSTCOPY && !switched && w.passes >= 2 {
             src.migration().start_postcopy()?;
             switched = true;
         }
@@ -143,6 +151,9 @@ fn one_round(size: u64, strategy: &str) -> anyhow::Result<RoundResult> {
         ..Default::default()
     };
     let (src, dst) = machines(size, Some(workload), false)?;
+    // Every page populated with incompressible bytes: no first-touch fault disturbs the rate
+    // measured before, and every page crosses the link as a full page.
+    fill_random(&src.ram().blocks()[0])?;
     let r = run_round(&src, &dst, strategy);
     src.shutdown();
     dst.shutdown();
@@ -156,7 +167,7 @@ fn run_round(
 ) -> anyhow::Result<RoundResult> {
     configure(src, strategy)?;
     configure(dst, strategy)?;
-    // Let the guest touch its working set, then measure its rate undisturbed.
+    // Let the guest settle, then measure its rate undisturbed.
     std::thread::sleep(Duration::from_millis(300));
     let w0 = writes(src);
     std::thread::sleep(WINDOW);
@@ -191,7 +202,12 @@ fn run_round(
         total_ms: info
             .total_time
             .map_or(during.as_secs_f64() * 1000.0, |t| t as f64),
-        passes: info.ram.as_ref().map_or(w.passes, |r| r.dirty_sync_count) as f64,
+        passes: info
+            .ram
+            .as_ref()
+            .map_or(0, |r| r.dirty_sync_count)
+            .max(w.passes) as f64,
+        throttle: (strategy == AUTO).then_some(w.throttle as f64),
         downtime_ms: if w.completed {
             info.downtime.map(|d| d as f64)
         } else {
@@ -226,14 +242,17 @@ pub(super) fn case_p(scale: u64, rounds: usize) -> anyhow::Result<()> {
         for strategy in STRATEGIES {
             let r = one_round(size, strategy)?;
             println!(
-                "  round {round} {strategy}: {} in {:.0} ms, downtime {:?} ms, pause {:?} ms, \
-                 writes k/s {:.0} / {:.0} / {:.0}, p50/p99 {:?}/{:?} µs",
+                "  round {round} {strategy}: {} in {:.0} ms ({} passes, throttle {:?} %), \
+                 downtime {:?} ms, pause {:?} ms, writes k/s {:.0} / {:.0} / {:.0}, \
+                 p50/p99 {:?}/{:?} µs",
                 if r.completed {
                     "completed"
                 } else {
                     "did not converge"
                 },
                 r.total_ms,
+                r.passes,
+                r.throttle,
                 r.downtime_ms,
                 r.pause_ms.map(|p| (p * 10.0).round() / 10.0),
                 r.rate_before,

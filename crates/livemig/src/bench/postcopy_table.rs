@@ -24,6 +24,8 @@ pub(super) struct RoundResult {
     pub(super) total_ms: f64,
     /// Passes over RAM (dirty bitmap syncs).
     pub(super) passes: f64,
+    /// Auto-converge: the highest vCPU throttle reached, percent.
+    pub(super) throttle: Option<f64>,
     /// The engine's downtime (stop → destination told to run), completed rounds only.
     pub(super) downtime_ms: Option<f64>,
     /// The guest's own pause: its last write on the source → its first on the destination.
@@ -61,9 +63,10 @@ fn cell(v: &[f64], digits: usize) -> String {
 /// The metrics, in display order: name, decimals, how to read a round.
 type Metric = (&'static str, usize, fn(&RoundResult) -> Option<f64>);
 
-const METRICS: [Metric; 10] = [
+const METRICS: [Metric; 11] = [
     ("total ms", 0, |r| Some(r.total_ms)),
     ("passes", 0, |r| Some(r.passes)),
+    ("vCPU throttle % (max)", 0, |r| r.throttle),
     ("downtime ms (engine)", 0, |r| r.downtime_ms),
     ("guest pause ms", 1, |r| r.pause_ms),
     ("writes k/s before", 0, |r| Some(r.rate_before)),
