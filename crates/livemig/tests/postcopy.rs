@@ -42,12 +42,17 @@ fn both_completed(src: &mut Vm, dst: &mut Vm) -> Value {
         info["ram"]["postcopy-bytes"].as_u64().unwrap() > 0,
         "{info}"
     );
-    assert_eq!(
-        dst.wait_migration()["status"],
-        "completed",
-        "{}",
-        dst.stderr()
-    );
+    let dst_info = dst.wait_migration();
+    assert_eq!(dst_info["status"], "completed", "{}", dst.stderr());
+    // The destination timed the pages it asked for (livemig's x-postcopy-latency).
+    if info["ram"]["postcopy-requests"].as_u64().unwrap_or(0) > 0 {
+        let lat = &dst_info["x-postcopy-latency"];
+        let n = |k: &str| lat[k].as_u64().unwrap_or_else(|| panic!("{k}: {dst_info}"));
+        assert!(
+            n("count") > 0 && n("p50-us") <= n("p99-us") && n("p99-us") <= n("max-us"),
+            "{dst_info}"
+        );
+    }
     assert_eq!(dst.status(), "running");
     assert_eq!(src.status(), "postmigrate");
     info

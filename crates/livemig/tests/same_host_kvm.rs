@@ -8,9 +8,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
+use common::guest::{assert_continues, output, serial_of, wait_serial};
 use common::{configure, deferred_destination_on, Vm};
 use serde_json::{json, Value};
 
@@ -34,14 +34,6 @@ const HANDOVER: [&str; 4] = [
 ];
 const SHARED: [&str; 3] = ["x-ignore-shared", "ram-verify", "events"];
 
-fn serial_of(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.serial"))
-}
-
-fn output(dir: &Path, name: &str) -> payload::Output {
-    payload::Output::parse(&std::fs::read_to_string(serial_of(dir, name)).unwrap_or_default())
-}
-
 fn args(dir: &Path, name: &str, backing: &str) -> Vec<String> {
     let mut v: Vec<String> = GUEST.iter().map(|s| s.to_string()).collect();
     v.extend(["--backing".into(), backing.into()]);
@@ -54,19 +46,6 @@ fn args(dir: &Path, name: &str, backing: &str) -> Vec<String> {
 
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-/// Waits until `until` holds for the guest's serial output on `name` (the guest is slow).
-fn wait_serial(dir: &Path, name: &str, what: &str, until: impl Fn(&payload::Output) -> bool) {
-    let t = Instant::now();
-    while !until(&output(dir, name)) {
-        assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "{name}: {what}: {:?}",
-            output(dir, name)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Moves a counting KVM guest on `backing` to a new process with `caps` on both sides, and
@@ -95,20 +74,7 @@ fn moves_without_copying(dir: &Path, backing: &str, caps: &[&str]) {
     wait_serial(dir, "dst", "no self-check on the destination", |o| {
         !o.selfchecks.is_empty()
     });
-    let after = output(dir, "dst");
-    assert_eq!(after.starts, 0, "the destination rebooted the guest");
-    assert_eq!(after.counts.first(), Some(&(last + 1)), "{after:?}");
-    assert!(
-        after.counts.windows(2).all(|w| w[1] == w[0] + 1),
-        "{after:?}"
-    );
-    assert!(
-        after
-            .selfchecks
-            .iter()
-            .all(|c| matches!(c, payload::SelfCheck::Ok { .. })),
-        "{after:?}"
-    );
+    assert_continues(last, &output(dir, "dst"));
     let _ = dst.cmd("quit", Value::Null);
 }
 

@@ -41,6 +41,8 @@ pub struct RamCounters {
     pub postcopy_bytes: AtomicU64,
     /// Page requests received from the destination in postcopy.
     pub postcopy_requests: AtomicU64,
+    /// Destination, postcopy: fault read → page placed, per requested page.
+    pub postcopy_latency: crate::latency::LatencyHistogram,
     /// XBZRLE: cache size in bytes (0 when XBZRLE is off).
     pub xbzrle_cache_size: AtomicU64,
     /// XBZRLE: bytes of delta records.

@@ -109,6 +109,10 @@ pub struct MigrationInfo {
     /// Addresses a destination listens on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_address: Option<Vec<serde_json::Value>>,
+    /// livemig extension, destination in postcopy: page-request latency (fault read → page
+    /// placed), once a request was timed. QEMU clients ignore members they do not know.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x_postcopy_latency: Option<crate::latency::LatencySummary>,
     /// livemig (HMP only, not in QMP): the source sent everything and waits for the
     /// destination's verdict on the return path; the guest runs on neither side.
     #[serde(skip)]
@@ -161,8 +165,9 @@ pub(crate) fn build(s: Snapshot<'_>) -> MigrationInfo {
         info.error_desc = s.error.map(str::to_string);
     }
     // A destination reports its status only (QEMU's `fill_destination_migration_info`);
-    // livemig adds the error text of a failed load.
+    // livemig adds the error text of a failed load and its postcopy request latency.
     if s.incoming {
+        info.x_postcopy_latency = s.runtime.and_then(|rt| rt.ram.postcopy_latency.summary());
         return info;
     }
     let Some(rt) = s.runtime.filter(|_| status.has_ram_stats()) else {

@@ -30,6 +30,7 @@ pub mod handle;
 pub mod handler;
 pub mod incoming;
 pub mod info;
+pub mod latency;
 pub mod outgoing;
 pub mod params;
 pub mod pause;

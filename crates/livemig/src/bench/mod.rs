@@ -19,6 +19,10 @@
 //!   (see `samehost`; not in the default set);
 //! * (t) what TLS costs: plain vs TLS, single channel and multifd, alternating rounds, livemig
 //!   beside QEMU 7.2 with the same certificates (see `tls`; not in the default set).
+//! * (p) a guest rewriting its RAM faster than a limited link: pre-copy (bounded, does not
+//!   converge), auto-converge and postcopy side by side — total time, downtime, the guest's
+//!   write rate before / during / after, page-request latency (see `postcopy`; not in the
+//!   default set).
 //!
 //! livemig's source and destination are two VMs in this process connected by a real loopback
 //! TCP socket; each side has its own threads, as in a two-process migration. Cases comparing
@@ -43,6 +47,8 @@ mod kvm;
 mod link;
 mod pair;
 mod plot;
+mod postcopy;
+mod postcopy_table;
 mod qemu;
 mod running;
 mod samehost;
@@ -60,7 +66,7 @@ pub struct BenchArgs {
     /// Divide every RAM size by this factor (for quick runs on small machines).
     #[arg(long, default_value_t = 1)]
     pub scale: u64,
-    /// Only run the named cases (a, b, c, d, e, h, t); a to d when absent.
+    /// Only run the named cases (a, b, c, d, e, h, p, t); a to d when absent.
     #[arg(long)]
     pub only: Vec<String>,
     /// Rounds of cases (a) and (c), each running every way in turn; medians and spread are
@@ -270,6 +276,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.only.iter().any(|o| o == "t") {
         tls::case_t(scale, args.repeat.max(7))?;
+    }
+    if args.only.iter().any(|o| o == "p") {
+        postcopy::case_p(scale, args.repeat.max(1))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod guest;
+pub mod postcopy_switch;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};

@@ -161,6 +161,10 @@ fn package(
     Ok(buf.take())
 }
 
+/// The background phase's rate-limit window: a tenth of pre-copy's, so that a window's burst
+/// of background pages (which a requested page queues behind in the socket) stays small.
+const BACKGROUND_WINDOW: Duration = Duration::from_millis(10);
+
 /// PART sections until RAM is all sent; requests are served even when the window's budget is
 /// spent, background pages wait for the next window.
 fn background(
@@ -170,7 +174,8 @@ fn background(
     f: &mut QemuFileWriter,
     rp: &mut RpReader,
 ) -> Result<(), MigrationError> {
-    let budget = window_budget(sw.state.settings().params.max_postcopy_bandwidth);
+    let budget = window_budget(sw.state.settings().params.max_postcopy_bandwidth)
+        / (WINDOW.as_millis() / BACKGROUND_WINDOW.as_millis()) as u64;
     f.set_rate_limit(budget);
     f.reset_rate_limit();
     let mut window_start = Instant::now();
@@ -187,14 +192,14 @@ fn background(
             return Ok(());
         }
         // Sleep out a spent window, but wake for a page request.
-        while f.is_rate_limited() && window_start.elapsed() < WINDOW {
+        while f.is_rate_limited() && window_start.elapsed() < BACKGROUND_WINDOW {
             if rp.has_requests() {
                 break;
             }
             rp.check()?;
             std::thread::sleep(Duration::from_micros(200));
         }
-        if window_start.elapsed() >= WINDOW {
+        if window_start.elapsed() >= BACKGROUND_WINDOW {
             f.reset_rate_limit();
             window_start = Instant::now();
         }

@@ -3,6 +3,7 @@
 
 mod postcopy;
 mod recover;
+mod request_clock;
 
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ pub struct RamLoader {
     delivered: Option<Arc<guest_ram::DeliveredPages>>,
     /// Postcopy: the pages this destination holds (recovery's received-pages bitmaps).
     received: Vec<guest_ram::Bitmap>,
+    /// This stream's statistics (postcopy request latency).
+    counters: Arc<crate::counters::RamCounters>,
 }
 
 impl RamLoader {
@@ -51,6 +54,7 @@ impl RamLoader {
             placer: None,
             delivered: None,
             received: Vec::new(),
+            counters: Arc::default(),
         }
     }
 
@@ -58,6 +62,7 @@ impl RamLoader {
     /// if the incoming side accepted multifd channels.
     pub fn setup(&mut self, s: &mut IncomingSession) -> Result<(), MigrationError> {
         super::handover::take_over(&self.ram, s)?;
+        self.counters = s.runtime().ram.clone();
         self.decoder = RamDecoder::new();
         self.ignore_shared = s.settings().has(Capability::XIgnoreShared);
         self.decoder.set_mem_size_layout(MemSizeLayout {

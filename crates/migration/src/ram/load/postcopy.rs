@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use guest_ram::missing::{self, MissingPages, Placed};
 use guest_ram::DeliveredPages;
@@ -17,6 +18,7 @@ use savevm::record::postcopy::{Advise, Discard, PageRequest};
 use savevm::record::RpMessage;
 
 use super::recover::FaultLink;
+use super::request_clock::RequestClock;
 use super::RamLoader;
 use crate::capabilities::Capability;
 use crate::error::MigrationError;
@@ -35,6 +37,7 @@ pub(super) struct Placer {
     /// Recovery's hold on the fault thread (see `recover.rs`).
     pub(super) link: Arc<Mutex<FaultLink>>,
     missing: Arc<MissingPages>,
+    clock: Arc<RequestClock>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -114,18 +117,21 @@ impl RamLoader {
             Arc::new(MissingPages::register(self.ram.clone()).map_err(PostcopyError::Unavailable)?);
         let stop = Arc::new(AtomicBool::new(false));
         let link = Arc::new(Mutex::new(FaultLink::default()));
+        let clock = Arc::new(RequestClock::new(self.counters.clone()));
         let thread = std::thread::Builder::new()
             .name("postcopy/fault".into())
             .spawn({
                 let missing = missing.clone();
                 let stop = stop.clone();
                 let link = link.clone();
-                move || fault_loop(&missing, &rp, &stop, &link)
+                let clock = clock.clone();
+                move || fault_loop(&missing, &rp, &stop, &link, &clock)
             })
             .map_err(MigrationError::Spawn)?;
         self.placer = Some(Placer {
             link,
             missing,
+            clock,
             stop,
             thread: Some(thread),
         });
@@ -145,7 +151,11 @@ impl RamLoader {
 
     /// Loads one section body with every page placed through userfaultfd.
     pub(super) fn load_placed(&mut self, f: &mut QemuFileReader) -> Result<(), MigrationError> {
-        let Some(missing) = self.placer.as_ref().map(|p| p.missing.clone()) else {
+        let Some((missing, clock)) = self
+            .placer
+            .as_ref()
+            .map(|p| (p.missing.clone(), p.clock.clone()))
+        else {
             return Err(MigrationError::UnexpectedRamRecord(
                 "postcopy page before LISTEN",
             ));
@@ -165,6 +175,9 @@ impl RamLoader {
                         missing.place_page(b, page, &self.page_buf)?
                     };
                     self.mark_received(b, page);
+                    if placed == Placed::Placed {
+                        clock.placed(b, page);
+                    }
                     if let (Placed::Placed, Some(d)) = (placed, &self.delivered) {
                         if fill == 0 {
                             d.record_zero(b, page);
@@ -178,6 +191,9 @@ impl RamLoader {
                     f.get_buffer(&mut self.page_buf)?;
                     let placed = missing.place_page(b, page, &self.page_buf)?;
                     self.mark_received(b, page);
+                    if placed == Placed::Placed {
+                        clock.placed(b, page);
+                    }
                     if let (Placed::Placed, Some(d)) = (placed, &self.delivered) {
                         d.record(b, page, &self.page_buf);
                     }
@@ -227,7 +243,14 @@ impl RamLoader {
 
 /// The fault thread: each missing page a guest thread touches is asked for once, by name the
 /// first time a block comes up (REQ_PAGES_ID) and without afterwards (REQ_PAGES).
-fn fault_loop(missing: &MissingPages, rp: &RpSender, stop: &AtomicBool, link: &Mutex<FaultLink>) {
+/// Each request is timed from the moment its fault was read ([`RequestClock`]).
+fn fault_loop(
+    missing: &MissingPages,
+    rp: &RpSender,
+    stop: &AtomicBool,
+    link: &Mutex<FaultLink>,
+    clock: &RequestClock,
+) {
     let mut requested = missing.ram().new_bitmaps();
     let mut last_block = None;
     while !stop.load(Ordering::SeqCst) {
@@ -235,8 +258,8 @@ fn fault_loop(missing: &MissingPages, rp: &RpSender, stop: &AtomicBool, link: &M
             last_block = None;
             super::recover::resend(missing, rp, &requested, &received, &mut last_block);
         }
-        let fault = match missing.next_fault(FAULT_POLL_MS) {
-            Ok(Some(fault)) => fault,
+        let (fault, read_at) = match missing.next_fault(FAULT_POLL_MS) {
+            Ok(Some(fault)) => (fault, Instant::now()),
             Ok(None) => continue,
             Err(e) => {
                 tracing::error!("postcopy fault thread: {}", crate::error_report(&e));
@@ -247,6 +270,7 @@ fn fault_loop(missing: &MissingPages, rp: &RpSender, stop: &AtomicBool, link: &M
         if !requested[fault.block].set(fault.page) || FaultLink::is_paused(link) {
             continue;
         }
+        clock.requested(fault.block, fault.page, read_at);
         if let Err(e) = request(missing, rp, fault.block, fault.page, &mut last_block) {
             // The link broke: the migration pauses, and recovery asks again.
             tracing::warn!("postcopy: cannot request a page: {}", e.report());
