@@ -141,6 +141,20 @@ impl QemuMicrovm {
 }
 
 /// Waits (up to 120 s: nested KVM is slow) until `done` holds for the serial output at `path`.
+/// Waits until the guest went on at `path` (counted twice and ran a self-check there) and
+/// checks that `who` did not reboot it and that every self-check passed.
+fn wait_resumed(path: &Path, who: &str) -> Output {
+    let out = wait_output(path, |o| !o.selfchecks.is_empty() && o.counts.len() >= 2);
+    assert_eq!(out.starts, 0, "{who} rebooted the guest: {out:?}");
+    assert!(
+        out.selfchecks
+            .iter()
+            .all(|c| matches!(c, SelfCheck::Ok { .. })),
+        "{out:?}"
+    );
+    out
+}
+
 fn wait_output(path: &Path, done: impl Fn(&Output) -> bool) -> Output {
     let t = Instant::now();
     loop {
@@ -200,23 +214,13 @@ fn qemu_microvm_guest_moves_live_into_livemig_and_back() {
     assert_eq!(src.status(), "postmigrate");
     dst.wait_status("running");
     // The guest goes on on livemig's side: its next self-check runs there.
-    let after = wait_output(&dst_serial, |o| {
-        !o.selfchecks.is_empty() && o.counts.len() >= 2
-    });
+    wait_resumed(&dst_serial, "livemig");
     let livemig_out = || std::fs::read_to_string(&dst_serial).unwrap();
-    assert_eq!(after.starts, 0, "livemig rebooted the guest: {after:?}");
     let last_qemu = *Output::parse(&src.output()).counts.last().unwrap();
     let both = assert_one_run(&[src.output(), livemig_out()]);
     assert!(
         both.counts.last().unwrap() > &(last_qemu + 1),
         "livemig did not count on: {both:?}"
-    );
-    assert!(
-        after
-            .selfchecks
-            .iter()
-            .all(|c| matches!(c, SelfCheck::Ok { .. })),
-        "{after:?}"
     );
 
     // Hop 2: livemig → a second QEMU.
@@ -237,17 +241,7 @@ fn qemu_microvm_guest_moves_live_into_livemig_and_back() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let resumed = wait_output(&back.serial, |o| {
-        !o.selfchecks.is_empty() && o.counts.len() >= 2
-    });
-    assert_eq!(resumed.starts, 0, "QEMU rebooted the guest: {resumed:?}");
-    assert!(
-        resumed
-            .selfchecks
-            .iter()
-            .all(|c| matches!(c, SelfCheck::Ok { .. })),
-        "{resumed:?}"
-    );
+    wait_resumed(&back.serial, "QEMU");
     let all = assert_one_run(&[src.output(), livemig_out(), back.output()]);
     let last_livemig = *Output::parse(&livemig_out()).counts.last().unwrap();
     assert!(
@@ -278,17 +272,7 @@ fn livemig_microvm_guest_moves_live_into_qemu() {
     let info = src.wait_migration();
     assert_eq!(info["status"], "completed", "{info}\n{}", src.stderr());
     assert_eq!(src.status(), "postmigrate");
-    let resumed = wait_output(&dst.serial, |o| {
-        !o.selfchecks.is_empty() && o.counts.len() >= 2
-    });
-    assert_eq!(resumed.starts, 0, "QEMU rebooted the guest: {resumed:?}");
-    assert!(
-        resumed
-            .selfchecks
-            .iter()
-            .all(|c| matches!(c, SelfCheck::Ok { .. })),
-        "{resumed:?}"
-    );
+    wait_resumed(&dst.serial, "QEMU");
     let src_out = std::fs::read_to_string(&src_serial).unwrap();
     let all = assert_one_run(&[src_out.clone(), dst.output()]);
     let last = *Output::parse(&src_out).counts.last().unwrap();
