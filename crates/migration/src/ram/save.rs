@@ -78,6 +78,11 @@ enum Sent {
 }
 
 impl RamSaver {
+    /// Whether block `b` is skipped by `x-ignore-shared`.
+    fn is_ignored(&self, b: usize) -> bool {
+        self.ignored.get(b).copied().unwrap_or(false)
+    }
+
     /// A saver over `ram`.
     pub fn new(ram: Arc<GuestRam>, dirty_log: Box<dyn DirtyLog>) -> Self {
         Self {

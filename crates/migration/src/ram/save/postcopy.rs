@@ -58,7 +58,7 @@ impl RamSaver {
         self.in_downtime = false;
         let bytes0 = f.total_transferred();
         for (b, bm) in self.bitmaps.iter().enumerate() {
-            if self.ignored.get(b).copied().unwrap_or(false) {
+            if self.is_ignored(b) {
                 continue;
             }
             let name = self.ram.blocks()[b].idstr().to_string();
@@ -106,7 +106,7 @@ impl RamSaver {
             len: req.len,
             why,
         };
-        if self.ignored.get(b).copied().unwrap_or(false) {
+        if self.is_ignored(b) {
             return Err(bad("the block is not migrated").into());
         }
         let len = u64::from(req.len);

@@ -18,7 +18,7 @@ impl RamSaver {
             .blocks()
             .iter()
             .enumerate()
-            .filter(|(b, _)| !self.ignored.get(*b).copied().unwrap_or(false))
+            .filter(|(b, _)| !self.is_ignored(*b))
             .map(|(_, block)| (block.idstr().to_string(), bitmap_size(block.pages())))
             .collect()
     }
@@ -33,7 +33,7 @@ impl RamSaver {
         let b = self
             .ram
             .block_index(block)
-            .filter(|&b| !self.ignored.get(b).copied().unwrap_or(false))
+            .filter(|&b| !self.is_ignored(b))
             .ok_or_else(|| PostcopyError::RecvBitmapBlock(block.to_string()))?;
         let want = bitmap_size(self.ram.blocks()[b].pages());
         let got = tail.words.len() as u64 * 8;
