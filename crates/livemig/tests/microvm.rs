@@ -11,7 +11,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{destination, retry_connect};
@@ -76,42 +76,32 @@ impl QemuMicrovm {
         std::fs::write(&elf, payload::PAYLOAD_ELF).unwrap();
         let serial = dir.join(format!("{name}.serial"));
         let sock = dir.join(format!("{name}.qmp"));
-        let child = Command::new(qemu)
-            .args([
-                "-M",
-                machine,
-                "-accel",
-                "kvm",
-                "-cpu",
-                "host,-arch-capabilities",
-            ])
-            .args([
-                "-smp",
-                "2",
-                "-m",
-                "256M",
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-            ])
-            .arg("-kernel")
-            .arg(&elf)
-            .args(["-append", GUEST])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start qemu");
-        let t = Instant::now();
-        while !sock.exists() {
-            assert!(t.elapsed() < Duration::from_secs(20), "no QMP socket");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut cmd = Command::new(qemu);
+        cmd.args([
+            "-M",
+            machine,
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+        ])
+        .args([
+            "-smp",
+            "2",
+            "-m",
+            "256M",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(&elf)
+        .args(["-append", GUEST])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .args(extra);
+        let child = common::qemu::spawn_with_qmp(cmd, &sock);
         let qmp = retry_connect(|| QmpClient::connect_unix(&sock));
         QemuMicrovm { child, qmp, serial }
     }

@@ -46,13 +46,20 @@ where
     I: IntoIterator,
     I::Item: AsRef<std::ffi::OsStr>,
 {
-    let child = Command::new(qemu)
-        .args(["-nodefaults", "-display", "none", "-accel", "tcg"])
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-nodefaults", "-display", "none", "-accel", "tcg"])
         .args(["-object", backend])
         .args(["-machine", "none,memory-backend=ram"])
+        .args(extra);
+    spawn_with_qmp(cmd, qmp)
+}
+
+/// Spawns the QEMU `cmd` with its QMP server on the unix socket `qmp` (added here); returns
+/// once the socket exists.
+pub fn spawn_with_qmp(mut cmd: Command, qmp: &Path) -> Child {
+    let child = cmd
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()

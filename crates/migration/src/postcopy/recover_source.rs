@@ -21,7 +21,7 @@ use savevm::record::{self, MIG_CMD_POSTCOPY_RESUME, MIG_CMD_RECV_BITMAP};
 
 use super::pause::{self, ResumeWith};
 use super::rp_reader::RpReader;
-use super::source::{active_live, Switch};
+use super::source::{active_postcopy, Switch};
 use super::PostcopyError;
 use crate::error::MigrationError;
 use crate::registry::Registry;
@@ -109,10 +109,8 @@ fn resume(
         return Err(MigrationError::Cancelled);
     }
     let mut blocks = Vec::new();
-    for (_, h) in active_live(registry, s) {
-        if let Some(p) = h.postcopy() {
-            blocks.extend(p.recovery_blocks());
-        }
+    for (_, p) in active_postcopy(registry, s) {
+        blocks.extend(p.recovery_blocks());
     }
     let max = blocks.iter().map(|(_, size)| *size).max().unwrap_or(0);
     let (reader, writer) = channel.into_split();
@@ -128,20 +126,16 @@ fn resume(
     for _ in &blocks {
         let (name, tail) = rp.await_bitmap(cancel)?;
         let mut taken = false;
-        for (_, h) in active_live(registry, s) {
-            if let Some(p) = h.postcopy() {
-                p.reload_received(&name, &tail)?;
-                taken = true;
-            }
+        for (_, p) in active_postcopy(registry, s) {
+            p.reload_received(&name, &tail)?;
+            taken = true;
         }
         if !taken {
             return Err(PostcopyError::RecvBitmapBlock(name).into());
         }
     }
-    for (_, h) in active_live(registry, s) {
-        if let Some(p) = h.postcopy() {
-            p.resume_prepare();
-        }
+    for (_, p) in active_postcopy(registry, s) {
+        p.resume_prepare();
     }
     record::write_command(f, MIG_CMD_POSTCOPY_RESUME, &[]);
     f.flush()?;

@@ -22,6 +22,7 @@ use savevm::record::{
 };
 
 use super::rp_reader::RpReader;
+use super::PostcopyHandler;
 use crate::convergence::{window_budget, WINDOW};
 use crate::error::MigrationError;
 use crate::global_state::GlobalState;
@@ -114,12 +115,10 @@ pub(crate) fn run(
     while let Err(e) = background(sw, registry, s, f, rp) {
         super::recover_source::pause_until_resumed(sw, registry, s, f, rp, e)?;
     }
-    for (id, h) in active_live(registry, s) {
-        if let Some(p) = h.postcopy() {
-            SectionHeader::End { section_id: id }.write_to(f);
-            p.complete_postcopy(f)?;
-            record::write_footer(f, id);
-        }
+    for (id, p) in active_postcopy(registry, s) {
+        SectionHeader::End { section_id: id }.write_to(f);
+        p.complete_postcopy(f)?;
+        record::write_footer(f, id);
     }
     devices(registry, s, f, true)?;
     record::write_eof(f);
@@ -131,7 +130,15 @@ pub(crate) fn run(
 }
 
 /// The active live handlers with their section ids.
-pub(super) fn active_live<'a>(
+/// The active live handlers that go on after the switch (RAM), with their section ids.
+pub(super) fn active_postcopy<'a>(
+    registry: &'a mut Registry,
+    s: &OutgoingSession,
+) -> impl Iterator<Item = (u32, &'a mut dyn PostcopyHandler)> + 'a {
+    active_live(registry, s).filter_map(|(id, h)| Some((id, h.postcopy()?)))
+}
+
+fn active_live<'a>(
     registry: &'a mut Registry,
     s: &OutgoingSession,
 ) -> impl Iterator<Item = (u32, &'a mut Box<dyn LiveHandler>)> + 'a {
@@ -181,8 +188,7 @@ fn background(
     let mut window_start = Instant::now();
     loop {
         let mut done = true;
-        for (id, h) in active_live(registry, s) {
-            let Some(p) = h.postcopy() else { continue };
+        for (id, p) in active_postcopy(registry, s) {
             SectionHeader::Part { section_id: id }.write_to(f);
             done &= p.iterate_postcopy(f, &mut || rp.poll_requests())?;
             record::write_footer(f, id);

@@ -88,10 +88,12 @@ impl RamLoader {
     /// DISCARD: the ranges become missing pages.
     pub(crate) fn postcopy_discard(&mut self, d: &Discard) -> Result<(), MigrationError> {
         self.require_advised("POSTCOPY_RAM_DISCARD")?;
-        let ram = self.ram.clone();
-        let block = ram
-            .block_by_name(&d.block)
+        let b = self
+            .ram
+            .block_index(&d.block)
             .ok_or_else(|| MigrationError::UnknownRamBlock(d.block.clone()))?;
+        let ram = self.ram.clone();
+        let block = &ram.blocks()[b];
         for &(start, len) in &d.ranges {
             let bad = || PostcopyError::BadDiscard {
                 block: d.block.clone(),
@@ -105,7 +107,7 @@ impl RamLoader {
                 return Err(bad().into());
             }
             block.discard_range(start, len)?;
-            self.unreceive(&d.block, start, len);
+            self.unreceive(b, start, len);
         }
         Ok(())
     }
@@ -174,29 +176,13 @@ impl RamLoader {
                         self.page_buf.fill(fill);
                         missing.place_page(b, page, &self.page_buf)?
                     };
-                    self.mark_received(b, page);
-                    if placed == Placed::Placed {
-                        clock.placed(b, page);
-                    }
-                    if let (Placed::Placed, Some(d)) = (placed, &self.delivered) {
-                        if fill == 0 {
-                            d.record_zero(b, page);
-                        } else {
-                            d.record(b, page, &self.page_buf);
-                        }
-                    }
+                    self.after_place(&clock, b, page, placed, fill == 0);
                 }
                 RamRecord::Page { block, offset } => {
                     let (b, page) = self.target(block, offset, f)?;
                     f.get_buffer(&mut self.page_buf)?;
                     let placed = missing.place_page(b, page, &self.page_buf)?;
-                    self.mark_received(b, page);
-                    if placed == Placed::Placed {
-                        clock.placed(b, page);
-                    }
-                    if let (Placed::Placed, Some(d)) = (placed, &self.delivered) {
-                        d.record(b, page, &self.page_buf);
-                    }
+                    self.after_place(&clock, b, page, placed, false);
                 }
                 RamRecord::Eos => return Ok(()),
                 RamRecord::MemSize { .. } => {
@@ -211,6 +197,29 @@ impl RamLoader {
                 }
                 RamRecord::Hook => return Err(MigrationError::UnexpectedRamRecord("RDMA hook")),
             }
+        }
+    }
+
+    /// After page `page` of block `b` was placed (or found there): it counts as received, a
+    /// request for it is timed, and `ram-verify` records what was delivered (zeros, or
+    /// `page_buf`).
+    fn after_place(
+        &mut self,
+        clock: &RequestClock,
+        b: usize,
+        page: u64,
+        placed: Placed,
+        zero: bool,
+    ) {
+        self.mark_received(b, page);
+        if placed != Placed::Placed {
+            return;
+        }
+        clock.placed(b, page);
+        match &self.delivered {
+            Some(d) if zero => d.record_zero(b, page),
+            Some(d) => d.record(b, page, &self.page_buf),
+            None => {}
         }
     }
 

@@ -47,13 +47,9 @@ impl RamLoader {
         }
     }
 
-    pub(super) fn unreceive(&mut self, block: &str, start: u64, len: u64) {
+    pub(super) fn unreceive(&mut self, b: usize, start: u64, len: u64) {
         let page = super::TARGET_PAGE_SIZE as u64;
-        if let Some(bm) = self
-            .ram
-            .block_index(block)
-            .and_then(|b| self.received.get_mut(b))
-        {
+        if let Some(bm) = self.received.get_mut(b) {
             for p in start / page..(start + len) / page {
                 bm.clear(p);
             }
