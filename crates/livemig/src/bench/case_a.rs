@@ -257,11 +257,8 @@ fn rounds_of(
     if let Some(s) = super::table::Spread::of(&prealloc_ms) {
         println!(
             "  prealloc: the destination allocates all {} at start, before the migration, in \
-             {:.0} [{:.0}-{:.0}] ms (livemig; not in the totals above)",
+             {s} ms (livemig; not in the totals above)",
             human(size),
-            s.median,
-            s.min,
-            s.max
         );
     }
     let ratio = |fast, slow| {

@@ -51,13 +51,7 @@ pub(super) fn k_rate(writes: u64, over: Duration) -> f64 {
 
 /// `median [min–max]` of `v` with `digits` decimals, or `—` when there is no value.
 fn cell(v: &[f64], digits: usize) -> String {
-    match Spread::of(v) {
-        Some(s) => format!(
-            "{:.digits$} [{:.digits$}–{:.digits$}]",
-            s.median, s.min, s.max
-        ),
-        None => "—".to_string(),
-    }
+    Spread::of(v).map_or("—".to_string(), |s| format!("{s:.digits$}"))
 }
 
 /// The metrics, in display order: name, decimals, how to read a round.

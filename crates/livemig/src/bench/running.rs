@@ -19,7 +19,7 @@ use migration::{Capability, ParameterUpdate};
 use vmm::soft::{Pattern, WorkloadConfig};
 
 use super::pair::{machines, migrate, Outcome};
-use super::table::Spread;
+use super::table::spread_text;
 use super::{fill_random, GIB, MIB};
 use crate::size::human;
 
@@ -72,12 +72,6 @@ fn one(scale: u64, way: Way) -> anyhow::Result<(Outcome, u64)> {
     src.shutdown();
     dst.shutdown();
     result
-}
-
-fn spread_text(v: &[f64]) -> String {
-    Spread::of(v).map_or("-".into(), |s| {
-        format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max)
-    })
 }
 
 /// Runs case (c) over `rounds` rounds.

@@ -45,6 +45,19 @@ impl Spread {
     }
 }
 
+impl std::fmt::Display for Spread {
+    /// `median [min–max]`, with the precision asked for (none: whole numbers).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = f.precision().unwrap_or(0);
+        write!(f, "{:.d$} [{:.d$}–{:.d$}]", self.median, self.min, self.max)
+    }
+}
+
+/// `median [min–max]` of `samples` in whole numbers, or `-` when there are none.
+pub(super) fn spread_text(samples: &[f64]) -> String {
+    Spread::of(samples).map_or("-".into(), |s| s.to_string())
+}
+
 /// One way of moving the bytes and its per-round times.
 #[derive(Debug, Clone)]
 pub(super) struct Row {
@@ -133,8 +146,7 @@ impl Table {
             let (Some(t), Some(m)) = (self.time(&r.name), self.throughput(&r.name)) else {
                 continue;
             };
-            let time = format!("{:.0} [{:.0}–{:.0}]", t.median, t.min, t.max);
-            let rate = format!("{:.0} [{:.0}–{:.0}]", m.median, m.min, m.max);
+            let (time, rate) = (t.to_string(), m.to_string());
             let _ = writeln!(
                 out,
                 "  {:<width$}  {:>6}  {time:<26}  {rate}",

@@ -25,7 +25,7 @@ use super::case_a::{OURS_MULTIFD, OURS_SINGLE, QEMU_MULTIFD, QEMU_SINGLE};
 use super::delay::Relay;
 use super::plot::Timeline;
 use super::qemu::{self, Implementation, QemuVm};
-use super::table::{Spread, Table};
+use super::table::{spread_text, Table};
 use super::{fill_random, GIB};
 use crate::netns::{Host, Testbed};
 use crate::size::human;
@@ -321,11 +321,6 @@ pub(super) fn case_link(
         println!("  round {round} (ms): {}", parts.join(" | "));
     }
     print!("{}", table.render());
-    let spread = |v: &[f64]| {
-        Spread::of(v).map_or("-".into(), |s| {
-            format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max)
-        })
-    };
     println!(
         "  livemig, 1 channel, a running vCPU rewriting {} at random at {}/s (half the link):",
         human(writer.working_set),
@@ -337,8 +332,8 @@ pub(super) fn case_link(
     {
         println!(
             "    {way}: downtime {} ms (target <= 20), total {} ms",
-            spread(down),
-            spread(total)
+            spread_text(down),
+            spread_text(total)
         );
     }
     for name in [OURS_SINGLE, OURS_MULTIFD] {
