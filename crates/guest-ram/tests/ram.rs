@@ -343,6 +343,62 @@ fn uffd_reports_exactly_the_written_pages() {
     }
 }
 
+/// Deferred arming: chunks whose every page holds data are armed on first read (or by
+/// `sync`); a write before the arm is covered by the deferred set the caller must send, a
+/// write after it is logged, and never-touched pages are armed at once.
+#[test]
+fn uffd_defers_arming_of_full_chunks_and_misses_no_write() {
+    let dir = tempfile::tempdir().unwrap();
+    // Chunks of 2048 pages: 0 full, 1 with holes, 2 (the last, 1024 pages) full.
+    let pages = 5120u64;
+    for backing in backings(&dir) {
+        let block = RamBlock::new("ram", pages * PAGE_SIZE, backing.clone()).unwrap();
+        for p in (0..2048).chain(4096..pages).chain([2048, 3000]) {
+            block.write_range(p * PAGE_SIZE, &[1]).unwrap();
+        }
+        let ram = Arc::new(GuestRam::new(vec![block]));
+        let mut log = UffdDirtyLog::new(ram.clone());
+        if !start_or_skip(&mut log, &backing.to_string()) {
+            return;
+        }
+        let b = ram.blocks()[0].clone();
+        b.vmm_dirty().drain_into(&mut Bitmap::new(pages));
+        let mut deferred = Bitmap::new(pages);
+        log.mark_deferred(0, &mut deferred);
+        assert_eq!(
+            ones(&deferred),
+            (0..2048).chain(4096..pages).collect::<Vec<_>>(),
+            "{backing}"
+        );
+        let addr = b.host_ptr() as usize;
+        let poke = |p: u64| {
+            // SAFETY: the block is alive (the test holds an Arc) and the page is in range.
+            unsafe { std::ptr::write_volatile((addr + p as usize * 4096 + 8) as *mut u64, 9) };
+        };
+        poke(10); // deferred, before its arm: in the deferred set
+        log.arm(0, 5).unwrap();
+        log.arm(0, 6).unwrap(); // armed once
+        poke(20); // after the arm
+        poke(3500); // a hole in an armed-at-start chunk: first write seen
+        poke(4100); // deferred chunk never armed: sync arms it before it looks
+        let mut dirty = ram.new_bitmaps();
+        log.sync(&mut dirty).unwrap();
+        assert_eq!(ones(&dirty[0]), vec![20, 3500], "{backing}");
+        poke(4100);
+        poke(10);
+        let mut next = ram.new_bitmaps();
+        log.sync(&mut next).unwrap();
+        assert_eq!(ones(&next[0]), vec![10, 4100], "{backing}");
+        // Nothing is deferred once sync armed it all; arming again is harmless.
+        let mut none = Bitmap::new(pages);
+        log.mark_deferred(0, &mut none);
+        assert_eq!(none.count_ones(), 0, "{backing}");
+        log.arm(0, 4100).unwrap();
+        log.arm(1, 0).unwrap();
+        log.arm(0, u64::MAX).unwrap();
+    }
+}
+
 #[test]
 fn second_log_on_same_block_is_rejected() {
     let ram = Arc::new(GuestRam::new(vec![RamBlock::new(

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::sync::PoisonError;
 
 use super::{Backing, RamBlock};
@@ -100,6 +101,13 @@ impl RamBlock {
             source,
         };
         let size = self.len();
+        // A file whose allocated blocks cover it whole has no hole to find: walking a large
+        // shmem file with SEEK_DATA/SEEK_HOLE visits every page (~20 ms per GiB here).
+        let meta = file.metadata().map_err(err)?;
+        if meta.len() >= size && meta.blocks().saturating_mul(512) >= meta.len() {
+            bm.set_range(0, size.div_ceil(PAGE_SIZE));
+            return Ok(());
+        }
         let mut pos = 0u64;
         while pos < size {
             let Some(data) = seek(file, pos, libc::SEEK_DATA).map_err(err)? else {

@@ -6,6 +6,13 @@
 //!                      returns A            returns B (and re-arms)
 //! ```
 //!
+//! Arming can be deferred: write-protecting a large block page by page costs tens of
+//! milliseconds per GiB before the first page could leave. A log may leave ranges whose every
+//! page holds data unarmed at `start`; the caller treats them as dirty anyway
+//! ([`DirtyLog::mark_deferred`]) and arms each range just before it first reads from it
+//! ([`DirtyLog::arm`]), so a write before the arm is sent with the page and one after it is
+//! logged.
+//!
 //! The dirty set reported by every implementation is *hypervisor/kernel log OR the VMM's own
 //! writes* ([`VmmDirtyTracker`], STYLE.md practice 13). Implementations:
 //!
@@ -38,6 +45,17 @@ pub trait DirtyLog: Send {
 
     /// Stops tracking (idempotent). Also done on drop.
     fn stop(&mut self);
+
+    /// ORs into `dirty` the pages of block `block` whose tracking `start` deferred: the caller
+    /// must send them, and call [`arm`](Self::arm) before it first reads one. Logs that arm
+    /// everything in `start` defer nothing.
+    fn mark_deferred(&self, _block: usize, _dirty: &mut Bitmap) {}
+
+    /// Arms tracking of page `page` of block `block` if `start` deferred it; `sync` arms every
+    /// deferred page before it looks.
+    fn arm(&mut self, _block: usize, _page: u64) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Checks that `dirty` has one bitmap of the right length per block.

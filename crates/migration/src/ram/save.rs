@@ -139,11 +139,13 @@ impl RamSaver {
             self.tracking = true;
         }
         self.bitmaps.clear();
-        for (block, &ignored) in self.ram.blocks().iter().zip(&self.ignored) {
+        for (b, (block, &ignored)) in self.ram.blocks().iter().zip(&self.ignored).enumerate() {
             self.bitmaps.push(if ignored {
                 Bitmap::new(block.pages())
             } else {
-                block.populated_pages()?
+                let mut bm = block.populated_pages()?;
+                self.dirty_log.mark_deferred(b, &mut bm);
+                bm
             });
         }
         self.dirty_pages = self.bitmaps.iter().map(Bitmap::count_ones).sum();
@@ -353,6 +355,7 @@ impl RamSaver {
         b: usize,
         page: u64,
     ) -> Result<(), MigrationError> {
+        self.dirty_log.arm(b, page)?;
         self.bitmaps[b].clear(page);
         self.dirty_pages -= 1;
         self.pos = (b, page + 1);

@@ -199,6 +199,7 @@ impl RamSaver {
         b: usize,
         page: u64,
     ) -> Result<(), MigrationError> {
+        self.dirty_log.arm(b, page)?;
         if self.bitmaps[b].test_and_clear(page) {
             self.dirty_pages -= 1;
         }
