@@ -68,9 +68,14 @@ enum Job {
     },
 }
 
+/// Jobs a channel may hold: one being written and one waiting, so that its thread goes on
+/// writing while the main thread gathers the next packet.
+const CHANNEL_DEPTH: usize = 2;
+
 struct SendChannel {
     jobs: SyncSender<Job>,
-    busy: bool,
+    /// Jobs handed to the thread and not yet reported done.
+    queued: usize,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -139,7 +144,7 @@ pub fn start_sender(
             .map_err(MigrationError::Spawn)?;
         channels.push(SendChannel {
             jobs,
-            busy: false,
+            queued: 0,
             thread: Some(thread),
         });
     }
@@ -326,7 +331,7 @@ impl MultifdSender {
 
     fn collect(&mut self, (id, result): Done) -> Result<(), MigrationError> {
         if let Some(c) = self.channels.get_mut(id) {
-            c.busy = false;
+            c.queued = c.queued.saturating_sub(1);
         }
         let written = result?;
         self.bytes += written.bytes;
@@ -343,26 +348,48 @@ impl MultifdSender {
     }
 
     fn dispatch(&mut self, job: Job, to: usize) -> Result<(), MigrationError> {
-        // Reports already in: the byte count (and a channel's failure) is known at once.
-        while let Ok(msg) = self.done.try_recv() {
-            self.collect(msg)?;
-        }
-        while self.channels[to].busy {
+        self.collect_done()?;
+        while self.channels[to].queued >= CHANNEL_DEPTH {
             self.wait_one()?;
         }
-        self.channels[to].busy = true;
+        self.channels[to].queued += 1;
         self.channels[to]
             .jobs
             .send(job)
             .map_err(|_| MigrationError::MultifdThreadEnded)
     }
 
+    /// Reports already in: the byte count (and a channel's failure) is known at once.
+    fn collect_done(&mut self) -> Result<(), MigrationError> {
+        while let Ok(msg) = self.done.try_recv() {
+            self.collect(msg)?;
+        }
+        Ok(())
+    }
+
+    /// The channel for the next packet of pages: the least loaded, the next in turn among
+    /// equals (as QEMU, any channel may carry any packet); waits while every channel is full.
+    fn pick(&mut self) -> Result<usize, MigrationError> {
+        self.collect_done()?;
+        let n = self.channels.len();
+        loop {
+            let best = (0..n)
+                .map(|i| (self.next + i) % n)
+                .min_by_key(|&c| self.channels[c].queued)
+                .ok_or(MigrationError::MultifdThreadEnded)?;
+            if self.channels[best].queued < CHANNEL_DEPTH {
+                self.next = (best + 1) % n;
+                return Ok(best);
+            }
+            self.wait_one()?;
+        }
+    }
+
     fn flush_batch(&mut self) -> Result<(), MigrationError> {
         if let Some((_, block, offsets, memory)) = self.batch.take() {
             let packet_num = self.packet_num;
             self.packet_num += 1;
-            let to = self.next;
-            self.next = (self.next + 1) % self.channels.len();
+            let to = self.pick()?;
             self.dispatch(
                 Job::Pages {
                     block,
@@ -410,7 +437,7 @@ impl MultifdSender {
             self.packet_num += 1;
             self.dispatch(Job::Sync { packet_num }, to)?;
         }
-        while self.channels.iter().any(|c| c.busy) {
+        while self.channels.iter().any(|c| c.queued > 0) {
             self.wait_one()?;
         }
         Ok(())
