@@ -255,10 +255,12 @@ pub(super) fn case_d(rounds: usize) -> anyhow::Result<Option<(Table, Vec<Timelin
         }
         println!("  round {round} (total/downtime ms): {}", parts.join(" | "));
     }
-    println!(
-        "  (d) medians [min–max] over the rounds, from the source's query-migrate; every run's \
-         guest counted on at its destination"
-    );
+    let checked = if failures.is_empty() {
+        "every run's guest counted on at its destination".to_string()
+    } else {
+        format!("{} run(s) FAILED, not in the table", failures.len())
+    };
+    println!("  (d) medians [min–max] over the rounds, from the source's query-migrate; {checked}");
     print!("{}", render(&rows));
     let find = |src, dst| rows.iter().find(|r| r.name == way_name((src, dst)));
     if let (Some(q), Some(l)) = (find(Vmm::Qemu, Vmm::Qemu), find(Vmm::Livemig, Vmm::Livemig)) {
