@@ -8,7 +8,9 @@
 //! * (b) 4 GiB of never-touched RAM — total time (target ≤ 50 ms);
 //! * (c) 1 GiB with a running 64 MiB working-set writer — downtime (target ≤ 20 ms), at a
 //!   bounded write rate and at an unbounded one, over `--repeat` rounds (see `running`);
-//! * (d) the guest payload on KVM, migrated by livemig and by QEMU 7.2 (see `kvm`);
+//! * (d) the identical running guest (the payload on KVM, 2 vCPUs) in QEMU 7.2 microvm and in
+//!   `livemig run --machine microvm`, migrated QEMU → QEMU, livemig → livemig and both cross
+//!   ways, over `--repeat` rounds (see `kvm`);
 //! * (e) text-like RAM over a shaped 1 Gbit/s link, multifd-compression none / zlib / zstd
 //!   and zero-copy-send,
 //!   livemig beside QEMU 7.2 (see `compress`; not in the default set, it takes minutes).
@@ -44,6 +46,7 @@ mod case_a;
 mod compress;
 pub mod delay;
 mod kvm;
+mod kvm_guest;
 mod link;
 mod pair;
 mod plot;
@@ -69,7 +72,7 @@ pub struct BenchArgs {
     /// Only run the named cases (a, b, c, d, e, h, p, t); a to d when absent.
     #[arg(long)]
     pub only: Vec<String>,
-    /// Rounds of cases (a) and (c), each running every way in turn; medians and spread are
+    /// Rounds of cases (a), (c) and (d), each running every way in turn; medians and spread are
     /// reported (the host's noise varies a lot).
     #[arg(long, default_value_t = 7)]
     pub repeat: usize,
@@ -266,7 +269,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         running::case_c(scale, args.repeat.max(1))?;
     }
     if want("d") {
-        kvm::case_d()?;
+        kvm::case_d(args.repeat.max(1))?.map_or(Ok(()), |r| plot("d", r))?;
     }
     if args.only.iter().any(|o| o == "e") {
         compress::case_e(scale, args.rounds.max(1), args.link_mbit.max(1))?;

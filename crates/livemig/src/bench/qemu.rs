@@ -46,7 +46,7 @@ impl QemuProcess {
 
     /// Runs `argv` (program first) with `QMP_FLAG unix:DIR/NAME.qmp,server=on,wait=off`
     /// appended, and connects to that QMP socket.
-    fn spawn(
+    pub(super) fn spawn(
         dir: &Path,
         name: &str,
         argv: &[String],
