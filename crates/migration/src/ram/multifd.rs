@@ -10,6 +10,10 @@
 //!         (the destination side is in `multifd_recv.rs`, re-exported here)
 //! ```
 //!
+//! A packet of pages goes to the least loaded channel, the next in turn among equals; each
+//! channel holds up to two jobs (one being written, one waiting), so a channel thread never
+//! waits for the main thread to gather its next packet. SYNCs go to every channel in turn.
+//!
 //! Pages are sent from guest memory in place: a job holds the offsets of its pages and a handle
 //! on their block's memory ([`BlockMemory`]), which keeps the mapping alive until it is sent.
 //!
