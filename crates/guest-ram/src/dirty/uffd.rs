@@ -216,6 +216,33 @@ fn all_set(bm: &Bitmap, first: u64, end: u64) -> bool {
     })
 }
 
+/// The runs `first..end` of consecutive chunks below `n` for which `pick` holds.
+fn chunk_runs(n: u64, pick: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
+    let mut runs = Vec::new();
+    let mut c = 0;
+    while c < n {
+        let first = c;
+        while c < n && pick(c) {
+            c += 1;
+        }
+        if c > first {
+            runs.push((first, c));
+        }
+        c += 1;
+    }
+    runs
+}
+
+/// Write-protects chunks `first..end` of `block`.
+fn protect_chunks(uffd: &OwnedFd, block: &RamBlock, first: u64, end: u64) -> Result<(), Error> {
+    write_protect(
+        uffd,
+        block,
+        chunk_pages(block, first).0,
+        chunk_pages(block, end - 1).1,
+    )
+}
+
 /// Write-protects pages `first..end` of `block` (registered with `uffd`).
 fn write_protect(uffd: &OwnedFd, block: &RamBlock, first: u64, end: u64) -> Result<(), Error> {
     let mut wp = UffdioWriteprotect {
@@ -318,22 +345,8 @@ impl UffdDirtyLog {
                 deferred.set(c);
             }
         }
-        let mut c = 0;
-        while c < chunks {
-            if deferred.test(c) {
-                c += 1;
-                continue;
-            }
-            let run = c;
-            while c < chunks && !deferred.test(c) {
-                c += 1;
-            }
-            write_protect(
-                &act.uffd,
-                block,
-                chunk_pages(block, run).0,
-                chunk_pages(block, c - 1).1,
-            )?;
+        for (first, end) in chunk_runs(chunks, |c| !deferred.test(c)) {
+            protect_chunks(&act.uffd, block, first, end)?;
         }
         act.deferred.push(deferred);
         Ok(())
@@ -344,21 +357,10 @@ impl UffdDirtyLog {
         let Some(d) = act.deferred.get_mut(b) else {
             return Ok(());
         };
-        let mut from = 0;
-        while let Some(c) = d.next_set(from) {
-            let mut end = c;
-            while end < d.len() && d.test(end) {
-                d.clear(end);
-                end += 1;
-            }
-            write_protect(
-                &act.uffd,
-                block,
-                chunk_pages(block, c).0,
-                chunk_pages(block, end - 1).1,
-            )?;
-            from = end;
+        for (first, end) in chunk_runs(d.len(), |c| d.test(c)) {
+            protect_chunks(&act.uffd, block, first, end)?;
         }
+        d.clear_all();
         Ok(())
     }
 
@@ -463,5 +465,23 @@ impl DirtyLog for UffdDirtyLog {
 impl Drop for UffdDirtyLog {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_runs_and_full_chunks() {
+        let set = [false, true, true, false, true];
+        assert_eq!(chunk_runs(5, |c| set[c as usize]), vec![(1, 3), (4, 5)]);
+        assert_eq!(chunk_runs(5, |c| !set[c as usize]), vec![(0, 1), (3, 4)]);
+        assert!(chunk_runs(0, |_| true).is_empty());
+        let mut bm = Bitmap::new(130);
+        bm.set_range(0, 129);
+        assert!(all_set(&bm, 0, 129));
+        assert!(!all_set(&bm, 64, 130));
+        assert!(all_set(&bm, 128, 129));
     }
 }
