@@ -199,7 +199,7 @@ impl Machine {
     }
 
     /// True while the migration holding the registry has not published its final status.
-    /// Once it has, its thread is about to return the registry and joining it is immediate.
+    /// Once it has, its thread only cleans up (stops dirty tracking) and returns the registry.
     fn busy(&self, h: &MigrationHandle) -> bool {
         !h.is_finished() && self.state.status().is_running()
     }
