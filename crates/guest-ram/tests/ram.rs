@@ -551,3 +551,36 @@ fn assert_covers(populated: &Bitmap, written: &[u64], backing: &Backing) {
         );
     }
 }
+
+/// A shared tmpfs file (a memfd, a `/dev/shm` file) without holes is reported whole without
+/// walking its page cache; one hole still shows.
+#[test]
+fn populated_pages_of_a_full_shmem_file_and_of_one_with_a_hole() {
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    let backing = |name: &str| match &shm {
+        Some(d) => Backing::File {
+            path: d.path().join(name),
+            share: true,
+        },
+        None => Backing::Memfd,
+    };
+    for (full, holed) in [
+        (Backing::Memfd, Backing::Memfd),
+        (backing("full"), backing("holed")),
+    ] {
+        let b = RamBlock::new("ram", 8 * MIB, full.clone()).unwrap();
+        let pages = b.len() / 4096;
+        b.write_range(0, &vec![3u8; (8 * MIB) as usize]).unwrap();
+        assert_eq!(b.populated_pages().unwrap().count_ones(), pages, "{full}");
+        // Every page but one aligned 2 MiB region written (tmpfs may use huge pages): a hole.
+        let h = RamBlock::new("ram", 8 * MIB, holed.clone()).unwrap();
+        let hole = 1024..1536;
+        let written: Vec<u64> = (0..pages).filter(|p| !hole.contains(p)).collect();
+        for &p in &written {
+            h.write_page(p, &page_of(1)).unwrap();
+        }
+        let populated = h.populated_pages().unwrap();
+        assert_eq!(populated.next_set(hole.start), Some(hole.end), "{holed}");
+        assert_covers(&populated, &written, &holed);
+    }
+}

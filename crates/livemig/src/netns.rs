@@ -14,11 +14,16 @@
 //! live one is also listed in a process-wide registry so that a Ctrl-C handler can delete them
 //! with [`delete_all`] before the process exits.
 //!
-//! This file is shared (`#[path]`) by the binary and the fault tests: it uses only std, and
-//! each user leaves some of it unused.
+//! Threads of this process can move into a namespace too ([`Testbed::enter`], `setns(2)`):
+//! the sockets they create from then on live there, whichever thread uses them later (the
+//! bench's raw TCP copy between the two hosts).
+//!
+//! This file is shared (`#[path]`) by the binary and the fault tests: it uses only std and
+//! libc, and each user leaves some of it unused.
 
 #![allow(dead_code)]
 
+use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -199,6 +204,35 @@ impl Testbed {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Sets the MTU of both ends of the link (the kernel refuses what a veth cannot take).
+    pub fn set_mtu(&self, mtu: u32) -> Result<(), NetnsError> {
+        let mtu = mtu.to_string();
+        for (ns, dev) in self.ns.iter().zip(&self.dev) {
+            run("ip", &["-n", ns, "link", "set", "dev", dev, "mtu", &mtu])?;
+        }
+        Ok(())
+    }
+
+    /// Moves the calling thread into `host`'s network namespace, for good: sockets it creates
+    /// from then on are `host`'s. Call it on a thread of its own that ends with its task, never
+    /// on one that other code expects to stay where it was.
+    pub fn enter(&self, host: Host) -> Result<(), NetnsError> {
+        let path = std::path::Path::new("/run/netns").join(self.namespace(host));
+        let failed = |e: std::io::Error| NetnsError::Command {
+            cmd: format!("setns({}, CLONE_NEWNET)", path.display()),
+            detail: e.to_string(),
+        };
+        let ns = std::fs::File::open(&path).map_err(failed)?;
+        // SAFETY: `ns` is an open descriptor of a network namespace for the whole call, which
+        // only reads it; entering a network namespace changes the calling thread alone (it is
+        // allowed in a multi-threaded process) and touches no memory of this program.
+        let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        if r != 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Takes `host`'s end of the link down (no FIN, no RST: packets just stop) or back up.
     pub fn set_link(&self, host: Host, up: bool) -> Result<(), NetnsError> {
         let i = Self::i(host);
@@ -289,6 +323,46 @@ mod tests {
         t.set_link(Host::A, true).unwrap();
         drop(t);
         assert!(!exists(&a) && !exists(&b));
+    }
+
+    #[test]
+    fn threads_that_entered_the_two_hosts_talk_over_the_link() {
+        let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = testbed() else { return };
+        t.set_mtu(9000).unwrap();
+        let b: std::net::SocketAddr = format!("{}:20000", t.addr(Host::B)).parse().unwrap();
+        // This thread is in neither namespace: B's address is not one of its own.
+        assert!(std::net::TcpListener::bind(b).is_err());
+        let listener = std::thread::scope(|s| {
+            s.spawn(|| {
+                t.enter(Host::B).unwrap();
+                std::net::TcpListener::bind(b).unwrap()
+            })
+            .join()
+            .unwrap()
+        });
+        let sent = std::thread::scope(|s| {
+            let sender = s.spawn(|| {
+                t.enter(Host::A).unwrap();
+                let mut c = std::net::TcpStream::connect(b).unwrap();
+                std::io::Write::write_all(&mut c, &[7u8; 100_000]).unwrap();
+                c.local_addr().unwrap()
+            });
+            let (mut conn, from) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut conn, &mut got).unwrap();
+            assert_eq!(got, vec![7u8; 100_000]);
+            assert_eq!(from, sender.join().unwrap());
+            from
+        });
+        assert_eq!(sent.ip().to_string(), t.addr(Host::A), "it came from A");
+        let out = Command::new("ip")
+            .args(["-n", t.namespace(Host::A), "link", "show"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("mtu 9000"));
+        // The kernel refuses an MTU the veth cannot take.
+        assert!(t.set_mtu(70_000).is_err());
     }
 
     #[test]

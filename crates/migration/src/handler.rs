@@ -57,6 +57,14 @@ pub trait LiveHandler: Send {
         s: &mut OutgoingSession,
     ) -> Result<(), MigrationError>;
 
+    /// Bytes this handler wrote to channels of its own (not the main stream) that the
+    /// destination has not received yet: queued to their threads or in their sockets (RAM's
+    /// multifd channels). The switchover counts them as pending. Handlers that write only to
+    /// the main stream have none.
+    fn backlog(&self) -> u64 {
+        0
+    }
+
     /// Releases source-side migration state (after success or failure).
     fn save_cleanup(&mut self);
 

@@ -17,7 +17,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::endpoint::Endpoint;
 use crate::exec::ChildSlot;
@@ -122,6 +122,29 @@ impl FdSlot {
 impl std::fmt::Debug for FdSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("FdSlot")
+    }
+}
+
+/// Reads how many bytes a [`ChannelWriter`]'s socket has not delivered yet
+/// ([`ChannelWriter::unsent_bytes`]) from anywhere; made by [`ChannelWriter::unsent_probe`].
+/// It does not keep the socket open: once both halves of the channel are gone it reports
+/// `None`.
+#[derive(Clone)]
+pub struct UnsentProbe(Option<Weak<Endpoint>>);
+
+impl UnsentProbe {
+    /// Bytes written to the socket that the peer has not received; `None` where the channel
+    /// is not a socket or is closed.
+    pub fn unsent_bytes(&self) -> Option<u64> {
+        self.0.as_ref()?.upgrade()?.unsent_bytes()
+    }
+}
+
+impl std::fmt::Debug for UnsentProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnsentProbe")
+            .field("unsent", &self.unsent_bytes())
+            .finish()
     }
 }
 
@@ -306,6 +329,15 @@ impl ChannelWriter {
     /// link still has to wait for. `None` where the channel is not a socket.
     pub fn unsent_bytes(&self) -> Option<u64> {
         self.half.as_ref().and_then(Half::unsent_bytes)
+    }
+
+    /// A handle that reads [`unsent_bytes`](Self::unsent_bytes) from another thread, after
+    /// this writer went to a thread of its own (a multifd channel's).
+    pub fn unsent_probe(&self) -> UnsentProbe {
+        UnsentProbe(self.half.as_ref().map(|h| match h {
+            Half::Plain(ep) => Arc::downgrade(ep),
+            Half::Tls(s) => Arc::downgrade(s.endpoint()),
+        }))
     }
 
     /// Where to attach descriptors for the peer; `None` unless this is a unix-domain socket.

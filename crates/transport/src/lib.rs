@@ -51,7 +51,7 @@ mod unix_bind;
 pub mod uri;
 pub mod zero_copy;
 
-pub use channel::{Channel, ChannelReader, ChannelWriter, FdSlot};
+pub use channel::{Channel, ChannelReader, ChannelWriter, FdSlot, UnsentProbe};
 pub use connect::{connect, CONNECT_TIMEOUT};
 pub use error::TransportError;
 pub use fds::{FdSource, NoFds};

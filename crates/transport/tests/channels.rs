@@ -128,8 +128,11 @@ fn unsent_bytes_count_what_the_peer_has_not_received() {
         let mut source = connect(&uri(&listener.local_description()), &NoFds).unwrap();
         let mut dest = listener.accept().unwrap();
         assert_eq!(source.writer.unsent_bytes(), Some(0), "{at}");
+        // A probe reads the same from elsewhere, and does not keep the socket open.
+        let probe = source.writer.unsent_probe();
         source.writer.write_all(&[7u8; 50_000]).unwrap();
         assert!(source.writer.unsent_bytes().unwrap() > 0, "{at}");
+        assert!(probe.unsent_bytes().unwrap() > 0, "{at}");
         let mut got = vec![0u8; 50_000];
         dest.reader.read_exact(&mut got).unwrap();
         // TCP counts bytes until they are acknowledged, which follows the read at once here.
@@ -138,6 +141,9 @@ fn unsent_bytes_count_what_the_peer_has_not_received() {
             source.writer.unsent_bytes() == Some(0)
         });
         assert!(drained, "{at}: {:?} left", source.writer.unsent_bytes());
+        assert_eq!(probe.unsent_bytes(), Some(0), "{at}");
+        drop(source);
+        assert_eq!(probe.unsent_bytes(), None, "{at}: the socket is closed");
     }
     let dir = tempfile::tempdir().unwrap();
     let file = connect(

@@ -31,7 +31,7 @@
 //! several ways print one [`table::Table`] (medians and min–max spread over the rounds).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,7 @@ pub mod delay;
 mod kvm;
 mod kvm_guest;
 mod link;
+mod link_spec;
 mod pair;
 mod plot;
 mod postcopy;
@@ -84,9 +85,10 @@ pub struct BenchArgs {
     pub link_mbit: u64,
     /// Migrate between two simulated hosts (network namespaces, needs root and iproute2)
     /// over this link instead of running the loopback cases: `1gbit`, `10gbit`,
-    /// `100mbit,rtt=20ms` (any `<n>mbit`/`<n>gbit`, optional `rtt=<n>ms`).
+    /// `100mbit,rtt=20ms`, `1gbit,mtu=9000` (any `<n>mbit`/`<n>gbit`, optional `rtt=<n>ms`
+    /// and `mtu=<576..=65535>`, 1500 by default).
     #[arg(long)]
-    pub link: Option<two_hosts::LinkSpec>,
+    pub link: Option<link_spec::LinkSpec>,
     /// Draw SVG charts of case (a) and of `--link` into this directory (remaining bytes and
     /// throughput over time for each way, a bar chart of the table).
     #[arg(long, value_name = "DIR")]
@@ -163,7 +165,24 @@ fn fill_random(block: &RamBlock) -> anyhow::Result<()> {
 
 /// Copies a whole RAM block to another over loopback TCP with plain write/read calls.
 fn raw_tcp_copy(src: &RamBlock, dst: &RamBlock) -> anyhow::Result<Duration> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    raw_tcp_copy_over(
+        src,
+        dst,
+        TcpListener::bind("127.0.0.1:0")?,
+        TcpStream::connect,
+    )
+}
+
+/// Copies a whole RAM block to another with plain write/read calls: the reader accepts on
+/// `listener`, the writer connects with `connect` (given the listener's address) on a thread
+/// of its own, which it may move elsewhere first (another network namespace). Timed from
+/// before the connection to the last byte read.
+fn raw_tcp_copy_over(
+    src: &RamBlock,
+    dst: &RamBlock,
+    listener: TcpListener,
+    connect: impl FnOnce(SocketAddr) -> std::io::Result<TcpStream> + Send,
+) -> anyhow::Result<Duration> {
     let addr = listener.local_addr()?;
     let len = src.len() as usize;
     // No guest runs on either block while the copy runs.
@@ -171,7 +190,7 @@ fn raw_tcp_copy(src: &RamBlock, dst: &RamBlock) -> anyhow::Result<Duration> {
     let t = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let sender = s.spawn(move || -> std::io::Result<()> {
-            let mut c = TcpStream::connect(addr)?;
+            let mut c = connect(addr)?;
             for chunk in from.chunks(1 << 20) {
                 c.write_all(chunk)?;
             }

@@ -5,96 +5,33 @@
 //! process (`livemig run -M none` or `qemu-system-x86_64 -M none`) started with
 //! `ip netns exec`, driven over QMP, RAM in a `/dev/shm` file; both sources map the same file
 //! of incompressible bytes, and every destination's file is compared with it after the run.
+//! Beside them, the link's own ceiling: the same bytes sent by a plain TCP writer on a thread
+//! in namespace A to a reader on a thread in namespace B (each entered with `setns`), into a
+//! fresh destination file, as case (a)'s raw copy.
 //!
-//! Presets: `RATE[,rtt=DURATION]`, RATE `100mbit`, `1gbit`, `10gbit` (any `<n>mbit` or
-//! `<n>gbit`), DURATION `<n>ms` or `<n>us`.
+//! Presets (see `link_spec`): `RATE[,rtt=DURATION][,mtu=BYTES]`.
 //!
 //! ```text
-//!  ns A: src ── veth (tbf RATE both ways) ──▶ ns B: [relay, rtt/2 each way ──▶] dst
+//!  ns A: src ── veth (tbf RATE both ways, MTU) ──▶ ns B: [relay, rtt/2 each way ──▶] dst
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use guest_ram::{Backing, RamBlock};
 use serde_json::json;
 
-use super::case_a::{OURS_MULTIFD, OURS_SINGLE, QEMU_MULTIFD, QEMU_SINGLE};
+use super::case_a::{OURS_MULTIFD, OURS_SINGLE, QEMU_MULTIFD, QEMU_SINGLE, RAW};
 use super::delay::Relay;
+use super::link_spec::LinkSpec;
 use super::plot::Timeline;
 use super::qemu::{self, Implementation, QemuVm};
-use super::table::{spread_text, Table};
-use super::{fill_random, GIB};
+use super::table::{spread_text, Spread, Table};
+use super::{fill_random, raw_tcp_copy_over, GIB};
 use crate::netns::{Host, Testbed};
 use crate::size::human;
 use crate::timeline::Sample;
-
-/// A link preset, parsed once from the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkSpec {
-    /// Rate in bits per second, each direction.
-    pub bits_per_sec: u64,
-    /// Round-trip time added by the relay (None: the veth's own, microseconds).
-    pub rtt: Option<Duration>,
-}
-
-impl std::str::FromStr for LinkSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<LinkSpec, String> {
-        let mut parts = s.split(',');
-        let rate = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-        let (digits, unit) = if let Some(d) = rate.strip_suffix("gbit") {
-            (d, 1_000_000_000u64)
-        } else if let Some(d) = rate.strip_suffix("mbit") {
-            (d, 1_000_000u64)
-        } else {
-            return Err(format!(
-                "link rate '{rate}' must be <n>mbit or <n>gbit (e.g. 1gbit, 100mbit)"
-            ));
-        };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("link rate '{rate}': '{digits}' is not a whole number"))?;
-        let bits_per_sec = n
-            .checked_mul(unit)
-            .filter(|&b| b > 0 && b <= 100_000_000_000)
-            .ok_or_else(|| format!("link rate '{rate}' must be above 0 and at most 100gbit"))?;
-        let mut rtt = None;
-        for p in parts {
-            let Some(v) = p.trim().strip_prefix("rtt=") else {
-                return Err(format!("unknown link option '{p}' (expected rtt=<n>ms)"));
-            };
-            let (digits, micros) = if let Some(d) = v.strip_suffix("ms") {
-                (d, 1000)
-            } else if let Some(d) = v.strip_suffix("us") {
-                (d, 1)
-            } else {
-                return Err(format!("rtt '{v}' must be <n>ms or <n>us"));
-            };
-            let n: u64 = digits
-                .parse()
-                .map_err(|_| format!("rtt '{v}': '{digits}' is not a whole number"))?;
-            if n == 0 || n.checked_mul(micros).is_none_or(|us| us > 10_000_000) {
-                return Err(format!("rtt '{v}' must be above 0 and at most 10 s"));
-            }
-            rtt = Some(Duration::from_micros(n * micros));
-        }
-        Ok(LinkSpec { bits_per_sec, rtt })
-    }
-}
-
-impl std::fmt::Display for LinkSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} Mbit/s", self.bits_per_sec / 1_000_000)?;
-        if let Some(rtt) = self.rtt {
-            write!(f, ", rtt {} ms", rtt.as_secs_f64() * 1000.0)?;
-        }
-        Ok(())
-    }
-}
 
 /// The running guest of the link case: one vCPU rewriting `working_set` bytes at random at
 /// `rate` bytes/s.
@@ -124,8 +61,9 @@ struct Setup<'a> {
     link: &'a LinkSpec,
     /// Scratch directory: QMP sockets, the destination's RAM file.
     dir: &'a Path,
-    /// The source's RAM file.
+    /// The source's RAM file, and the same file mapped here (for the raw copy).
     src_ram: &'a Path,
+    src_block: &'a RamBlock,
     size: u64,
 }
 
@@ -134,6 +72,77 @@ struct RunFigures {
     total_ms: f64,
     downtime_ms: f64,
     samples: Vec<Sample>,
+}
+
+/// Where the destination listens and where its source connects: the destination itself, or a
+/// latency relay in B in front of it (running while this lives).
+struct Route {
+    listen: SocketAddr,
+    target: SocketAddr,
+    relay: Option<Relay>,
+}
+
+/// The route to a destination that listens on `port` in B (the relay, if any, on `port + 1`).
+fn route(tb: &Testbed, link: &LinkSpec, port: u16) -> anyhow::Result<Route> {
+    let b_addr: std::net::IpAddr = tb.addr(Host::B).parse()?;
+    Ok(match link.rtt {
+        None => {
+            let at = SocketAddr::new(b_addr, port);
+            Route {
+                listen: at,
+                target: at,
+                relay: None,
+            }
+        }
+        Some(rtt) => {
+            let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+            let target = SocketAddr::new(b_addr, port + 1);
+            // About one bandwidth-delay product in flight each way.
+            let window = (link.bits_per_sec / 8) as f64 * rtt.as_secs_f64();
+            let relay = Relay::start(&tb.exec(Host::B), target, listen, rtt, window as usize)?;
+            Route {
+                listen,
+                target,
+                relay: Some(relay),
+            }
+        }
+    })
+}
+
+/// The link's own ceiling: `src` copied by a plain TCP writer on a thread in A to a reader in
+/// B (through the relay, if any), into a fresh destination file; the time in ms.
+fn raw_run(setup: &Setup, port: u16) -> anyhow::Result<f64> {
+    let Setup { tb, link, dir, .. } = *setup;
+    let path = dir.join("raw-dst.ram");
+    let backing = Backing::File {
+        path: path.clone(),
+        share: true,
+    };
+    let dst = RamBlock::new("raw", setup.size, backing)?;
+    let result = (|| {
+        let Route {
+            listen,
+            target,
+            relay: _relay,
+        } = route(tb, link, port)?;
+        // A thread of its own enters B (for good) to make the listening socket; the socket
+        // stays in B whichever thread accepts on it.
+        let listener = std::thread::scope(|s| {
+            s.spawn(|| -> anyhow::Result<TcpListener> {
+                tb.enter(Host::B)?;
+                Ok(TcpListener::bind(listen)?)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the listening thread panicked"))
+        })??;
+        raw_tcp_copy_over(setup.src_block, &dst, listener, move |_| {
+            tb.enter(Host::A).map_err(std::io::Error::other)?;
+            TcpStream::connect(target)
+        })
+    })();
+    drop(dst);
+    std::fs::remove_file(&path)?;
+    Ok(result?.as_secs_f64() * 1000.0)
 }
 
 /// One migration from a source mapping `src_ram` to a fresh destination, both `which`, across
@@ -152,6 +161,7 @@ fn one_run(
         dir,
         src_ram,
         size,
+        ..
     } = *setup;
     let dst_ram = dir.join("dst.ram");
     std::fs::File::create(&dst_ram)?.set_len(size)?;
@@ -173,21 +183,11 @@ fn one_run(
                 Some(json!({"downtime-limit": 20})),
             )?;
         }
-        let b_addr: std::net::IpAddr = tb.addr(Host::B).parse()?;
-        let (listen, _relay, target): (SocketAddr, Option<Relay>, SocketAddr) = match link.rtt {
-            None => {
-                let at = SocketAddr::new(b_addr, port);
-                (at, None, at)
-            }
-            Some(rtt) => {
-                let dst_at: SocketAddr = ([127, 0, 0, 1], port).into();
-                let relay_at = SocketAddr::new(b_addr, port + 1);
-                // About one bandwidth-delay product in flight each way.
-                let window = (link.bits_per_sec / 8) as f64 * rtt.as_secs_f64();
-                let relay = Relay::start(&b, relay_at, dst_at, rtt, window as usize)?;
-                (dst_at, Some(relay), relay_at)
-            }
-        };
+        let Route {
+            listen,
+            target,
+            relay: _relay,
+        } = route(tb, link, port)?;
         dst.qmp.execute(
             "migrate-incoming",
             Some(json!({"uri": format!("tcp:{listen}")})),
@@ -205,6 +205,21 @@ fn one_run(
     })();
     std::fs::remove_file(&dst_ram)?;
     result
+}
+
+/// The running guest's ways: (multifd, 20 ms + auto-converge) and their labels.
+const RUNNING: [((bool, bool), &str); 3] = [
+    ((false, false), "1 channel, default 300 ms limit"),
+    ((false, true), "1 channel, 20 ms limit + auto-converge"),
+    ((true, true), "multifd x2, 20 ms limit + auto-converge"),
+];
+
+/// The next listening port: below the kernel's ephemeral range (32768–60999 by default), so
+/// that no connection of an earlier run (a relay's, in TIME_WAIT) holds the next run's port;
+/// two apart (a relay listens on the second).
+fn next_port(port: &mut u16) -> u16 {
+    *port = if *port > 32_000 { 20_000 } else { *port + 2 };
+    *port
 }
 
 /// Runs the two-host case over `link` with `rounds` alternating rounds; returns its table and
@@ -228,24 +243,24 @@ pub(super) fn case_link(
     );
     let tb = Testbed::create("lmb")?;
     tb.set_rate(link.bits_per_sec)?;
+    tb.set_mtu(link.mtu())?;
     let dir = super::scratch_dir()?;
     let src_ram = dir.path().join("src.ram");
-    {
-        let block = RamBlock::new(
-            "ram",
-            size,
-            Backing::File {
-                path: src_ram.clone(),
-                share: true,
-            },
-        )?;
-        fill_random(&block)?;
-    }
+    let src_block = RamBlock::new(
+        "ram",
+        size,
+        Backing::File {
+            path: src_ram.clone(),
+            share: true,
+        },
+    )?;
+    fill_random(&src_block)?;
     let ideal_ms = size as f64 * 8.0 / link.bits_per_sec as f64 * 1000.0;
+    let floor_ms = link.floor(size).as_secs_f64() * 1000.0;
     let mut table = Table::new(
         &format!(
             "(link) {} over {link}: medians and spread over {rounds} rounds; bytes ÷ rate = \
-             {ideal_ms:.0} ms",
+             {ideal_ms:.0} ms, with TCP/IP/Ethernet headers {floor_ms:.0} ms",
             human(size)
         ),
         size,
@@ -255,31 +270,31 @@ pub(super) fn case_link(
         link,
         dir: dir.path(),
         src_ram: &src_ram,
+        src_block: &src_block,
         size,
     };
-    // Listening ports below the kernel's ephemeral range (32768–60999 by default), so that no
-    // connection of an earlier run (a relay's, in TIME_WAIT) holds the next run's port.
     let mut port = 20_000u16;
     let mut timelines: Vec<Timeline> = Vec::new();
     let writer = Writer {
         working_set: (64 << 20) / scale,
         rate: link.bits_per_sec / 16,
     };
-    // Total and downtime (ms) of the running guest's runs: default limit, 20 ms + converge.
-    let mut running = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+    // Total and downtime (ms) of the running guest's ways.
+    let mut running = RUNNING.map(|_| (Vec::new(), Vec::new()));
     for round in 1..=rounds {
-        let mut parts = Vec::new();
+        let ms = raw_run(&setup, next_port(&mut port))?;
+        table.record(RAW, ms);
+        let mut parts = vec![format!("{RAW} {ms:.0}")];
         for multifd in [false, true] {
             for which in [Implementation::Qemu, Implementation::Livemig] {
                 if which == Implementation::Qemu && !have_qemu {
                     continue;
                 }
-                port = if port > 32_000 { 20_000 } else { port + 2 };
                 let RunFigures {
                     total_ms: ms,
                     samples,
                     ..
-                } = one_run(&setup, which, (multifd, false), port, &[])?;
+                } = one_run(&setup, which, (multifd, false), next_port(&mut port), &[])?;
                 let name = match (which, multifd) {
                     (Implementation::Qemu, false) => QEMU_SINGLE,
                     (Implementation::Qemu, true) => QEMU_MULTIFD,
@@ -292,28 +307,20 @@ pub(super) fn case_link(
                 timelines.push((name.to_string(), samples));
             }
         }
-        // A running guest: livemig only (QEMU's `-M none` has no vCPU to write); with the
-        // default 300 ms limit, and with 20 ms + auto-converge.
+        // A running guest: livemig only (QEMU's `-M none` has no vCPU to write).
         let args = writer.args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        for (converge, figures) in [false, true].into_iter().zip(running.iter_mut()) {
-            port = if port > 32_000 { 20_000 } else { port + 2 };
+        for ((way, label), figures) in RUNNING.iter().zip(running.iter_mut()) {
             let r = one_run(
                 &setup,
                 Implementation::Livemig,
-                (false, converge),
-                port,
+                *way,
+                next_port(&mut port),
                 &args,
             )?;
             parts.push(format!(
-                "livemig + writer{} {:.0} (downtime {:.0})",
-                if converge {
-                    ", 20 ms + auto-converge"
-                } else {
-                    ""
-                },
-                r.total_ms,
-                r.downtime_ms
+                "livemig + writer, {label}: {:.0} (downtime {:.0})",
+                r.total_ms, r.downtime_ms
             ));
             figures.0.push(r.total_ms);
             figures.1.push(r.downtime_ms);
@@ -322,79 +329,40 @@ pub(super) fn case_link(
     }
     print!("{}", table.render());
     println!(
-        "  livemig, 1 channel, a running vCPU rewriting {} at random at {}/s (half the link):",
+        "  livemig, a running vCPU rewriting {} at random at {}/s (half the link):",
         human(writer.working_set),
         human(writer.rate),
     );
-    for (way, (total, down)) in ["default 300 ms limit", "20 ms limit + auto-converge"]
-        .iter()
-        .zip(&running)
-    {
+    for ((_, label), (total, down)) in RUNNING.iter().zip(&running) {
         println!(
-            "    {way}: downtime {} ms (target <= 20), total {} ms",
+            "    {label}: downtime {} ms (target <= 20), total {} ms",
             spread_text(down),
             spread_text(total)
         );
     }
-    for name in [OURS_SINGLE, OURS_MULTIFD] {
+    println!(
+        "  TCP/IP/Ethernet headers at MTU {}: payload at most {:.1} % of the link, so no TCP \
+         sender does better than {:.3} x bytes ÷ rate (less the first burst tbf lets through, \
+         10 ms of the link)",
+        link.mtu(),
+        link.payload_share() * 100.0,
+        floor_ms / ideal_ms
+    );
+    for name in [RAW, QEMU_SINGLE, QEMU_MULTIFD, OURS_SINGLE, OURS_MULTIFD] {
         if let Some(t) = table.time(name) {
+            let of_raw = table
+                .speedup(RAW, name)
+                .map_or("-".into(), |r| format!("{r:.2}"));
+            let of_ideal = Spread {
+                median: t.median / ideal_ms,
+                min: t.min / ideal_ms,
+                max: t.max / ideal_ms,
+            };
             println!(
-                "  => {name}: median {:.2} x bytes ÷ rate (target <= 1.05)",
-                t.median / ideal_ms
+                "  => {name}: {of_ideal:.3} x bytes ÷ rate (target <= 1.05), median {of_raw} x \
+                 the raw copy's time"
             );
         }
     }
     Ok((table, timelines))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn presets_parse_and_hostile_ones_are_refused() {
-        let l: LinkSpec = "1gbit".parse().unwrap();
-        assert_eq!(
-            l,
-            LinkSpec {
-                bits_per_sec: 1_000_000_000,
-                rtt: None
-            }
-        );
-        let l: LinkSpec = "100mbit,rtt=20ms".parse().unwrap();
-        assert_eq!(l.bits_per_sec, 100_000_000);
-        assert_eq!(l.rtt, Some(Duration::from_millis(20)));
-        assert_eq!(
-            "10GBIT".parse::<LinkSpec>().unwrap().bits_per_sec,
-            10_000_000_000
-        );
-        assert_eq!(
-            "1gbit,rtt=500us".parse::<LinkSpec>().unwrap().rtt,
-            Some(Duration::from_micros(500))
-        );
-        for bad in [
-            "",
-            "1",
-            "gbit",
-            "0gbit",
-            "-1gbit",
-            "1.5gbit",
-            "99999999999999999999gbit",
-            "18446744073gbit",
-            "101gbit",
-            "1gbit,rtt=",
-            "1gbit,rtt=0ms",
-            "1gbit,rtt=20",
-            "1gbit,rtt=18446744073709551615ms",
-            "1gbit,loss=1%",
-        ] {
-            assert!(bad.parse::<LinkSpec>().is_err(), "{bad:?} was accepted");
-        }
-    }
-
-    #[test]
-    fn presets_display_rate_and_rtt() {
-        let l: LinkSpec = "100mbit,rtt=20ms".parse().unwrap();
-        assert_eq!(l.to_string(), "100 Mbit/s, rtt 20 ms");
-    }
 }

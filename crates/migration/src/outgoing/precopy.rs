@@ -2,13 +2,16 @@
 //! over.
 //!
 //! Before switching over, the bytes already written but not yet at the destination count
-//! too: the stream's own buffer and the socket's queue (`SIOCOUTQ`, queued or unacknowledged).
-//! On a loopback they are nothing; on a 1 Gbit/s link the socket holds megabytes, tens of ms
-//! that the destination waits for after the guest stopped, so a switchover that ignored them
-//! would overshoot `downtime-limit` by that much (QEMU 7.2 counts only dirty pages). When
-//! only that backlog is in the way, the loop waits for it to drain, then syncs and decides
-//! again. [`Pacing`] carries the loop's state between rounds: the 100 ms rate-limit window and
-//! its bandwidth measurement, the switchover bookkeeping, and the vCPU throttle in effect.
+//! too: the stream's own buffer and the socket's queue (`SIOCOUTQ`, queued or
+//! unacknowledged), and what the handlers' own channels hold
+//! ([`LiveHandler::backlog`](crate::handler::LiveHandler::backlog): the pages queued to the
+//! multifd channels and their sockets' queues). On a loopback they are nothing; on a
+//! 1 Gbit/s link each socket holds megabytes, tens of ms that the destination waits for
+//! after the guest stopped, so a switchover that ignored them would overshoot
+//! `downtime-limit` by that much (QEMU 7.2 counts only dirty pages). When only that backlog
+//! is in the way, the loop waits for it to drain, then syncs and decides again. [`Pacing`]
+//! carries the loop's state between rounds: the 100 ms rate-limit window and its bandwidth
+//! measurement, the switchover bookkeeping, and the vCPU throttle in effect.
 
 use std::time::{Duration, Instant};
 
@@ -88,7 +91,8 @@ pub(super) enum PrecopyEnd {
 
 /// Runs pre-copy rounds until switchover (or a postcopy request); applies the rate limit and
 /// the throttle that the handlers ask for on the way. Throttling ends when the loop does.
-/// `unsent` tells how many bytes the main channel's socket has not delivered yet.
+/// `unsent` tells how many bytes the main channel's socket has not delivered yet; the
+/// handlers' channels are asked here.
 pub(super) fn precopy(
     job: &Job,
     registry: &mut Registry,
@@ -108,13 +112,15 @@ pub(super) fn precopy(
             let dirty = pending(registry, s, pacing.threshold)?;
             if pacing.decide(dirty, sent_bytes(f, &rt.ram)) == Decision::Complete {
                 let goal = pacing.threshold.saturating_sub(dirty);
-                if backlog(f, unsent) <= goal {
+                let registry = &*registry;
+                let backlog = || unsent() + channels_backlog(registry, s);
+                if stream_buffered(f) + backlog() <= goal {
                     return Ok(PrecopyEnd::Converged);
                 }
                 // Only the link's backlog is in the way: let it drain with the guest running,
                 // then sync and decide again.
                 f.flush()?;
-                if !drain(unsent, goal, &rt)? {
+                if !drain(&backlog, goal, &rt)? {
                     return Ok(PrecopyEnd::Converged);
                 }
                 continue;
@@ -132,13 +138,25 @@ pub(super) fn precopy(
     }
 }
 
-/// Bytes written on the main channel that the destination has not received: the stream's
-/// buffer and the socket's queue.
-fn backlog(f: &QemuFileWriter, unsent: &dyn Fn() -> u64) -> u64 {
-    f.total_transferred() - f.total_flushed() + unsent()
+/// Bytes in the main stream's buffer, not yet written to its channel.
+fn stream_buffered(f: &QemuFileWriter) -> u64 {
+    f.total_transferred() - f.total_flushed()
 }
 
-/// Waits (5 ms steps, cancellable) until the socket's backlog is at most `goal`: true; false
+/// Σ [`LiveHandler::backlog`](crate::handler::LiveHandler::backlog) over the active live
+/// handlers: what their own channels hold.
+fn channels_backlog(registry: &Registry, s: &OutgoingSession) -> u64 {
+    registry
+        .entries()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::Live(h) if h.is_active(&s.settings().caps) => Some(h.backlog()),
+            _ => None,
+        })
+        .sum()
+}
+
+/// Waits (5 ms steps, cancellable) until the sockets' backlog is at most `goal`: true; false
 /// if it has not shrunk for a second (a stalled peer: switch over anyway, as without this
 /// wait).
 fn drain(

@@ -102,6 +102,10 @@ impl LiveHandler for RamHandler {
         self.saver.complete(f, s)
     }
 
+    fn backlog(&self) -> u64 {
+        self.saver.backlog()
+    }
+
     fn save_cleanup(&mut self) {
         self.saver.cleanup();
     }

@@ -30,8 +30,15 @@
 //! call returned, so the channel keeps every job's [`BlockMemory`] until its SYNC, where it
 //! waits for the kernel's completions (QEMU flushes at each sync too) and reports whether the
 //! kernel copied after all (`dirty-sync-missed-zero-copy`).
+//!
+//! What the channels hold that the destination has not received yet — pages queued (in the
+//! batch, or handed to a channel thread and not yet written) and the bytes in the channels'
+//! sockets (`SIOCOUTQ`) — is their [`BacklogMeter`]. On a slow link that is megabytes the
+//! destination must still receive after the guest stopped, so the switchover decision counts
+//! it, as it counts the main channel's.
 
 use std::io::{IoSlice, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -42,7 +49,7 @@ use savevm::multifd::{
 };
 use savevm::multifd_codec::{Compression, Compressor};
 use savevm::ram::TARGET_PAGE_SIZE;
-use transport::{ChannelWriter, ZeroCopyWriter};
+use transport::{ChannelWriter, UnsentProbe, ZeroCopyWriter};
 
 use crate::error::MigrationError;
 use crate::params::{MigrationParameters, MultifdCompression};
@@ -57,6 +64,25 @@ pub fn compression(p: &MigrationParameters) -> Compression {
         MultifdCompression::None => Compression::None,
         MultifdCompression::Zlib => Compression::Zlib(p.multifd_zlib_level),
         MultifdCompression::Zstd => Compression::Zstd(p.multifd_zstd_level),
+    }
+}
+
+/// What the multifd channels hold that the destination has not received: pages queued and
+/// not yet written, and the channels' unsent socket bytes. Readable from any thread
+/// ([`MultifdSender::backlog_meter`]).
+#[derive(Clone, Debug)]
+pub struct BacklogMeter {
+    /// Bytes of the pages queued (batched, or handed to a channel thread) and not yet written
+    /// (uncompressed: with compression, at most this much goes on the wire).
+    queued: Arc<AtomicU64>,
+    sockets: Vec<UnsentProbe>,
+}
+
+impl BacklogMeter {
+    /// The bytes in the channels that the destination has not received yet.
+    pub fn bytes(&self) -> u64 {
+        let unsent: u64 = self.sockets.iter().filter_map(|p| p.unsent_bytes()).sum();
+        self.queued.load(Ordering::Relaxed) + unsent
     }
 }
 
@@ -79,7 +105,7 @@ const CHANNEL_DEPTH: usize = 2;
 struct SendChannel {
     jobs: SyncSender<Job>,
     /// Jobs handed to the thread and not yet reported done.
-    queued: usize,
+    pending_jobs: usize,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -101,6 +127,7 @@ pub struct MultifdSender {
     batch: Option<(usize, String, Vec<u64>, Arc<BlockMemory>)>,
     compresses: bool,
     rate_accounted: u64,
+    meter: BacklogMeter,
     /// Bytes written on the channels so far (headers and payload).
     pub bytes: u64,
     /// Channel syncs at which the kernel had copied zero-copy pages (QEMU's
@@ -128,9 +155,12 @@ pub fn start_sender(
 ) -> Result<MultifdSender, MigrationError> {
     let (done_tx, done) = channel();
     let mut channels = Vec::new();
+    let queued = Arc::new(AtomicU64::new(0));
+    let sockets = writers.iter().map(ChannelWriter::unsent_probe).collect();
     for (id, w) in writers.into_iter().enumerate() {
         let (jobs, rx) = sync_channel::<Job>(1);
         let done_tx = done_tx.clone();
+        let queued = queued.clone();
         let w = if zero_copy {
             Output::ZeroCopy(ZeroCopyWriter::new(w).map_err(MigrationError::ZeroCopyUnsupported)?)
         } else {
@@ -144,11 +174,11 @@ pub fn start_sender(
         };
         let thread = std::thread::Builder::new()
             .name(format!("multifdsend_{id}"))
-            .spawn(move || send_loop(id, out, rx, done_tx))
+            .spawn(move || send_loop(id, out, rx, done_tx, &queued))
             .map_err(MigrationError::Spawn)?;
         channels.push(SendChannel {
             jobs,
-            queued: 0,
+            pending_jobs: 0,
             thread: Some(thread),
         });
     }
@@ -161,6 +191,7 @@ pub fn start_sender(
         batch: None,
         compresses: compression != Compression::None,
         rate_accounted: bytes,
+        meter: BacklogMeter { queued, sockets },
         bytes,
         zero_copy_missed: 0,
     })
@@ -182,9 +213,21 @@ struct ChannelOut {
     in_flight: Vec<Arc<BlockMemory>>,
 }
 
-fn send_loop(id: usize, mut out: ChannelOut, jobs: Receiver<Job>, done: Sender<Done>) {
+/// Runs one channel: writes each job, takes its pages off `queued`, reports to `done`.
+fn send_loop(
+    id: usize,
+    mut out: ChannelOut,
+    jobs: Receiver<Job>,
+    done: Sender<Done>,
+    queued: &AtomicU64,
+) {
     for job in jobs {
+        let pages = match &job {
+            Job::Pages { offsets, .. } => offsets.len(),
+            Job::Sync { .. } => 0,
+        };
         let result = write_job(&mut out, job);
+        queued.fetch_sub((pages * PAGE) as u64, Ordering::Relaxed);
         let failed = result.is_err();
         if done.send((id, result)).is_err() || failed {
             return;
@@ -335,7 +378,7 @@ impl MultifdSender {
 
     fn collect(&mut self, (id, result): Done) -> Result<(), MigrationError> {
         if let Some(c) = self.channels.get_mut(id) {
-            c.queued = c.queued.saturating_sub(1);
+            c.pending_jobs = c.pending_jobs.saturating_sub(1);
         }
         let written = result?;
         self.bytes += written.bytes;
@@ -353,10 +396,10 @@ impl MultifdSender {
 
     fn dispatch(&mut self, job: Job, to: usize) -> Result<(), MigrationError> {
         self.collect_done()?;
-        while self.channels[to].queued >= CHANNEL_DEPTH {
+        while self.channels[to].pending_jobs >= CHANNEL_DEPTH {
             self.wait_one()?;
         }
-        self.channels[to].queued += 1;
+        self.channels[to].pending_jobs += 1;
         self.channels[to]
             .jobs
             .send(job)
@@ -379,9 +422,9 @@ impl MultifdSender {
         loop {
             let best = (0..n)
                 .map(|i| (self.next + i) % n)
-                .min_by_key(|&c| self.channels[c].queued)
+                .min_by_key(|&c| self.channels[c].pending_jobs)
                 .ok_or(MigrationError::MultifdThreadEnded)?;
-            if self.channels[best].queued < CHANNEL_DEPTH {
+            if self.channels[best].pending_jobs < CHANNEL_DEPTH {
                 self.next = (best + 1) % n;
                 return Ok(best);
             }
@@ -428,8 +471,20 @@ impl MultifdSender {
         }
         if let Some((_, _, offsets, _)) = &mut self.batch {
             offsets.push(offset);
+            self.meter.queued.fetch_add(PAGE as u64, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// The bytes in the channels that the destination has not received yet: pages queued
+    /// and not yet written, and the sockets' unsent bytes.
+    pub fn backlog(&self) -> u64 {
+        self.meter.bytes()
+    }
+
+    /// A handle on [`backlog`](Self::backlog) for another thread.
+    pub fn backlog_meter(&self) -> BacklogMeter {
+        self.meter.clone()
     }
 
     /// Sends what is batched, then a SYNC packet on every channel, and waits until every
@@ -441,7 +496,7 @@ impl MultifdSender {
             self.packet_num += 1;
             self.dispatch(Job::Sync { packet_num }, to)?;
         }
-        while self.channels.iter().any(|c| c.queued > 0) {
+        while self.channels.iter().any(|c| c.pending_jobs > 0) {
             self.wait_one()?;
         }
         Ok(())

@@ -512,6 +512,12 @@ impl RamSaver {
         Ok(())
     }
 
+    /// What the multifd channels hold that the destination has not received yet (0 without
+    /// multifd): pages queued to them and their sockets' unsent bytes.
+    pub fn backlog(&self) -> u64 {
+        self.multifd.as_ref().map_or(0, MultifdSender::backlog)
+    }
+
     /// Stops tracking and drops the bitmaps. A later migration starts over from the pages
     /// that exist, so nothing dirtied meanwhile can be missed.
     pub fn cleanup(&mut self) {
