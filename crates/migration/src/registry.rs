@@ -3,6 +3,7 @@
 //! version. The source walks it in order in every phase; the destination finds entries by
 //! (idstr, instance id) and binds the section ids it reads to them.
 
+use crate::capabilities::Capabilities;
 use crate::handler::{DeviceState, LiveHandler};
 
 /// What an entry migrates.
@@ -105,6 +106,31 @@ impl Registry {
     /// Mutable entries in registration order.
     pub fn entries_mut(&mut self) -> &mut [SaveStateEntry] {
         &mut self.entries
+    }
+
+    /// The live handlers active under `caps`, with their section ids, in order.
+    pub(crate) fn active_live<'a>(
+        &'a self,
+        caps: &'a Capabilities,
+    ) -> impl Iterator<Item = (u32, &'a dyn LiveHandler)> + 'a {
+        self.entries.iter().filter_map(move |e| match &e.kind {
+            EntryKind::Live(h) if h.is_active(caps) => Some((e.section_id, h.as_ref())),
+            _ => None,
+        })
+    }
+
+    /// [`active_live`](Self::active_live), mutable; takes its own `caps`, so the caller's
+    /// session stays free for the handlers' calls.
+    pub(crate) fn active_live_mut(
+        &mut self,
+        caps: Capabilities,
+    ) -> impl Iterator<Item = (u32, &mut Box<dyn LiveHandler>)> + '_ {
+        self.entries
+            .iter_mut()
+            .filter_map(move |e| match &mut e.kind {
+                EntryKind::Live(h) if h.is_active(&caps) => Some((e.section_id, h)),
+                _ => None,
+            })
     }
 
     /// Finds an entry by idstr and instance id.

@@ -58,8 +58,8 @@ fn backlog_counts_what_a_stalled_peer_holds_and_is_zero_once_it_drained() {
         sender
     });
     // The peer reads nothing: the queuer cannot finish (64 MiB do not fit in the sockets), and
-    // what the socket holds is counted — more than the sender itself can hold queued (the
-    // batch being filled and the job the channel thread is writing).
+    // what the socket holds is counted — more than the meter's own queue can hold (the two
+    // jobs a channel holds: one being written, one waiting).
     let queued_at_most = (2 * MULTIFD_PAGES) as u64 * PAGE;
     assert!(
         eventually(|| meter.bytes() > queued_at_most),

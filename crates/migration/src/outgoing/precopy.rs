@@ -146,14 +146,8 @@ fn stream_buffered(f: &QemuFileWriter) -> u64 {
 /// Σ [`LiveHandler::backlog`](crate::handler::LiveHandler::backlog) over the active live
 /// handlers: what their own channels hold.
 fn channels_backlog(registry: &Registry, s: &OutgoingSession) -> u64 {
-    registry
-        .entries()
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EntryKind::Live(h) if h.is_active(&s.settings().caps) => Some(h.backlog()),
-            _ => None,
-        })
-        .sum()
+    let caps = &s.settings().caps;
+    registry.active_live(caps).map(|(_, h)| h.backlog()).sum()
 }
 
 /// Waits (5 ms steps, cancellable) until the sockets' backlog is at most `goal`: true; false
@@ -188,12 +182,8 @@ fn pending(
     threshold: u64,
 ) -> Result<u64, MigrationError> {
     let mut pending = 0;
-    for e in registry.entries_mut() {
-        if let EntryKind::Live(h) = &mut e.kind {
-            if h.is_active(&s.settings().caps) {
-                pending += h.pending(threshold, s)?;
-            }
-        }
+    for (_, h) in registry.active_live_mut(s.settings().caps.clone()) {
+        pending += h.pending(threshold, s)?;
     }
     Ok(pending)
 }

@@ -27,7 +27,7 @@ use crate::convergence::{window_budget, WINDOW};
 use crate::error::MigrationError;
 use crate::global_state::GlobalState;
 use crate::handler::LiveHandler;
-use crate::registry::{EntryKind, Registry};
+use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::session::OutgoingSession;
 use crate::state::MigrationState;
@@ -142,14 +142,7 @@ fn active_live<'a>(
     registry: &'a mut Registry,
     s: &OutgoingSession,
 ) -> impl Iterator<Item = (u32, &'a mut Box<dyn LiveHandler>)> + 'a {
-    let caps = s.settings().caps.clone();
-    registry
-        .entries_mut()
-        .iter_mut()
-        .filter_map(move |e| match &mut e.kind {
-            EntryKind::Live(h) if h.is_active(&caps) => Some((e.section_id, h)),
-            _ => None,
-        })
+    registry.active_live_mut(s.settings().caps.clone())
 }
 
 /// LISTEN, the device sections, PING 3, RUN: the nested stream of the PACKAGED command.

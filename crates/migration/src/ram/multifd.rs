@@ -33,7 +33,7 @@
 //!
 //! What the channels hold that the destination has not received yet — pages queued (in the
 //! batch, or handed to a channel thread and not yet written) and the bytes in the channels'
-//! sockets (`SIOCOUTQ`) — is their [`BacklogMeter`]. On a slow link that is megabytes the
+//! sockets (`SIOCOUTQ`) — is [`MultifdSender::backlog`]. On a slow link that is megabytes the
 //! destination must still receive after the guest stopped, so the switchover decision counts
 //! it, as it counts the main channel's.
 
@@ -67,13 +67,13 @@ pub fn compression(p: &MigrationParameters) -> Compression {
     }
 }
 
-/// What the multifd channels hold that the destination has not received: pages queued and
-/// not yet written, and the channels' unsent socket bytes. Readable from any thread
-/// ([`MultifdSender::backlog_meter`]).
+/// What the multifd channels hold that the destination has not received: pages handed to a
+/// channel thread and not yet written, and the channels' unsent socket bytes. Readable from
+/// any thread ([`MultifdSender::backlog_meter`]).
 #[derive(Clone, Debug)]
 pub struct BacklogMeter {
-    /// Bytes of the pages queued (batched, or handed to a channel thread) and not yet written
-    /// (uncompressed: with compression, at most this much goes on the wire).
+    /// Bytes of the pages handed to a channel thread and not yet written (uncompressed: with
+    /// compression, at most this much goes on the wire). Counted per packet, not per page.
     queued: Arc<AtomicU64>,
     sockets: Vec<UnsentProbe>,
 }
@@ -434,6 +434,8 @@ impl MultifdSender {
 
     fn flush_batch(&mut self) -> Result<(), MigrationError> {
         if let Some((_, block, offsets, memory)) = self.batch.take() {
+            let bytes = (offsets.len() * PAGE) as u64;
+            self.meter.queued.fetch_add(bytes, Ordering::Relaxed);
             let packet_num = self.packet_num;
             self.packet_num += 1;
             let to = self.pick()?;
@@ -471,18 +473,19 @@ impl MultifdSender {
         }
         if let Some((_, _, offsets, _)) = &mut self.batch {
             offsets.push(offset);
-            self.meter.queued.fetch_add(PAGE as u64, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// The bytes in the channels that the destination has not received yet: pages queued
-    /// and not yet written, and the sockets' unsent bytes.
+    /// The bytes in the channels that the destination has not received yet: pages batched
+    /// or queued and not yet written, and the sockets' unsent bytes.
     pub fn backlog(&self) -> u64 {
-        self.meter.bytes()
+        let batched = self.batch.as_ref().map_or(0, |(_, _, o, _)| o.len() * PAGE);
+        self.meter.bytes() + batched as u64
     }
 
-    /// A handle on [`backlog`](Self::backlog) for another thread.
+    /// A handle on what the channels hold, for another thread: [`backlog`](Self::backlog)
+    /// without the batch still being gathered.
     pub fn backlog_meter(&self) -> BacklogMeter {
         self.meter.clone()
     }
